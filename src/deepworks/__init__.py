@@ -1,0 +1,35 @@
+"""deepworks: a deep-learning workbench on PyTorch.
+
+>>> import deepworks
+>>> model = deepworks.create_model("cnn", input_shape=(1, 8, 8), num_classes=10)
+"""
+
+from deepworks.config import Config, load_config
+from deepworks.errors import CheckpointError, ConfigError, DataError, DeepworksError, ShapeError, UnknownNameError
+from deepworks.models import create_model, list_models
+from deepworks.train import Callback, EarlyStopping, Trainer
+from deepworks.pipeline import Run, evaluate, load_run, predict, resume, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "load_config",
+    "create_model",
+    "list_models",
+    "Trainer",
+    "Callback",
+    "EarlyStopping",
+    "Run",
+    "train",
+    "resume",
+    "evaluate",
+    "predict",
+    "load_run",
+    "DeepworksError",
+    "ConfigError",
+    "DataError",
+    "ShapeError",
+    "CheckpointError",
+    "UnknownNameError",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from deepworks.cli import main
+
+sys.exit(main())

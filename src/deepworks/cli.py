@@ -1,0 +1,157 @@
+"""The ``deepworks`` command line: each subcommand calls one public function.
+
+User errors print one paragraph (no traceback) and exit 2; internal errors exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from deepworks.errors import DeepworksError
+
+app = typer.Typer(
+    name="deepworks",
+    help="A deep-learning workbench: train, evaluate and use models from a YAML config.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="the run's YAML config")] = None,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="override a key: --set train.epochs=5 (repeatable)")
+    ] = None,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="where the run goes (default runs/<name>-<time>)")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="continue the interrupted run in this directory")] = None,
+) -> None:
+    """Train a model from CONFIG, or continue a run with --resume RUN_DIR."""
+    import deepworks
+
+    if resume is not None:
+        if config is not None or set_:
+            raise DeepworksError("train --resume RUN_DIR takes no CONFIG or --set: a run continues with its own config.")
+        run = deepworks.resume(resume)
+    else:
+        if config is None:
+            raise DeepworksError("train: give a CONFIG.yaml (see examples/configs/) or --resume RUN_DIR.")
+        run = deepworks.train(config, overrides=set_ or [], run_dir=run_dir)
+    _print_summary(run.summary, run.dir)
+
+
+def _print_summary(summary: dict, run_dir: Path) -> None:
+    table = Table(title="results (best model)", show_header=True)
+    table.add_column("split")
+    for col in ("accuracy", "macro_f1", "loss"):
+        table.add_column(col, justify="right")
+    for split in ("train", "val", "test"):
+        m = summary.get(split)
+        if m:
+            table.add_row(split, *(f"{m[c]:.4f}" if m.get(c) is not None else "-" for c in ("accuracy", "macro_f1", "loss")))
+    out.print(table)
+    out.print(
+        f"epochs run: {summary.get('epochs_run')} (best {summary.get('best_epoch')}), "
+        f"training time: {summary.get('wall_seconds', 0):.1f} s"
+    )
+    out.print(f"run directory: {run_dir}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+    split: Annotated[str, typer.Option(help="val or test (or train)")] = "test",
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Accuracy, per-class and macro precision/recall/F1 and the confusion matrix of a run's best model."""
+    import deepworks
+    from deepworks.evaluate import render_report
+
+    report = deepworks.evaluate(run_dir, split=split)
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        out.print(render_report(report, title=f"{run_dir} - {split} split"))
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+    images: Annotated[list[Path], typer.Argument(help="image files (PNG, JPEG, ...)")],
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="how many classes to show")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Classify image files with a run's best model."""
+    import deepworks
+
+    results = deepworks.predict(run_dir, images, top_k=top_k)
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    table = Table(show_header=True)
+    table.add_column("file", overflow="fold")
+    table.add_column("prediction")
+    table.add_column(f"top {top_k}")
+    for r in results:
+        table.add_row(r["file"], r["prediction"], ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top_k"]))
+    out.print(table)
+
+
+@app.command()
+def datasets(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """List the built-in datasets."""
+    from deepworks.data import list_datasets
+
+    rows = list_datasets()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(show_header=True)
+    table.add_column("name", no_wrap=True)
+    for col in ("samples", "classes", "C, H, W", "test split", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["name"], str(r.get("size", "")), str(r.get("classes", "")), ", ".join(map(str, r.get("input_shape", ()))),
+            "official" if r.get("official_test") else "carved", r.get("description", ""),
+        )
+    out.print(table)
+    out.print("An image folder (one subfolder per class) works too: data.path: path/to/folder")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning user errors into a message and exit status 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except DeepworksError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted: resume with `deepworks train --resume RUN_DIR`")
+        return 130
+    except Exception as exc:  # click's usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.exceptions.Exit):
+            return exc.exit_code
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

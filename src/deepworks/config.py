@@ -1,0 +1,411 @@
+"""The typed configuration of a run: load YAML -> merge overrides -> validate -> dump.
+
+A config names the data, the model and how to train; every other key has a default::
+
+    data: {dataset: digits}
+    model: {name: cnn}
+
+Validation happens once, here. Unknown keys are errors that name the key path and the
+closest valid key; ``--set train.lr=0.01`` overrides go through the same validation.
+Component blocks (``model``, ``train.optimizer``) are ``{name: ..., **params}`` and their
+params are checked against the registered component's own schema.
+
+>>> cfg = load_config({"data": {"dataset": "digits"}, "model": {"name": "softmax"}},
+...                   overrides=["train.epochs=3"])
+>>> cfg.train.epochs
+3
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from deepworks.errors import ConfigError, DeepworksError, close_matches
+from deepworks.registry import Registry
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "OptimizerConfig",
+    "EarlyStoppingConfig",
+    "load_config",
+    "parse_overrides",
+    "dump_config",
+    "bind_component",
+    "format_errors",
+]
+
+
+class Strict(BaseModel):
+    """Base of every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Component(BaseModel):
+    """A ``{name: ..., **params}`` block whose params belong to a registered factory.
+
+    The params are stored as extra fields; :func:`load_config` validates them against
+    the schema registered with the name, so they are typed like any other key.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        # `optimizer: sgd` is short for `optimizer: {name: sgd}`
+        return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DataConfig(Strict):
+    dataset: str | None = Field(None, description="built-in dataset name (`deepworks datasets`)")
+    path: str | None = Field(None, description="a folder with one subfolder of images per class")
+    root: str | None = Field(None, description="where a built-in dataset's files are (or go)")
+    image_size: int | tuple[int, int] | None = Field(
+        None, description="resize folder images to this (H, W); default: their most common size"
+    )
+    channels: Literal[1, 3] | None = Field(None, description="1 grayscale, 3 RGB; default: from the data")
+    val_fraction: float = Field(0.15, gt=0, lt=1, description="share of the data kept for validation")
+    test_fraction: float = Field(
+        0.15, gt=0, lt=1, description="share kept for test (ignored when the data has an official test split)"
+    )
+    normalize: bool = Field(True, description="standardise each channel with training-split statistics")
+    on_bad_file: Literal["warn", "error"] = Field("warn", description="unreadable image files: skip or stop")
+
+    @model_validator(mode="after")
+    def _needs_source(self) -> DataConfig:
+        if self.dataset is None and self.path is None:
+            raise ValueError(
+                "name the data: a built-in dataset (data.dataset: digits) or an image folder "
+                "(data.path: path/to/folder); `deepworks datasets` lists the built-in ones"
+            )
+        if self.path is not None and self.dataset not in (None, "folder"):
+            raise ValueError(
+                f"data.path ({self.path!r}) is for an image folder, but data.dataset is {self.dataset!r}: "
+                "remove one of the two"
+            )
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("data.val_fraction + data.test_fraction must be below 1")
+        return self
+
+
+class ModelConfig(Component):
+    name: str = "cnn"
+
+
+class OptimizerConfig(Component):
+    name: str = "adamw"
+
+
+class EarlyStoppingConfig(Strict):
+    monitor: str = Field("val_loss", description="metric watched, e.g. val_loss or val_accuracy")
+    patience: int = Field(5, ge=1, description="epochs without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0, description="smallest change that counts as improvement")
+    mode: Literal["auto", "min", "max"] = "auto"
+
+
+_METRICS = ("loss", "accuracy", "macro_precision", "macro_recall", "macro_f1")
+MONITORS = tuple(f"{split}_{m}" for split in ("val", "train") for m in _METRICS)
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(20, ge=1, le=100_000)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    early_stopping: EarlyStoppingConfig | None = None
+    monitor: str = Field("val_accuracy", description="metric that picks the best model")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    deterministic: bool = Field(True, description="bitwise-reproducible runs (slower on some GPUs)")
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="also checkpoint every N steps inside an epoch (always at epoch end)"
+    )
+    progress: Literal["auto", "bar", "log", "none"] = "auto"
+
+    @field_validator("early_stopping", mode="before")
+    @classmethod
+    def _bool_early_stopping(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        return value
+
+    @field_validator("monitor")
+    @classmethod
+    def _known_monitor(cls, value: str) -> str:
+        _check_monitor(value)
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _early_monitor(self) -> TrainConfig:
+        if self.early_stopping is not None:
+            _check_monitor(self.early_stopping.monitor)
+        return self
+
+
+def _check_monitor(value: str) -> None:
+    if value not in MONITORS:
+        hint = close_matches(value, MONITORS)
+        extra = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise ValueError(f"unknown metric {value!r}.{extra} Choose one of: {', '.join(MONITORS)}")
+
+
+class Config(Strict):
+    name: str = Field("run", description="run name; the run directory is runs/<name>-<time>")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):
+            raise ValueError(
+                "use 1-64 letters, digits, '.', '_' or '-' (it becomes a folder name), "
+                f"got {value!r}"
+            )
+        return value
+
+
+# Component blocks: key path -> registry. Higher layers bind their registries here so
+# that this module does not import them.
+_COMPONENTS: dict[tuple[str, ...], Registry] = {}
+
+
+def bind_component(path: tuple[str, ...], registry: Registry) -> None:
+    """Validate the params of the component block at ``path`` with ``registry``'s schemas."""
+    _COMPONENTS[path] = registry
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(
+    source: str | Path | Mapping[str, Any] | Config,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+) -> Config:
+    """Load, merge ``overrides`` into, and validate a config.
+
+    ``source`` is a YAML file path, a mapping or a :class:`Config`. ``overrides`` is a list of
+    ``"key.path=value"`` strings (values are YAML) or a mapping of key paths to values.
+    Raises :class:`ConfigError` naming every bad key path, never anything else.
+    """
+    origin = "config"
+    if isinstance(source, Config):
+        raw: Any = source.model_dump(mode="json")
+    elif isinstance(source, Mapping):
+        raw = _plain(source)
+    elif isinstance(source, (str, Path)):
+        origin = str(source)
+        raw = _read_yaml(Path(source))
+    else:
+        raise ConfigError(f"config: expected a YAML file path or a mapping, got {type(source).__name__}")
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{origin}: the top level must be a mapping of keys (data:, model:, train:), "
+            f"got {type(raw).__name__}"
+        )
+    pairs = parse_overrides(overrides) if not isinstance(overrides, Mapping) else list(overrides.items())
+    for path, value in pairs:
+        _set_path(raw, path, value, origin)
+    return _validate(raw, origin)
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as YAML (every default filled in)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
+    """``["train.lr=0.01", "model.filters=[16,32]"]`` -> ``[("train.lr", 0.01), ...]``."""
+    pairs = []
+    for item in items:
+        if not isinstance(item, str) or "=" not in item:
+            raise ConfigError(
+                f"override {item!r}: expected KEY.PATH=VALUE, e.g. --set train.epochs=5"
+            )
+        key, _, text = item.partition("=")
+        key = key.strip()
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text  # not YAML: keep the literal string and let validation judge it
+        pairs.append((key, value))
+    return pairs
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found. Check the path (examples live in examples/configs/).") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc}).") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}. Fix the syntax of the file.") from None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _set_path(raw: dict, path: Any, value: Any, origin: str) -> None:
+    if not isinstance(path, str) or not all(_KEY.fullmatch(p) for p in path.split(".")):
+        raise ConfigError(
+            f"override {path!r}: a key path is names joined by dots, e.g. train.epochs or model.filters"
+        )
+    parts = path.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif isinstance(child, str):  # component shorthand `optimizer: sgd`
+            child = node[part] = {"name": child}
+        elif not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(
+                f"override {path!r}: {where} is a {type(child).__name__} in {origin}, not a section, "
+                f"so it has no key {parts[i + 1]!r}"
+            )
+        node = child
+    node[parts[-1]] = value
+
+
+def _validate(raw: dict, origin: str) -> Config:
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc.errors(), origin, prefix=())) from None
+    # Component params: validate against the registered schema, with full key paths.
+    problems: list[str] = []
+    for path, registry in _COMPONENTS.items():
+        block = config
+        for part in path:
+            block = getattr(block, part)
+        where = ".".join(path)
+        try:
+            entry = registry.entry(block.name, where=f"{where}.name")
+        except DeepworksError as exc:
+            problems.append(str(exc))
+            continue
+        if entry.params is None:
+            continue
+        try:
+            params = entry.params.model_validate(block.params)
+        except ValidationError as exc:
+            problems.append(format_errors(exc.errors(), origin, prefix=path, schema=entry.params, header=False))
+            continue
+        resolved = type(block)(name=block.name, **params.model_dump(mode="json"))
+        parent = config
+        for part in path[:-1]:
+            parent = getattr(parent, part)
+        object.__setattr__(parent, path[-1], resolved)
+    if problems:
+        raise ConfigError(f"{origin}: invalid config.\n" + "\n".join(problems))
+    return config
+
+
+def format_errors(
+    errors: list[dict],
+    origin: str,
+    prefix: tuple[str, ...],
+    schema: type[BaseModel] | None = None,
+    header: bool = True,
+) -> str:
+    lines = []
+    for err in errors:
+        loc = tuple(str(p) for p in err.get("loc", ()) if not _is_union_tag(p))
+        key = ".".join(prefix + loc) or "(top level)"
+        if err.get("type") == "extra_forbidden":
+            parent_schema = _schema_at(schema or Config, loc[:-1])
+            valid = sorted(parent_schema.model_fields) if parent_schema else []
+            hint = close_matches(loc[-1], valid) if loc else []
+            msg = f"  {key}: unknown key."
+            if hint:
+                msg += f" Did you mean {'.'.join(prefix + loc[:-1] + (hint[0],))!r}?"
+            if valid:
+                msg += f" Valid keys here: {', '.join(valid)}."
+        else:
+            given = err.get("input")
+            shown = repr(given)
+            if len(shown) > 60:
+                shown = shown[:57] + "..."
+            text = err.get("msg", "invalid value")
+            text = text.removeprefix("Value error, ")
+            msg = f"  {key}: {text} (given: {shown})."
+        lines.append(msg)
+    body = "\n".join(dict.fromkeys(lines))
+    if not header:
+        return body
+    return f"{origin}: invalid config.\n{body}\nFix these keys in the file or in --set."
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic adds the member type to the location of union errors (e.g. 'int', 'tuple[int, int]')
+    return isinstance(part, str) and ("[" in part or part in {"int", "str", "float", "bool", "none"})
+
+
+def _schema_at(schema: type[BaseModel], loc: tuple[str, ...]) -> type[BaseModel] | None:
+    for part in loc:
+        if part.isdigit():
+            continue
+        field = schema.model_fields.get(part)
+        if field is None:
+            return None
+        found = None
+        for candidate in _model_types(field.annotation):
+            found = candidate
+            break
+        if found is None:
+            return None
+        schema = found
+    return schema
+
+
+def _model_types(annotation: Any):
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+        return
+    for arg in getattr(annotation, "__args__", ()) or ():
+        yield from _model_types(arg)

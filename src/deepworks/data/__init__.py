@@ -1,0 +1,29 @@
+"""The data layer: datasets by name or folder, image files, splits and normalisation.
+
+>>> from deepworks.data import load_dataset, split_dataset
+>>> ds = load_dataset("digits")
+>>> ds.input_shape
+(1, 8, 8)
+>>> s = split_dataset(ds, seed=0)
+>>> [len(s.train[1]), len(s.val[1]), len(s.test[1])]
+[1257, 270, 270]
+"""
+
+from deepworks.data.datasets import DATASETS, ImageDataset, list_datasets, load_dataset, read_idx
+from deepworks.data.images import IMAGE_EXTENSIONS, read_image, scan_image_folder
+from deepworks.data.splits import Splits, channel_stats, normalize, split_dataset
+
+__all__ = [
+    "DATASETS",
+    "IMAGE_EXTENSIONS",
+    "ImageDataset",
+    "Splits",
+    "channel_stats",
+    "list_datasets",
+    "load_dataset",
+    "normalize",
+    "read_idx",
+    "read_image",
+    "scan_image_folder",
+    "split_dataset",
+]

@@ -1,0 +1,373 @@
+"""Datasets by name: built-in ones (digits, Fashion-MNIST) and image folders.
+
+Every loader returns an :class:`ImageDataset` of float32 images in [0, 1] (not normalised:
+normalisation uses training-split statistics, which only exist after splitting) and
+int64 labels. Built-in data is read from local files first; the network is the last resort.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from deepworks.data.images import (
+    ON_BAD_FILE,
+    _check_channels,
+    _check_size,
+    is_grayscale_mode,
+    read_image,
+    scan_folder_info,
+)
+from deepworks.errors import ConfigError, DataError
+from deepworks.registry import Registry
+
+__all__ = [
+    "DATASETS",
+    "ImageDataset",
+    "load_dataset",
+    "list_datasets",
+    "read_idx",
+    "data_cache_dir",
+    "FASHION_MNIST_CLASSES",
+]
+
+DATASETS: Registry = Registry("dataset")
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+# where `apt-get install dataset-fashion-mnist` puts the files (a module attribute so tests can move it)
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+_FASHION_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+
+# What `deepworks datasets` shows without loading anything. The folder loader is not listed:
+# its classes and shapes are whatever the folder holds.
+_BUILTIN_INFO: dict[str, dict[str, Any]] = {
+    "digits": {"classes": 10, "input_shape": (1, 8, 8), "size": 1797, "official_test": False},
+    "fashion-mnist": {
+        "classes": 10, "input_shape": (1, 28, 28), "size": 70000, "official_test": True,
+        "train_size": 60000, "test_size": 10000,
+    },
+}
+
+
+@dataclass
+class ImageDataset:
+    """Images and labels as tensors, plus the source's official test split when it has one."""
+
+    name: str
+    x: torch.Tensor  # float32 (N, C, H, W) in [0, 1]
+    y: torch.Tensor  # int64 (N,) in 0..len(classes)-1
+    classes: list[str]
+    test_x: torch.Tensor | None = None
+    test_y: torch.Tensor | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        # catch a malformed dataset here, where its name is known, not as a shape error in training
+        _check_xy(self.name, "x", self.x, self.y, len(self.classes))
+        if (self.test_x is None) != (self.test_y is None):
+            raise DataError(f"dataset {self.name!r}: test_x and test_y must be given together.")
+        if self.test_x is not None and self.test_y is not None:
+            _check_xy(self.name, "test_x", self.test_x, self.test_y, len(self.classes))
+            if tuple(self.test_x.shape[1:]) != tuple(self.x.shape[1:]):
+                raise DataError(
+                    f"dataset {self.name!r}: test images have shape {tuple(self.test_x.shape[1:])} but training "
+                    f"images {tuple(self.x.shape[1:])}; they must match."
+                )
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image: what a model is built for."""
+        c, h, w = (int(s) for s in self.x.shape[1:])
+        return c, h, w
+
+    @property
+    def has_official_test(self) -> bool:
+        return self.test_x is not None
+
+
+def _check_xy(name: str, what: str, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
+    if x.ndim != 4 or not x.dtype.is_floating_point:
+        raise DataError(
+            f"dataset {name!r}: {what} must be a float tensor (N, C, H, W), got {x.dtype} {tuple(x.shape)}."
+        )
+    if y.ndim != 1 or y.dtype != torch.int64:
+        raise DataError(f"dataset {name!r}: labels must be int64 (N,), got {y.dtype} {tuple(y.shape)}.")
+    if len(x) != len(y):
+        raise DataError(f"dataset {name!r}: {what} has {len(x)} images but {len(y)} labels; they must match.")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise DataError(
+            f"dataset {name!r}: labels must lie in 0..{num_classes - 1} (one per class), "
+            f"got {int(y.min())}..{int(y.max())}."
+        )
+
+
+# ----------------------------------------------------------------------------- common
+
+
+def _as_size(image_size: int | tuple[int, int] | list[int] | None) -> tuple[int, int] | None:
+    """``image_size`` as (H, W): an int means a square."""
+    if image_size is None:
+        return None
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        size: Any = (image_size, image_size)
+    else:
+        size = tuple(image_size) if isinstance(image_size, (tuple, list)) else image_size
+    try:
+        _check_size(size)
+    except ConfigError:
+        raise ConfigError(
+            f"data.image_size: expected a positive integer or [height, width], got {image_size!r}."
+        ) from None
+    return size
+
+
+def _conform(x: torch.Tensor, size: tuple[int, int] | None, channels: int | None) -> torch.Tensor:
+    """Resize / change the channels of a built-in dataset's images when the config asks for it."""
+    if size is not None and tuple(x.shape[-2:]) != size:
+        # (N, C, H, W) -> (N, C, *size); antialias so shrinking does not alias
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp_(0.0, 1.0)
+    if channels is not None and channels != x.shape[1]:
+        if channels == 3:
+            x = x.expand(-1, 3, -1, -1).contiguous()  # (N, 1, H, W) -> (N, 3, H, W)
+        else:
+            luma = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
+            x = (x * luma).sum(dim=1, keepdim=True)  # (N, 3, H, W) -> (N, 1, H, W)
+    return x
+
+
+def data_cache_dir() -> Path:
+    """Where downloaded datasets go: $DEEPWORKS_DATA, else ~/.cache/deepworks/datasets."""
+    return Path(os.environ.get("DEEPWORKS_DATA") or "~/.cache/deepworks/datasets").expanduser()
+
+
+# ----------------------------------------------------------------------------- digits
+
+
+@DATASETS.register("digits", description="8x8 handwritten digits from scikit-learn (1,797 images, no download)")
+def _load_digits(*, image_size: tuple[int, int] | None = None, channels: int | None = None, **_: Any) -> ImageDataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # (N, 64) with values 0..16 -> (N, 1, 8, 8) in [0, 1]
+    x = torch.from_numpy((bunch.data / 16.0).astype(np.float32)).reshape(-1, 1, 8, 8)
+    y = torch.from_numpy(bunch.target.astype(np.int64))
+    return ImageDataset(
+        "digits", _conform(x, image_size, channels), y, [str(i) for i in range(10)],
+        source="sklearn.datasets.load_digits",
+    )
+
+
+# ----------------------------------------------------------------------------- idx files
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike[str], ndim: int | None = None) -> np.ndarray:
+    """Read an idx file (MNIST format, optionally gzipped) into a numpy array.
+
+    The header is two zero bytes, a type code, the number of dimensions and one big-endian
+    uint32 per dimension; the data must be exactly as long as the dimensions say.
+    """
+    path = Path(path)
+    fix = "Delete it so it is fetched again, or reinstall the package it came from."
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read the idx file ({exc}). {fix}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path}: not an idx file (bad magic number {raw[:4].hex() or 'none'}). {fix}")
+    dims_n = raw[3]
+    if ndim is not None and dims_n != ndim:
+        raise DataError(f"{path}: expected an idx file with {ndim} dimension(s), the header says {dims_n}. {fix}")
+    header = 4 + 4 * dims_n
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated idx header ({len(raw)} bytes). {fix}")
+    dims = struct.unpack(f">{dims_n}I", raw[4:header])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise DataError(
+            f"{path}: truncated or corrupt idx file: dimensions {dims} need {expected} bytes of data, "
+            f"found {len(raw) - header}. {fix}"
+        )
+    # one frombuffer for the whole file: no per-sample Python
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+
+
+# ----------------------------------------------------------------------------- fashion-mnist
+
+
+def _idx_files_in(folder: Path) -> dict[str, Path] | None:
+    """The four Fashion-MNIST files in ``folder`` (extracted or .gz), or None if any is missing."""
+    found: dict[str, Path] = {}
+    for key, base in _FASHION_FILES.items():
+        for candidate in (folder / base, folder / f"{base}.gz"):
+            if candidate.is_file():
+                found[key] = candidate
+                break
+        else:
+            return None
+    return found
+
+
+def _fashion_from_idx(files: dict[str, Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    arrays = {k: read_idx(p, ndim=3 if k.endswith("x") else 1) for k, p in files.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+            raise DataError(
+                f"{files[f'{split}_x']}: expected uint8 28x28 images, got {images.dtype} {images.shape[1:]}."
+            )
+        if len(images) != len(labels):
+            raise DataError(
+                f"{files[f'{split}_x']} has {len(images)} images but {files[f'{split}_y']} has {len(labels)} "
+                "labels; the files do not belong together."
+            )
+        if len(labels) and int(labels.max()) >= len(FASHION_MNIST_CLASSES):
+            raise DataError(f"{files[f'{split}_y']}: label {int(labels.max())} is out of range 0..9.")
+    return arrays["train_x"], arrays["train_y"], arrays["test_x"], arrays["test_y"]
+
+
+def _fashion_download(target: Path, looked: list[Path]) -> tuple[np.ndarray, ...]:
+    """Fetch through torchvision into ``target``/FashionMNIST/raw; it skips files already there."""
+    try:
+        from torchvision.datasets import FashionMNIST
+
+        train = FashionMNIST(str(target), train=True, download=True)
+        test = FashionMNIST(str(target), train=False, download=True)
+    except Exception as exc:  # offline: URLError / RuntimeError / OSError, depending on where it broke
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        places = ", ".join(str(p) for p in looked)
+        raise DataError(
+            f"fashion-mnist: no local copy found (looked in {places}) and the download through torchvision "
+            f"into {target} failed ({reason}). Fix: `apt-get install dataset-fashion-mnist` (installs the files "
+            f"in {DEBIAN_FASHION_MNIST}), or set data.root to a folder holding train-images-idx3-ubyte, "
+            "train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (.gz or extracted)."
+        ) from exc
+    return train.data.numpy(), train.targets.numpy(), test.data.numpy(), test.targets.numpy()
+
+
+@DATASETS.register(
+    "fashion-mnist",
+    description="28x28 grayscale clothing images, 60,000 train + 10,000 official test (Zalando)",
+)
+def _load_fashion_mnist(
+    *, root: str | Path | None = None, image_size: tuple[int, int] | None = None, channels: int | None = None,
+    **_: Any,
+) -> ImageDataset:
+    cache = data_cache_dir()
+    candidates: list[Path] = []
+    if root is not None:
+        root = Path(root).expanduser()
+        candidates += [root / "FashionMNIST" / "raw", root]
+    candidates += [DEBIAN_FASHION_MNIST, cache / "FashionMNIST" / "raw", cache]
+    for folder in candidates:
+        files = _idx_files_in(folder)
+        if files is not None:
+            train_x, train_y, test_x, test_y = _fashion_from_idx(files)
+            source = str(folder)
+            break
+    else:
+        target = root if root is not None else cache
+        train_x, train_y, test_x, test_y = _fashion_download(target, candidates)
+        source = f"torchvision download into {target / 'FashionMNIST' / 'raw'}"
+
+    def images(a: np.ndarray) -> torch.Tensor:
+        # uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1]
+        return _conform(torch.from_numpy(a.astype(np.float32) / 255.0).unsqueeze(1), image_size, channels)
+
+    def labels(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a.astype(np.int64))
+
+    return ImageDataset(
+        "fashion-mnist", images(train_x), labels(train_y), list(FASHION_MNIST_CLASSES),
+        test_x=images(test_x), test_y=labels(test_y), source=source,
+    )
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+@DATASETS.register("folder", description="an image folder with one subfolder per class (data.path)")
+def _load_folder(
+    *, path: str | Path | None = None, image_size: tuple[int, int] | None = None, channels: int | None = None,
+    on_bad_file: str = "warn", **_: Any,
+) -> ImageDataset:
+    if path is None:
+        raise ConfigError("data.path: the folder dataset needs a path to a folder with one subfolder per class.")
+    infos, classes, _bad = scan_folder_info(path, on_bad_file)
+    if image_size is None:
+        # the most common (H, W); ties go to the size met first in sorted file order
+        image_size = Counter(info.size for info in infos).most_common(1)[0][0]
+    if channels is None:
+        channels = 1 if all(is_grayscale_mode(info.mode) for info in infos) else 3
+    h, w = image_size
+    x = torch.empty((len(infos), channels, h, w), dtype=torch.float32)  # filled in place: one copy in memory
+    for i, info in enumerate(infos):
+        x[i] = read_image(info.path, channels=channels, size=None if info.size == image_size else image_size)
+    y = torch.tensor([info.label for info in infos], dtype=torch.int64)
+    return ImageDataset("folder", x, y, classes, source=str(Path(path).resolve()))
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def load_dataset(
+    name: str | None = None,
+    *,
+    path: str | Path | None = None,
+    root: str | Path | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+    on_bad_file: str = "warn",
+) -> ImageDataset:
+    """Load a dataset by name (``deepworks datasets`` lists them), or an image folder given ``path``."""
+    if name is None:
+        if path is None:
+            raise ConfigError(
+                "data: name a built-in dataset (data.dataset: digits) or an image folder (data.path: path/to/folder)."
+            )
+        name = "folder"
+    factory = DATASETS.get(name, where="data.dataset")
+    if path is not None and name != "folder":
+        raise ConfigError(
+            f"data.path ({str(path)!r}) is for an image folder, but data.dataset is {name!r}: remove one of the two."
+        )
+    if on_bad_file not in ON_BAD_FILE:
+        raise ConfigError(
+            f"data.on_bad_file: expected 'warn' (skip unreadable files) or 'error' (stop), got {on_bad_file!r}."
+        )
+    _check_channels(channels)
+    return factory(path=path, root=root, image_size=_as_size(image_size), channels=channels, on_bad_file=on_bad_file)
+
+
+def list_datasets() -> list[dict[str, Any]]:
+    """One row per built-in dataset (name, description, classes, input_shape, size, official_test); loads nothing."""
+    rows = []
+    for name in DATASETS.names():
+        info = _BUILTIN_INFO.get(name)
+        if info is None:  # the folder loader: not a dataset by itself
+            continue
+        rows.append({"name": name, "description": DATASETS.entry(name).description, **info})
+    return rows

@@ -1,0 +1,98 @@
+"""Batches for the training loop.
+
+Tensors that fit in memory stay on the device and are batched by index: one ``randperm``
+per epoch and a gather per batch, no per-sample Python. Any other ``Dataset`` goes through
+a ``DataLoader`` with the same order. The order of an epoch is a function of (seed, epoch)
+only, so a resumed run sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from deepworks.errors import DataError
+from deepworks.runtime import epoch_generator
+
+__all__ = ["as_data", "iterate_batches", "num_samples", "TensorData"]
+
+
+class TensorData:
+    """An in-memory (x, y) pair; the fast path."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def to(self, device: torch.device) -> TensorData:
+        return TensorData(self.x.to(device), self.y.to(device))
+
+
+def as_data(data: Any, where: str = "data") -> TensorData | Dataset:
+    """Accept ``(x, y)`` tensors or arrays, a ``TensorDataset`` of two tensors, or a ``Dataset``."""
+    if isinstance(data, TensorData):
+        return data
+    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
+        data = tuple(data.tensors)
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = (torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v for v in data)
+        if len(x) != len(y):
+            raise DataError(f"{where}: x has {len(x)} samples but y has {len(y)}; they must match.")
+        if len(x) == 0:
+            raise DataError(f"{where}: no samples.")
+        if y.dtype.is_floating_point or y.dtype == torch.bool or y.ndim != 1:
+            raise DataError(
+                f"{where}: labels must be a 1-D integer tensor of class indices, got dtype "
+                f"{y.dtype} and shape {tuple(y.shape)}. Convert with y.long()."
+            )
+        if not x.dtype.is_floating_point:
+            x = x.float()
+        return TensorData(x, y.long())
+    if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        if len(data) == 0:
+            raise DataError(f"{where}: the dataset has no samples.")
+        return data
+    raise DataError(
+        f"{where}: expected (x, y) tensors, a TensorDataset or a torch Dataset, got {type(data).__name__}."
+    )
+
+
+def num_samples(data: TensorData | Dataset) -> int:
+    return len(data)
+
+
+def iterate_batches(
+    data: TensorData | Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    start_batch: int = 0,
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(x, y)`` batches on ``device``, skipping the first ``start_batch`` batches."""
+    n = len(data)
+    order = torch.randperm(n, generator=epoch_generator(seed, epoch)) if shuffle else torch.arange(n)
+    order = order[start_batch * batch_size :]
+    if isinstance(data, TensorData):
+        order = order.to(data.x.device)
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            yield data.x[idx], data.y[idx]
+        return
+    device = torch.device(device)
+    # the DataLoader draws a base seed from its generator; a private one keeps the global RNG
+    # (dropout, augmentation) on the same sequence as the tensor path
+    loader = DataLoader(
+        data, batch_size=batch_size, sampler=order.tolist(), pin_memory=device.type == "cuda",
+        generator=epoch_generator(seed, epoch),
+    )
+    for xb, yb in loader:
+        yield xb.to(device, non_blocking=True), torch.as_tensor(yb).long().to(device, non_blocking=True)

@@ -1,0 +1,217 @@
+"""The run directory: everything a run needs or produces, written atomically, read without pickle.
+
+Layout::
+
+    runs/<name>-<time>/
+      config.yaml          resolved config (every default filled in)
+      data.json            classes, input shape, normalisation statistics, split sizes
+      metrics.jsonl        one JSON object per epoch
+      checkpoints/last.safetensors   weights + optimizer + RNG + loop state (one atomic file)
+      model.safetensors    the best model by the validation metric
+      summary.json         final train/val/test metrics, epochs, wall time, versions
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from deepworks.errors import CheckpointError
+
+__all__ = [
+    "RunDir",
+    "new_run_dir",
+    "atomic_write",
+    "save_tensors",
+    "load_tensors",
+    "pack_state",
+    "unpack_state",
+    "versions",
+]
+
+CHECKPOINT_FORMAT = "deepworks-checkpoint-1"
+
+
+def new_run_dir(name: str, base: str | Path = "runs") -> Path:
+    """``base/<name>-<YYYYmmdd-HHMMSS>``, with a numeric suffix if that exists already."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(base)
+    path = base / f"{name}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = base / f"{name}-{stamp}-{n}"
+    return path
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """safetensors file written atomically (tensors are copied to contiguous CPU memory)."""
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(flat, tmp, metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a safetensors file; anything else (a pickle, a truncated or edited file) is refused.
+
+    safetensors parses a JSON header and raw tensor bytes only, so no code in the file can run.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found. Is this a deepworks run directory?")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{path}: not a valid safetensors file ({str(exc).splitlines()[0][:120]}). It may be a "
+            "pickle, truncated or edited; it was refused without running anything in it. Restore "
+            "the file from a copy, or start the run again."
+        ) from None
+    return tensors, metadata
+
+
+# --------------------------------------------------------------- nested state <-> tensors + JSON
+
+
+def pack_state(obj: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
+    """Replace every tensor in a nested dict/list with a reference; collect tensors by key.
+
+    Used for optimizer and loop state so that a checkpoint is one safetensors file whose
+    JSON metadata holds the non-tensor parts.
+    """
+    if isinstance(obj, torch.Tensor):
+        key = f"{prefix}"
+        tensors[key] = obj
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: pack_state(v, tensors, f"{prefix}.{k}") for k, v in obj.items()}
+        return {"__items__": [[k, pack_state(v, tensors, f"{prefix}.{k}")] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [pack_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {"__float__": repr(obj)}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint at {prefix}")
+
+
+def unpack_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        if set(obj) == {"__float__"}:
+            return float(obj["__float__"])
+        if set(obj) == {"__items__"}:
+            return {k: unpack_state(v, tensors) for k, v in obj["__items__"]}
+        return {k: unpack_state(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [unpack_state(v, tensors) for v in obj]
+    return obj
+
+
+class RunDir:
+    """Paths and atomic I/O of one run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / "config.yaml")
+    data = property(lambda self: self.path / "data.json")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    checkpoint = property(lambda self: self.path / "checkpoints" / "last.safetensors")
+    best = property(lambda self: self.path / "model.safetensors")
+    summary = property(lambda self: self.path / "summary.json")
+
+    def create(self) -> RunDir:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def write_json(self, path: Path, obj: Any) -> None:
+        atomic_write(path, json.dumps(obj, indent=2, allow_nan=True) + "\n")
+
+    def read_json(self, path: Path) -> Any:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: missing. Is {self.path} a deepworks run directory?") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{path}: not valid JSON ({exc}); the file was edited or truncated.") from None
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics.exists():
+            return []
+        records = []
+        for line in self.metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut short by a kill: everything after it is lost work
+        return records
+
+    def truncate_metrics(self, epochs: int) -> list[dict[str, Any]]:
+        """Keep the records of the first ``epochs`` epochs (those the checkpoint covers)."""
+        kept = [r for r in self.read_metrics() if r.get("epoch", 0) <= epochs]
+        atomic_write(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+        return kept
+
+    def iter_files(self) -> Iterator[Path]:
+        return (p for p in self.path.rglob("*") if p.is_file())
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in ("deepworks", "torch", "torchvision", "numpy", "scikit-learn"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out

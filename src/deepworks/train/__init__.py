@@ -1,0 +1,21 @@
+"""The training loop, its steps, callbacks and optimizers."""
+
+from deepworks.config import bind_component
+from deepworks.train.callbacks import Callback, EarlyStopping, ProgressLogger
+from deepworks.train.optim import OPTIMIZERS, build_optimizer
+from deepworks.train.step import eval_step, train_step
+from deepworks.train.trainer import Trainer, load_model_weights
+
+bind_component(("train", "optimizer"), OPTIMIZERS)
+
+__all__ = [
+    "Trainer",
+    "Callback",
+    "EarlyStopping",
+    "ProgressLogger",
+    "OPTIMIZERS",
+    "build_optimizer",
+    "train_step",
+    "eval_step",
+    "load_model_weights",
+]

@@ -1,0 +1,121 @@
+"""A few Keras-like callbacks. Stopping is a flag on the trainer, not an exception."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from deepworks.train.trainer import Trainer
+
+__all__ = ["Callback", "EarlyStopping", "ProgressLogger", "better"]
+
+
+def better(monitor: str, mode: str, value: float, best: float | None, min_delta: float = 0.0) -> bool:
+    """Is ``value`` an improvement on ``best`` for this metric?"""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if best is None:
+        return True
+    if mode == "auto":
+        mode = "min" if monitor.endswith("loss") else "max"
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+class Callback:
+    """Hooks called by :class:`Trainer.fit`; override the ones you need."""
+
+    def on_train_begin(self, trainer: Trainer) -> None: ...
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None: ...
+    def on_batch_end(self, trainer: Trainer, step: int) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None: ...
+    def on_train_end(self, trainer: Trainer) -> None: ...
+
+    # state saved in checkpoints, so a resumed run stops where the uninterrupted one would
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved for ``patience`` epochs."""
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0, mode: str = "auto"):
+        self.monitor, self.patience, self.min_delta, self.mode = monitor, patience, min_delta, mode
+        self.best: float | None = None
+        self.wait = 0
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
+        value = logs.get(self.monitor)
+        if better(self.monitor, self.mode, value, self.best, self.min_delta):
+            self.best, self.wait = value, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            trainer.stop_training = True
+            trainer.log(f"early stopping: {self.monitor} has not improved for {self.patience} epochs (best {self.best:.4f})")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "wait": self.wait}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.wait = state.get("best"), int(state.get("wait", 0))
+
+
+class ProgressLogger(Callback):
+    """A progress bar in a terminal, one plain line per epoch otherwise."""
+
+    def __init__(self, mode: str = "auto", steps_per_epoch: int | None = None):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "log"
+        self.mode = mode
+        self.steps_per_epoch = steps_per_epoch
+        self._progress = None
+        self._task = None
+        self._t0 = 0.0
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        if self.mode == "bar":
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                transient=True,
+            )
+            self._progress.start()
+
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+        self._t0 = time.perf_counter()
+        if self._progress is not None:
+            if self._task is not None:
+                self._progress.remove_task(self._task)
+            self._task = self._progress.add_task(
+                f"epoch {epoch}/{trainer.config.epochs}", total=trainer.steps_per_epoch,
+                completed=trainer.step_in_epoch,
+            )
+
+    def on_batch_end(self, trainer: Trainer, step: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
+        if self.mode == "none":
+            return
+        shown = "  ".join(
+            f"{k} {v:.4f}" for k, v in logs.items() if k.endswith(("loss", "accuracy", "f1")) and isinstance(v, float)
+        )
+        line = f"epoch {epoch}/{trainer.config.epochs}  {shown}  {logs.get('seconds', 0):.1f}s"
+        if logs.get("best"):
+            line += "  *"
+        if self._progress is not None:
+            self._progress.console.print(line)
+        else:
+            print(line, flush=True)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

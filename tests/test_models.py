@@ -1,0 +1,98 @@
+"""Models: every registered model builds, runs forward/backward, and CNN shapes follow the textbook."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from deepworks.errors import ConfigError, ShapeError, UnknownNameError
+from deepworks.models import MODELS, create_model
+from deepworks.models.layers import ACTIVATIONS
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_model_trains_one_step(name):
+    torch.manual_seed(0)
+    shape = (3, 32, 32) if name not in ("softmax", "mlp", "cnn") else (1, 8, 8)
+    model = create_model(name, input_shape=shape, num_classes=5)
+    x, y = torch.randn(4, *shape), torch.tensor([0, 1, 2, 4])
+    logits = model(x)
+    assert logits.shape == (4, 5)
+    loss = nn.functional.cross_entropy(logits, y)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS.names())
+def test_cnn_and_mlp_take_every_activation(activation):
+    for name in ("cnn", "mlp"):
+        model = create_model(name, input_shape=(1, 8, 8), num_classes=3, activation=activation)
+        assert torch.isfinite(model(torch.randn(2, 1, 8, 8))).all()
+
+
+def _conv_out(n, k, s, padding):
+    if padding == "same":
+        return math.ceil(n / s)
+    p = 0 if padding == "valid" else padding
+    return (n + 2 * p - k) // s + 1
+
+
+@pytest.mark.parametrize("size", [8, 9, 28])
+@pytest.mark.parametrize("kernel", [1, 2, 3, 5])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("padding", ["same", "valid", 1])
+def test_conv_output_size_matches_formula(size, kernel, stride, padding):
+    if padding == "valid" and kernel > size:
+        return
+    model = create_model(
+        "cnn", input_shape=(1, size, size), num_classes=2, filters=[4], kernel_size=kernel, stride=stride,
+        padding=padding, pool="none", hidden=[], global_pool=False,
+    )
+    features = model[:-2](torch.zeros(1, 1, size, size))  # everything before Flatten + Linear
+    expected = _conv_out(size, kernel, stride, padding)
+    assert features.shape[-2:] == (expected, expected)
+
+
+@pytest.mark.parametrize("kernel", [2, 3, 4, 5])
+def test_same_padding_equals_torch_same_for_stride_one(kernel):
+    ours = create_model("cnn", input_shape=(2, 9, 7), num_classes=2, filters=[3], kernel_size=kernel,
+                        pool="none", batch_norm=False, dropout=0.0, hidden=[])
+    conv = next(m for m in ours.modules() if isinstance(m, nn.Conv2d))
+    oracle = nn.Conv2d(2, 3, kernel, padding="same")
+    oracle.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 2, 9, 7)
+    pad_and_conv = ours[: [i for i, m in enumerate(ours) if isinstance(m, nn.Conv2d)][0] + 1]
+    torch.testing.assert_close(pad_and_conv(x), oracle(x))
+
+
+def test_too_many_poolings_fail_before_training_naming_the_block():
+    with pytest.raises(ShapeError) as e:
+        create_model("cnn", input_shape=(1, 8, 8), num_classes=10, filters=[8, 8, 8, 8])
+    assert "block 3" in str(e.value) and "pool" in str(e.value)
+
+
+def test_per_block_settings_override_model_defaults():
+    model = create_model("cnn", input_shape=(1, 28, 28), num_classes=10,
+                         blocks=[{"filters": 8, "stride": 2, "pool": "none"}, {"filters": 16, "padding": "valid"}])
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8, 16] and convs[0].stride == (2, 2)
+    assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+
+
+def test_bad_params_and_names_are_config_errors():
+    with pytest.raises(ConfigError) as e:
+        create_model("cnn", input_shape=(1, 8, 8), num_classes=10, filtrs=[8])
+    assert "model.filtrs" in str(e.value)
+    with pytest.raises(UnknownNameError) as e:
+        create_model("cnnn", input_shape=(1, 8, 8), num_classes=10)
+    assert "'cnn'" in str(e.value)
+
+
+def test_softmax_is_multinomial_logistic_regression():
+    model = create_model("softmax", input_shape=(1, 8, 8), num_classes=10)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 1 and linears[0].in_features == 64

@@ -1,0 +1,168 @@
+"""Trainer: the user's own nn.Module and data get the loop, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import Dataset
+
+from deepworks import Callback, Trainer
+from deepworks.errors import CheckpointError, ConfigError, DataError, ShapeError
+
+
+def blobs(n=240, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    centers = torch.randn(classes, 2, 4, 4, generator=g) * 2
+    x = centers[y] + torch.randn(n, 2, 4, 4, generator=g)
+    return x, y
+
+
+def small_model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(32, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+
+
+def test_fit_learns_and_writes_a_run_directory(tmp_path):
+    x, y = blobs()
+    trainer = Trainer(small_model(), {"epochs": 5, "progress": "none", "optimizer": {"name": "adamw", "lr": 0.01}},
+                      run_dir=tmp_path / "run")
+    history = trainer.fit((x, y), (x[:60], y[:60]))
+    assert len(history) == 5
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3, 4, 5]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["val"]["accuracy"] > 0.9 and summary["epochs_run"] == 5
+    assert {"torch", "python"} <= set(summary["versions"])
+    assert (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_dataset_path_gives_same_result_as_tensor_path():
+    x, y = blobs()
+
+    class Pairs(Dataset):
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            return x[i], int(y[i])
+
+    a = small_model()
+    Trainer(a, {"epochs": 2, "progress": "none", "batch_size": 32}).fit((x, y))
+    b = small_model()
+    Trainer(b, {"epochs": 2, "progress": "none", "batch_size": 32}).fit(Pairs())
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb)
+
+
+def test_matches_a_plain_pytorch_loop():
+    """Same seed, same batches, same optimizer: the trainer's weights equal a hand-written loop's."""
+    from deepworks.runtime import epoch_generator
+
+    x, y = blobs()
+    ours = small_model()
+    Trainer(ours, {"epochs": 2, "batch_size": 50, "progress": "none", "optimizer": {"name": "sgd", "lr": 0.05}}).fit((x, y))
+
+    torch.manual_seed(0)  # what Trainer.fit does with seed=0 before training
+    ref = small_model()
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
+    torch.manual_seed(0)
+    ref.train()
+    for epoch in (1, 2):
+        order = torch.randperm(len(x), generator=epoch_generator(0, epoch))
+        for s in range(0, len(x), 50):
+            idx = order[s : s + 50]
+            opt.zero_grad()
+            nn.functional.cross_entropy(ref(x[idx]), y[idx]).backward()
+            opt.step()
+    for pa, pb in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+
+
+def test_early_stopping_stops_and_keeps_best(tmp_path):
+    x, y = blobs()
+    noise = torch.randint(0, 3, (60,))  # validation labels the model cannot learn
+    trainer = Trainer(
+        small_model(), {"epochs": 50, "progress": "none", "monitor": "val_loss",
+                        "early_stopping": {"monitor": "val_loss", "patience": 2}}, run_dir=tmp_path / "r",
+    )
+    history = trainer.fit((x, y), (x[:60], noise))
+    assert len(history) < 50
+    best = min(h["val_loss"] for h in history)
+    assert trainer.best == pytest.approx(best)
+    # the model handed back is the best one, not the last one
+    weights = load_file(tmp_path / "r" / "model.safetensors")
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, weights[k])
+
+
+class StopAt(Callback):
+    """Simulates a crash right after a given step (after its checkpoint was written)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_batch_end(self, trainer, step):
+        if step == self.step:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("crash_step", [7, 12, 20])  # mid-epoch (after a step checkpoint), and at other points
+def test_resume_is_bitwise_equal_to_uninterrupted(tmp_path, crash_step):
+    x, y = blobs()
+    cfg = {"epochs": 4, "batch_size": 32, "progress": "none", "checkpoint_every_steps": 3,
+           "early_stopping": {"monitor": "val_loss", "patience": 10}}
+    full = Trainer(small_model(), cfg, run_dir=tmp_path / "full")
+    full.fit((x, y), (x[:60], y[:60]))
+
+    crashed = Trainer(small_model(), cfg, run_dir=tmp_path / "crash", callbacks=[StopAt(crash_step)])
+    with pytest.raises(KeyboardInterrupt):
+        crashed.fit((x, y), (x[:60], y[:60]))
+    resumed = Trainer(small_model(seed=123), cfg, run_dir=tmp_path / "crash")  # different init: weights come from the checkpoint
+    resumed.fit((x, y), (x[:60], y[:60]), resume=True)
+
+    for name in ("model.safetensors", "checkpoints/last.safetensors"):
+        a, b = load_file(tmp_path / "full" / name), load_file(tmp_path / "crash" / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}:{k}"
+    assert (tmp_path / "full" / "metrics.jsonl").read_text().count("\n") == 4
+    ra = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(l) for l in (tmp_path / "crash" / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(ra) == strip(rb)
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    x, y = blobs()
+    with pytest.raises(CheckpointError) as e:
+        Trainer(small_model(), {"progress": "none"}, run_dir=tmp_path / "empty").fit((x, y), resume=True)
+    assert "no checkpoint" in str(e.value)
+
+
+def test_wrong_shapes_and_labels_are_user_errors():
+    x, y = blobs()
+    with pytest.raises(ShapeError) as e:
+        Trainer(small_model(), {"progress": "none"}).fit((x[:, :1], y))
+    assert "does not fit the model" in str(e.value)
+    with pytest.raises(ShapeError) as e:
+        Trainer(small_model(), {"progress": "none"}).fit((x, y + 5))
+    assert "labels" in str(e.value)
+    with pytest.raises(DataError):
+        Trainer(small_model(), {"progress": "none"}).fit((x, y[:10]))
+    with pytest.raises(DataError):
+        Trainer(small_model(), {"progress": "none"}).fit((x, y.float()))
+
+
+def test_bad_trainer_config_names_the_key():
+    with pytest.raises(ConfigError) as e:
+        Trainer(small_model(), {"epoch": 3})
+    assert "train.epoch" in str(e.value) and "'train.epochs'" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        Trainer(small_model(), {"optimizer": {"name": "sgd", "lrr": 0.1}})
+    assert "train.optimizer.lrr" in str(e.value)
