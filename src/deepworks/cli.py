@@ -129,8 +129,16 @@ def datasets(as_json: Annotated[bool, typer.Option("--json", help="print JSON")]
     out.print("An image folder (one subfolder per class) works too: data.path: path/to/folder")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # warnings about the user's data or config are messages for them, not source locations
+    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning user errors into a message and exit status 2."""
+    import warnings
+
+    warnings.showwarning = _show_warning
     try:
         app(args=argv, standalone_mode=False)
     except DeepworksError as exc:

@@ -25,7 +25,7 @@ from deepworks.data import ImageDataset, channel_stats, load_dataset, normalize,
 from deepworks.data.loaders import TensorData
 from deepworks.errors import CheckpointError, ConfigError, DataError
 from deepworks.models import create_model
-from deepworks.runs import RunDir, new_run_dir
+from deepworks.runs import RunDir, atomic_write, new_run_dir
 from deepworks.train import Trainer, load_model_weights
 
 __all__ = ["Run", "PreparedData", "prepare_data", "train", "resume", "evaluate", "predict", "load_run"]
@@ -139,8 +139,6 @@ def train(
             f"`deepworks train --resume {run.path}`, or choose another directory."
         )
     run.create()
-    from deepworks.runs import atomic_write
-
     atomic_write(run.config, dump_config(cfg))
     run.write_json(run.data, data.info)
     print(f"run directory: {run.path}", flush=True)

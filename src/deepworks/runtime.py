@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
+from torch import nn
 
 from deepworks.errors import ConfigError
 
-__all__ = ["resolve_device", "seed_everything", "set_deterministic", "epoch_generator"]
+__all__ = [
+    "resolve_device",
+    "seed_everything",
+    "set_deterministic",
+    "epoch_generator",
+    "Precision",
+    "resolve_precision",
+    "cpu_supports_bf16",
+    "has_conv",
+]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -50,3 +63,75 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The generator that shuffles epoch ``epoch``: a function of (seed, epoch) alone, so a
     resumed run replays exactly the batches an uninterrupted run would have seen."""
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
+
+
+@lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """Does this CPU run bf16 matrix work natively (AVX-512 BF16 or AMX)?
+
+    Without it bf16 is emulated and slower than fp32, so ``auto`` stays in fp32.
+    """
+    try:
+        if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return True
+    except (AttributeError, RuntimeError):
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a step runs: the autocast dtype (None = fp32), memory format and loss scaling."""
+
+    name: str  # fp32 | bf16 | fp16
+    device_type: str
+    channels_last: bool
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+
+    @property
+    def needs_scaler(self) -> bool:
+        return self.name == "fp16"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.ndim == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def resolve_precision(name: str, device: torch.device, model: nn.Module, channels_last: str = "auto") -> Precision:
+    """``auto``: bf16 autocast on GPUs and on CPUs with native bf16, fp32 elsewhere.
+
+    channels_last (``auto``) goes with reduced precision on convolutional models, where
+    oneDNN and cuDNN have their fastest kernels for it.
+    """
+    if name == "auto":
+        if device.type == "cuda":
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        elif device.type == "cpu" and cpu_supports_bf16():
+            name = "bf16"
+        else:
+            name = "fp32"
+    if name == "fp16" and device.type == "cpu" and not hasattr(torch.amp, "GradScaler"):
+        raise ConfigError("train.precision: fp16 on the CPU needs a newer torch; use bf16 or fp32.")
+    if channels_last == "auto":
+        use_cl = name != "fp32" and has_conv(model)
+    else:
+        use_cl = channels_last == "on"
+    return Precision(name, device.type, use_cl)

@@ -104,10 +104,13 @@ class ProgressLogger(Callback):
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
         if self.mode == "none":
             return
-        shown = "  ".join(
-            f"{k} {v:.4f}" for k, v in logs.items() if k.endswith(("loss", "accuracy", "f1")) and isinstance(v, float)
-        )
-        line = f"epoch {epoch}/{trainer.config.epochs}  {shown}  {logs.get('seconds', 0):.1f}s"
+        parts = []
+        for split in ("train", "val"):
+            fields = [(m, logs.get(f"{split}_{m}")) for m in ("loss", "accuracy", "macro_f1")]
+            shown = " ".join(f"{m.replace('macro_', '')} {v:.4f}" for m, v in fields if isinstance(v, float))
+            if shown:
+                parts.append(f"{split}: {shown}")
+        line = f"epoch {epoch}/{trainer.config.epochs}  " + "  |  ".join(parts) + f"  ({logs.get('seconds', 0):.1f}s)"
         if logs.get("best"):
             line += "  *"
         if self._progress is not None:

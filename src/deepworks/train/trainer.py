@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from pydantic import ValidationError
 from torch import nn
 
@@ -25,7 +26,7 @@ from deepworks.config import TrainConfig, format_errors
 from deepworks.data.loaders import TensorData, as_data, iterate_batches
 from deepworks.errors import CheckpointError, ConfigError, ShapeError
 from deepworks.evaluate.metrics import MetricAccumulator, classification_report
-from deepworks.runs import CHECKPOINT_FORMAT, RunDir, load_tensors, pack_state, save_tensors, unpack_state, versions
+from deepworks.runs import CHECKPOINT_FORMAT, RunDir, atomic_write, load_tensors, pack_state, save_tensors, unpack_state, versions
 from deepworks.runtime import resolve_device, seed_everything, set_deterministic
 from deepworks.train.callbacks import Callback, EarlyStopping, ProgressLogger, better
 from deepworks.train.optim import build_optimizer
@@ -124,6 +125,8 @@ class Trainer:
             self._load_checkpoint()
         elif self.run is not None:
             self.run.metrics.unlink(missing_ok=True)
+            if not self.run.config.exists():  # a Trainer used on its own: keep its resolved settings
+                atomic_write(self.run.path / "trainer.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
         for cb in self.callbacks:
             cb.on_train_begin(self)
