@@ -66,7 +66,8 @@ def test_matches_a_plain_pytorch_loop():
 
     x, y = blobs()
     ours = small_model()
-    Trainer(ours, {"epochs": 2, "batch_size": 50, "progress": "none", "optimizer": {"name": "sgd", "lr": 0.05}}).fit((x, y))
+    Trainer(ours, {"epochs": 2, "batch_size": 50, "progress": "none", "precision": "fp32",
+                   "optimizer": {"name": "sgd", "lr": 0.05}}).fit((x, y))
 
     torch.manual_seed(0)  # what Trainer.fit does with seed=0 before training
     ref = small_model()
@@ -166,3 +167,47 @@ def test_bad_trainer_config_names_the_key():
     with pytest.raises(ConfigError) as e:
         Trainer(small_model(), {"optimizer": {"name": "sgd", "lrr": 0.1}})
     assert "train.optimizer.lrr" in str(e.value)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_every_precision_trains_a_cnn(precision):
+    from deepworks.models import create_model
+
+    x, y = blobs(n=96)
+    torch.manual_seed(0)
+    model = create_model("cnn", input_shape=(2, 4, 4), num_classes=3, filters=[8], hidden=[16])
+    trainer = Trainer(model, {"epochs": 3, "progress": "none", "precision": precision,
+                              "optimizer": {"name": "adamw", "lr": 0.01}})
+    history = trainer.fit((x, y), (x, y))
+    assert trainer.precision.name == precision
+    assert trainer.precision.channels_last == (precision != "fp32")  # auto layout goes with reduced precision
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert (trainer.scaler is not None) == (precision == "fp16")
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    import deepworks.runtime as rt
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten())
+    monkeypatch.setattr(rt, "cpu_supports_bf16", lambda: False)
+    assert rt.resolve_precision("auto", torch.device("cpu"), model).name == "fp32"
+    monkeypatch.setattr(rt, "cpu_supports_bf16", lambda: True)
+    p = rt.resolve_precision("auto", torch.device("cpu"), model)
+    assert p.name == "bf16" and p.channels_last
+    assert not rt.resolve_precision("bf16", torch.device("cpu"), model, channels_last="off").channels_last
+    assert not rt.resolve_precision("bf16", torch.device("cpu"), nn.Linear(2, 2)).channels_last  # no convs
+
+
+def test_bf16_autocast_matches_fp32_closely():
+    """bf16 is an approximation: the logits stay within bf16's precision of the fp32 ones."""
+    from deepworks.runtime import Precision
+    from deepworks.train.step import eval_step
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(128, 3)).eval()
+    x, y = blobs(n=32)
+    _, ref = eval_step(model, x, y, nn.CrossEntropyLoss())
+    _, low = eval_step(model, x, y, nn.CrossEntropyLoss(), Precision("bf16", "cpu", channels_last=True))
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, ref, atol=0.05, rtol=0.05)

@@ -6,6 +6,8 @@ User errors print one paragraph (no traceback) and exit 2; internal errors exit 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -35,9 +37,16 @@ def train(
     ] = None,
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="where the run goes (default runs/<name>-<time>)")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="continue the interrupted run in this directory")] = None,
+    nproc: Annotated[
+        int, typer.Option("--nproc", min=1, help="processes to train with (DDP via torchrun; one per GPU)")
+    ] = 1,
 ) -> None:
     """Train a model from CONFIG, or continue a run with --resume RUN_DIR."""
     import deepworks
+    from deepworks.runtime import distributed_context
+
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        raise typer.Exit(_torchrun(nproc))
 
     if resume is not None:
         if config is not None or set_:
@@ -47,7 +56,26 @@ def train(
         if config is None:
             raise DeepworksError("train: give a CONFIG.yaml (see examples/configs/) or --resume RUN_DIR.")
         run = deepworks.train(config, overrides=set_ or [], run_dir=run_dir)
-    _print_summary(run.summary, run.dir)
+    if distributed_context().is_main:
+        _print_summary(run.summary, run.dir)
+
+
+def _torchrun(nproc: int) -> int:
+    """Run this same command under ``torchrun`` with ``nproc`` processes (without --nproc)."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        args.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "deepworks", *args]
+    return subprocess.call(cmd)
 
 
 def _print_summary(summary: dict, run_dir: Path) -> None:

@@ -136,6 +136,18 @@ class TrainConfig(Strict):
         None, ge=1, description="also checkpoint every N steps inside an epoch (always at epoch end)"
     )
     progress: Literal["auto", "bar", "log", "none"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on GPUs and bf16-capable CPUs, fp32 elsewhere"
+    )
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto", description="NHWC memory layout for conv models; auto: with bf16/fp16"
+    )
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the model; auto: on GPUs for runs long enough to repay it"
+    )
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="DataLoader worker processes for datasets not held in memory"
+    )
 
     @field_validator("early_stopping", mode="before")
     @classmethod

@@ -26,6 +26,7 @@ from deepworks.data.loaders import TensorData
 from deepworks.errors import CheckpointError, ConfigError, DataError
 from deepworks.models import create_model
 from deepworks.runs import RunDir, atomic_write, new_run_dir
+from deepworks.runtime import barrier, broadcast_object, distributed_context
 from deepworks.train import Trainer, load_model_weights
 
 __all__ = ["Run", "PreparedData", "prepare_data", "train", "resume", "evaluate", "predict", "load_run"]
@@ -129,19 +130,23 @@ def train(
     (``train={"epochs": 5}``). Returns the :class:`Run` with its best model and summary.
     """
     cfg = load_config(config, _merge_kwargs(overrides, kwargs))
-    torch.manual_seed(cfg.seed)  # the model's initial weights
+    dist = distributed_context()
     data = prepare_data(cfg)
+    torch.manual_seed(cfg.seed)  # the model's initial weights
     model = _build_model(cfg, data.input_shape, len(data.classes))
-    run = RunDir(run_dir or new_run_dir(cfg.name, runs_root))
+    # under torchrun every process must use the directory rank 0 names
+    run = RunDir(broadcast_object(str(run_dir or new_run_dir(cfg.name, runs_root))))
     if run.checkpoint.exists() or run.summary.exists():
         raise ConfigError(
             f"--run-dir {run.path}: a run already lives there. Resume it with "
             f"`deepworks train --resume {run.path}`, or choose another directory."
         )
-    run.create()
-    atomic_write(run.config, dump_config(cfg))
-    run.write_json(run.data, data.info)
-    print(f"run directory: {run.path}", flush=True)
+    barrier()  # all processes have checked the directory before rank 0 writes to it
+    if dist.is_main:
+        run.create()
+        atomic_write(run.config, dump_config(cfg))
+        run.write_json(run.data, data.info)
+        print(f"run directory: {run.path}", flush=True)
     return _fit(cfg, data, model, run, resume=False)
 
 
@@ -156,9 +161,9 @@ def resume(run_dir: str | Path) -> Run:
     if run.summary.exists() and "test" in run.read_json(run.summary):
         print(f"{run.path}: the run is already complete; nothing to resume.", flush=True)
         return load_run(run.path)
-    torch.manual_seed(cfg.seed)
     data = prepare_data(cfg)
     _check_same_data(run, data)
+    torch.manual_seed(cfg.seed)
     model = _build_model(cfg, data.input_shape, len(data.classes))
     return _fit(cfg, data, model, run, resume=True)
 

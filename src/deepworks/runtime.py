@@ -23,6 +23,12 @@ __all__ = [
     "resolve_precision",
     "cpu_supports_bf16",
     "has_conv",
+    "DistContext",
+    "distributed_context",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_object",
+    "gather_objects",
 ]
 
 
@@ -135,3 +141,86 @@ def resolve_precision(name: str, device: torch.device, model: nn.Module, channel
     else:
         use_cl = channels_last == "on"
     return Precision(name, device.type, use_cl)
+
+
+# ------------------------------------------------------------------ distributed (torchrun + DDP)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in a ``torchrun`` job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_context() -> DistContext:
+    """Join the process group ``torchrun`` describes in the environment (gloo on CPUs, NCCL on GPUs).
+
+    Without ``WORLD_SIZE`` > 1 in the environment this is a single process and nothing is set up.
+    """
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return DistContext(rank, world, local)
+
+
+def all_reduce_sum(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Element-wise sum of each tensor over all processes (a copy; the inputs are unchanged)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return tensors
+    out = {}
+    for key, value in tensors.items():
+        t = value.detach().clone()
+        if t.device.type == "cpu" and dist.get_backend() == "nccl":
+            t = t.cuda()
+        dist.all_reduce(t)
+        out[key] = t.to(value.device)
+    return out
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj, src: int = 0):
+    """``obj`` from rank ``src`` on every rank (e.g. the run directory rank 0 chose)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_objects(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

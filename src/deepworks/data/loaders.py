@@ -76,10 +76,22 @@ def iterate_batches(
     epoch: int = 0,
     start_batch: int = 0,
     device: torch.device | str = "cpu",
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(x, y)`` batches on ``device``, skipping the first ``start_batch`` batches."""
+    """Yield ``(x, y)`` batches on ``device``, skipping the first ``start_batch`` batches.
+
+    With ``world_size`` > 1 each process takes every ``world_size``-th sample of the epoch's
+    order. Shuffled (training) shards are cut to equal length so every process runs the same
+    number of steps; unshuffled (evaluation) shards cover every sample exactly once.
+    """
     n = len(data)
     order = torch.randperm(n, generator=epoch_generator(seed, epoch)) if shuffle else torch.arange(n)
+    if world_size > 1:
+        if shuffle:
+            order = order[: n // world_size * world_size]
+        order = order[rank::world_size]
     order = order[start_batch * batch_size :]
     if isinstance(data, TensorData):
         order = order.to(data.x.device)
@@ -92,7 +104,8 @@ def iterate_batches(
     # (dropout, augmentation) on the same sequence as the tensor path
     loader = DataLoader(
         data, batch_size=batch_size, sampler=order.tolist(), pin_memory=device.type == "cuda",
-        generator=epoch_generator(seed, epoch),
+        generator=epoch_generator(seed, epoch), num_workers=num_workers,
+        prefetch_factor=4 if num_workers else None,
     )
     for xb, yb in loader:
         yield xb.to(device, non_blocking=True), torch.as_tensor(yb).long().to(device, non_blocking=True)

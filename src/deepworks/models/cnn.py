@@ -78,9 +78,11 @@ def cnn(input_shape: tuple[int, int, int], num_classes: int, **params) -> nn.Mod
                 # explicit (possibly asymmetric) zero padding: torch's padding='same' has no strides
                 top, bottom = same_padding(height, kernel, s)
                 left, right = same_padding(width, kernel, s)
-                if top or bottom or left or right:
+                if top == bottom and left == right:
+                    conv_pad = (top, left)  # symmetric: the conv pads itself, no extra copy
+                else:
                     layers.append(nn.ZeroPad2d((left, right, top, bottom)))
-                conv_pad = 0
+                    conv_pad = 0
             else:
                 conv_pad = 0 if padding == "valid" else int(padding)
             height = conv_output_size(height, kernel, s, padding, where)

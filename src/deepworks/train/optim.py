@@ -44,8 +44,15 @@ def sgd(params: Iterable, **kw) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, **kw)
 
 
-def build_optimizer(name: str, params: Iterable, **kw) -> torch.optim.Optimizer:
+def build_optimizer(name: str, params: Iterable, device: torch.device | str = "cpu", **kw) -> torch.optim.Optimizer:
+    """The optimizer ``name`` with its validated params; fused kernels on CUDA where torch has them."""
     entry = OPTIMIZERS.entry(name, where="train.optimizer.name")
     if entry.params is not None:
         kw = entry.params.model_validate(kw).model_dump()
+    if torch.device(device).type == "cuda" and name in FUSED:
+        kw["fused"] = True  # one kernel for the whole update instead of one per tensor
     return entry.factory(params, **kw)
+
+
+# optimizers whose torch implementation has a fused CUDA kernel
+FUSED = {"adamw", "sgd"}

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,7 +28,16 @@ from deepworks.data.loaders import TensorData, as_data, iterate_batches
 from deepworks.errors import CheckpointError, ConfigError, ShapeError
 from deepworks.evaluate.metrics import MetricAccumulator, classification_report
 from deepworks.runs import CHECKPOINT_FORMAT, RunDir, atomic_write, load_tensors, pack_state, save_tensors, unpack_state, versions
-from deepworks.runtime import resolve_device, seed_everything, set_deterministic
+from deepworks.runtime import (
+    all_reduce_sum,
+    barrier,
+    distributed_context,
+    gather_objects,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+    set_deterministic,
+)
 from deepworks.train.callbacks import Callback, EarlyStopping, ProgressLogger, better
 from deepworks.train.optim import build_optimizer
 from deepworks.train.step import eval_step, train_step
@@ -78,9 +88,16 @@ class Trainer:
         self.model = model
         self.classes = list(classes) if classes is not None else None
         self.seed = seed
-        self.run = RunDir(run_dir).create() if run_dir is not None else None
+        self.dist = distributed_context()  # rank 0 of 1 unless launched by torchrun
+        self.run = RunDir(run_dir) if run_dir is not None else None
+        self.writes = self.run is not None and self.dist.is_main  # only rank 0 writes the run directory
+        if self.writes:
+            self.run.create()
         self.device = resolve_device(self.config.device)
-        self.callbacks: list[Callback] = [ProgressLogger(self.config.progress)]
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        progress = self.config.progress if self.dist.is_main else "none"
+        self.callbacks: list[Callback] = [ProgressLogger(progress)]
         if self.config.early_stopping is not None:
             es = self.config.early_stopping
             self.callbacks.append(EarlyStopping(es.monitor, es.patience, es.min_delta, es.mode))
@@ -107,7 +124,7 @@ class Trainer:
         last checkpoint and ends with the same weights as an uninterrupted run.
         """
         cfg = self.config
-        seed_everything(self.seed)
+        seed_everything(self.seed + self.dist.rank)  # each process its own dropout masks
         set_deterministic(cfg.deterministic)
         train_data = self._to_device(as_data(train, "train data"))
         val_data = self._to_device(as_data(val, "validation data")) if val is not None else None
@@ -116,14 +133,24 @@ class Trainer:
             cfg = self.config = cfg.model_copy(update={"monitor": cfg.monitor.replace("val_", "train_", 1)})
         self.model.to(self.device)
         self.num_classes = self._check_shapes(train_data)
-        self.optimizer = build_optimizer(cfg.optimizer.name, self.model.parameters(), **cfg.optimizer.params)
+        self.precision = resolve_precision(cfg.precision, self.device, self.model, cfg.channels_last)
+        if self.precision.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
+        self.optimizer = build_optimizer(
+            cfg.optimizer.name, self.model.parameters(), device=self.device, **cfg.optimizer.params
+        )
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.eval_loss_fn = nn.CrossEntropyLoss()
-        self.steps_per_epoch = -(-len(train_data) // cfg.batch_size)
+        shard = len(train_data) // self.dist.world_size
+        self.steps_per_epoch = -(-shard // cfg.batch_size)
+        self.forward_model = self._maybe_compile(self._maybe_ddp(), self.steps_per_epoch * cfg.epochs)
+        # evaluation shards differ in size across processes, so it runs outside DDP
+        self.eval_model = self.model if self.dist.enabled else self.forward_model
         self._accumulator = MetricAccumulator(self.num_classes, self.device)
         if resume:
             self._load_checkpoint()
-        elif self.run is not None:
+        elif self.writes:
             self.run.metrics.unlink(missing_ok=True)
             if not self.run.config.exists():  # a Trainer used on its own: keep its resolved settings
                 atomic_write(self.run.path / "trainer.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -136,6 +163,7 @@ class Trainer:
         finally:
             for cb in self.callbacks:
                 cb.on_train_end(self)
+        barrier()  # rank 0 has written the best model
         if self.run is not None and self.run.best.exists():
             load_model_weights(self.model, self.run.best)
         elif self._best_state is not None:
@@ -151,14 +179,18 @@ class Trainer:
         acc = MetricAccumulator(num_classes, self.device)
         self.model.to(self.device).eval()
         loss_fn = nn.CrossEntropyLoss()
-        for xb, yb in iterate_batches(data, self.config.eval_batch_size, shuffle=False, device=self.device):
-            loss, logits = eval_step(self.model, xb, yb, loss_fn)
+        precision = getattr(self, "precision", None) or resolve_precision(
+            self.config.precision, self.device, self.model, self.config.channels_last
+        )
+        for xb, yb in self._batches(data, self.config.eval_batch_size, shuffle=False):
+            loss, logits = eval_step(self.model, xb, yb, loss_fn, precision)
             acc.update(logits, yb, loss)
+        acc = self._reduced(acc)
         names = list(classes or self.classes or [str(i) for i in range(num_classes)])
         return classification_report(acc.confusion(), names, loss=acc.compute()["loss"])
 
     def log(self, message: str) -> None:
-        if self.config.progress != "none":
+        if self.config.progress != "none" and self.dist.is_main:
             print(message, flush=True)
 
     # ------------------------------------------------------------------ the loop
@@ -173,12 +205,9 @@ class Trainer:
             cb.on_epoch_begin(self, epoch)
         self.model.train()
         acc = self._accumulator
-        batches = iterate_batches(
-            train_data, cfg.batch_size, shuffle=True, seed=self.seed, epoch=epoch,
-            start_batch=self.step_in_epoch, device=self.device,
-        )
+        batches = self._batches(train_data, cfg.batch_size, shuffle=True, epoch=epoch, start_batch=self.step_in_epoch)
         for xb, yb in batches:
-            loss, logits = train_step(self.model, xb, yb, self.optimizer, self.loss_fn)
+            loss, logits = train_step(self.forward_model, xb, yb, self.optimizer, self.loss_fn, self.precision, self.scaler)
             acc.update(logits, yb, loss)
             self.step_in_epoch += 1
             self.global_step += 1
@@ -190,7 +219,7 @@ class Trainer:
                 self._save_checkpoint()
 
         logs: dict[str, Any] = {"epoch": epoch}
-        logs.update({f"train_{k}": v for k, v in acc.compute().items()})
+        logs.update({f"train_{k}": v for k, v in self._reduced(acc).compute().items()})
         if val_data is not None:
             report = self._evaluate_data(val_data)
             logs.update({f"val_{k}": report[k] for k in ("loss", "accuracy", "macro_precision", "macro_recall", "macro_f1")})
@@ -207,22 +236,57 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_epoch_end(self, epoch, logs)
         self.history.append(logs)
-        if self.run is not None:
+        if self.writes:
             # metrics line first, checkpoint last: the checkpoint is the commit point, and
             # resume drops metric lines of epochs the checkpoint does not cover
             self.run.append_metrics(logs)
-            self._save_checkpoint()
+        self._save_checkpoint()
 
     def _evaluate_data(self, data: Any) -> dict[str, Any]:
         acc = MetricAccumulator(self.num_classes, self.device)
         self.model.eval()
-        for xb, yb in iterate_batches(data, self.config.eval_batch_size, shuffle=False, device=self.device):
-            loss, logits = eval_step(self.model, xb, yb, self.eval_loss_fn)
+        for xb, yb in self._batches(data, self.config.eval_batch_size, shuffle=False):
+            loss, logits = eval_step(self.eval_model, xb, yb, self.eval_loss_fn, self.precision)
             acc.update(logits, yb, loss)
         self.model.train()
-        return acc.compute()
+        return self._reduced(acc).compute()
 
     # ------------------------------------------------------------------ helpers
+
+    def _batches(self, data: Any, batch_size: int, *, shuffle: bool, epoch: int = 0, start_batch: int = 0):
+        workers = self.config.num_workers
+        if workers == "auto":
+            workers = min(4, (os.cpu_count() or 1) // 2)
+        return iterate_batches(
+            data, batch_size, shuffle=shuffle, seed=self.seed, epoch=epoch, start_batch=start_batch,
+            device=self.device, num_workers=workers, rank=self.dist.rank, world_size=self.dist.world_size,
+        )
+
+    def _reduced(self, acc: MetricAccumulator) -> MetricAccumulator:
+        """The accumulator summed over all processes (itself when there is one process)."""
+        if not self.dist.enabled:
+            return acc
+        total = MetricAccumulator(acc.num_classes, self.device)
+        total.load_state_dict(all_reduce_sum(acc.state_dict()))
+        return total
+
+    def _maybe_ddp(self) -> nn.Module:
+        if not self.dist.enabled:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=ids)
+
+    def _maybe_compile(self, model: nn.Module, total_steps: int) -> nn.Module:
+        """torch.compile where it repays its start-up cost (GPU runs of a few thousand steps)."""
+        mode = self.config.compile
+        if mode == "auto":
+            mode = "on" if self.device.type == "cuda" and total_steps >= 2000 else "off"
+        if mode == "off":
+            return model
+        self.log("compiling the model with torch.compile (the first steps are slow)")
+        return torch.compile(model)
 
     def _to_device(self, data: Any) -> Any:
         return data.to(self.device) if isinstance(data, TensorData) else data
@@ -260,16 +324,24 @@ class Trainer:
         if self.run is None:
             self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             return
+        if not self.writes:
+            return
         meta = {"format": MODEL_FORMAT, "epoch": str(self.epoch + 1), "monitor": self.config.monitor, "value": repr(self.best)}
         save_tensors(self.run.best, self.model.state_dict(), metadata=meta)
 
     def _save_checkpoint(self) -> None:
         if self.run is None:
             return
-        tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        rngs = gather_objects(rng)  # every process's generators, so each resumes its own stream
+        # rank 0 saves the epoch's running metric sums over all processes; on resume the
+        # others start from zero, so the end-of-epoch sum comes out the same
+        accumulator = self._reduced(self._accumulator)
+        if not self.writes:
+            return
+        tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         state = {
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
@@ -279,8 +351,10 @@ class Trainer:
             "wall_seconds": self.wall_seconds,
             "monitor": self.config.monitor,
             "optimizer": pack_state(self.optimizer.state_dict(), tensors, "optimizer"),
-            "rng": pack_state(rng, tensors, "rng"),
-            "accumulator": pack_state(self._accumulator.state_dict(), tensors, "accumulator"),
+            "rng": pack_state(rngs, tensors, "rng"),
+            "world_size": self.dist.world_size,
+            "accumulator": pack_state(accumulator.state_dict(), tensors, "accumulator"),
+            "scaler": pack_state(self.scaler.state_dict(), tensors, "scaler") if self.scaler else None,
             "callbacks": [cb.state_dict() for cb in self.callbacks],
         }
         save_tensors(self.run.checkpoint, tensors, metadata={"format": CHECKPOINT_FORMAT, "state": json.dumps(state)})
@@ -302,8 +376,16 @@ class Trainer:
             weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
             self.model.load_state_dict(weights, strict=True)
             self.optimizer.load_state_dict(unpack_state(state["optimizer"], tensors))
-            rng = unpack_state(state["rng"], tensors)
-            self._accumulator.load_state_dict(unpack_state(state["accumulator"], tensors))
+            if int(state.get("world_size", 1)) != self.dist.world_size:
+                raise CheckpointError(
+                    f"{path}: the run was trained with {state.get('world_size', 1)} process(es); resume it "
+                    f"with the same number (now {self.dist.world_size}), e.g. --nproc {state.get('world_size', 1)}."
+                )
+            rng = unpack_state(state["rng"], tensors)[self.dist.rank]
+            if self.dist.is_main:
+                self._accumulator.load_state_dict(unpack_state(state["accumulator"], tensors))
+            if self.scaler is not None and state.get("scaler"):
+                self.scaler.load_state_dict(unpack_state(state["scaler"], tensors))
             for cb, cb_state in zip(self.callbacks, state["callbacks"], strict=False):
                 cb.load_state_dict(cb_state)
             self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
@@ -317,7 +399,8 @@ class Trainer:
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        self.history = self.run.truncate_metrics(self.epoch)
+        barrier()  # every process has read the checkpoint before rank 0 rewrites the log
+        self.history = self.run.truncate_metrics(self.epoch) if self.writes else self.run.read_metrics()[: self.epoch]
         self.log(f"resumed {self.run.path} at epoch {self.epoch} step {self.step_in_epoch}")
 
     def _write_summary(self, train_data: Any, val_data: Any) -> None:
@@ -330,16 +413,20 @@ class Trainer:
             "stopped_early": self.epoch < self.config.epochs,
             "wall_seconds": round(self.wall_seconds, 3),
             "device": str(self.device),
+            "processes": self.dist.world_size,
+            "precision": self.precision.name,
+            "channels_last": self.precision.channels_last,
             "versions": versions(),
         }
         self.summary = summary
-        self.run.write_json(self.run.summary, summary)
+        if self.writes:
+            self.run.write_json(self.run.summary, summary)
 
     def record_test(self, report: dict[str, Any]) -> None:
         """Add the test figures to ``summary.json`` (the test split is touched once, at the end)."""
         self.summary["test"] = _compact(report)
         self.summary["test_report"] = "test_report.json"
-        if self.run is not None:
+        if self.writes:
             self.run.write_json(self.run.summary, self.summary)
             self.run.write_json(self.run.path / "test_report.json", report)
 
