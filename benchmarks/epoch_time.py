@@ -61,6 +61,7 @@ def run_deepworks(args: argparse.Namespace, root: Path) -> dict:
         sizes = json.loads((run.dir / "data.json").read_text())["sizes"]
     return {
         **epoch_stats([h["seconds"] for h in run.history]),
+        "val_accuracy": [round(h["val_accuracy"], 4) for h in run.history],
         "test_accuracy": run.summary["test"]["accuracy"],
         "test_model": f"best epoch by {run.summary.get('monitor')} ({run.summary.get('best_epoch')})",
         "params": common.count_params(run.model),
@@ -68,6 +69,8 @@ def run_deepworks(args: argparse.Namespace, root: Path) -> dict:
         "val_size": sizes["val"],
         "overrides": overrides,
         "resolved_train_config": run.config.train.model_dump(mode="json"),
+        # what the "auto" settings turned into on this machine (as recorded in the run's summary)
+        "resolved_runtime": {k: run.summary[k] for k in ("device", "precision", "channels_last") if k in run.summary},
     }
 
 
@@ -84,7 +87,7 @@ def run_pytorch(args: argparse.Namespace, root: Path) -> dict:
     params = common.check_same_as_deepworks(model, CONFIG)
     _report_params(params)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    clock = EpochClock()
+    clock, val_accs = EpochClock(), []
     for epoch in range(1, args.epochs + 1):
         clock.start()
         model.train()
@@ -95,10 +98,12 @@ def run_pytorch(args: argparse.Namespace, root: Path) -> dict:
             opt.step()
         val_loss, val_acc = common.torch_evaluate(model, val_loader)
         seconds = clock.stop()
+        val_accs.append(round(val_acc, 4))
         _log(f"epoch {epoch}/{args.epochs}  val loss {val_loss:.4f} accuracy {val_acc:.4f}  ({seconds:.1f}s)")
     _, test_acc = common.torch_evaluate(model, test_loader)
     return {
         **epoch_stats(clock.seconds),
+        "val_accuracy": val_accs,
         "test_accuracy": test_acc,
         "test_model": "last epoch",
         **params,
@@ -144,6 +149,7 @@ def run_lightning(args: argparse.Namespace, root: Path) -> dict:
         def __init__(self) -> None:
             self.clock = EpochClock()
             self.validated = False
+            self.val_accuracy: list[float] = []
 
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             self.validated = False
@@ -156,6 +162,7 @@ def run_lightning(args: argparse.Namespace, root: Path) -> dict:
             seconds = self.clock.stop()
             assert self.validated, "Lightning ended the training epoch before validating: the timer would miss it"
             m = trainer.callback_metrics
+            self.val_accuracy.append(round(float(m["val_acc"]), 4))
             _log(
                 f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}  "
                 f"val loss {float(m['val_loss']):.4f} accuracy {float(m['val_acc']):.4f}  ({seconds:.1f}s)"
@@ -178,6 +185,7 @@ def run_lightning(args: argparse.Namespace, root: Path) -> dict:
     return {
         **epoch_stats(timer.clock.seconds),
         "fit_wall_s": round(fit_seconds, 3),  # also has the sanity-check validation steps and setup
+        "val_accuracy": timer.val_accuracy,
         "test_accuracy": test_acc,
         "test_model": "last epoch",
         **params,
@@ -201,12 +209,14 @@ def run_keras(args: argparse.Namespace, root: Path) -> dict:
         def __init__(self) -> None:
             super().__init__()
             self.clock = EpochClock()
+            self.val_accuracy: list[float] = []
 
         def on_epoch_begin(self, epoch, logs=None) -> None:
             self.clock.start()
 
         def on_epoch_end(self, epoch, logs=None) -> None:
             self.clock.stop()
+            self.val_accuracy.append(round(float(logs["val_accuracy"]), 4))
 
     keras.utils.set_random_seed(SEED)
     (xtr, ytr), (xva, yva), (xte, yte) = common.numpy_arrays(root)
@@ -226,6 +236,7 @@ def run_keras(args: argparse.Namespace, root: Path) -> dict:
     _, test_acc = model.evaluate(xte, yte, batch_size=BATCH_SIZE, verbose=0)
     return {
         **epoch_stats(timer.clock.seconds),
+        "val_accuracy": timer.val_accuracy,
         "test_accuracy": float(test_acc),
         "test_model": "last epoch",
         **params,
