@@ -42,11 +42,20 @@ def train(
     ] = 1,
 ) -> None:
     """Train a model from CONFIG, or continue a run with --resume RUN_DIR."""
-    import deepworks
-    from deepworks.runtime import distributed_context
+    from deepworks.runtime import shutdown_distributed
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _check_before_launch(config, set_, resume)  # report user errors once, not once per process
         raise typer.Exit(_torchrun(nproc))
+    try:
+        _train(config, set_, run_dir, resume)
+    finally:
+        shutdown_distributed()
+
+
+def _train(config: Path | None, set_: list[str] | None, run_dir: Path | None, resume: Path | None) -> None:
+    import deepworks
+    from deepworks.runtime import distributed_context
 
     if resume is not None:
         if config is not None or set_:
@@ -58,6 +67,17 @@ def train(
         run = deepworks.train(config, overrides=set_ or [], run_dir=run_dir)
     if distributed_context().is_main:
         _print_summary(run.summary, run.dir)
+
+
+def _check_before_launch(config: Path | None, set_: list[str] | None, resume: Path | None) -> None:
+    from deepworks.config import load_config
+
+    if resume is not None:
+        if not (resume / "config.yaml").is_file():
+            raise DeepworksError(f"{resume}: not a deepworks run directory (no config.yaml).")
+        load_config(resume / "config.yaml")
+    elif config is not None:
+        load_config(config, set_ or [])
 
 
 def _torchrun(nproc: int) -> int:
@@ -168,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.showwarning = _show_warning
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except DeepworksError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return exc.exit_code
@@ -186,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, click.exceptions.Abort):
             return 1
         raise
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

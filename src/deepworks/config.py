@@ -93,6 +93,8 @@ class DataConfig(Strict):
                 "name the data: a built-in dataset (data.dataset: digits) or an image folder "
                 "(data.path: path/to/folder); `deepworks datasets` lists the built-in ones"
             )
+        if self.dataset == "folder" and self.path is None:
+            raise ValueError("data.dataset: folder needs data.path, a folder with one subfolder of images per class")
         if self.path is not None and self.dataset not in (None, "folder"):
             raise ValueError(
                 f"data.path ({self.path!r}) is for an image folder, but data.dataset is {self.dataset!r}: "

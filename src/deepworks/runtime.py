@@ -27,6 +27,7 @@ __all__ = [
     "distributed_context",
     "all_reduce_sum",
     "barrier",
+    "shutdown_distributed",
     "broadcast_object",
     "gather_objects",
 ]
@@ -195,6 +196,15 @@ def all_reduce_sum(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         dist.all_reduce(t)
         out[key] = t.to(value.device)
     return out
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group (a process that exits without this can abort at shutdown)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def barrier() -> None:
