@@ -135,11 +135,11 @@ def evaluate(
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="a run directory")],
-    images: Annotated[list[Path], typer.Argument(help="image files (PNG, JPEG, ...)")],
+    images: Annotated[list[Path], typer.Argument(help="image files (PNG, JPEG, ...), or CSV files for a tabular run")],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="how many classes to show")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Classify image files with a run's best model."""
+    """Classify image files (or a tabular run's CSV rows) with a run's best model."""
     import deepworks
 
     results = deepworks.predict(run_dir, images, top_k=top_k)
@@ -151,8 +151,28 @@ def predict(
     table.add_column("prediction")
     table.add_column(f"top {top_k}")
     for r in results:
-        table.add_row(r["file"], r["prediction"], ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top_k"]))
+        where = f"{r['file']}:{r['line']}" if "line" in r else r["file"]
+        table.add_row(where, r["prediction"], ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top_k"]))
     out.print(table)
+
+
+@app.command()
+def inspect(
+    config: Annotated[Path, typer.Argument(help="the run's YAML config")],
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="override a key: --set model.padding=valid (repeatable)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """The model's layers: output shape, parameters, trainable, receptive field (no training)."""
+    from deepworks.config import load_config
+    from deepworks.models.summary import inspect_config, render_summary
+
+    summary = inspect_config(load_config(config, set_ or []))
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        out.print(render_summary(summary))
 
 
 @app.command()
@@ -184,6 +204,17 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning user errors into a message and exit status 2."""
+    code = _main(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # a torchrun worker: its files are written and synced; skip interpreter teardown, where
+        # a communication thread still joinable at exit can abort the process (SIGABRT)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     import warnings
 
     warnings.showwarning = _show_warning

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from deepworks.errors import ConfigError, DeepworksError, close_matches
+from deepworks.errors import ConfigError, DeepworksError, UnknownNameError, close_matches
 from deepworks.registry import Registry
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "parse_overrides",
     "dump_config",
     "bind_component",
+    "bind_choice",
     "format_errors",
 ]
 
@@ -73,7 +74,9 @@ class Component(BaseModel):
 
 class DataConfig(Strict):
     dataset: str | None = Field(None, description="built-in dataset name (`deepworks datasets`)")
-    path: str | None = Field(None, description="a folder with one subfolder of images per class")
+    path: str | None = Field(None, description="a folder with one subfolder of images per class, or a .csv file")
+    target: str | None = Field(None, description="CSV: the label column")
+    features: list[str] | None = Field(None, description="CSV: the feature columns (default: all numeric but target)")
     root: str | None = Field(None, description="where a built-in dataset's files are (or go)")
     image_size: int | tuple[int, int] | None = Field(
         None, description="resize folder images to this (H, W); default: their most common size"
@@ -95,7 +98,7 @@ class DataConfig(Strict):
             )
         if self.dataset == "folder" and self.path is None:
             raise ValueError("data.dataset: folder needs data.path, a folder with one subfolder of images per class")
-        if self.path is not None and self.dataset not in (None, "folder"):
+        if self.path is not None and self.dataset not in (None, "folder", "csv"):
             raise ValueError(
                 f"data.path ({self.path!r}) is for an image folder, but data.dataset is {self.dataset!r}: "
                 "remove one of the two"
@@ -107,10 +110,16 @@ class DataConfig(Strict):
 
 class ModelConfig(Component):
     name: str = "cnn"
+    init: str = Field("default", description="weight initialisation: he_normal, xavier_uniform, ... or default")
+    zero_bias: bool = Field(True, description="with an init other than default, start biases at zero")
 
 
 class OptimizerConfig(Component):
     name: str = "adamw"
+
+
+class ScheduleConfig(Component):
+    name: str = "constant"
 
 
 class EarlyStoppingConfig(Strict):
@@ -129,6 +138,12 @@ class TrainConfig(Strict):
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(512, ge=1)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="learning-rate schedule")
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warmup before the schedule")
+    clip_grad_norm: float | None = Field(None, gt=0, description="clip the global gradient norm to this")
+    l1: float = Field(0.0, ge=0, description="L1 penalty on weights (not biases or norm layers)")
+    l2: float = Field(0.0, ge=0, description="L2 penalty (l2/2 * sum w^2) on weights; apart from weight_decay")
+    log_gradients: int | None = Field(None, ge=1, description="record per-layer gradient norms every N steps")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     early_stopping: EarlyStoppingConfig | None = None
     monitor: str = Field("val_accuracy", description="metric that picks the best model")
@@ -213,6 +228,14 @@ _COMPONENTS: dict[tuple[str, ...], Registry] = {}
 def bind_component(path: tuple[str, ...], registry: Registry) -> None:
     """Validate the params of the component block at ``path`` with ``registry``'s schemas."""
     _COMPONENTS[path] = registry
+
+
+_CHOICES: dict[tuple[str, ...], Registry] = {}
+
+
+def bind_choice(path: tuple[str, ...], registry: Registry) -> None:
+    """Check that the name at ``path`` is registered in ``registry``."""
+    _CHOICES[path] = registry
 
 
 # --------------------------------------------------------------------------- loading
@@ -350,11 +373,19 @@ def _validate(raw: dict, origin: str) -> Config:
         except ValidationError as exc:
             problems.append(format_errors(exc.errors(), origin, prefix=path, schema=entry.params, header=False))
             continue
-        resolved = type(block)(name=block.name, **params.model_dump(mode="json"))
+        fixed = {k: getattr(block, k) for k in type(block).model_fields}  # name and other declared keys
+        resolved = type(block)(**fixed, **params.model_dump(mode="json"))
         parent = config
         for part in path[:-1]:
             parent = getattr(parent, part)
         object.__setattr__(parent, path[-1], resolved)
+    # plain names checked against a registry (e.g. model.init)
+    for path, registry in _CHOICES.items():
+        value = config
+        for part in path:
+            value = getattr(value, part)
+        if value not in registry:
+            problems.append("  " + str(UnknownNameError(registry.kind, value, registry.names(), ".".join(path))))
     if problems:
         raise ConfigError(f"{origin}: invalid config.\n" + "\n".join(problems))
     return config

@@ -18,6 +18,7 @@ __all__ = [
     "UnknownNameError",
     "CheckpointError",
     "ShapeError",
+    "TrainingError",
     "close_matches",
 ]
 
@@ -42,6 +43,10 @@ class ShapeError(ConfigError):
 
 class CheckpointError(DeepworksError):
     """A run directory or checkpoint is missing, incomplete, tampered with or not ours."""
+
+
+class TrainingError(DeepworksError):
+    """Training cannot go on (e.g. the loss became NaN); the message says where and what to change."""
 
 
 def close_matches(name: str, choices: Iterable[str], n: int = 3) -> list[str]:

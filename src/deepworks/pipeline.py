@@ -23,6 +23,7 @@ from torch import nn
 from deepworks.config import Config, dump_config, load_config
 from deepworks.data import ImageDataset, channel_stats, load_dataset, normalize, read_image, split_dataset
 from deepworks.data.loaders import TensorData
+from deepworks.data.tabular import read_feature_rows
 from deepworks.errors import CheckpointError, ConfigError, DataError
 from deepworks.models import create_model
 from deepworks.runs import RunDir, atomic_write, new_run_dir
@@ -40,7 +41,7 @@ class PreparedData:
     val: TensorData
     test: TensorData
     classes: list[str]
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]  # (C, H, W) images or (F,) features
     info: dict[str, Any]
 
 
@@ -60,7 +61,8 @@ def prepare_data(config: Config) -> PreparedData:
     """Load the data, split it (seeded, stratified) and normalise it with training statistics only."""
     d = config.data
     ds: ImageDataset = load_dataset(
-        d.dataset, path=d.path, root=d.root, image_size=d.image_size, channels=d.channels, on_bad_file=d.on_bad_file
+        d.dataset, path=d.path, root=d.root, image_size=d.image_size, channels=d.channels, on_bad_file=d.on_bad_file,
+        target=d.target, features=d.features,
     )
     splits = split_dataset(ds, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=config.seed)
     (xtr, ytr), (xva, yva), (xte, yte) = splits.train, splits.val, splits.test
@@ -79,6 +81,7 @@ def prepare_data(config: Config) -> PreparedData:
         "source": ds.source,
         "classes": list(ds.classes),
         "input_shape": list(ds.input_shape),
+        "features": ds.features,
         "mean": mean,
         "std": std,
         "sizes": {"train": len(ytr), "val": len(yva), "test": len(yte)},
@@ -90,8 +93,11 @@ def prepare_data(config: Config) -> PreparedData:
     )
 
 
-def _build_model(config: Config, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    return create_model(config.model.name, input_shape=input_shape, num_classes=num_classes, **config.model.params)
+def _build_model(config: Config, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    m = config.model
+    return create_model(
+        m.name, input_shape=input_shape, num_classes=num_classes, init=m.init, zero_bias=m.zero_bias, **m.params
+    )
 
 
 def _merge_kwargs(overrides: Any, kwargs: dict[str, Any]) -> list[tuple[str, Any]] | Any:
@@ -223,24 +229,35 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     return report
 
 
-def predict(run_dir: str | Path, images: list[str | Path], top_k: int = 3) -> list[dict[str, Any]]:
-    """Classify image files with the run's best model: the ``top_k`` classes and probabilities."""
-    if not images:
-        raise DataError("predict: give at least one image file.")
+def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3) -> list[dict[str, Any]]:
+    """Classify image files (image runs) or the rows of CSV files (tabular runs) with the run's
+    best model: the ``top_k`` classes and their probabilities for each."""
+    if not inputs:
+        raise DataError("predict: give at least one input file.")
     loaded = load_run(run_dir)
     info = RunDir(run_dir).read_json(RunDir(run_dir).data)
-    channels, height, width = info["input_shape"]
+    shape = info["input_shape"]
     k = max(1, min(int(top_k), len(loaded.classes)))
-    batch = torch.stack([read_image(p, channels=channels, size=(height, width)) for p in images])  # (N, C, H, W)
+    if len(shape) == 3:
+        channels, height, width = shape
+        batch = torch.stack([read_image(p, channels=channels, size=(height, width)) for p in inputs])  # (N, C, H, W)
+        names = [{"file": str(p)} for p in inputs]
+    else:
+        parts, names = [], []
+        for p in inputs:
+            x, lines = read_feature_rows(p, info["features"])
+            parts.append(torch.from_numpy(x))
+            names += [{"file": str(p), "line": line} for line in lines]
+        batch = torch.cat(parts)  # (N, F)
     batch = normalize(batch, info["mean"], info["std"])
     with torch.no_grad():
-        probs = torch.softmax(loaded.model(batch), dim=1)
+        probs = torch.softmax(loaded.model(batch).float(), dim=1)
     top = probs.topk(k, dim=1)
     return [
         {
-            "file": str(path),
+            **name,
             "prediction": loaded.classes[int(idx[0])],
             "top_k": [{"class": loaded.classes[int(i)], "probability": round(float(p), 6)} for p, i in zip(ps, idx)],
         }
-        for path, ps, idx in zip(images, top.values, top.indices)
+        for name, ps, idx in zip(names, top.values, top.indices)
     ]

@@ -162,6 +162,7 @@ class RunDir:
     checkpoint = property(lambda self: self.path / "checkpoints" / "last.safetensors")
     best = property(lambda self: self.path / "model.safetensors")
     summary = property(lambda self: self.path / "summary.json")
+    gradients = property(lambda self: self.path / "gradients.jsonl")
 
     def create(self) -> RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -178,28 +179,39 @@ class RunDir:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{path}: not valid JSON ({exc}); the file was edited or truncated.") from None
 
-    def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.metrics, "a", encoding="utf-8") as f:
+    def append_jsonl(self, path: Path, record: dict[str, Any]) -> None:
+        with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
-    def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics.exists():
+    def read_jsonl(self, path: Path) -> list[dict[str, Any]]:
+        if not path.exists():
             return []
         records = []
-        for line in self.metrics.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
                 break  # a line cut short by a kill: everything after it is lost work
         return records
 
+    def truncate_jsonl(self, path: Path, key: str, last: int) -> list[dict[str, Any]]:
+        """Keep the records whose ``key`` is at most ``last`` (what the checkpoint covers)."""
+        kept = [r for r in self.read_jsonl(path) if r.get(key, 0) <= last]
+        if path.exists():
+            atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
+        return kept
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        self.append_jsonl(self.metrics, record)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return self.read_jsonl(self.metrics)
+
     def truncate_metrics(self, epochs: int) -> list[dict[str, Any]]:
         """Keep the records of the first ``epochs`` epochs (those the checkpoint covers)."""
-        kept = [r for r in self.read_metrics() if r.get("epoch", 0) <= epochs]
-        atomic_write(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
-        return kept
+        return self.truncate_jsonl(self.metrics, "epoch", epochs)
 
     def iter_files(self) -> Iterator[Path]:
         return (p for p in self.path.rglob("*") if p.is_file())

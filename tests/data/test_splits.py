@@ -185,7 +185,7 @@ def test_normalize_constant_channel_and_mismatch():
     with pytest.raises(DataError, match="channel"):
         normalize(torch.zeros(2, 3, 2, 2), [0.0], [1.0])
     with pytest.raises(DataError, match="N, C, H, W"):
-        channel_stats(torch.zeros(5, 5))
+        channel_stats(torch.zeros(5, 5, 5))
 
 
 def test_official_test_split_of_fashion_sizes():

@@ -1,4 +1,4 @@
-"""The data layer: datasets by name or folder, image files, splits and normalisation.
+"""The data layer: datasets by name, image folders or CSV files, splits and normalisation.
 
 >>> from deepworks.data import load_dataset, split_dataset
 >>> ds = load_dataset("digits")
@@ -12,6 +12,7 @@
 from deepworks.data.datasets import DATASETS, ImageDataset, list_datasets, load_dataset, read_idx
 from deepworks.data.images import IMAGE_EXTENSIONS, read_image, scan_image_folder
 from deepworks.data.splits import Splits, channel_stats, normalize, split_dataset
+from deepworks.data.tabular import load_csv
 
 __all__ = [
     "DATASETS",
@@ -20,6 +21,7 @@ __all__ = [
     "Splits",
     "channel_stats",
     "list_datasets",
+    "load_csv",
     "load_dataset",
     "normalize",
     "read_idx",

@@ -1,8 +1,10 @@
-"""Datasets by name: built-in ones (digits, Fashion-MNIST) and image folders.
+"""Datasets by name: built-in ones (digits, Fashion-MNIST), image folders and CSV files.
 
-Every loader returns an :class:`ImageDataset` of float32 images in [0, 1] (not normalised:
-normalisation uses training-split statistics, which only exist after splitting) and
-int64 labels. Built-in data is read from local files first; the network is the last resort.
+Every image loader returns an :class:`ImageDataset` of float32 images (N, C, H, W) in [0, 1]
+(not normalised: normalisation uses training-split statistics, which only exist after
+splitting) and int64 labels. The CSV loader (:mod:`deepworks.data.tabular`) returns the same
+class with float32 feature vectors (N, F). Built-in data is read from local files first;
+the network is the last resort.
 """
 
 from __future__ import annotations
@@ -68,15 +70,20 @@ _BUILTIN_INFO: dict[str, dict[str, Any]] = {
 
 @dataclass
 class ImageDataset:
-    """Images and labels as tensors, plus the source's official test split when it has one."""
+    """Images (or feature vectors) and labels as tensors, plus the source's official test split when it has one.
+
+    ``x`` is (N, C, H, W) for images or (N, F) for tabular features; ``features`` names
+    the F columns of tabular data (None for images).
+    """
 
     name: str
-    x: torch.Tensor  # float32 (N, C, H, W) in [0, 1]
+    x: torch.Tensor  # float32 (N, C, H, W) in [0, 1], or (N, F) features
     y: torch.Tensor  # int64 (N,) in 0..len(classes)-1
     classes: list[str]
     test_x: torch.Tensor | None = None
     test_y: torch.Tensor | None = None
     source: str = ""
+    features: list[str] | None = None
 
     def __post_init__(self) -> None:
         # catch a malformed dataset here, where its name is known, not as a shape error in training
@@ -87,15 +94,24 @@ class ImageDataset:
             _check_xy(self.name, "test_x", self.test_x, self.test_y, len(self.classes))
             if tuple(self.test_x.shape[1:]) != tuple(self.x.shape[1:]):
                 raise DataError(
-                    f"dataset {self.name!r}: test images have shape {tuple(self.test_x.shape[1:])} but training "
-                    f"images {tuple(self.x.shape[1:])}; they must match."
+                    f"dataset {self.name!r}: test samples have shape {tuple(self.test_x.shape[1:])} but training "
+                    f"samples {tuple(self.x.shape[1:])}; they must match."
                 )
+        if self.features is not None and (self.x.ndim != 2 or len(self.features) != self.x.shape[1]):
+            raise DataError(
+                f"dataset {self.name!r}: {len(self.features)} feature name(s) for samples shaped "
+                f"{tuple(self.x.shape[1:])}; give one name per feature of (N, F) data."
+            )
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one image: what a model is built for."""
-        c, h, w = (int(s) for s in self.x.shape[1:])
-        return c, h, w
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one sample, what a model is built for: (C, H, W) of an image or (F,) of a feature vector."""
+        return tuple(int(s) for s in self.x.shape[1:])
+
+    @property
+    def is_tabular(self) -> bool:
+        """True for feature vectors (N, F), False for images (N, C, H, W)."""
+        return self.x.ndim == 2
 
     @property
     def has_official_test(self) -> bool:
@@ -103,14 +119,16 @@ class ImageDataset:
 
 
 def _check_xy(name: str, what: str, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
-    if x.ndim != 4 or not x.dtype.is_floating_point:
+    if x.ndim not in (2, 4) or not x.dtype.is_floating_point:
         raise DataError(
-            f"dataset {name!r}: {what} must be a float tensor (N, C, H, W), got {x.dtype} {tuple(x.shape)}."
+            f"dataset {name!r}: {what} must be a float tensor of images (N, C, H, W) or of features (N, F), "
+            f"got {x.dtype} {tuple(x.shape)}."
         )
     if y.ndim != 1 or y.dtype != torch.int64:
         raise DataError(f"dataset {name!r}: labels must be int64 (N,), got {y.dtype} {tuple(y.shape)}.")
     if len(x) != len(y):
-        raise DataError(f"dataset {name!r}: {what} has {len(x)} images but {len(y)} labels; they must match.")
+        kind = "images" if x.ndim == 4 else "samples"
+        raise DataError(f"dataset {name!r}: {what} has {len(x)} {kind} but {len(y)} labels; they must match.")
     if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise DataError(
             f"dataset {name!r}: labels must lie in 0..{num_classes - 1} (one per class), "
@@ -330,6 +348,26 @@ def _load_folder(
     return ImageDataset("folder", x, y, classes, source=str(Path(path).resolve()))
 
 
+# ----------------------------------------------------------------------------- CSV files
+
+
+@DATASETS.register(
+    "csv", description="a CSV file of numeric feature columns and a label column (data.path, data.target)"
+)
+def _load_csv(
+    *, path: str | Path | None = None, target: str | None = None, features: list[str] | None = None, **_: Any
+) -> ImageDataset:
+    if path is None:
+        raise ConfigError("data.path: the csv dataset needs a path to a CSV file (data.path: file.csv).")
+    from deepworks.data.tabular import load_csv  # imports this module: bind late
+
+    return load_csv(path, target, features=features)
+
+
+def _is_csv_path(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ".csv"
+
+
 # ----------------------------------------------------------------------------- entry points
 
 
@@ -341,25 +379,37 @@ def load_dataset(
     image_size: int | tuple[int, int] | None = None,
     channels: int | None = None,
     on_bad_file: str = "warn",
+    target: str | None = None,
+    features: list[str] | None = None,
 ) -> ImageDataset:
-    """Load a dataset by name (``deepworks datasets`` lists them), or an image folder given ``path``."""
+    """Load a dataset by name (``deepworks datasets`` lists them), or an image folder or CSV file given ``path``.
+
+    A ``path`` ending in ``.csv`` (or ``name="csv"``) is tabular data: ``target`` names its
+    label column and ``features`` optionally picks the feature columns. Image loaders
+    ignore ``target`` and ``features``; CSV files ignore ``image_size``/``channels``/``on_bad_file``.
+    """
     if name is None:
         if path is None:
             raise ConfigError(
-                "data: name a built-in dataset (data.dataset: digits) or an image folder (data.path: path/to/folder)."
+                "data: name a built-in dataset (data.dataset: digits), an image folder (data.path: path/to/folder) "
+                "or a CSV file (data.path: file.csv with data.target: label_column)."
             )
-        name = "folder"
+        name = "csv" if _is_csv_path(path) else "folder"
     factory = DATASETS.get(name, where="data.dataset")
-    if path is not None and name != "folder":
+    if path is not None and name not in ("folder", "csv"):
         raise ConfigError(
-            f"data.path ({str(path)!r}) is for an image folder, but data.dataset is {name!r}: remove one of the two."
+            f"data.path ({str(path)!r}) is for an image folder or a CSV file, but data.dataset is {name!r}: "
+            "remove one of the two."
         )
     if on_bad_file not in ON_BAD_FILE:
         raise ConfigError(
             f"data.on_bad_file: expected 'warn' (skip unreadable files) or 'error' (stop), got {on_bad_file!r}."
         )
     _check_channels(channels)
-    return factory(path=path, root=root, image_size=_as_size(image_size), channels=channels, on_bad_file=on_bad_file)
+    return factory(
+        path=path, root=root, image_size=_as_size(image_size), channels=channels, on_bad_file=on_bad_file,
+        target=target, features=features,
+    )
 
 
 def list_datasets() -> list[dict[str, Any]]:
@@ -367,7 +417,7 @@ def list_datasets() -> list[dict[str, Any]]:
     rows = []
     for name in DATASETS.names():
         info = _BUILTIN_INFO.get(name)
-        if info is None:  # the folder loader: not a dataset by itself
+        if info is None:  # the folder and csv loaders: not datasets by themselves
             continue
         rows.append({"name": name, "description": DATASETS.entry(name).description, **info})
     return rows

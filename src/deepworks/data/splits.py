@@ -1,4 +1,4 @@
-"""Seeded, stratified train/val/test splits and per-channel normalisation.
+"""Seeded, stratified train/val/test splits and per-channel (per-feature) normalisation.
 
 Stratified means every split holds each class in (almost exactly) the proportion of the
 whole: for every class and split, the count is the floor or the ceiling of
@@ -24,6 +24,9 @@ from deepworks.errors import DataError
 __all__ = ["Splits", "split_dataset", "stratified_counts", "channel_stats", "normalize", "STD_FLOOR"]
 
 STD_FLOOR = 1e-6  # a constant channel gets this std instead of 0, so normalising never divides by 0
+# a feature of tabular data counts as constant when its std is within rounding of 0 (relative to its
+# mean); it then gets std 1 (centred, not scaled), as scikit-learn's StandardScaler does
+_CONSTANT_RTOL = 10 * float(np.finfo(np.float64).eps)
 
 
 @dataclass
@@ -172,45 +175,64 @@ def split_dataset(
 
 
 def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std over (N, H, W) of images (N, C, H, W), std at least ``STD_FLOOR``.
+    """Per-channel mean and std of images (N, C, H, W), or per-feature mean and std of features (N, F).
 
-    Accumulates in float64 over chunks, so 60,000 images neither lose precision nor need
-    a float64 copy of the whole set.
+    Images: statistics over (N, H, W), std at least ``STD_FLOOR``. Features: statistics
+    over N, like scikit-learn's ``StandardScaler`` (population std; a constant feature
+    gets std 1, so it is centred, not blown up). Accumulates in float64 over chunks, so
+    60,000 images neither lose precision nor need a float64 copy of the whole set.
     """
-    if x.ndim != 4 or len(x) == 0:
-        raise DataError(f"channel statistics need images (N, C, H, W) with N > 0, got shape {tuple(x.shape)}.")
+    if x.ndim not in (2, 4) or len(x) == 0:
+        raise DataError(
+            f"channel statistics need images (N, C, H, W) or features (N, F) with N > 0, got shape {tuple(x.shape)}."
+        )
+    tabular = x.ndim == 2
+    dims = (0,) if tabular else (0, 2, 3)
     c = x.shape[1]
-    count = x.shape[0] * x.shape[2] * x.shape[3]
+    count = x.shape[0] if tabular else x.shape[0] * x.shape[2] * x.shape[3]
     chunk = max(1, (1 << 22) // max(1, x[0].numel()))  # ~4M values (32 MiB float64) at a time
     total = torch.zeros(c, dtype=torch.float64, device=x.device)
     for s in range(0, len(x), chunk):
-        total += x[s : s + chunk].double().sum(dim=(0, 2, 3))  # (n, C, H, W) -> (C,)
+        total += x[s : s + chunk].double().sum(dim=dims)  # (n, C, H, W) -> (C,); (n, F) -> (F,)
     mean = total / count
     # second pass around the mean: no cancellation as with E[x^2] - E[x]^2
     sq = torch.zeros(c, dtype=torch.float64, device=x.device)
-    centre = mean.view(1, c, 1, 1)
+    centre = mean.view(1, c) if tabular else mean.view(1, c, 1, 1)
     for s in range(0, len(x), chunk):
-        sq += (x[s : s + chunk].double() - centre).pow(2).sum(dim=(0, 2, 3))
-    std = (sq / count).sqrt().clamp(min=STD_FLOOR)
+        sq += (x[s : s + chunk].double() - centre).pow(2).sum(dim=dims)
+    std = (sq / count).sqrt()
+    if tabular:
+        constant = std <= _CONSTANT_RTOL * mean.abs().clamp(min=1.0)
+        std = torch.where(constant, torch.ones_like(std), std)
+    else:
+        std = std.clamp(min=STD_FLOOR)
     return [float(v) for v in mean.cpu()], [float(v) for v in std.cpu()]
 
 
 def normalize(
     x: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor
 ) -> torch.Tensor:
-    """``(x - mean) / std`` per channel of images (N, C, H, W) or one image (C, H, W); a new tensor."""
-    if x.ndim not in (3, 4):
-        raise DataError(f"normalize expects images (N, C, H, W) or (C, H, W), got shape {tuple(x.shape)}.")
-    c = x.shape[-3]
+    """``(x - mean) / std`` per channel of images (N, C, H, W) or one image (C, H, W), or per
+    feature of features (N, F) or one feature vector (F,); a new tensor."""
+    if x.ndim not in (1, 2, 3, 4):
+        raise DataError(
+            f"normalize expects images (N, C, H, W) or (C, H, W), or features (N, F) or (F,), "
+            f"got shape {tuple(x.shape)}."
+        )
+    tabular = x.ndim <= 2
+    c = x.shape[-1] if tabular else x.shape[-3]
+    what = "feature(s)" if tabular else "channel(s)"
     dtype = x.dtype if x.dtype.is_floating_point else torch.float32
     m = torch.as_tensor(mean, dtype=dtype, device=x.device).flatten()
     s = torch.as_tensor(std, dtype=dtype, device=x.device).flatten()
     if len(m) != c or len(s) != c:
         raise DataError(
-            f"normalize: the images have {c} channel(s) but mean/std have {len(m)}/{len(s)} values; "
-            "they must match (statistics from data with a different number of channels?)."
+            f"normalize: the data has {c} {what} but mean/std have {len(m)}/{len(s)} values; "
+            f"they must match (statistics from data with a different number of {what}?)."
         )
     if bool((s <= 0).any()):
         raise DataError(f"normalize: std must be positive, got {s.tolist()}.")
-    # (C,) -> (C, 1, 1), which broadcasts over (N, C, H, W) and (C, H, W)
-    return (x.to(dtype) - m.view(c, 1, 1)) / s.view(c, 1, 1)
+    # images: (C,) -> (C, 1, 1), which broadcasts over (N, C, H, W) and (C, H, W);
+    # features: (F,) broadcasts over (N, F) and (F,)
+    shape = (c,) if tabular else (c, 1, 1)
+    return (x.to(dtype) - m.view(shape)) / s.view(shape)

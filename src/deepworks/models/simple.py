@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from deepworks.models.layers import ActivationName, make_activation
-from deepworks.models.registry import MODELS
+from deepworks.models.registry import MODELS, flat_input
 
 __all__ = ["SoftmaxParams", "MLPParams", "softmax", "mlp"]
 
@@ -27,14 +27,16 @@ class MLPParams(BaseModel):
 
 
 @MODELS.register("softmax", params=SoftmaxParams, description="multinomial logistic regression: one linear layer + softmax")
-def softmax(input_shape: tuple[int, int, int], num_classes: int, bias: bool = True) -> nn.Module:
-    """A linear layer on the flattened input; cross-entropy adds the softmax."""
+@flat_input
+def softmax(input_shape: tuple[int, ...], num_classes: int, bias: bool = True) -> nn.Module:
+    """A linear layer on the flattened input (an image (C, H, W) or features (F,)); cross-entropy adds the softmax."""
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes, bias=bias))
 
 
 @MODELS.register("mlp", params=MLPParams, description="fully connected layers with activations and dropout")
+@flat_input
 def mlp(
-    input_shape: tuple[int, int, int],
+    input_shape: tuple[int, ...],
     num_classes: int,
     hidden: list[int],
     activation: str,

@@ -3,10 +3,12 @@
 from deepworks.config import bind_component
 from deepworks.train.callbacks import Callback, EarlyStopping, ProgressLogger
 from deepworks.train.optim import OPTIMIZERS, build_optimizer
+from deepworks.train.schedules import SCHEDULES, build_schedule
 from deepworks.train.step import eval_step, train_step
 from deepworks.train.trainer import Trainer, load_model_weights
 
 bind_component(("train", "optimizer"), OPTIMIZERS)
+bind_component(("train", "schedule"), SCHEDULES)
 
 __all__ = [
     "Trainer",
@@ -15,6 +17,8 @@ __all__ = [
     "ProgressLogger",
     "OPTIMIZERS",
     "build_optimizer",
+    "SCHEDULES",
+    "build_schedule",
     "train_step",
     "eval_step",
     "load_model_weights",

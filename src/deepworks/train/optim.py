@@ -1,33 +1,87 @@
-"""Optimizers by name, each with its own parameters."""
+"""Optimizers by name, each with its own parameters.
+
+Every optimizer is the ``torch.optim`` one; the registered pydantic model of its parameters
+holds the defaults and ranges, so a config block such as
+``optimizer: {name: sgd, lr: 0.1, nesterov: true}`` is checked key by key before training.
+
+>>> import torch
+>>> opt = build_optimizer("adam", [torch.nn.Parameter(torch.zeros(2))], lr=0.01)
+>>> type(opt).__name__, opt.defaults["lr"]
+('Adam', 0.01)
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Annotated
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from deepworks.registry import Registry
 
-__all__ = ["OPTIMIZERS", "build_optimizer"]
+__all__ = ["OPTIMIZERS", "FUSED", "build_optimizer"]
 
 OPTIMIZERS: Registry = Registry("optimizer")
 
+Beta = Annotated[float, Field(ge=0, lt=1)]
 
-class AdamWParams(BaseModel):
+
+class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0, description="decoupled weight decay")
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, gt=0)
 
 
-class SGDParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SGDParams(_Params):
     lr: float = Field(0.01, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
+    nesterov: bool = Field(False, description="Nesterov momentum (needs momentum > 0 and dampening 0)")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty added to the gradient")
+    dampening: float = Field(0.0, ge=0, le=1, description="dampening of the momentum")
+
+
+class AdamParams(_Params):
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty added to the gradient (coupled, as in Adam)")
+    amsgrad: bool = False
+
+
+class AdamWParams(_Params):
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0, description="decoupled weight decay")
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    amsgrad: bool = False
+
+
+class RMSpropParams(_Params):
+    lr: float = Field(1e-3, gt=0)
+    alpha: float = Field(0.99, ge=0, lt=1, description="smoothing constant of the squared-gradient average")
+    eps: float = Field(1e-8, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    centered: bool = Field(False, description="normalise by the estimated gradient variance")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty added to the gradient")
+
+
+@OPTIMIZERS.register("sgd", params=SGDParams, description="stochastic gradient descent with momentum")
+def sgd(params: Iterable, **kw) -> torch.optim.Optimizer:
+    if kw.get("nesterov"):
+        from deepworks.errors import ConfigError
+
+        if not kw.get("momentum"):
+            raise ConfigError("train.optimizer.nesterov: Nesterov momentum needs train.optimizer.momentum > 0.")
+        if kw.get("dampening"):
+            raise ConfigError(
+                "train.optimizer.dampening: Nesterov momentum needs train.optimizer.dampening: 0 "
+                f"(given: {kw['dampening']})."
+            )
+    return torch.optim.SGD(params, **kw)
+
+
+@OPTIMIZERS.register("adam", params=AdamParams, description="Adam (weight_decay is a coupled L2 penalty)")
+def adam(params: Iterable, **kw) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, **kw)
 
 
 @OPTIMIZERS.register("adamw", params=AdamWParams, description="Adam with decoupled weight decay")
@@ -35,13 +89,9 @@ def adamw(params: Iterable, **kw) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, **kw)
 
 
-@OPTIMIZERS.register("sgd", params=SGDParams, description="stochastic gradient descent with momentum")
-def sgd(params: Iterable, **kw) -> torch.optim.Optimizer:
-    if kw.get("nesterov") and not kw.get("momentum"):
-        from deepworks.errors import ConfigError
-
-        raise ConfigError("train.optimizer.nesterov: Nesterov momentum needs train.optimizer.momentum > 0.")
-    return torch.optim.SGD(params, **kw)
+@OPTIMIZERS.register("rmsprop", params=RMSpropParams, description="RMSprop")
+def rmsprop(params: Iterable, **kw) -> torch.optim.Optimizer:
+    return torch.optim.RMSprop(params, **kw)
 
 
 def build_optimizer(name: str, params: Iterable, device: torch.device | str = "cpu", **kw) -> torch.optim.Optimizer:
@@ -55,4 +105,4 @@ def build_optimizer(name: str, params: Iterable, device: torch.device | str = "c
 
 
 # optimizers whose torch implementation has a fused CUDA kernel
-FUSED = {"adamw", "sgd"}
+FUSED = {"adamw", "adam", "sgd"}

@@ -23,18 +23,36 @@ def train_step(
     loss_fn: Loss,
     precision: Precision = FP32,
     scaler: torch.amp.GradScaler | None = None,
+    *,
+    penalty: Callable[[], torch.Tensor] | None = None,
+    clip_grad_norm: float | None = None,
+    inspect_grads: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, loss, backward, update. Returns the (detached) batch loss and logits."""
+    """Forward, loss, backward, update. Returns the (detached) data loss and logits.
+
+    ``penalty`` adds an explicit regulariser (L1/L2) to the loss that is differentiated;
+    ``inspect_grads`` sees the raw gradients before ``clip_grad_norm`` rescales them.
+    """
     optimizer.zero_grad(set_to_none=True)
     with precision.autocast():
         logits = model(precision.memory_format(x))  # (B, K)
     loss = loss_fn(logits.float(), y)  # mean over the batch, in fp32
+    objective = loss + penalty() if penalty is not None else loss
     if scaler is not None:  # fp16: scale the loss so small gradients do not underflow
-        scaler.scale(loss).backward()
+        scaler.scale(objective).backward()
+        scaler.unscale_(optimizer)  # true gradients for inspection and clipping
+    else:
+        objective.backward()
+    if inspect_grads is not None:
+        inspect_grads()
+    if clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(
+            [p for group in optimizer.param_groups for p in group["params"]], clip_grad_norm
+        )
+    if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss.backward()
         optimizer.step()
     return loss.detach(), logits.detach()
 

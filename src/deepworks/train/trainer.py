@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -25,7 +26,7 @@ from torch import nn
 
 from deepworks.config import TrainConfig, format_errors
 from deepworks.data.loaders import TensorData, as_data, iterate_batches
-from deepworks.errors import CheckpointError, ConfigError, ShapeError
+from deepworks.errors import CheckpointError, ConfigError, ShapeError, TrainingError
 from deepworks.evaluate.metrics import MetricAccumulator, classification_report
 from deepworks.runs import CHECKPOINT_FORMAT, RunDir, atomic_write, load_tensors, pack_state, save_tensors, unpack_state, versions
 from deepworks.runtime import (
@@ -39,7 +40,10 @@ from deepworks.runtime import (
     set_deterministic,
 )
 from deepworks.train.callbacks import Callback, EarlyStopping, ProgressLogger, better
+from deepworks.train.gradients import GradientMonitor, first_nonfinite_layer
 from deepworks.train.optim import build_optimizer
+from deepworks.train.regularization import penalized_weights, weight_penalty
+from deepworks.train.schedules import build_schedule
 from deepworks.train.step import eval_step, train_step
 
 __all__ = ["Trainer", "MODEL_FORMAT", "load_model_weights"]
@@ -76,15 +80,18 @@ class Trainer:
         except ValidationError as exc:
             raise ConfigError(format_errors(exc.errors(), "Trainer config", ("train",), TrainConfig)) from None
         from deepworks.train.optim import OPTIMIZERS
+        from deepworks.train.schedules import SCHEDULES
 
-        opt = OPTIMIZERS.entry(self.config.optimizer.name, where="train.optimizer.name")
-        if opt.params is not None:
-            try:
-                opt.params.model_validate(self.config.optimizer.params)
-            except ValidationError as exc:
-                raise ConfigError(
-                    format_errors(exc.errors(), "Trainer config", ("train", "optimizer"), opt.params)
-                ) from None
+        for key, registry in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+            block = getattr(self.config, key)
+            entry = registry.entry(block.name, where=f"train.{key}.name")
+            if entry.params is not None:
+                try:
+                    entry.params.model_validate(block.params)
+                except ValidationError as exc:
+                    raise ConfigError(
+                        format_errors(exc.errors(), "Trainer config", ("train", key), entry.params)
+                    ) from None
         self.model = model
         self.classes = list(classes) if classes is not None else None
         self.seed = seed
@@ -145,6 +152,13 @@ class Trainer:
         shard = len(train_data) // self.dist.world_size
         self.steps_per_epoch = -(-shard // cfg.batch_size)
         self.forward_model = self._maybe_compile(self._maybe_ddp(), self.steps_per_epoch * cfg.epochs)
+        self.schedule = build_schedule(
+            cfg.schedule.name, self.optimizer, steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs,
+            warmup_steps=cfg.warmup_steps, **cfg.schedule.params,
+        )
+        weights = penalized_weights(self.model)
+        self.penalty = (lambda: weight_penalty(weights, cfg.l1, cfg.l2)) if (cfg.l1 or cfg.l2) else None
+        self.gradients = GradientMonitor(self.model, cfg.log_gradients) if cfg.log_gradients else None
         # evaluation shards differ in size across processes, so it runs outside DDP
         self.eval_model = self.model if self.dist.enabled else self.forward_model
         self._accumulator = MetricAccumulator(self.num_classes, self.device)
@@ -152,6 +166,7 @@ class Trainer:
             self._load_checkpoint()
         elif self.writes:
             self.run.metrics.unlink(missing_ok=True)
+            self.run.gradients.unlink(missing_ok=True)
             if not self.run.config.exists():  # a Trainer used on its own: keep its resolved settings
                 atomic_write(self.run.path / "trainer.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
@@ -207,8 +222,19 @@ class Trainer:
         acc = self._accumulator
         batches = self._batches(train_data, cfg.batch_size, shuffle=True, epoch=epoch, start_batch=self.step_in_epoch)
         for xb, yb in batches:
-            loss, logits = train_step(self.forward_model, xb, yb, self.optimizer, self.loss_fn, self.precision, self.scaler)
+            step = self.global_step + 1
+            watch = self.gradients is not None and self.gradients.due(step)
+            loss, logits = train_step(
+                self.forward_model, xb, yb, self.optimizer, self.loss_fn, self.precision, self.scaler,
+                penalty=self.penalty, clip_grad_norm=cfg.clip_grad_norm,
+                inspect_grads=(lambda: self._record_gradients(step, epoch)) if watch else None,
+            )
+            # a NaN/inf loss stops the run at once (on GPUs the check runs every 50 steps, to
+            # keep the host from waiting on the device every step)
+            if (self.device.type == "cpu" or step % 50 == 0) and not bool(torch.isfinite(loss)):
+                self._diverged(step, epoch, xb)
             acc.update(logits, yb, loss)
+            self.schedule.step_batch()
             self.step_in_epoch += 1
             self.global_step += 1
             for cb in self.callbacks:
@@ -223,7 +249,10 @@ class Trainer:
         if val_data is not None:
             report = self._evaluate_data(val_data)
             logs.update({f"val_{k}": report[k] for k in ("loss", "accuracy", "macro_precision", "macro_recall", "macro_f1")})
+        if not all(math.isfinite(v) for k, v in logs.items() if k.endswith("_loss") and v is not None):
+            self._diverged(self.global_step, epoch, None)
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.schedule.step_epoch(logs)
         value = logs.get(cfg.monitor)
         logs["best"] = better(cfg.monitor, "auto", value, self.best)
         if logs["best"]:
@@ -260,6 +289,25 @@ class Trainer:
         return iterate_batches(
             data, batch_size, shuffle=shuffle, seed=self.seed, epoch=epoch, start_batch=start_batch,
             device=self.device, num_workers=workers, rank=self.dist.rank, world_size=self.dist.world_size,
+        )
+
+    def _record_gradients(self, step: int, epoch: int) -> None:
+        norms, news = self.gradients.record(step)
+        for message in news:
+            self.log(f"warning: {message}")
+        if self.writes:
+            self.run.append_jsonl(self.run.gradients, {"step": step, "epoch": epoch, "norms": norms})
+
+    def _diverged(self, step: int, epoch: int, batch: torch.Tensor | None) -> None:
+        """Stop at once: nothing after the last good checkpoint is saved over it."""
+        where = first_nonfinite_layer(self.model, batch) if batch is not None else "the evaluation loss"
+        kept = (
+            f"The last good checkpoint ({self.run.checkpoint}, epoch {self.epoch}) is kept."
+            if self.run is not None and self.run.checkpoint.exists() else "No checkpoint was written before it."
+        )
+        raise TrainingError(
+            f"training diverged: the loss became NaN or inf at step {step} (epoch {epoch}); {where}. {kept} "
+            "Fix: lower train.optimizer.lr, set train.clip_grad_norm (e.g. 1.0), or check the data for NaN/inf."
         )
 
     def _reduced(self, acc: MetricAccumulator) -> MetricAccumulator:
@@ -355,6 +403,8 @@ class Trainer:
             "world_size": self.dist.world_size,
             "accumulator": pack_state(accumulator.state_dict(), tensors, "accumulator"),
             "scaler": pack_state(self.scaler.state_dict(), tensors, "scaler") if self.scaler else None,
+            "schedule": pack_state(self.schedule.state_dict(), tensors, "schedule"),
+            "gradients": self.gradients.state_dict() if self.gradients else None,
             "callbacks": [cb.state_dict() for cb in self.callbacks],
         }
         save_tensors(self.run.checkpoint, tensors, metadata={"format": CHECKPOINT_FORMAT, "state": json.dumps(state)})
@@ -386,6 +436,9 @@ class Trainer:
                 self._accumulator.load_state_dict(unpack_state(state["accumulator"], tensors))
             if self.scaler is not None and state.get("scaler"):
                 self.scaler.load_state_dict(unpack_state(state["scaler"], tensors))
+            self.schedule.load_state_dict(unpack_state(state["schedule"], tensors))
+            if self.gradients is not None and state.get("gradients"):
+                self.gradients.load_state_dict(state["gradients"])
             for cb, cb_state in zip(self.callbacks, state["callbacks"], strict=False):
                 cb.load_state_dict(cb_state)
             self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
@@ -401,6 +454,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
         barrier()  # every process has read the checkpoint before rank 0 rewrites the log
         self.history = self.run.truncate_metrics(self.epoch) if self.writes else self.run.read_metrics()[: self.epoch]
+        if self.writes:
+            self.run.truncate_jsonl(self.run.gradients, "step", self.global_step)
         self.log(f"resumed {self.run.path} at epoch {self.epoch} step {self.step_in_epoch}")
 
     def _write_summary(self, train_data: Any, val_data: Any) -> None:
@@ -415,6 +470,7 @@ class Trainer:
             "device": str(self.device),
             "processes": self.dist.world_size,
             "precision": self.precision.name,
+            "gradients": self.gradients.summary() if self.gradients else None,
             "channels_last": self.precision.channels_last,
             "versions": versions(),
         }

@@ -1,0 +1,112 @@
+"""Backward propagation made visible: per-layer gradient norms, vanishing/exploding flags,
+and the layer where a non-finite value first appears."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["GradientMonitor", "first_nonfinite_layer", "VANISHING", "EXPLODING"]
+
+VANISHING = 1e-3  # a layer whose gradient norm is below this fraction of the largest layer's barely learns
+VANISHING_ABS = 1e-8  # ... or below this in absolute terms
+EXPLODING = 1e3  # above this (or non-finite) an update can throw the weights far off
+
+
+def _layer_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Trainable parameters grouped by the module that owns them, in forward order of registration."""
+    groups: dict[str, list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            owner = name.rsplit(".", 1)[0] if "." in name else name
+            groups.setdefault(owner, []).append(p)
+    return groups
+
+
+class GradientMonitor:
+    """Records the gradient norm of every layer every ``every`` steps and flags the extremes."""
+
+    def __init__(self, model: nn.Module, every: int, vanishing: float = VANISHING, exploding: float = EXPLODING):
+        self.every, self.vanishing_at, self.exploding_at = every, vanishing, exploding
+        self.groups = _layer_params(model)
+        self.vanishing: dict[str, int] = {}  # layer -> first step it was flagged
+        self.exploding: dict[str, int] = {}
+        self.records = 0
+        self.last: dict[str, float] = {}
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
+
+    @torch.no_grad()
+    def record(self, step: int) -> tuple[dict[str, float], list[str]]:
+        """Norms by layer (after backward, before clipping) and the layers newly flagged."""
+        norms = {}
+        for layer, params in self.groups.items():
+            grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+            norms[layer] = float(torch.stack(grads).norm()) if grads else 0.0
+        news = []
+        finite = [n for n in norms.values() if math.isfinite(n)]
+        floor = max(self.vanishing_at * max(finite, default=0.0), VANISHING_ABS)
+        for layer, norm in norms.items():
+            if not math.isfinite(norm) or norm > self.exploding_at:
+                if layer not in self.exploding:
+                    self.exploding[layer] = step
+                    news.append(f"exploding gradient in layer {layer!r} at step {step}: norm {norm:.3g}")
+            elif norm < floor:
+                if layer not in self.vanishing:
+                    self.vanishing[layer] = step
+                    news.append(
+                        f"vanishing gradient in layer {layer!r} at step {step}: norm {norm:.3g}, "
+                        f"under {self.vanishing_at:g} of the largest layer's"
+                    )
+        self.records += 1
+        self.last = norms
+        return norms, news
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "every_steps": self.every,
+            "records": self.records,
+            "vanishing_below_fraction_of_largest": self.vanishing_at,
+            "exploding_above": self.exploding_at,
+            "vanishing": self.vanishing,
+            "exploding": self.exploding,
+            "last_norms": self.last,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"vanishing": self.vanishing, "exploding": self.exploding, "records": self.records, "last": self.last}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.vanishing, self.exploding = dict(state["vanishing"]), dict(state["exploding"])
+        self.records, self.last = int(state["records"]), dict(state["last"])
+
+
+@torch.no_grad()
+def first_nonfinite_layer(model: nn.Module, x: torch.Tensor) -> str:
+    """Where a NaN/inf first shows: a layer with non-finite weights, else the first layer whose
+    output on ``x`` is non-finite, else the input itself."""
+    if not torch.isfinite(x).all():
+        return "the input batch itself contains NaN or inf values"
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            return f"layer {name.rsplit('.', 1)[0]!r} has non-finite weights ({name})"
+    found: list[str] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if next(module.children(), None) is None:  # leaves only
+
+            def hook(mod, inp, out, name=name):
+                if not found and isinstance(out, torch.Tensor) and not torch.isfinite(out).all():
+                    found.append(f"layer {name!r} ({type(mod).__name__}) outputs non-finite values")
+
+            hooks.append(module.register_forward_hook(hook))
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return found[0] if found else "no layer outputs non-finite values on this batch (the loss overflowed)"
