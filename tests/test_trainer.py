@@ -211,3 +211,12 @@ def test_bf16_autocast_matches_fp32_closely():
     _, low = eval_step(model, x, y, nn.CrossEntropyLoss(), Precision("bf16", "cpu", channels_last=True))
     assert low.dtype == torch.float32
     torch.testing.assert_close(low, ref, atol=0.05, rtol=0.05)
+
+
+def test_without_validation_data_early_stopping_watches_training():
+    x, y = blobs()
+    trainer = Trainer(small_model(), {"epochs": 6, "progress": "none", "early_stopping": {"patience": 2},
+                                      "optimizer": {"name": "adamw", "lr": 0.01}})
+    history = trainer.fit((x, y))
+    assert len(history) == 6  # the training loss keeps improving, so it does not stop
+    assert trainer.config.monitor == "train_accuracy"

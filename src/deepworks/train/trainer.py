@@ -138,30 +138,7 @@ class Trainer:
         if val_data is None and cfg.monitor.startswith("val_"):
             # without validation data the best model is judged on the training metrics
             cfg = self.config = cfg.model_copy(update={"monitor": cfg.monitor.replace("val_", "train_", 1)})
-        self.model.to(self.device)
-        self.num_classes = self._check_shapes(train_data)
-        self.precision = resolve_precision(cfg.precision, self.device, self.model, cfg.channels_last)
-        if self.precision.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
-        self.optimizer = build_optimizer(
-            cfg.optimizer.name, self.model.parameters(), device=self.device, **cfg.optimizer.params
-        )
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.eval_loss_fn = nn.CrossEntropyLoss()
-        shard = len(train_data) // self.dist.world_size
-        self.steps_per_epoch = -(-shard // cfg.batch_size)
-        self.forward_model = self._maybe_compile(self._maybe_ddp(), self.steps_per_epoch * cfg.epochs)
-        self.schedule = build_schedule(
-            cfg.schedule.name, self.optimizer, steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs,
-            warmup_steps=cfg.warmup_steps, **cfg.schedule.params,
-        )
-        weights = penalized_weights(self.model)
-        self.penalty = (lambda: weight_penalty(weights, cfg.l1, cfg.l2)) if (cfg.l1 or cfg.l2) else None
-        self.gradients = GradientMonitor(self.model, cfg.log_gradients) if cfg.log_gradients else None
-        # evaluation shards differ in size across processes, so it runs outside DDP
-        self.eval_model = self.model if self.dist.enabled else self.forward_model
-        self._accumulator = MetricAccumulator(self.num_classes, self.device)
+        self._prepare(train_data)
         if resume:
             self._load_checkpoint()
         elif self.writes:
@@ -209,6 +186,35 @@ class Trainer:
             print(message, flush=True)
 
     # ------------------------------------------------------------------ the loop
+
+    def _prepare(self, train_data: Any) -> None:
+        """Device, precision, optimizer, schedule, penalties and monitors for this run."""
+        cfg = self.config
+        self.model.to(self.device)
+        self.num_classes = self._check_shapes(train_data)
+        self.precision = resolve_precision(cfg.precision, self.device, self.model, cfg.channels_last)
+        if self.precision.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
+        self.optimizer = build_optimizer(
+            cfg.optimizer.name, self.model.parameters(), device=self.device, **cfg.optimizer.params
+        )
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.eval_loss_fn = nn.CrossEntropyLoss()
+        shard = len(train_data) // self.dist.world_size
+        self.steps_per_epoch = -(-shard // cfg.batch_size)
+        self.forward_model = self._maybe_compile(self._maybe_ddp(), self.steps_per_epoch * cfg.epochs)
+        self.schedule = build_schedule(
+            cfg.schedule.name, self.optimizer, steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs,
+            warmup_steps=cfg.warmup_steps, **cfg.schedule.params,
+        )
+        weights = penalized_weights(self.model)
+        self.penalty = (lambda: weight_penalty(weights, cfg.l1, cfg.l2)) if (cfg.l1 or cfg.l2) else None
+        self.gradients = GradientMonitor(self.model, cfg.log_gradients) if cfg.log_gradients else None
+        # evaluation shards differ in size across processes, so it runs outside DDP
+        self.eval_model = self.model if self.dist.enabled else self.forward_model
+        self._accumulator = MetricAccumulator(self.num_classes, self.device)
+
 
     _best_state: dict[str, torch.Tensor] | None = None
 
