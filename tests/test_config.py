@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from pathlib import Path
 
 import pytest
 import yaml
@@ -160,3 +161,10 @@ def test_random_overrides_on_a_valid_config(sets):
         load_config(MINIMAL, sets)
     except ConfigError:
         pass
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.yaml"))
+                         + sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    assert isinstance(load_config(path), Config)
