@@ -41,6 +41,7 @@ __all__ = [
     "dump_config",
     "bind_component",
     "bind_choice",
+    "resolve_components",
     "format_errors",
 ]
 
@@ -354,12 +355,24 @@ def _validate(raw: dict, origin: str) -> Config:
         config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_errors(exc.errors(), origin, prefix=())) from None
-    # Component params: validate against the registered schema, with full key paths.
+    return resolve_components(config, (), origin)
+
+
+def resolve_components(section: BaseModel, at: tuple[str, ...] = (), origin: str = "config") -> BaseModel:
+    """Validate the component blocks and registry names inside ``section`` (the config, or a
+    section of it found at key path ``at``), filling in each component's default params.
+
+    Raises one :class:`ConfigError` listing every problem with its full key path.
+    """
     problems: list[str] = []
     for path, registry in _COMPONENTS.items():
-        block = config
-        for part in path:
-            block = getattr(block, part)
+        if path[: len(at)] != at:
+            continue
+        inner = path[len(at):]
+        parent = section
+        for part in inner[:-1]:
+            parent = getattr(parent, part)
+        block = getattr(parent, inner[-1])
         where = ".".join(path)
         try:
             entry = registry.entry(block.name, where=f"{where}.name")
@@ -374,21 +387,18 @@ def _validate(raw: dict, origin: str) -> Config:
             problems.append(format_errors(exc.errors(), origin, prefix=path, schema=entry.params, header=False))
             continue
         fixed = {k: getattr(block, k) for k in type(block).model_fields}  # name and other declared keys
-        resolved = type(block)(**fixed, **params.model_dump(mode="json"))
-        parent = config
-        for part in path[:-1]:
-            parent = getattr(parent, part)
-        object.__setattr__(parent, path[-1], resolved)
-    # plain names checked against a registry (e.g. model.init)
-    for path, registry in _CHOICES.items():
-        value = config
-        for part in path:
+        object.__setattr__(parent, inner[-1], type(block)(**fixed, **params.model_dump(mode="json")))
+    for path, registry in _CHOICES.items():  # plain names checked against a registry (e.g. model.init)
+        if path[: len(at)] != at:
+            continue
+        value = section
+        for part in path[len(at):]:
             value = getattr(value, part)
         if value not in registry:
             problems.append("  " + str(UnknownNameError(registry.kind, value, registry.names(), ".".join(path))))
     if problems:
         raise ConfigError(f"{origin}: invalid config.\n" + "\n".join(problems))
-    return config
+    return section
 
 
 def format_errors(

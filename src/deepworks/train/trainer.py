@@ -24,7 +24,7 @@ import yaml
 from pydantic import ValidationError
 from torch import nn
 
-from deepworks.config import TrainConfig, format_errors
+from deepworks.config import TrainConfig, format_errors, resolve_components
 from deepworks.data.loaders import TensorData, as_data, iterate_batches
 from deepworks.errors import CheckpointError, ConfigError, ShapeError, TrainingError
 from deepworks.evaluate.metrics import MetricAccumulator, classification_report
@@ -76,22 +76,10 @@ class Trainer:
             raw = dict(config or {})
         raw.update(overrides)
         try:
-            self.config = TrainConfig.model_validate(raw)
+            config = TrainConfig.model_validate(raw)
         except ValidationError as exc:
             raise ConfigError(format_errors(exc.errors(), "Trainer config", ("train",), TrainConfig)) from None
-        from deepworks.train.optim import OPTIMIZERS
-        from deepworks.train.schedules import SCHEDULES
-
-        for key, registry in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
-            block = getattr(self.config, key)
-            entry = registry.entry(block.name, where=f"train.{key}.name")
-            if entry.params is not None:
-                try:
-                    entry.params.model_validate(block.params)
-                except ValidationError as exc:
-                    raise ConfigError(
-                        format_errors(exc.errors(), "Trainer config", ("train", key), entry.params)
-                    ) from None
+        self.config = resolve_components(config, ("train",), "Trainer config")  # optimizer and schedule params
         self.model = model
         self.classes = list(classes) if classes is not None else None
         self.seed = seed
