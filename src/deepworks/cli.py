@@ -194,7 +194,10 @@ def datasets(as_json: Annotated[bool, typer.Option("--json", help="print JSON")]
             "official" if r.get("official_test") else "carved", r.get("description", ""),
         )
     out.print(table)
-    out.print("An image folder (one subfolder per class) works too: data.path: path/to/folder")
+    out.print(
+        "Your own data works too: an image folder with one subfolder per class (data.path: path/to/folder),\n"
+        "or a CSV of numeric columns (data.path: table.csv, data.target: label_column)."
+    )
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
