@@ -270,7 +270,7 @@ def test_inspect_config_on_digits_loads_no_data(monkeypatch):
     def no_loading(*args, **kwargs):
         raise AssertionError("digits' shape is known without loading it")
 
-    monkeypatch.setattr(summary_mod, "load_dataset", no_loading)
+    monkeypatch.setattr(summary_mod, "load_from_config", no_loading)
     s = inspect_config({"data": {"dataset": "digits"}, "model": {"name": "cnn", "filters": [8, 16]}})
     assert s["model"] == "cnn" and s["dataset"] == "digits" and s["num_classes"] == 10
     assert s["input_shape"] == [1, 8, 8] and s["output_shape"] == [10]

@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepworks.config import Config, dump_config, load_config
-from deepworks.data import ImageDataset, channel_stats, load_dataset, normalize, read_image, split_dataset
+from deepworks.config import Config, dump_config, load_config, parse_overrides
+from deepworks.data import ImageDataset, channel_stats, normalize, read_image, split_dataset
+from deepworks.data.datasets import load_from_config
 from deepworks.data.loaders import TensorData
 from deepworks.data.tabular import read_feature_rows
 from deepworks.errors import CheckpointError, ConfigError, DataError
-from deepworks.models import create_model
+from deepworks.models.registry import model_from_config
 from deepworks.runs import RunDir, atomic_write, new_run_dir
 from deepworks.runtime import barrier, broadcast_object, distributed_context
 from deepworks.train import Trainer, load_model_weights
@@ -60,10 +61,7 @@ class Run:
 def prepare_data(config: Config) -> PreparedData:
     """Load the data, split it (seeded, stratified) and normalise it with training statistics only."""
     d = config.data
-    ds: ImageDataset = load_dataset(
-        d.dataset, path=d.path, root=d.root, image_size=d.image_size, channels=d.channels, on_bad_file=d.on_bad_file,
-        target=d.target, features=d.features,
-    )
+    ds: ImageDataset = load_from_config(d)
     splits = split_dataset(ds, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=config.seed)
     (xtr, ytr), (xva, yva), (xte, yte) = splits.train, splits.val, splits.test
     if d.normalize:
@@ -93,21 +91,12 @@ def prepare_data(config: Config) -> PreparedData:
     )
 
 
-def _build_model(config: Config, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    m = config.model
-    return create_model(
-        m.name, input_shape=input_shape, num_classes=num_classes, init=m.init, zero_bias=m.zero_bias, **m.params
-    )
-
-
-def _merge_kwargs(overrides: Any, kwargs: dict[str, Any]) -> list[tuple[str, Any]] | Any:
+def _merge_kwargs(overrides: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """``train__epochs=3`` and ``train={"epochs": 3}`` keyword overrides as key paths."""
     pairs: list[tuple[str, Any]] = []
     if isinstance(overrides, dict):
         pairs += list(overrides.items())
     elif overrides:
-        from deepworks.config import parse_overrides
-
         pairs += parse_overrides(list(overrides))
 
     def flatten(prefix: str, value: Any) -> None:
@@ -139,7 +128,7 @@ def train(
     dist = distributed_context()
     data = prepare_data(cfg)
     torch.manual_seed(cfg.seed)  # the model's initial weights
-    model = _build_model(cfg, data.input_shape, len(data.classes))
+    model = model_from_config(cfg.model, data.input_shape, len(data.classes))
     # under torchrun every process must use the directory rank 0 names
     run = RunDir(broadcast_object(str(run_dir or new_run_dir(cfg.name, runs_root))))
     if run.checkpoint.exists() or run.summary.exists():
@@ -170,7 +159,7 @@ def resume(run_dir: str | Path) -> Run:
     data = prepare_data(cfg)
     _check_same_data(run, data)
     torch.manual_seed(cfg.seed)
-    model = _build_model(cfg, data.input_shape, len(data.classes))
+    model = model_from_config(cfg.model, data.input_shape, len(data.classes))
     return _fit(cfg, data, model, run, resume=True)
 
 
@@ -202,7 +191,7 @@ def load_run(run_dir: str | Path) -> Run:
     cfg = load_config(run.config)
     info = run.read_json(run.data)
     classes, shape = list(info["classes"]), tuple(info["input_shape"])
-    model = _build_model(cfg, shape, len(classes))
+    model = model_from_config(cfg.model, shape, len(classes))
     if not run.best.exists():
         raise CheckpointError(
             f"{run.best}: missing; the run has not finished an epoch yet. "

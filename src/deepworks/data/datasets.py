@@ -412,6 +412,15 @@ def load_dataset(
     )
 
 
+def load_from_config(data_config: Any) -> ImageDataset:
+    """The dataset a config's ``data`` section names (built-in, image folder or CSV)."""
+    d = data_config
+    return load_dataset(
+        d.dataset, path=d.path, root=d.root, image_size=d.image_size, channels=d.channels, on_bad_file=d.on_bad_file,
+        target=d.target, features=d.features,
+    )
+
+
 def list_datasets() -> list[dict[str, Any]]:
     """One row per built-in dataset (name, description, classes, input_shape, size, official_test); loads nothing."""
     rows = []

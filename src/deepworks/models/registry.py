@@ -12,7 +12,7 @@ from deepworks.errors import ConfigError, ShapeError
 from deepworks.models.init import apply_init
 from deepworks.registry import Registry
 
-__all__ = ["MODELS", "create_model", "list_models", "flat_input", "takes_flat_input"]
+__all__ = ["MODELS", "create_model", "model_from_config", "list_models", "flat_input", "takes_flat_input"]
 
 MODELS: Registry = Registry("model")
 
@@ -78,6 +78,14 @@ def create_model(
             raise ConfigError(format_errors(exc.errors(), f"model {name!r}", ("model",), entry.params)) from None
     model = entry.factory(tuple(int(s) for s in input_shape), int(num_classes), **params)
     return apply_init(model, init, zero_bias)
+
+
+def model_from_config(model_config: Any, input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """The model a config's ``model`` block describes, for data of ``input_shape`` and ``num_classes``."""
+    m = model_config
+    return create_model(
+        m.name, input_shape=input_shape, num_classes=num_classes, init=m.init, zero_bias=m.zero_bias, **m.params
+    )
 
 
 def list_models() -> list[str]:

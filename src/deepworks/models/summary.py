@@ -35,9 +35,9 @@ import torch
 from torch import nn
 
 from deepworks.config import Config, load_config
-from deepworks.data.datasets import list_datasets, load_dataset
+from deepworks.data.datasets import list_datasets, load_from_config
 from deepworks.errors import ShapeError
-from deepworks.models.registry import create_model
+from deepworks.models.registry import model_from_config
 
 __all__ = ["summarize", "inspect_config", "render_summary"]
 
@@ -306,10 +306,7 @@ def _data_shape(config: Config) -> tuple[tuple[int, ...], int, str]:
                 channels = d.channels
             return (channels, int(height), int(width)), int(info["classes"]), str(d.dataset)
     # an image folder (or a dataset without listed info): its shape is what it holds
-    ds = load_dataset(
-        d.dataset, path=d.path, root=d.root, image_size=d.image_size, channels=d.channels, on_bad_file=d.on_bad_file,
-        target=d.target, features=d.features,
-    )
+    ds = load_from_config(d)
     return ds.input_shape, len(ds.classes), str(d.path if d.path is not None else d.dataset)
 
 
@@ -324,9 +321,7 @@ def inspect_config(config: Config | str | Path | Mapping[str, Any], *, device: s
         config = load_config(config)
     input_shape, num_classes, dataset = _data_shape(config)
     m = config.model
-    model = create_model(
-        m.name, input_shape=input_shape, num_classes=num_classes, init=m.init, zero_bias=m.zero_bias, **m.params
-    )
+    model = model_from_config(config.model, input_shape, num_classes)
     summary = summarize(model, input_shape, device=device)
     return {"model": config.model.name, "dataset": dataset, "num_classes": num_classes, **summary}
 

@@ -156,16 +156,11 @@ class Trainer:
         """Accuracy, per-class and macro precision/recall/F1, loss and the confusion matrix."""
         data = self._to_device(as_data(data, "evaluation data"))
         num_classes = getattr(self, "num_classes", None) or self._check_shapes(data)
-        acc = MetricAccumulator(num_classes, self.device)
-        self.model.to(self.device).eval()
-        loss_fn = nn.CrossEntropyLoss()
+        self.model.to(self.device)
         precision = getattr(self, "precision", None) or resolve_precision(
             self.config.precision, self.device, self.model, self.config.channels_last
         )
-        for xb, yb in self._batches(data, self.config.eval_batch_size, shuffle=False):
-            loss, logits = eval_step(self.model, xb, yb, loss_fn, precision)
-            acc.update(logits, yb, loss)
-        acc = self._reduced(acc)
+        acc = self._accumulate(data, self.model, num_classes, precision)
         names = list(classes or self.classes or [str(i) for i in range(num_classes)])
         return classification_report(acc.confusion(), names, loss=acc.compute()["loss"])
 
@@ -188,7 +183,6 @@ class Trainer:
             cfg.optimizer.name, self.model.parameters(), device=self.device, **cfg.optimizer.params
         )
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.eval_loss_fn = nn.CrossEntropyLoss()
         shard = len(train_data) // self.dist.world_size
         self.steps_per_epoch = -(-shard // cfg.batch_size)
         self.forward_model = self._maybe_compile(self._maybe_ddp(), self.steps_per_epoch * cfg.epochs)
@@ -266,13 +260,19 @@ class Trainer:
         self._save_checkpoint()
 
     def _evaluate_data(self, data: Any) -> dict[str, Any]:
-        acc = MetricAccumulator(self.num_classes, self.device)
-        self.model.eval()
-        for xb, yb in self._batches(data, self.config.eval_batch_size, shuffle=False):
-            loss, logits = eval_step(self.eval_model, xb, yb, self.eval_loss_fn, self.precision)
-            acc.update(logits, yb, loss)
+        acc = self._accumulate(data, self.eval_model, self.num_classes, self.precision)
         self.model.train()
-        return self._reduced(acc).compute()
+        return acc.compute()
+
+    def _accumulate(self, data: Any, model: nn.Module, num_classes: int, precision: Any) -> MetricAccumulator:
+        """One pass over ``data`` in eval mode (this process's shard), summed over all processes."""
+        acc = MetricAccumulator(num_classes, self.device)
+        self.model.eval()
+        loss_fn = nn.CrossEntropyLoss()  # unsmoothed: the loss reported for evaluation
+        for xb, yb in self._batches(data, self.config.eval_batch_size, shuffle=False):
+            loss, logits = eval_step(model, xb, yb, loss_fn, precision)
+            acc.update(logits, yb, loss)
+        return self._reduced(acc)
 
     # ------------------------------------------------------------------ helpers
 
