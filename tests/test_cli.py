@@ -187,3 +187,10 @@ def test_resume_after_kill_mid_epoch_is_bitwise_equal(tmp_path):
     sa = json.loads((tmp_path / "full" / "summary.json").read_text())
     sb = json.loads((killed / "summary.json").read_text())
     assert sa["test"] == sb["test"] and sa["epochs_run"] == sb["epochs_run"] == 3
+
+
+def test_usage_errors_exit_2_with_the_usage_line(digits_run):
+    assert_user_error(cli("predict", digits_run, "x.png", "--top-k", "0"), "--top-k")
+    assert_user_error(cli("train", "--bogus"), "No such option")
+    assert_user_error(cli("nosuch"), "No such command")
+    assert cli("--help").returncode == 0

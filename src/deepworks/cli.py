@@ -229,17 +229,16 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted: resume with `deepworks train --resume RUN_DIR`")
         return 130
-    except Exception as exc:  # click's usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            return exc.exit_code
-        if isinstance(exc, click.ClickException):
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        return 1
+    except typer.TyperException as exc:  # usage errors (bad option, bad value) carry their exit code, 2
+        if hasattr(exc, "show"):
             exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
-            return 1
-        raise
+        else:
+            err.print(f"[bold red]error:[/] {exc.format_message()}", highlight=False)
+        return exc.exit_code
     return code if isinstance(code, int) else 0
 
 
