@@ -197,6 +197,7 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
     assert p.name == "bf16" and p.channels_last
     assert not rt.resolve_precision("bf16", torch.device("cpu"), model, channels_last="off").channels_last
     assert not rt.resolve_precision("bf16", torch.device("cpu"), nn.Linear(2, 2)).channels_last  # no convs
+    assert rt.resolve_precision("auto", torch.device("cpu"), nn.Linear(2, 2)).name == "fp32"  # dense: no gain on CPUs
 
 
 def test_bf16_autocast_matches_fp32_closely():

@@ -8,7 +8,7 @@ from deepworks.config import Config, load_config
 from deepworks.errors import CheckpointError, ConfigError, DataError, DeepworksError, ShapeError, UnknownNameError
 from deepworks.models import create_model, list_models
 from deepworks.train import Callback, EarlyStopping, Trainer
-from deepworks.pipeline import Run, evaluate, load_run, predict, resume, train
+from deepworks.pipeline import Run, cross_validate, evaluate, load_run, predict, resume, train
 
 __version__ = "0.1.0"
 
@@ -22,6 +22,7 @@ __all__ = [
     "EarlyStopping",
     "Run",
     "train",
+    "cross_validate",
     "resume",
     "evaluate",
     "predict",

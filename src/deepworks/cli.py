@@ -40,9 +40,18 @@ def train(
     nproc: Annotated[
         int, typer.Option("--nproc", min=1, help="processes to train with (DDP via torchrun; one per GPU)")
     ] = 1,
+    cv: Annotated[
+        Optional[int], typer.Option("--cv", help="k-fold cross-validation over the non-test data (k >= 2)")
+    ] = None,
 ) -> None:
     """Train a model from CONFIG, or continue a run with --resume RUN_DIR."""
     from deepworks.runtime import shutdown_distributed
+
+    if cv is not None or _config_asks_for_cv(config, set_, resume):
+        if resume is not None or nproc > 1:
+            raise DeepworksError("train --cv: cross-validation runs in one process and cannot be resumed.")
+        _cross_validate(config, set_, run_dir, cv)
+        return
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _check_before_launch(config, set_, resume)  # report user errors once, not once per process
@@ -67,6 +76,33 @@ def _train(config: Path | None, set_: list[str] | None, run_dir: Path | None, re
         run = deepworks.train(config, overrides=set_ or [], run_dir=run_dir)
     if distributed_context().is_main:
         _print_summary(run.summary, run.dir)
+
+
+def _config_asks_for_cv(config: Path | None, set_: list[str] | None, resume: Path | None) -> bool:
+    if config is None or resume is not None:
+        return False
+    from deepworks.config import load_config
+
+    return load_config(config, set_ or []).data.cv is not None
+
+
+def _cross_validate(config: Path | None, set_: list[str] | None, run_dir: Path | None, folds: int | None) -> None:
+    import deepworks
+
+    if config is None:
+        raise DeepworksError("train --cv: give a CONFIG.yaml.")
+    summary = deepworks.cross_validate(config, folds=folds, overrides=set_ or [], run_dir=run_dir)
+    table = Table(title=f"{summary['folds']}-fold cross-validation (validation figures)", show_header=True)
+    table.add_column("fold")
+    metrics = list(summary["mean"])
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for row in summary["per_fold"]:
+        table.add_row(str(row["fold"]), *(f"{row[m]:.4f}" for m in metrics))
+    table.add_row("mean ± std", *(f"{summary['mean'][m]:.4f} ± {summary['std'][m]:.4f}" for m in metrics))
+    out.print(table)
+    test = summary["test"]
+    out.print("test (final model, all non-test data): " + ", ".join(f"{m} {test[m]:.4f}" for m in metrics if m in test))
 
 
 def _check_before_launch(config: Path | None, set_: list[str] | None, resume: Path | None) -> None:
@@ -99,14 +135,15 @@ def _torchrun(nproc: int) -> int:
 
 
 def _print_summary(summary: dict, run_dir: Path) -> None:
+    columns = ("mae", "rmse", "r2", "loss") if summary.get("task") == "regression" else ("accuracy", "macro_f1", "loss")
     table = Table(title="results (best model)", show_header=True)
     table.add_column("split")
-    for col in ("accuracy", "macro_f1", "loss"):
+    for col in columns:
         table.add_column(col, justify="right")
     for split in ("train", "val", "test"):
         m = summary.get(split)
         if m:
-            table.add_row(split, *(f"{m[c]:.4f}" if m.get(c) is not None else "-" for c in ("accuracy", "macro_f1", "loss")))
+            table.add_row(split, *(f"{m[c]:.4f}" if m.get(c) is not None else "-" for c in columns))
     out.print(table)
     out.print(
         f"epochs run: {summary.get('epochs_run')} (best {summary.get('best_epoch')}), "
@@ -123,13 +160,14 @@ def evaluate(
 ) -> None:
     """Accuracy, per-class and macro precision/recall/F1 and the confusion matrix of a run's best model."""
     import deepworks
-    from deepworks.evaluate import render_report
+    from deepworks.evaluate import render_regression_report, render_report
 
     report = deepworks.evaluate(run_dir, split=split)
     if as_json:
         print(json.dumps(report, indent=2))
     else:
-        out.print(render_report(report, title=f"{run_dir} - {split} split"))
+        render = render_regression_report if report.get("task") == "regression" else render_report
+        out.print(render(report, title=f"{run_dir} - {split} split"))
 
 
 @app.command()
@@ -149,10 +187,17 @@ def predict(
     table = Table(show_header=True)
     table.add_column("file", overflow="fold")
     table.add_column("prediction")
-    table.add_column(f"top {top_k}")
+    ranked = bool(results) and "top_k" in results[0]
+    if ranked:
+        table.add_column(f"top {top_k}")
     for r in results:
         where = f"{r['file']}:{r['line']}" if "line" in r else r["file"]
-        table.add_row(where, r["prediction"], ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top_k"]))
+        if ranked:
+            table.add_row(where, r["prediction"], ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top_k"]))
+        else:
+            value = r["prediction"]
+            shown = ", ".join(f"{k} {v:.6g}" for k, v in value.items()) if isinstance(value, dict) else f"{value:.6g}"
+            table.add_row(where, shown)
     out.print(table)
 
 

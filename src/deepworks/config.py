@@ -32,6 +32,7 @@ from deepworks.registry import Registry
 __all__ = [
     "Config",
     "DataConfig",
+    "ColumnConfig",
     "ModelConfig",
     "TrainConfig",
     "OptimizerConfig",
@@ -73,11 +74,44 @@ class Component(BaseModel):
         return dict(self.model_extra or {})
 
 
+class ColumnConfig(Strict):
+    kind: Literal["numeric", "categorical", "ordinal", "datetime", "id", "ignore"] | None = Field(
+        None, description="how the column is used; default: detected on the training split"
+    )
+    order: list[str] | None = Field(None, description="ordinal: the values from lowest to highest")
+    scaling: Literal["standard", "minmax", "none"] | None = Field(None, description="default: data.scaling")
+
+    @model_validator(mode="after")
+    def _order_for_ordinal(self) -> ColumnConfig:
+        if self.kind == "ordinal" and not self.order:
+            raise ValueError("an ordinal column needs order: [its values from lowest to highest]")
+        if self.order is not None and self.kind not in ("ordinal", None):
+            raise ValueError(f"order is for ordinal columns; this one is {self.kind}")
+        if self.order is not None and self.kind is None:
+            self.kind = "ordinal"
+        return self
+
+
 class DataConfig(Strict):
     dataset: str | None = Field(None, description="built-in dataset name (`deepworks datasets`)")
     path: str | None = Field(None, description="a folder with one subfolder of images per class, or a .csv file")
     target: str | None = Field(None, description="CSV: the label column")
-    features: list[str] | None = Field(None, description="CSV: the feature columns (default: all numeric but target)")
+    features: list[str] | None = Field(None, description="table: the input columns (default: all but target)")
+    task: Literal["auto", "classification", "regression"] = Field(
+        "auto", description="table: auto = regression for a numeric target with many distinct values"
+    )
+    columns: dict[str, ColumnConfig] = Field(
+        default_factory=dict, description="table: per-column kind (numeric, categorical, ordinal, datetime, id, ignore)"
+    )
+    scaling: Literal["standard", "minmax", "none"] = Field("standard", description="table: numeric feature scaling")
+    group_by: str | None = Field(None, description="table: rows sharing this column's value stay in one split")
+    cv: int | None = Field(None, ge=2, description="k-fold cross-validation over the non-test data")
+    on_duplicates: Literal["drop", "keep", "error"] = Field(
+        "drop", description="val/test samples identical to a training sample: drop them, keep them, or stop"
+    )
+    sampler: Literal["shuffle", "balanced"] = Field(
+        "shuffle", description="balanced: draw training samples with class-balanced probabilities"
+    )
     root: str | None = Field(None, description="where a built-in dataset's files are (or go)")
     image_size: int | tuple[int, int] | None = Field(
         None, description="resize folder images to this (H, W); default: their most common size"
@@ -130,8 +164,10 @@ class EarlyStoppingConfig(Strict):
     mode: Literal["auto", "min", "max"] = "auto"
 
 
-_METRICS = ("loss", "accuracy", "macro_precision", "macro_recall", "macro_f1")
-MONITORS = tuple(f"{split}_{m}" for split in ("val", "train") for m in _METRICS)
+# every task's metrics (classification, then regression); the Trainer checks that the
+# monitored one belongs to the run's task
+_METRICS = ("loss", "accuracy", "macro_precision", "macro_recall", "macro_f1", "mae", "rmse", "r2")
+MONITORS = ("auto", *(f"{split}_{m}" for split in ("val", "train") for m in _METRICS))
 
 
 class TrainConfig(Strict):
@@ -146,8 +182,16 @@ class TrainConfig(Strict):
     l2: float = Field(0.0, ge=0, description="L2 penalty (l2/2 * sum w^2) on weights; apart from weight_decay")
     log_gradients: int | None = Field(None, ge=1, description="record per-layer gradient norms every N steps")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    loss: Literal["auto", "cross_entropy", "mse", "huber"] = Field(
+        "auto", description="auto: cross_entropy for classification, mse for regression"
+    )
+    class_weights: Literal["balanced"] | dict[str, float] | None = Field(
+        None, description="weigh the loss per class: balanced (n / (K * count)) or {label: weight}"
+    )
     early_stopping: EarlyStoppingConfig | None = None
-    monitor: str = Field("val_accuracy", description="metric that picks the best model")
+    monitor: str = Field(
+        "auto", description="metric that picks the best model; auto: val_accuracy (classification), val_loss (regression)"
+    )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     deterministic: bool = Field(True, description="bitwise-reproducible runs (slower on some GPUs)")
     checkpoint_every_steps: int | None = Field(
@@ -209,6 +253,17 @@ class Config(Strict):
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model_for_tables(cls, value: Any) -> Any:
+        # the default model is a CNN for images and an MLP for tables
+        if isinstance(value, dict) and value.get("model") is None and isinstance(value.get("data"), dict):
+            data = value["data"]
+            path = str(data.get("path") or "")
+            if data.get("dataset") == "csv" or path.lower().endswith((".csv", ".parquet", ".pq")):
+                value = {**value, "model": {"name": "mlp"}}
+        return value
 
     @field_validator("name")
     @classmethod

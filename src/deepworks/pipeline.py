@@ -23,15 +23,19 @@ from torch import nn
 from deepworks.config import Config, dump_config, load_config, parse_overrides
 from deepworks.data import ImageDataset, channel_stats, normalize, read_image, split_dataset
 from deepworks.data.datasets import load_from_config
-from deepworks.data.loaders import TensorData
-from deepworks.data.tabular import read_feature_rows
+from deepworks.data.loaders import TensorData, balanced_weights
+from deepworks.data.features import TableEncoder
+from deepworks.data.splits import _split_size, _stratified_indices
+from deepworks.data.tabular import load_table, read_feature_rows, read_table, table_target
 from deepworks.errors import CheckpointError, ConfigError, DataError
+from deepworks.evaluate.baselines import tabular_baselines
 from deepworks.models.registry import model_from_config
 from deepworks.runs import RunDir, atomic_write, new_run_dir
 from deepworks.runtime import barrier, broadcast_object, distributed_context
 from deepworks.train import Trainer, load_model_weights
+from deepworks.train.tasks import Classification, Regression, Task, task_from_record
 
-__all__ = ["Run", "PreparedData", "prepare_data", "train", "resume", "evaluate", "predict", "load_run"]
+__all__ = ["Run", "PreparedData", "prepare_data", "train", "cross_validate", "resume", "evaluate", "predict", "load_run"]
 
 
 @dataclass
@@ -41,9 +45,10 @@ class PreparedData:
     train: TensorData
     val: TensorData
     test: TensorData
-    classes: list[str]
+    classes: list[str]  # class names; empty for regression
     input_shape: tuple[int, ...]  # (C, H, W) images or (F,) features
     info: dict[str, Any]
+    task: Task = field(default_factory=Classification)
 
 
 @dataclass
@@ -53,17 +58,29 @@ class Run:
     dir: Path
     config: Config
     model: nn.Module
-    classes: list[str]
+    classes: list[str]  # class names; empty for regression
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    task: Task = field(default_factory=Classification)
 
 
-def prepare_data(config: Config) -> PreparedData:
-    """Load the data, split it (seeded, stratified) and normalise it with training statistics only."""
+def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> PreparedData:
+    """Load the data, split it (seeded, stratified) and normalise it with training statistics only.
+
+    ``fold=(k, i)``: the same test split, but training and validation are the rest of the
+    non-test data and its ``i``-th of ``k`` cross-validation folds.
+    """
     d = config.data
+    if d.path is not None and (d.dataset == "csv" or _is_table_path(d.path)):
+        return _prepare_table(config, fold)
     ds: ImageDataset = load_from_config(d)
     splits = split_dataset(ds, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=config.seed)
     (xtr, ytr), (xva, yva), (xte, yte) = splits.train, splits.val, splits.test
+    if fold is not None:
+        y_all = ds.y.numpy()
+        splits.indices.update(_apply_fold(splits.indices, y_all, fold, True, None, config.seed, ds.name))
+        tr, va = (torch.from_numpy(splits.indices[k]) for k in ("train", "val"))
+        (xtr, ytr), (xva, yva) = (ds.x[tr], ds.y[tr]), (ds.x[va], ds.y[va])
     if d.normalize:
         mean, std = channel_stats(xtr)  # training split only: no leakage from val/test
         xtr, xva, xte = (normalize(x, mean, std) for x in (xtr, xva, xte))
@@ -86,8 +103,122 @@ def prepare_data(config: Config) -> PreparedData:
         "official_test": splits.official_test,
         "split_fingerprint": digest.hexdigest(),
     }
+    task = Classification(ds.classes)
+    info["task"] = task.record()
     return PreparedData(
-        TensorData(xtr, ytr), TensorData(xva, yva), TensorData(xte, yte), list(ds.classes), ds.input_shape, info
+        TensorData(xtr, ytr), TensorData(xva, yva), TensorData(xte, yte), list(ds.classes), ds.input_shape, info, task
+    )
+
+
+def fold_indices(y, k, *, stratify, groups, seed, what):  # replaced by data.splits
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
+
+    if groups is not None:
+        return list(GroupKFold(n_splits=k).split(y, y, groups))
+    if stratify:
+        smallest = int(np.bincount(y).min())
+        if k > smallest:
+            raise DataError(
+                f"--cv {k}: {what} has a class with only {smallest} sample(s) outside the test split, too few for "
+                f"{k} stratified folds. Fix: use --cv {max(2, smallest)} or fewer."
+            )
+        return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(y, y))
+    return list(KFold(n_splits=k, shuffle=True, random_state=seed).split(y))
+
+
+def split_indices(y, *, stratify, groups, val_fraction, test_fraction, seed, what):  # replaced by data.splits'
+    if stratify:
+        classes = [str(i) for i in range(int(y.max()) + 1)]
+        return _stratified_indices(y, classes, {"val": val_fraction, "test": test_fraction}, seed, what)
+    n = len(y)
+    order = np.random.default_rng(seed).permutation(n)
+    nv, nt = _split_size(val_fraction, n), _split_size(test_fraction, n)
+    return {"train": order[nv + nt:], "val": order[:nv], "test": order[nv:nv + nt]}
+
+
+def _is_table_path(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in (".csv", ".parquet", ".pq")
+
+
+def _apply_fold(
+    idx: dict[str, np.ndarray], y: np.ndarray, fold: tuple[int, int], stratify: bool, groups: np.ndarray | None,
+    seed: int, what: str,
+) -> dict[str, np.ndarray]:
+    """Train/val indices of fold ``i`` of ``k`` over the non-test rows (train + val)."""
+    k, i = fold
+    rest = np.sort(np.concatenate([idx["train"], idx["val"]]))
+    if i is None:  # the final model of a cross-validation: all non-test data, no validation
+        return {"train": rest, "val": rest[:0]}
+    folds = fold_indices(y[rest], k, stratify=stratify, groups=groups[rest] if groups is not None else None,
+                         seed=seed, what=what)
+    tr, va = folds[i]
+    return {"train": rest[tr], "val": rest[va]}
+
+
+def _prepare_table(config: Config, fold: tuple[int, int] | None = None) -> PreparedData:
+    """A table: raw cells -> split -> encoder fitted on the training rows -> (N, F) features.
+
+    Classification targets are class indices; regression targets are standardised with the
+    training split's mean and std (the task un-scales predictions).
+    """
+    d = config.data
+    table = load_table(d.path, d.target, features=d.features, group_by=d.group_by)
+    y, classes, task_name = table_target(table, d.task)
+    where = str(table.path)
+    idx = split_indices(
+        y, stratify=task_name == "classification", groups=np.asarray(table.groups) if table.groups else None,
+        val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=config.seed, what=f"{where}",
+    )
+    if fold is not None:
+        groups = np.asarray(table.groups) if table.groups else None
+        idx.update(_apply_fold(idx, y, fold, task_name == "classification", groups, config.seed, where))
+    train_cells = table.rows(idx["train"])
+    train_lines = [table.lines[i] for i in idx["train"]]
+    declared = {name: col.model_dump(exclude_none=True) for name, col in d.columns.items()}
+    unknown = [name for name in declared if name not in table.columns]
+    if unknown:
+        raise DataError(
+            f"{where}: data.columns names column(s) {', '.join(map(repr, unknown))} that are not input columns. "
+            f"Input columns: {', '.join(map(repr, table.columns))}."
+        )
+    encoder = TableEncoder.fit(train_cells, declared, scaling=d.scaling, lines=train_lines, where=where)
+    xs = {
+        name: torch.from_numpy(
+            encoder.transform(table.rows(rows), lines=[table.lines[i] for i in rows], where=where)
+        )
+        for name, rows in idx.items()
+    }
+    if task_name == "regression":
+        mean, std = float(y[idx["train"]].mean()), float(y[idx["train"]].std())
+        std = std if std > 0 else 1.0
+        task: Task = Regression([table.target_name], [mean], [std])
+        ys = {name: torch.from_numpy(((y[rows] - mean) / std).astype(np.float32))[:, None] for name, rows in idx.items()}
+    else:
+        task = Classification(classes)
+        ys = {name: torch.from_numpy(y[rows].astype(np.int64)) for name, rows in idx.items()}
+    digest = hashlib.sha256()
+    for name in ("train", "val", "test"):
+        digest.update(np.ascontiguousarray(idx[name], dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(y[idx[name]]).tobytes())
+    info = {
+        "dataset": "table",
+        "source": str(table.path.resolve()),
+        "kind": "table",
+        "target": table.target_name,
+        "classes": classes,
+        "input_shape": [len(encoder.feature_names)],
+        "features": encoder.inputs,
+        "feature_names": encoder.feature_names,
+        "feature_groups": encoder.groups,
+        "encoder": encoder.to_dict(),
+        "sizes": {name: len(rows) for name, rows in idx.items()},
+        "official_test": False,
+        "split_fingerprint": digest.hexdigest(),
+        "task": task.record(),
+    }
+    return PreparedData(
+        TensorData(xs["train"], ys["train"]), TensorData(xs["val"], ys["val"]), TensorData(xs["test"], ys["test"]),
+        classes, (len(encoder.feature_names),), info, task,
     )
 
 
@@ -111,6 +242,26 @@ def _merge_kwargs(overrides: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     return dict(pairs)
 
 
+def _balance(config: Config, data: PreparedData) -> None:
+    """Warn about strong class imbalance; draw class-balanced batches with data.sampler: balanced."""
+    if data.task.name != "classification":
+        if config.data.sampler == "balanced":
+            raise ConfigError("data.sampler: balanced is for classification; this is a regression run. Fix: remove it.")
+        return
+    counts = torch.bincount(data.train.y.long().cpu(), minlength=len(data.classes))
+    largest, smallest = int(counts.max()), int(counts.min())
+    if smallest == 0 or largest > 10 * smallest:
+        rare = data.classes[int(counts.argmin())]
+        warnings.warn(
+            f"the training split is imbalanced: the largest class has {largest} samples, {rare!r} only {smallest}. "
+            "Per-class metrics are in test_report.json; consider train.class_weights: balanced or "
+            "data.sampler: balanced.",
+            stacklevel=3,
+        )
+    if config.data.sampler == "balanced":
+        data.train.weights = balanced_weights(data.train.y)
+
+
 def train(
     config: str | Path | dict | Config,
     *,
@@ -128,7 +279,7 @@ def train(
     dist = distributed_context()
     data = prepare_data(cfg)
     torch.manual_seed(cfg.seed)  # the model's initial weights
-    model = model_from_config(cfg.model, data.input_shape, len(data.classes))
+    model = model_from_config(cfg.model, data.input_shape, data.task.output_size())
     # under torchrun every process must use the directory rank 0 names
     run = RunDir(broadcast_object(str(run_dir or new_run_dir(cfg.name, runs_root))))
     if run.checkpoint.exists() or run.summary.exists():
@@ -145,6 +296,66 @@ def train(
     return _fit(cfg, data, model, run, resume=False)
 
 
+def cross_validate(
+    config: str | Path | dict | Config,
+    *,
+    folds: int | None = None,
+    run_dir: str | Path | None = None,
+    overrides: Any = (),
+    runs_root: str | Path = "runs",
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """k-fold cross-validation over the non-test data (``folds`` or ``data.cv``), stratified
+    (or grouped by ``data.group_by``); each fold is a normal run directory ``fold-<i>`` inside
+    the CV run. Then one model is trained on all non-test data and evaluated on the test
+    split, once (``final``). Returns the CV summary (also ``summary.json`` of the CV run).
+    """
+    cfg = load_config(config, _merge_kwargs(overrides, kwargs))
+    k = folds if folds is not None else cfg.data.cv
+    if k is None or isinstance(k, bool) or int(k) < 2:
+        raise ConfigError(f"--cv: expected a number of folds of at least 2, got {k!r}. Fix: e.g. --cv 5.")
+    k = int(k)
+    cfg = load_config(cfg, {"data.cv": k})
+    root = RunDir(run_dir or new_run_dir(f"{cfg.name}-cv", runs_root))
+    if root.summary.exists() or root.config.exists():
+        raise ConfigError(f"--run-dir {root.path}: a run already lives there. Choose another directory.")
+    root.create()
+    atomic_write(root.config, dump_config(cfg))
+    per_fold: list[dict[str, Any]] = []
+    task: Task | None = None
+    for i in range(k):
+        print(f"fold {i + 1}/{k}", flush=True)
+        run = _start(cfg, prepare_data(cfg, fold=(k, i)), root.path / f"fold-{i + 1}")
+        fitted = _fit(cfg, run[0], run[1], run[2], resume=False, test=False)
+        task = fitted.task
+        per_fold.append({"fold": i + 1, "run": f"fold-{i + 1}", **fitted.summary["val"]})
+    metrics = [m for m in (task.summary_keys if task else ()) if all(f.get(m) is not None for f in per_fold)]
+    summary: dict[str, Any] = {
+        "folds": k,
+        "task": task.name if task else None,
+        "per_fold": per_fold,
+        # population std (ddof=0) over the k folds, as numpy's default
+        "mean": {m: float(np.mean([f[m] for f in per_fold])) for m in metrics},
+        "std": {m: float(np.std([f[m] for f in per_fold])) for m in metrics},
+    }
+    print("final model: all non-test data", flush=True)
+    final = _fit(cfg, *_start(cfg, prepare_data(cfg, fold=(k, None)), root.path / "final"), resume=False)
+    summary["test"] = final.summary["test"]
+    summary["final_run"] = "final"
+    root.write_json(root.summary, summary)
+    return summary
+
+
+def _start(cfg: Config, data: PreparedData, path: Path) -> tuple[PreparedData, nn.Module, RunDir]:
+    """A new run directory for ``data`` with its config and data record, and a fresh model."""
+    torch.manual_seed(cfg.seed)  # the model's initial weights
+    model = model_from_config(cfg.model, data.input_shape, data.task.output_size())
+    run = RunDir(path).create()
+    atomic_write(run.config, dump_config(cfg))
+    run.write_json(run.data, data.info)
+    return data, model, run
+
+
 def resume(run_dir: str | Path) -> Run:
     """Continue an interrupted run from its last checkpoint."""
     run = RunDir(run_dir)
@@ -159,16 +370,33 @@ def resume(run_dir: str | Path) -> Run:
     data = prepare_data(cfg)
     _check_same_data(run, data)
     torch.manual_seed(cfg.seed)
-    model = model_from_config(cfg.model, data.input_shape, len(data.classes))
+    model = model_from_config(cfg.model, data.input_shape, data.task.output_size())
     return _fit(cfg, data, model, run, resume=True)
 
 
-def _fit(cfg: Config, data: PreparedData, model: nn.Module, run: RunDir, resume: bool) -> Run:
-    trainer = Trainer(model, cfg.train, run_dir=run.path, classes=data.classes, seed=cfg.seed)
-    history = trainer.fit(data.train, data.val, resume=resume)
+def _fit(cfg: Config, data: PreparedData, model: nn.Module, run: RunDir, resume: bool, test: bool = True) -> Run:
+    _balance(cfg, data)
+    trainer = Trainer(model, cfg.train, run_dir=run.path, task=data.task, seed=cfg.seed)
+    history = trainer.fit(data.train, data.val if len(data.val) else None, resume=resume)
+    if not test:  # a cross-validation fold: validation figures only
+        return Run(run.path, cfg, trainer.model, data.classes, history, trainer.summary, data.task)
     test_report = trainer.evaluate(data.test)  # the test split is touched once, here
     trainer.record_test(test_report)
-    return Run(run.path, cfg, trainer.model, data.classes, history, trainer.summary)
+    if data.info.get("kind") == "table":
+        _record_baselines(trainer, data, run, cfg.seed)
+    return Run(run.path, cfg, trainer.model, data.classes, history, trainer.summary, data.task)
+
+
+def _record_baselines(trainer: Trainer, data: PreparedData, run: RunDir, seed: int) -> None:
+    """Simple models on the same split and features, beside the network in summary.json."""
+    splits = {"val": (data.val.x, data.val.y), "test": (data.test.x, data.test.y)}
+    baselines = tabular_baselines(data.task, (data.train.x, data.train.y), splits, seed=seed)
+    trainer.summary["baselines"] = baselines
+    if distributed_context().is_main:
+        run.write_json(run.summary, trainer.summary)
+        key = "accuracy" if data.task.name == "classification" else "r2"
+        shown = ", ".join(f"{name} {scores['test'][key]:.4f}" for name, scores in baselines.items())
+        print(f"baselines (test {key}): {shown}; network {trainer.summary['test'][key]:.4f}", flush=True)
 
 
 def _check_same_data(run: RunDir, data: PreparedData) -> None:
@@ -191,7 +419,8 @@ def load_run(run_dir: str | Path) -> Run:
     cfg = load_config(run.config)
     info = run.read_json(run.data)
     classes, shape = list(info["classes"]), tuple(info["input_shape"])
-    model = model_from_config(cfg.model, shape, len(classes))
+    task = task_from_record(info.get("task"), classes)
+    model = model_from_config(cfg.model, shape, task.output_size())
     if not run.best.exists():
         raise CheckpointError(
             f"{run.best}: missing; the run has not finished an epoch yet. "
@@ -200,11 +429,12 @@ def load_run(run_dir: str | Path) -> Run:
     load_model_weights(model, run.best)
     model.eval()
     summary = run.read_json(run.summary) if run.summary.exists() else {}
-    return Run(run.path, cfg, model, classes, run.read_metrics(), summary)
+    return Run(run.path, cfg, model, classes, run.read_metrics(), summary, task)
 
 
 def evaluate(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
-    """Full classification report of the run's best model on ``split`` (val or test)."""
+    """The full report of the run's best model on ``split`` (val or test): per class for
+    classification runs, per target for regression runs."""
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split: expected train, val or test, got {split!r}.")
     loaded = load_run(run_dir)
@@ -212,41 +442,43 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     torch.manual_seed(loaded.config.seed)
     data = prepare_data(loaded.config)
     _check_same_data(run, data)
-    trainer = Trainer(loaded.model, loaded.config.train.model_copy(update={"progress": "none"}), classes=loaded.classes)
+    trainer = Trainer(loaded.model, loaded.config.train.model_copy(update={"progress": "none"}), task=loaded.task)
     report = trainer.evaluate(getattr(data, split))
     report["split"] = split
     return report
 
 
 def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3) -> list[dict[str, Any]]:
-    """Classify image files (image runs) or the rows of CSV files (tabular runs) with the run's
-    best model: the ``top_k`` classes and their probabilities for each."""
+    """Predict for image files (image runs) or the rows of CSV files (tabular runs) with the run's
+    best model: the ``top_k`` classes and their probabilities for each (classification), or
+    the predicted value in the target's units (regression)."""
     if not inputs:
         raise DataError("predict: give at least one input file.")
     loaded = load_run(run_dir)
     info = RunDir(run_dir).read_json(RunDir(run_dir).data)
     shape = info["input_shape"]
-    k = max(1, min(int(top_k), len(loaded.classes)))
     if len(shape) == 3:
         channels, height, width = shape
         batch = torch.stack([read_image(p, channels=channels, size=(height, width)) for p in inputs])  # (N, C, H, W)
         names = [{"file": str(p)} for p in inputs]
-    else:
+    elif "encoder" in info:  # a table: the encoder fitted on the training rows
+        encoder = TableEncoder.from_dict(info["encoder"])
+        parts, names = [], []
+        for p in inputs:
+            header, rows, lines = read_table(p)
+            columns = {name: [row[i] for row in rows] for i, name in enumerate(header)}
+            parts.append(torch.from_numpy(encoder.transform(columns, lines=lines, where=str(p))))
+            names += [{"file": str(p), "line": line} for line in lines]
+        batch = torch.cat(parts)  # (N, F)
+    else:  # a numeric table of a run from before tables were encoded
         parts, names = [], []
         for p in inputs:
             x, lines = read_feature_rows(p, info["features"])
             parts.append(torch.from_numpy(x))
             names += [{"file": str(p), "line": line} for line in lines]
         batch = torch.cat(parts)  # (N, F)
-    batch = normalize(batch, info["mean"], info["std"])
+    if "mean" in info:
+        batch = normalize(batch, info["mean"], info["std"])
     with torch.no_grad():
-        probs = torch.softmax(loaded.model(batch).float(), dim=1)
-    top = probs.topk(k, dim=1)
-    return [
-        {
-            **name,
-            "prediction": loaded.classes[int(idx[0])],
-            "top_k": [{"class": loaded.classes[int(i)], "probability": round(float(p), 6)} for p, i in zip(ps, idx)],
-        }
-        for name, ps, idx in zip(names, top.values, top.indices)
-    ]
+        outputs = loaded.model(batch).float()
+    return [{**name, **result} for name, result in zip(names, loaded.task.predict(outputs, top_k))]

@@ -123,7 +123,9 @@ class Precision:
 
 
 def resolve_precision(name: str, device: torch.device, model: nn.Module, channels_last: str = "auto") -> Precision:
-    """``auto``: bf16 autocast on GPUs and on CPUs with native bf16, fp32 elsewhere.
+    """``auto``: bf16 autocast on GPUs, and on CPUs with native bf16 for convolutional models;
+    fp32 elsewhere. (On the CPU, small dense models gain no speed from bf16, and a regression
+    model's outputs would lose digits to its 8-bit mantissa.)
 
     channels_last (``auto``) goes with reduced precision on convolutional models, where
     oneDNN and cuDNN have their fastest kernels for it.
@@ -131,7 +133,7 @@ def resolve_precision(name: str, device: torch.device, model: nn.Module, channel
     if name == "auto":
         if device.type == "cuda":
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        elif device.type == "cpu" and cpu_supports_bf16():
+        elif device.type == "cpu" and cpu_supports_bf16() and has_conv(model):
             name = "bf16"
         else:
             name = "fp32"

@@ -365,7 +365,7 @@ def _load_csv(
 
 
 def _is_csv_path(path: str | Path) -> bool:
-    return Path(path).suffix.lower() == ".csv"
+    return Path(path).suffix.lower() in (".csv", ".parquet", ".pq")
 
 
 # ----------------------------------------------------------------------------- entry points

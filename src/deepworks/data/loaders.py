@@ -8,7 +8,7 @@ only, so a resumed run sees exactly the batches an uninterrupted run would have 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -18,24 +18,41 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from deepworks.errors import DataError
 from deepworks.runtime import epoch_generator
 
-__all__ = ["as_data", "iterate_batches", "num_samples", "TensorData"]
+__all__ = ["as_data", "iterate_batches", "num_samples", "TensorData", "balanced_weights"]
 
 
 class TensorData:
-    """An in-memory (x, y) pair; the fast path."""
+    """An in-memory (x, y) pair; the fast path.
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x, y
+    ``weights`` (one per sample, optional) makes shuffled epochs draw samples with those
+    relative probabilities, with replacement (``data.sampler: balanced``), instead of a
+    permutation.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None):
+        self.x, self.y, self.weights = x, y, weights
 
     def __len__(self) -> int:
         return len(self.x)
 
     def to(self, device: torch.device) -> TensorData:
-        return TensorData(self.x.to(device), self.y.to(device))
+        return TensorData(self.x.to(device), self.y.to(device), self.weights)
 
 
-def as_data(data: Any, where: str = "data") -> TensorData | Dataset:
-    """Accept ``(x, y)`` tensors or arrays, a ``TensorDataset`` of two tensors, or a ``Dataset``."""
+def balanced_weights(y: torch.Tensor) -> torch.Tensor:
+    """Per-sample weights 1 / count(class), so every class is drawn equally often."""
+    counts = torch.bincount(y.long().cpu())
+    return (1.0 / counts.double())[y.long().cpu()]
+
+
+def as_data(
+    data: Any, where: str = "data", targets: Callable[[torch.Tensor, str], torch.Tensor] | None = None
+) -> TensorData | Dataset:
+    """Accept ``(x, y)`` tensors or arrays, a ``TensorDataset`` of two tensors, or a ``Dataset``.
+
+    ``targets`` checks and converts ``y`` for the task (a task's ``targets`` method); by
+    default ``y`` must be 1-D integer class indices.
+    """
     if isinstance(data, TensorData):
         return data
     if isinstance(data, TensorDataset) and len(data.tensors) == 2:
@@ -46,14 +63,18 @@ def as_data(data: Any, where: str = "data") -> TensorData | Dataset:
             raise DataError(f"{where}: x has {len(x)} samples but y has {len(y)}; they must match.")
         if len(x) == 0:
             raise DataError(f"{where}: no samples.")
-        if y.dtype.is_floating_point or y.dtype == torch.bool or y.ndim != 1:
+        if targets is not None:
+            y = targets(y, where)
+        elif y.dtype.is_floating_point or y.dtype == torch.bool or y.ndim != 1:
             raise DataError(
                 f"{where}: labels must be a 1-D integer tensor of class indices, got dtype "
                 f"{y.dtype} and shape {tuple(y.shape)}. Convert with y.long()."
             )
+        else:
+            y = y.long()
         if not x.dtype.is_floating_point:
             x = x.float()
-        return TensorData(x, y.long())
+        return TensorData(x, y)
     if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
         if len(data) == 0:
             raise DataError(f"{where}: the dataset has no samples.")
@@ -87,7 +108,13 @@ def iterate_batches(
     number of steps; unshuffled (evaluation) shards cover every sample exactly once.
     """
     n = len(data)
-    order = torch.randperm(n, generator=epoch_generator(seed, epoch)) if shuffle else torch.arange(n)
+    weights = getattr(data, "weights", None)
+    if shuffle and weights is not None:  # n draws with replacement, e.g. class-balanced
+        order = torch.multinomial(weights.double(), n, replacement=True, generator=epoch_generator(seed, epoch))
+    elif shuffle:
+        order = torch.randperm(n, generator=epoch_generator(seed, epoch))
+    else:
+        order = torch.arange(n)
     if world_size > 1:
         if shuffle:
             order = order[: n // world_size * world_size]
@@ -108,4 +135,6 @@ def iterate_batches(
         prefetch_factor=4 if num_workers else None,
     )
     for xb, yb in loader:
-        yield xb.to(device, non_blocking=True), torch.as_tensor(yb).long().to(device, non_blocking=True)
+        yb = torch.as_tensor(yb)
+        yb = yb if yb.dtype.is_floating_point else yb.long()  # class indices, or regression targets
+        yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)

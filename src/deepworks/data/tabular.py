@@ -1,38 +1,42 @@
-"""Tabular data: a CSV file of numeric feature columns and one label column.
+"""Tables: CSV (or Parquet) files of mixed-type columns and one target column.
 
->>> ds = load_csv("penguins.csv", target="species")          # doctest: +SKIP
->>> ds.x.shape, ds.input_shape, ds.classes                   # doctest: +SKIP
-(torch.Size([333, 4]), (4,), ['Adelie', 'Chinstrap', 'Gentoo'])
+>>> table = load_table("penguins.csv", target="species")     # doctest: +SKIP
+>>> y, classes, task = table_target(table)                     # doctest: +SKIP
+>>> classes, task                                              # doctest: +SKIP
+(['Adelie', 'Chinstrap', 'Gentoo'], 'classification')
 
-Each sample is a 1-D float32 feature vector, so the dataset's ``x`` is (N, F) rather than
-(N, C, H, W), and the models that take it are the ones that flatten their input
-(``softmax``, ``mlp``). The features are not standardised here: like images, they are
-normalised after splitting, with training-split statistics only (see
-:func:`deepworks.data.splits.channel_stats`, which standardises each feature of (N, F)
-data like scikit-learn's ``StandardScaler``).
+:func:`load_table` reads the raw cells (strings) and checks the file, the target and the
+chosen columns; nothing is fitted here. Turning cells into numbers (kinds, imputation,
+scaling, one-hot) is :class:`deepworks.data.features.TableEncoder`'s job, fitted on the
+training split only once the rows are split. :func:`load_csv` is the quick look: the whole
+table encoded at once, for exploring a file, never for honest figures.
 
-The file is read with the standard ``csv`` module (no pandas dependency): comma-separated,
-a header row with the column names, one row per sample. Every feature column must be
-numeric and complete; problems are reported with the file, the column and the fix.
+CSV files are read with the standard ``csv`` module (comma-separated, a header row, one row
+per sample; errors name the line); Parquet files need ``pyarrow``
+(``pip install deepworks[parquet]``). Problems are reported with the file, the column and
+the fix.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from deepworks.data.datasets import ImageDataset
+from deepworks.data.features import MISSING_VALUES, TableEncoder, is_missing, parse_numbers
 from deepworks.errors import DataError, close_matches
 
-__all__ = ["load_csv", "MISSING_VALUES"]
+__all__ = ["Table", "load_table", "table_target", "read_table", "load_csv", "MISSING_VALUES"]
 
-# cell values (after stripping, lower-cased) that mean "no value"
-MISSING_VALUES = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
+# a numeric target with more distinct values than this (or with fractions) is a regression target
+REGRESSION_MIN_DISTINCT = 20
 
 
 def _suggest(name: str, columns: Sequence[str]) -> str:
@@ -94,17 +98,6 @@ def _read_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
     return header, rows, lines
 
 
-def _missing_error(path: Path, gaps: dict[str, tuple[int, int]]) -> DataError:
-    parts = [
-        f"{col!r} ({count} row{'s' if count != 1 else ''}, first on line {first})"
-        for col, (count, first) in gaps.items()
-    ]
-    return DataError(
-        f"{path}: missing values in column(s) {', '.join(parts)}. "
-        "Fix: impute or drop them (or leave the column out with data.features)."
-    )
-
-
 def _labels(values: list[str]) -> tuple[np.ndarray, list[str]]:
     """Class indices and class names: integers sorted numerically, anything else as sorted strings."""
     try:
@@ -118,43 +111,103 @@ def _labels(values: list[str]) -> tuple[np.ndarray, list[str]]:
     return np.array([index[v] for v in ints], dtype=np.int64), [str(v) for v in unique]
 
 
-def load_csv(
+def _read_parquet(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
+    """Header and rows of a Parquet file as text cells (missing -> ""); "lines" are row numbers."""
+    try:
+        import pandas as pd
+
+        frame = pd.read_parquet(path)
+    except ImportError:
+        raise DataError(
+            f"{path}: reading Parquet files needs pyarrow. Fix: pip install 'deepworks[parquet]' (or save the table as CSV)."
+        ) from None
+    except Exception as exc:  # pyarrow raises its own error types for damaged files
+        raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0][:200]}).") from None
+    header = [str(c) for c in frame.columns]
+    if not header:
+        raise DataError(f"{path}: the file is empty. Fix: a table needs named columns and one row per sample.")
+    if len(frame) == 0:
+        raise DataError(f"{path}: the file has columns but no rows. Fix: add one row per sample.")
+    cells = frame.astype(object).where(frame.notna(), "")
+    rows = [["" if v is None else str(v) for v in row] for row in cells.itertuples(index=False, name=None)]
+    return header, rows, list(range(1, len(rows) + 1))
+
+
+def read_table(path: str | Path) -> tuple[list[str], list[list[str]], list[int]]:
+    """Header, rows of text cells and each row's line (CSV) or row number (Parquet)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: no such file. Fix: set data.path to an existing CSV (or Parquet) file.")
+    if path.is_dir():
+        raise DataError(
+            f"{path}: is a folder, not a table. Fix: point data.path at the .csv file "
+            "(an image folder is read by data.dataset: folder)."
+        )
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return _read_parquet(path)
+    return _read_rows(path)
+
+
+@dataclass
+class Table:
+    """A table's raw cells: the feature columns, the target and (optionally) the group column.
+
+    Rows whose target is missing are already dropped; ``lines`` are the kept rows' lines.
+    """
+
+    path: Path
+    columns: dict[str, list[str]]  # feature column -> cells (stripped strings)
+    target_name: str
+    target: list[str]
+    lines: list[int]
+    groups: list[str] | None = None
+    group_by: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def rows(self, index: Sequence[int]) -> dict[str, list[str]]:
+        """The feature cells of the rows at ``index``."""
+        return {name: [cells[i] for i in index] for name, cells in self.columns.items()}
+
+
+def _check_column(path: Path, header: list[str], name: str, key: str) -> None:
+    if name not in header:
+        hint = _suggest(name, header)
+        sep = next((s for s in (";", "\t", "|") if len(header) == 1 and s in header[0]), None)
+        extra = f" The header is one column; the file seems to use {sep!r} as a separator, not ','." if sep else ""
+        raise DataError(
+            f"{path}: no column {name!r} ({key}).{hint} Columns: {_column_list(header)}.{extra} "
+            f"Fix: set {key} to one of the columns."
+        )
+
+
+def load_table(
     path: str | Path,
     target: str | None,
     *,
     features: Sequence[str] | None = None,
-    name: str = "csv",
-) -> ImageDataset:
-    """Read a CSV of numeric feature columns and a label column into a dataset with x (N, F).
+    group_by: str | None = None,
+) -> Table:
+    """Read a table's raw cells and check its columns (nothing is fitted or converted here).
 
-    ``target`` names the label column; its distinct values (integers sorted numerically,
-    else strings sorted) become the classes. ``features`` picks the feature columns (in
-    that order); by default every column but the target.
+    ``target`` names the column to predict; ``features`` picks the input columns (default:
+    every other column but ``group_by``); ``group_by`` names a column whose rows must stay in
+    one split together. Rows with a missing target are dropped with a warning.
     """
     path = Path(path).expanduser()
-    if not path.exists():
-        raise DataError(f"{path}: no such file. Fix: set data.path to an existing CSV file.")
-    if path.is_dir():
-        raise DataError(
-            f"{path}: is a folder, not a CSV file. Fix: point data.path at the .csv file "
-            "(an image folder is read by data.dataset: folder)."
-        )
     if target is None or (isinstance(target, str) and not target.strip()):
         raise DataError(
-            f"{path}: a CSV file needs a label column: set data.target to its name (e.g. data.target: label)."
+            f"{path}: a table needs a target column: set data.target to its name (e.g. data.target: label)."
         )
-    header, rows, lines = _read_rows(path)
-    if target not in header:
-        hint = _suggest(target, header)
-        sep = next((s for s in (";", "\t", "|") if len(header) == 1 and s in header[0]), None)
-        extra = f" The header is one column; the file seems to use {sep!r} as a separator, not ','." if sep else ""
-        raise DataError(
-            f"{path}: no column {target!r} (data.target).{hint} Columns: {_column_list(header)}.{extra} "
-            "Fix: set data.target to the label column."
-        )
-
+    header, rows, lines = read_table(path)
+    _check_column(path, header, target, "data.target")
+    if group_by is not None:
+        _check_column(path, header, group_by, "data.group_by")
+        if group_by == target:
+            raise DataError(f"{path}: data.group_by is the target column {target!r}. Fix: group by another column.")
     if features is None:
-        feature_cols = [c for c in header if c != target]
+        feature_cols = [c for c in header if c not in (target, group_by)]
     else:
         if isinstance(features, str):
             features = [features]
@@ -168,77 +221,115 @@ def load_csv(
             )
         if target in feature_cols:
             raise DataError(
-                f"{path}: data.features includes the label column {target!r}. Fix: remove it from data.features."
+                f"{path}: data.features includes the target column {target!r}. Fix: remove it from data.features."
             )
         repeated = sorted({c for c in feature_cols if feature_cols.count(c) > 1})
         if repeated:
             raise DataError(f"{path}: data.features lists {', '.join(map(repr, repeated))} more than once.")
     if not feature_cols:
         raise DataError(
-            f"{path}: no feature columns: the file has only the label column {target!r}. "
-            "Fix: add numeric feature columns, or list them in data.features."
+            f"{path}: no feature columns: the file has only the target column {target!r}. "
+            "Fix: add feature columns, or list them in data.features."
         )
-
     position = {c: i for i, c in enumerate(header)}
-    n = len(rows)
-    gaps: dict[str, tuple[int, int]] = {}  # column -> (rows missing, first line)
-
-    labels = [row[position[target]] for row in rows]
-    missing_labels = [i for i, v in enumerate(labels) if v.lower() in MISSING_VALUES]
-    if missing_labels:
-        gaps[target] = (len(missing_labels), lines[missing_labels[0]])
-
-    x = np.empty((n, len(feature_cols)), dtype=np.float32)
-    for j, col in enumerate(feature_cols):
-        k = position[col]
-        cells = [row[k] for row in rows]
-        missing = np.fromiter((c.lower() in MISSING_VALUES for c in cells), dtype=bool, count=n)
-        present = [c for c, m in zip(cells, missing) if not m]
-        try:
-            values = np.array(present, dtype=str).astype(np.float64)
-        except ValueError:
-            # find the first value that is not a number, to name it
-            for i, cell in enumerate(cells):
-                if missing[i]:
-                    continue
-                try:
-                    float(cell)
-                except ValueError:
-                    raise DataError(
-                        f"{path}: column {col!r} is not numeric (line {lines[i]} holds {cell!r}); only numeric "
-                        "columns are supported as features. Fix: drop it with data.features or encode it as numbers."
-                    ) from None
-            raise  # pragma: no cover  (numpy refused a value that float() accepts)
-        bad = ~np.isfinite(values)
-        if bad.any():
-            # an infinity; "nan" spellings are already counted as missing
-            first = int(np.flatnonzero(bad)[0])
-            i = int(np.flatnonzero(~missing)[first])
+    target_cells = [row[position[target]] for row in rows]
+    keep = [i for i, cell in enumerate(target_cells) if not is_missing(cell)]
+    if not keep:
+        raise DataError(
+            f"{path}: column {target!r} (data.target) is entirely missing: every row's value is empty or NA. "
+            "Fix: fill in the target, or set data.target to the column to predict."
+        )
+    if len(keep) < len(rows):
+        first = next(lines[i] for i in range(len(rows)) if is_missing(target_cells[i]))
+        warnings.warn(
+            f"{path}: {len(rows) - len(keep)} row(s) have no value in the target column {target!r} "
+            f"(first on line {first}); they are left out.",
+            stacklevel=2,
+        )
+    groups = None
+    if group_by is not None:
+        groups = [rows[i][position[group_by]] for i in keep]
+        gaps = [lines[i] for i in keep if is_missing(rows[i][position[group_by]])]
+        if gaps:
             raise DataError(
-                f"{path}: column {col!r} holds an infinite value ({cells[i]!r} on line {lines[i]}). "
-                "Fix: replace it with a finite number or drop the row."
+                f"{path}: column {group_by!r} (data.group_by) is missing in {len(gaps)} row(s), first on line "
+                f"{gaps[0]}. Fix: give every row a group."
             )
-        if missing.any():
-            gaps[col] = (int(missing.sum()), lines[int(np.flatnonzero(missing)[0])])
-        column = np.zeros(n, dtype=np.float64)
-        column[~missing] = values
-        if np.abs(column).max(initial=0.0) > np.finfo(np.float32).max:
-            raise DataError(f"{path}: column {col!r} has values beyond float32's range (about 3.4e38). Fix: rescale it.")
-        x[:, j] = column
-    if gaps:
-        raise _missing_error(path, gaps)
+    return Table(
+        path=path,
+        columns={c: [rows[i][position[c]] for i in keep] for c in feature_cols},
+        target_name=target,
+        target=[target_cells[i] for i in keep],
+        lines=[lines[i] for i in keep],
+        groups=groups,
+        group_by=group_by,
+    )
 
-    y, classes = _labels(labels)
+
+def table_target(table: Table, task: str = "auto") -> tuple[np.ndarray, list[str], str]:
+    """The target as class indices (classification) or float64 values (regression).
+
+    Returns ``(y, classes, task)``; ``classes`` is empty for regression. ``task: auto``
+    takes a numeric target with more than 20 distinct values (or with fractions) as a
+    regression target, and says so.
+    """
+    where = f"{table.path}: column {table.target_name!r} (data.target)"
+    numbers = parse_numbers(table.target)
+    if task == "auto":
+        if numbers is not None:
+            distinct = len(np.unique(numbers))
+            if distinct > REGRESSION_MIN_DISTINCT or not np.all(numbers == np.round(numbers)):
+                print(
+                    f"{table.path}: the target {table.target_name!r} is numeric with {distinct} distinct values: "
+                    "training a regression model (set data.task: classification to treat them as classes).",
+                    flush=True,
+                )
+                task = "regression"
+        task = "classification" if task == "auto" else task
+    if task == "regression":
+        if numbers is None:
+            i = next(i for i, c in enumerate(table.target) if parse_numbers([c]) is None)
+            raise DataError(
+                f"{where} holds {table.target[i]!r} on line {table.lines[i]}: a regression task needs a numeric "
+                "target. Fix: set data.task: classification, or choose a numeric data.target."
+            )
+        if not np.all(np.isfinite(numbers)):
+            i = int(np.flatnonzero(~np.isfinite(numbers))[0])
+            raise DataError(f"{where} holds {table.target[i]!r} on line {table.lines[i]}. Fix: give a finite number.")
+        return numbers, [], "regression"
+    y, classes = _labels(table.target)
     if len(classes) < 2:
         only = f" (every row is {classes[0]!r})" if classes else ""
         raise DataError(
-            f"{path}: column {target!r} (data.target) has {len(classes)} distinct value(s){only}; a classifier needs "
-            "at least 2 classes. Fix: check data.target names the label column."
+            f"{where} has {len(classes)} distinct value(s){only}; a classifier needs at least 2 classes. "
+            "Fix: check data.target names the label column."
         )
-    return ImageDataset(
-        name, torch.from_numpy(x), torch.from_numpy(y), classes, source=str(path.resolve()), features=feature_cols
-    )
+    return y, classes, "classification"
 
+
+def load_csv(
+    path: str | Path,
+    target: str | None,
+    *,
+    features: Sequence[str] | None = None,
+    name: str = "csv",
+) -> ImageDataset:
+    """A classification table encoded as (N, F) float32 features, for a quick look at a file.
+
+    Numeric columns keep their values (unscaled); text columns are one-hot; missing cells
+    are imputed with a missing-indicator feature. The encoder is fitted on EVERY row here,
+    which is fine for looking at data but not for honest figures: training fits it on the
+    training split only (:func:`deepworks.pipeline.prepare_data`).
+    """
+    table = load_table(path, target, features=features)
+    y, classes, _ = table_target(table, "classification")
+    # unscaled: numeric columns keep their values (scaling needs training-split statistics)
+    encoder = TableEncoder.fit(table.columns, scaling="none", lines=table.lines, where=str(table.path))
+    x = encoder.transform(table.columns, lines=table.lines, where=str(table.path))
+    return ImageDataset(
+        name, torch.from_numpy(x), torch.from_numpy(y), classes, source=str(table.path.resolve()),
+        features=encoder.feature_names,
+    )
 
 def read_feature_rows(path: str | Path, features: Sequence[str]) -> tuple[np.ndarray, list[int]]:
     """The ``features`` columns of a CSV as float32 (N, F), with each row's line number.

@@ -1,5 +1,13 @@
-"""Evaluation: metrics accumulated during training and the classification report."""
+"""Evaluation: metrics accumulated during training, classification and regression reports."""
 
 from deepworks.evaluate.metrics import MetricAccumulator, classification_report, render_report
+from deepworks.evaluate.regression import RegressionAccumulator, regression_report, render_regression_report
 
-__all__ = ["MetricAccumulator", "classification_report", "render_report"]
+__all__ = [
+    "MetricAccumulator",
+    "classification_report",
+    "render_report",
+    "RegressionAccumulator",
+    "regression_report",
+    "render_regression_report",
+]

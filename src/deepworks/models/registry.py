@@ -67,8 +67,8 @@ def create_model(
             f"model.name: {name} needs image input (C, H, W); tabular data has shape (F,) = ({int(shape[0])},): "
             f"use {choices}"
         )
-    if num_classes < 2:
-        raise ShapeError(f"num_classes: a classifier needs at least 2 classes, got {num_classes}")
+    if num_classes < 1:
+        raise ShapeError(f"num_classes: the model needs at least 1 output (a class or a target), got {num_classes}")
     if entry.params is not None:
         try:
             params = entry.params.model_validate(params).model_dump()

@@ -5,6 +5,7 @@ from deepworks.train.callbacks import Callback, EarlyStopping, ProgressLogger
 from deepworks.train.optim import OPTIMIZERS, build_optimizer
 from deepworks.train.schedules import SCHEDULES, build_schedule
 from deepworks.train.step import eval_step, train_step
+from deepworks.train.tasks import TASKS, Classification, Regression, Task
 from deepworks.train.trainer import Trainer, load_model_weights
 
 bind_component(("train", "optimizer"), OPTIMIZERS)
@@ -22,4 +23,8 @@ __all__ = [
     "train_step",
     "eval_step",
     "load_model_weights",
+    "TASKS",
+    "Task",
+    "Classification",
+    "Regression",
 ]

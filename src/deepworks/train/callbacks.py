@@ -7,6 +7,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from deepworks.train.tasks import metric_mode
+
 if TYPE_CHECKING:
     from deepworks.train.trainer import Trainer
 
@@ -20,7 +22,7 @@ def better(monitor: str, mode: str, value: float, best: float | None, min_delta:
     if best is None:
         return True
     if mode == "auto":
-        mode = "min" if monitor.endswith("loss") else "max"
+        mode = metric_mode(monitor)
     return value < best - min_delta if mode == "min" else value > best + min_delta
 
 
@@ -108,8 +110,8 @@ class ProgressLogger(Callback):
             return
         parts = []
         for split in ("train", "val"):
-            fields = [(m, logs.get(f"{split}_{m}")) for m in ("loss", "accuracy", "macro_f1")]
-            shown = " ".join(f"{m.replace('macro_', '')} {v:.4f}" for m, v in fields if isinstance(v, float))
+            fields = [(m, logs.get(f"{split}_{m}")) for m in trainer.task.shown]
+            shown = " ".join(f"{m.replace('macro_', '')} {v:.4g}" if m in ("mae", "rmse") else f"{m.replace('macro_', '')} {v:.4f}" for m, v in fields if isinstance(v, float))
             if shown:
                 parts.append(f"{split}: {shown}")
         line = f"epoch {epoch}/{trainer.config.epochs}  " + "  |  ".join(parts) + f"  ({logs.get('seconds', 0):.1f}s)"

@@ -27,7 +27,6 @@ from torch import nn
 from deepworks.config import TrainConfig, format_errors, resolve_components
 from deepworks.data.loaders import TensorData, as_data, iterate_batches
 from deepworks.errors import CheckpointError, ConfigError, ShapeError, TrainingError
-from deepworks.evaluate.metrics import MetricAccumulator, classification_report
 from deepworks.runs import CHECKPOINT_FORMAT, RunDir, atomic_write, load_tensors, pack_state, save_tensors, unpack_state, versions
 from deepworks.runtime import (
     all_reduce_sum,
@@ -45,6 +44,7 @@ from deepworks.train.optim import build_optimizer
 from deepworks.train.regularization import penalized_weights, weight_penalty
 from deepworks.train.schedules import build_schedule
 from deepworks.train.step import eval_step, train_step
+from deepworks.train.tasks import Task, resolve_task
 
 __all__ = ["Trainer", "MODEL_FORMAT", "load_model_weights"]
 
@@ -52,11 +52,14 @@ MODEL_FORMAT = "deepworks-model-1"
 
 
 class Trainer:
-    """Train a classifier with checkpoints, a metrics log and the best model kept.
+    """Train a model with checkpoints, a metrics log and the best model kept.
 
     ``config`` is a :class:`TrainConfig`, a mapping of its keys, or None (defaults);
     keyword ``overrides`` replace single keys. With ``run_dir`` everything is written
     there (config, metrics, checkpoints, best model, summary) and the run can be resumed.
+    ``task`` says what is learned (:mod:`deepworks.train.tasks`): a :class:`Task`,
+    ``"classification"`` (the default, with ``classes`` as its class names) or
+    ``"regression"``; it supplies the loss, the metrics and the monitored metric.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class Trainer:
         *,
         run_dir: str | Path | None = None,
         classes: Sequence[str] | None = None,
+        task: Task | str | None = None,
         seed: int = 0,
         callbacks: Sequence[Callback] = (),
         **overrides: Any,
@@ -79,9 +83,14 @@ class Trainer:
             config = TrainConfig.model_validate(raw)
         except ValidationError as exc:
             raise ConfigError(format_errors(exc.errors(), "Trainer config", ("train",), TrainConfig)) from None
-        self.config = resolve_components(config, ("train",), "Trainer config")  # optimizer and schedule params
+        config = resolve_components(config, ("train",), "Trainer config")  # optimizer and schedule params
+        self.task = resolve_task(task, classes)
+        monitor = self.task.check_monitor(config.monitor, "train.monitor")
+        es = config.early_stopping
+        if es is not None:
+            es = es.model_copy(update={"monitor": self.task.check_monitor(es.monitor, "train.early_stopping.monitor")})
+        self.config = config.model_copy(update={"monitor": monitor, "early_stopping": es})
         self.model = model
-        self.classes = list(classes) if classes is not None else None
         self.seed = seed
         self.dist = distributed_context()  # rank 0 of 1 unless launched by torchrun
         self.run = RunDir(run_dir) if run_dir is not None else None
@@ -106,7 +115,7 @@ class Trainer:
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.wall_seconds = 0.0
-        self._accumulator: MetricAccumulator | None = None
+        self._accumulator: Any = None  # the task's metric accumulator for the running epoch
         self.summary: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ public
@@ -121,8 +130,8 @@ class Trainer:
         cfg = self.config
         seed_everything(self.seed + self.dist.rank)  # each process its own dropout masks
         set_deterministic(cfg.deterministic)
-        train_data = self._to_device(as_data(train, "train data"))
-        val_data = self._to_device(as_data(val, "validation data")) if val is not None else None
+        train_data = self._to_device(as_data(train, "train data", self.task.targets))
+        val_data = self._to_device(as_data(val, "validation data", self.task.targets)) if val is not None else None
         if val_data is None and cfg.monitor.startswith("val_"):
             # without validation data the best model is judged on the training metrics
             cfg = self.config = cfg.model_copy(update={"monitor": cfg.monitor.replace("val_", "train_", 1)})
@@ -152,17 +161,16 @@ class Trainer:
             self._write_summary(train_data, val_data)
         return self.history
 
-    def evaluate(self, data: Any, classes: Sequence[str] | None = None) -> dict[str, Any]:
-        """Accuracy, per-class and macro precision/recall/F1, loss and the confusion matrix."""
-        data = self._to_device(as_data(data, "evaluation data"))
-        num_classes = getattr(self, "num_classes", None) or self._check_shapes(data)
+    def evaluate(self, data: Any) -> dict[str, Any]:
+        """The task's full report on ``data``: for classification accuracy, per-class and macro
+        precision/recall/F1, loss and the confusion matrix; for regression MAE, RMSE, R² and loss."""
+        data = self._to_device(as_data(data, "evaluation data", self.task.targets))
         self.model.to(self.device)
+        self._check_shapes(data)
         precision = getattr(self, "precision", None) or resolve_precision(
             self.config.precision, self.device, self.model, self.config.channels_last
         )
-        acc = self._accumulate(data, self.model, num_classes, precision)
-        names = list(classes or self.classes or [str(i) for i in range(num_classes)])
-        return classification_report(acc.confusion(), names, loss=acc.compute()["loss"])
+        return self.task.report(self._accumulate(data, self.model, precision))
 
     def log(self, message: str) -> None:
         if self.config.progress != "none" and self.dist.is_main:
@@ -174,7 +182,7 @@ class Trainer:
         """Device, precision, optimizer, schedule, penalties and monitors for this run."""
         cfg = self.config
         self.model.to(self.device)
-        self.num_classes = self._check_shapes(train_data)
+        self._check_shapes(train_data)
         self.precision = resolve_precision(cfg.precision, self.device, self.model, cfg.channels_last)
         if self.precision.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -182,7 +190,8 @@ class Trainer:
         self.optimizer = build_optimizer(
             cfg.optimizer.name, self.model.parameters(), device=self.device, **cfg.optimizer.params
         )
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        labels = train_data.y if isinstance(train_data, TensorData) else None
+        self.loss_fn = self.task.loss(cfg, labels).to(self.device)
         shard = len(train_data) // self.dist.world_size
         self.steps_per_epoch = -(-shard // cfg.batch_size)
         self.forward_model = self._maybe_compile(self._maybe_ddp(), self.steps_per_epoch * cfg.epochs)
@@ -195,8 +204,7 @@ class Trainer:
         self.gradients = GradientMonitor(self.model, cfg.log_gradients) if cfg.log_gradients else None
         # evaluation shards differ in size across processes, so it runs outside DDP
         self.eval_model = self.model if self.dist.enabled else self.forward_model
-        self._accumulator = MetricAccumulator(self.num_classes, self.device)
-
+        self._accumulator = self.task.accumulator(self.device)
 
     _best_state: dict[str, torch.Tensor] | None = None
 
@@ -236,7 +244,7 @@ class Trainer:
         logs.update({f"train_{k}": v for k, v in self._reduced(acc).compute().items()})
         if val_data is not None:
             report = self._evaluate_data(val_data)
-            logs.update({f"val_{k}": report[k] for k in ("loss", "accuracy", "macro_precision", "macro_recall", "macro_f1")})
+            logs.update({f"val_{k}": report[k] for k in self.task.metrics})
         if not all(math.isfinite(v) for k, v in logs.items() if k.endswith("_loss") and v is not None):
             self._diverged(self.global_step, epoch, None)
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
@@ -260,15 +268,15 @@ class Trainer:
         self._save_checkpoint()
 
     def _evaluate_data(self, data: Any) -> dict[str, Any]:
-        acc = self._accumulate(data, self.eval_model, self.num_classes, self.precision)
+        acc = self._accumulate(data, self.eval_model, self.precision)
         self.model.train()
         return acc.compute()
 
-    def _accumulate(self, data: Any, model: nn.Module, num_classes: int, precision: Any) -> MetricAccumulator:
+    def _accumulate(self, data: Any, model: nn.Module, precision: Any) -> Any:
         """One pass over ``data`` in eval mode (this process's shard), summed over all processes."""
-        acc = MetricAccumulator(num_classes, self.device)
+        acc = self.task.accumulator(self.device)
         self.model.eval()
-        loss_fn = nn.CrossEntropyLoss()  # unsmoothed: the loss reported for evaluation
+        loss_fn = self.task.eval_loss().to(self.device)  # e.g. unsmoothed: the loss reported for evaluation
         for xb, yb in self._batches(data, self.config.eval_batch_size, shuffle=False):
             loss, logits = eval_step(model, xb, yb, loss_fn, precision)
             acc.update(logits, yb, loss)
@@ -304,11 +312,11 @@ class Trainer:
             "Fix: lower train.optimizer.lr, set train.clip_grad_norm (e.g. 1.0), or check the data for NaN/inf."
         )
 
-    def _reduced(self, acc: MetricAccumulator) -> MetricAccumulator:
+    def _reduced(self, acc: Any) -> Any:
         """The accumulator summed over all processes (itself when there is one process)."""
         if not self.dist.enabled:
             return acc
-        total = MetricAccumulator(acc.num_classes, self.device)
+        total = self.task.accumulator(self.device)
         total.load_state_dict(all_reduce_sum(acc.state_dict()))
         return total
 
@@ -333,8 +341,8 @@ class Trainer:
     def _to_device(self, data: Any) -> Any:
         return data.to(self.device) if isinstance(data, TensorData) else data
 
-    def _check_shapes(self, data: Any) -> int:
-        """One forward pass before training: the model must give (B, K) logits for the labels."""
+    def _check_shapes(self, data: Any) -> None:
+        """One forward pass before training: the model's output must fit the task's targets."""
         xb, yb = next(iterate_batches(data, min(len(data), 8), shuffle=False, device=self.device))
         was_training = self.model.training
         self.model.eval()
@@ -348,19 +356,7 @@ class Trainer:
             ) from None
         finally:
             self.model.train(was_training)
-        if out.ndim != 2:
-            raise ShapeError(f"model: expected logits shaped (batch, classes), got {tuple(out.shape)}.")
-        num_classes = out.shape[1]
-        if self.classes is not None and len(self.classes) != num_classes:
-            raise ShapeError(f"model: it has {num_classes} outputs but there are {len(self.classes)} classes.")
-        if isinstance(data, TensorData):
-            low, high = int(data.y.min()), int(data.y.max())
-            if low < 0 or high >= num_classes:
-                raise ShapeError(
-                    f"labels: they range over {low}..{high} but the model has {num_classes} outputs "
-                    f"(classes 0..{num_classes - 1}). Give the model one output per class."
-                )
-        return num_classes
+        self.task.check_output(out, data.y if isinstance(data, TensorData) else yb)
 
     def _save_best(self) -> None:
         if self.run is None:
@@ -454,8 +450,9 @@ class Trainer:
 
     def _write_summary(self, train_data: Any, val_data: Any) -> None:
         summary = {
-            "train": _compact(self.evaluate(train_data)),
-            "val": _compact(self.evaluate(val_data)) if val_data is not None else None,
+            "task": self.task.name,
+            "train": self.task.compact(self.evaluate(train_data)),
+            "val": self.task.compact(self.evaluate(val_data)) if val_data is not None else None,
             "epochs_run": self.epoch,
             "best_epoch": self.best_epoch,
             "monitor": self.config.monitor,
@@ -474,16 +471,11 @@ class Trainer:
 
     def record_test(self, report: dict[str, Any]) -> None:
         """Add the test figures to ``summary.json`` (the test split is touched once, at the end)."""
-        self.summary["test"] = _compact(report)
+        self.summary["test"] = self.task.compact(report)
         self.summary["test_report"] = "test_report.json"
         if self.writes:
             self.run.write_json(self.run.summary, self.summary)
             self.run.write_json(self.run.path / "test_report.json", report)
-
-
-def _compact(report: dict[str, Any]) -> dict[str, Any]:
-    keys = ("loss", "accuracy", "macro_precision", "macro_recall", "macro_f1", "support")
-    return {k: report[k] for k in keys if k in report}
 
 
 def load_model_weights(model: nn.Module, path: Path) -> nn.Module:

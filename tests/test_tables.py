@@ -1,0 +1,141 @@
+"""Real tables end to end: penguins classification and regression, predict on raw rows, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import deepworks
+from deepworks.cli import main
+from deepworks.data.tabular import load_table, table_target
+from deepworks.pipeline import prepare_data, split_indices
+
+ROOT = Path(__file__).resolve().parents[1]
+PENGUINS = ROOT / "examples" / "data" / "penguins.csv"
+
+
+def rows_of(path: Path) -> tuple[list[str], list[list[str]]]:
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        return header, list(reader)
+
+
+@pytest.fixture(scope="module")
+def penguin_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("pg") / "run"
+    cfg = ROOT / "examples" / "configs" / "penguins.yaml"
+    run = deepworks.train(cfg, run_dir=run_dir, data__path=str(PENGUINS), train__progress="none")
+    return run
+
+
+def test_penguins_species_from_mixed_columns(penguin_run):
+    s = penguin_run.summary
+    assert s["test"]["accuracy"] >= 0.95
+    # baselines on the same split: the majority class is far below, logistic regression close
+    assert set(s["baselines"]) == {"majority_class", "logistic_regression"}
+    assert s["baselines"]["majority_class"]["test"]["accuracy"] < 0.5
+    info = json.loads((penguin_run.dir / "data.json").read_text())
+    assert info["features"] == ["island", "bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g",
+                                "sex", "year"]
+    assert info["feature_groups"]["island"] == [0, 1, 2, 3]  # Biscoe, Dream, Torgersen, other
+    assert "sex=missing" in info["feature_names"] and "bill_length_mm=missing" in info["feature_names"]
+
+
+def test_predict_on_raw_rows_matches_evaluate(penguin_run, tmp_path):
+    cfg = penguin_run.config
+    data = prepare_data(cfg)
+    with torch.no_grad():
+        expected = penguin_run.model(data.test.x).argmax(1).tolist()
+    # the raw test rows, recovered the way the pipeline split them
+    table = load_table(PENGUINS, "species")
+    y, _, _ = table_target(table)
+    idx = split_indices(y, stratify=True, groups=None, val_fraction=0.15, test_fraction=0.15, seed=cfg.seed,
+                        what="t")["test"]
+    header, rows = rows_of(PENGUINS)
+    kept = [r for r in rows if r[0] not in ("", "NA")]
+    test_rows = [kept[i] for i in idx]
+    odd = list(test_rows[0])
+    odd[header.index("bill_length_mm")] = ""  # a missing value
+    odd2 = list(test_rows[1])
+    odd2[header.index("island")] = "Atlantis"  # never seen in training
+    path = tmp_path / "rows.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(test_rows + [odd, odd2])
+    preds = deepworks.predict(penguin_run.dir, [path])
+    assert [p["prediction"] for p in preds[: len(test_rows)]] == [penguin_run.classes[i] for i in expected]
+    assert all(p["prediction"] in penguin_run.classes for p in preds[-2:])
+    assert preds[-1]["line"] == len(test_rows) + 3
+
+
+def test_penguin_body_mass_regression_beats_ridge_minus_003(tmp_path):
+    cfg = ROOT / "examples" / "configs" / "penguins-regression.yaml"
+    run = deepworks.train(cfg, run_dir=tmp_path / "r", data__path=str(PENGUINS), train__progress="none")
+    s = run.summary
+    assert s["task"] == "regression"
+    assert s["test"]["r2"] >= s["baselines"]["ridge"]["test"]["r2"] - 0.03
+    assert s["baselines"]["training_mean"]["test"]["r2"] < 0.05
+    # predictions come back in grams
+    header, rows = rows_of(PENGUINS)
+    path = tmp_path / "one.csv"
+    path.write_text(",".join(header) + "\n" + ",".join(rows[0]) + "\n")
+    (pred,) = deepworks.predict(run.dir, [path])
+    assert 2500 < pred["prediction"] < 6500
+    report = deepworks.evaluate(run.dir, split="test")
+    assert report["r2"] == pytest.approx(s["test"]["r2"], abs=1e-9)
+
+
+def test_parquet_tables_read_like_csv(tmp_path):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    frame = pd.read_csv(PENGUINS)
+    frame.to_parquet(tmp_path / "p.parquet")
+    a = prepare_data(deepworks.load_config({"data": {"path": str(PENGUINS), "target": "species"}}))
+    b = prepare_data(deepworks.load_config({"data": {"path": str(tmp_path / "p.parquet"), "target": "species"}}))
+    assert a.info["feature_names"] == b.info["feature_names"]
+    torch.testing.assert_close(a.train.x, b.train.x)
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.csv", b"", r"empty.csv: the file is empty"),
+        ("header.csv", b"a,b,label\n", r"header.csv: the file has a header but no data rows"),
+        ("nolabel.csv", b"a,b,klass\n1,2,x\n3,4,y\n", r"nolabel.csv: no column 'label' \(data.target\)"),
+        ("one.csv", b"a,label\n1,x\n2,x\n3,x\n", r"one.csv: column 'label' \(data.target\) has 1 distinct value"),
+        ("gap.csv", b"a,b,label\n1,,x\n2,NA,y\n3,,x\n4,,y\n5,,x\n6,,y\n7,,x\n8,,y\n9,,x\n10,,y\n",
+         r"gap.csv: column 'b' has no values in the training rows"),
+        ("latin.csv", "a,label\n1,caf\xe9\n".encode("latin-1"), r"latin.csv: not a UTF-8 text file"),
+    ],
+)
+def test_bad_tables_are_one_line_errors(tmp_path, capsys, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    code, err = run_cli(["train", str(ROOT / "examples/configs/penguins.yaml"), "--set", f"data.path={path}",
+                         "--set", "data.target=label", "--run-dir", str(tmp_path / "run")], capsys)
+    assert code == 2
+    assert "Traceback" not in err
+    import re
+
+    assert re.search(message, " ".join(err.split())), err
+    assert "Fix" in err or "fix" in err.lower()
+
+
+def test_regression_on_a_string_target_is_refused(tmp_path, capsys):
+    code, err = run_cli(["train", str(ROOT / "examples/configs/penguins.yaml"), "--set", f"data.path={PENGUINS}",
+                         "--set", "data.task=regression", "--run-dir", str(tmp_path / "run")], capsys)
+    flat = " ".join(err.split())
+    assert code == 2 and "column 'species' (data.target) holds 'Adelie'" in flat and "data.task: classification" in flat
