@@ -11,7 +11,7 @@
 
 from deepworks.data.datasets import DATASETS, ImageDataset, list_datasets, load_dataset, read_idx
 from deepworks.data.images import IMAGE_EXTENSIONS, read_image, scan_image_folder
-from deepworks.data.splits import Splits, channel_stats, normalize, split_dataset
+from deepworks.data.splits import Splits, channel_stats, kfold_indices, normalize, split_dataset, split_indices
 from deepworks.data.tabular import load_csv
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "ImageDataset",
     "Splits",
     "channel_stats",
+    "kfold_indices",
     "list_datasets",
     "load_csv",
     "load_dataset",
@@ -28,4 +29,5 @@ __all__ = [
     "read_image",
     "scan_image_folder",
     "split_dataset",
+    "split_indices",
 ]
