@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepworks.data import ImageDataset, channel_stats, load_dataset, normalize, split_dataset
-from deepworks.data.splits import STD_FLOOR, stratified_counts
+from deepworks.data.splits import STD_FLOOR, kfold_indices, split_indices, stratified_counts
 from deepworks.errors import DataError
 
 
@@ -199,3 +199,241 @@ def test_official_test_split_of_fashion_sizes():
     assert len(s.indices["val"]) == 9000 and len(s.indices["train"]) == 51000
     assert np.array_equal(np.bincount(s.val[1].numpy()), [900] * 10)
     assert math.isclose(float(s.test[0].mean()), float(ds.test_x.mean()))
+
+
+# ----------------------------------------------------------------------------- index-level splits
+
+
+def test_split_indices_is_what_split_dataset_uses():
+    ds = toy([30, 50, 20])
+    y = ds.y.numpy()
+    for seed in (0, 5):
+        s = split_dataset(ds, val_fraction=0.2, test_fraction=0.1, seed=seed)
+        idx = split_indices(y, classes=ds.classes, val_fraction=0.2, test_fraction=0.1, seed=seed)
+        assert all(np.array_equal(idx[k], s.indices[k]) for k in ("train", "val", "test"))
+    # without class names the labels themselves name the classes; same split
+    idx = split_indices(y, val_fraction=0.2, test_fraction=0.1, seed=5)
+    assert all(np.array_equal(idx[k], s.indices[k]) for k in ("train", "val", "test"))
+    # string labels are classes too
+    words = np.array(["cat", "dog", "emu"])[y]
+    parts = split_indices(words, seed=2)
+    assert_partition(parts, len(y))
+    assert_stratified(y, parts, 3)
+
+
+def test_split_indices_regression_targets():
+    y = np.random.default_rng(0).normal(size=101)  # float targets: no classes to stratify
+    with pytest.raises(DataError, match="stratify=False"):
+        split_indices(y)
+    a = split_indices(y, stratify=False, val_fraction=0.15, test_fraction=0.2, seed=3)
+    assert [len(a[k]) for k in ("train", "val", "test")] == [101 - 16 - 21, 16, 21]  # ceil(15.15), ceil(20.2)
+    assert_partition(a, 101)
+    assert all(v.dtype == np.int64 for v in a.values())
+    b = split_indices(y, stratify=False, val_fraction=0.15, test_fraction=0.2, seed=3)
+    c = split_indices(y, stratify=False, val_fraction=0.15, test_fraction=0.2, seed=4)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(np.sort(a["val"]), np.sort(c["val"]))
+    with pytest.raises(DataError, match="training split would be empty"):
+        split_indices(np.zeros(2), stratify=False, val_fraction=0.4, test_fraction=0.4)
+
+
+def test_split_indices_with_official_test_makes_train_and_val_only():
+    y = np.repeat([0, 1], 50)
+    idx = split_indices(y, has_test=True, val_fraction=0.2, test_fraction=0.95, seed=0)  # test_fraction ignored
+    assert len(idx["train"]) == 80 and len(idx["val"]) == 20 and len(idx["test"]) == 0
+    assert_partition({"train": idx["train"], "val": idx["val"]}, 100)
+    grouped = split_indices(y, groups=np.arange(100) // 4, has_test=True, val_fraction=0.2, seed=0)
+    assert len(grouped["test"]) == 0 and len(grouped["val"]) == 20
+    regression = split_indices(y.astype(float), stratify=False, has_test=True, seed=0)
+    assert len(regression["val"]) == 15 and len(regression["test"]) == 0
+
+
+def assert_groups_whole(groups: np.ndarray, parts: dict[str, np.ndarray]) -> None:
+    """No group has samples in two splits."""
+    seen: dict[object, str] = {}
+    for name, idx in parts.items():
+        for g in set(groups[idx].tolist()):
+            assert seen.setdefault(g, name) == name, f"group {g!r} is in {seen[g]} and {name}"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    group_sizes=st.lists(st.integers(1, 12), min_size=3, max_size=40),
+    num_classes=st.integers(1, 4),
+    stratify=st.booleans(),
+    has_test=st.booleans(),
+    vf=st.floats(0.05, 0.4),
+    tf=st.floats(0.05, 0.4),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_group_split_properties(group_sizes, num_classes, stratify, has_test, vf, tf, seed):
+    rng = np.random.default_rng(seed)
+    names = np.array([f"patient-{i}" for i in range(len(group_sizes))])
+    groups = rng.permutation(np.repeat(names, group_sizes))  # samples of a group scattered over the rows
+    n = len(groups)
+    y = rng.integers(0, num_classes, n) if stratify else rng.normal(size=n)
+    kwargs = dict(stratify=stratify, groups=groups, val_fraction=vf, test_fraction=tf, has_test=has_test, seed=seed)
+    try:
+        parts = split_indices(y, **kwargs)
+    except DataError as err:
+        # refused only when the training split would be empty
+        assert "training split would be empty" in str(err)
+        return
+    assert_partition(parts, n)  # every row exactly once
+    assert_groups_whole(groups, parts)
+    assert all(len(parts[k]) > 0 for k in (("train", "val") if has_test else ("train", "val", "test")))
+    again = split_indices(y, **kwargs)
+    assert all(np.array_equal(parts[k], again[k]) for k in parts)  # deterministic for a seed
+
+
+def test_group_split_sizes_and_classes_come_close():
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 6, 400)  # 400 small groups (at most 5 samples each)
+    groups = np.repeat(np.arange(400), sizes)
+    y = rng.integers(0, 3, len(groups))
+    n = len(y)
+    target = {"val": math.ceil(0.15 * n), "test": math.ceil(0.15 * n)}
+    target["train"] = n - 2 * target["val"]
+    for stratify in (True, False):
+        parts = split_indices(y, stratify=stratify, groups=groups, seed=1)
+        assert_groups_whole(groups, parts)
+        assert all(abs(len(parts[k]) - target[k]) <= 5 for k in parts), {k: len(v) for k, v in parts.items()}
+    share = np.bincount(y) / n
+    for idx in parts.values():  # stratify=False: classes still close to their share, by chance
+        assert np.abs(np.bincount(y[idx], minlength=3) / len(idx) - share).max() < 0.1
+    parts = split_indices(y, groups=groups, seed=1)
+    for idx in parts.values():  # stratify=True: much closer
+        assert np.abs(np.bincount(y[idx], minlength=3) / len(idx) - share).max() < 0.02
+    # singleton groups: the sizes are exact
+    single = split_indices(y, stratify=False, groups=np.arange(n), seed=0)
+    assert {k: len(v) for k, v in single.items()} == target
+
+
+def test_group_split_seed_and_group_types():
+    # any hashable group values: ints and strings mixed; 3 and 3.0 are one group, as in a dict
+    groups = np.array([3, "a", 3.0, "b", "d", "a", 7, 7, "c", "b"] * 3, dtype=object)
+    y = np.zeros(len(groups))
+    parts = split_indices(y, stratify=False, groups=groups, seed=0)
+    assert_partition(parts, len(groups))
+    assert_groups_whole(groups, parts)
+    vals = {tuple(np.sort(split_indices(y, stratify=False, groups=groups, seed=s)["val"])) for s in range(8)}
+    assert len(vals) > 1  # the seed picks the groups
+
+
+def test_group_split_too_few_groups():
+    y = np.repeat([0, 1], 10)
+    groups = np.repeat(["north", "south"], 10)
+    with pytest.raises(DataError) as err:
+        split_indices(y, groups=groups)
+    message = str(err.value)
+    assert "data.group_by" in message and "2 distinct group(s)" in message and "at least 3" in message
+    assert "Fix:" in message
+    parts = split_indices(y, groups=groups, has_test=True)  # two groups are enough for train/val
+    assert_groups_whole(groups, parts)
+
+
+@pytest.mark.parametrize("missing", [None, float("nan"), "", "NA"])
+def test_group_split_missing_group(missing):
+    groups = np.array(["a", "b", "c", "d"] * 5, dtype=object)
+    groups[7] = missing
+    with pytest.raises(DataError, match=r"data.group_by: 1 sample\(s\) .* no group .* sample 7"):
+        split_indices(np.arange(20) % 2, groups=groups)
+    with pytest.raises(DataError, match="data.group_by"):
+        split_indices(np.arange(20) % 2, groups=groups[:10])  # one group per sample
+
+
+# ----------------------------------------------------------------------------- k-fold
+
+
+def assert_folds_partition(folds, n: int, k: int) -> None:
+    assert len(folds) == k
+    vals = [val for _, val in folds]
+    assert_partition({str(i): v for i, v in enumerate(vals)}, n)  # val parts disjoint, covering all rows
+    for train, val in folds:
+        assert np.array_equal(np.sort(np.concatenate([train, val])), np.arange(n))
+        assert train.dtype == np.int64 and val.dtype == np.int64
+
+
+def test_kfold_stratified():
+    y = np.repeat([0, 1, 2], [23, 41, 9])
+    np.random.default_rng(0).shuffle(y)
+    folds = kfold_indices(y, 4, seed=7)
+    assert_folds_partition(folds, len(y), 4)
+    counts = np.bincount(y)
+    for _, val in folds:
+        assert np.all(np.abs(np.bincount(y[val], minlength=3) - counts / 4) < 1)  # within one of a k-th
+    # the oracle: scikit-learn's StratifiedKFold with the same seed
+    from sklearn.model_selection import StratifiedKFold
+
+    expected = StratifiedKFold(4, shuffle=True, random_state=7).split(np.zeros((len(y), 1)), y)
+    assert all(np.array_equal(v, e) for (_, v), (_, e) in zip(folds, expected))
+    assert not np.array_equal(folds[0][1], kfold_indices(y, 4, seed=8)[0][1])
+
+
+def test_kfold_regression():
+    y = np.random.default_rng(1).normal(size=53)
+    with pytest.raises(DataError, match="stratify=False"):
+        kfold_indices(y, 5)
+    folds = kfold_indices(y, 5, stratify=False, seed=3)
+    assert_folds_partition(folds, 53, 5)
+    assert sorted(len(v) for _, v in folds) == [10, 10, 11, 11, 11]
+    from sklearn.model_selection import KFold
+
+    expected = KFold(5, shuffle=True, random_state=3).split(np.zeros((53, 1)))
+    assert all(np.array_equal(v, e) for (_, v), (_, e) in zip(folds, expected))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    group_sizes=st.lists(st.integers(1, 10), min_size=6, max_size=30),
+    k=st.integers(2, 6),
+    stratify=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_kfold_groups_never_straddle(group_sizes, k, stratify, seed):
+    rng = np.random.default_rng(seed)
+    groups = rng.permutation(np.repeat(np.arange(len(group_sizes)) * 10, group_sizes))
+    n = len(groups)
+    y = rng.integers(0, 2, n) if stratify else rng.normal(size=n)
+    try:
+        folds = kfold_indices(y, k, stratify=stratify, groups=groups, seed=seed)
+    except DataError as err:
+        assert stratify and "group(s) (data.group_by)" in str(err)  # a class in fewer than k groups
+        return
+    assert_folds_partition(folds, n, k)
+    for train, val in folds:
+        assert not set(groups[train].tolist()) & set(groups[val].tolist())
+    again = kfold_indices(y, k, stratify=stratify, groups=groups, seed=seed)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again))
+
+
+def test_kfold_groups_balance_fold_sizes():
+    sizes = np.arange(1, 21)  # groups of 1..20 samples
+    groups = np.repeat(np.arange(20), sizes)
+    y = np.zeros(len(groups))
+    folds = kfold_indices(y, 5, stratify=False, groups=groups, seed=0)
+    assert max(len(v) for _, v in folds) - min(len(v) for _, v in folds) <= 2  # 42 each, give or take
+    equal = np.arange(200) // 4  # 50 groups of 4
+    firsts = {
+        tuple(np.sort(kfold_indices(np.zeros(200), 5, stratify=False, groups=equal, seed=s)[0][1])) for s in range(5)
+    }
+    assert len(firsts) > 1  # the seed decides between groups of equal size
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(k=1), "at least 2"),
+        (dict(k=True), "at least 2"),
+        (dict(k=2.5), "whole number"),
+        (dict(k=31), r"30 sample\(s\), too few for 31 folds.*Fix: --cv 30 or fewer"),
+        (dict(k=5), r"class 'c1' .* has 4 sample\(s\), fewer than the 5 folds.* --cv 4 or fewer"),
+        (dict(k=4, groups=np.arange(30) // 10, stratify=False), r"3 distinct group\(s\).* --cv 3 or fewer"),
+        (dict(k=3, groups=np.arange(30) // 3), r"class 'c1' .* 2 group\(s\) \(data.group_by\), fewer than the 3"),
+    ],
+)
+def test_kfold_validates_k(kwargs, match):
+    y = np.array([0] * 26 + [1] * 4)  # class c1: 4 samples, in 2 groups of 3 when grouped by i // 3
+    with pytest.raises(DataError, match=match) as err:
+        kfold_indices(y, classes=["c0", "c1"], **kwargs)
+    assert "data.cv (--cv)" in str(err.value) and "Fix:" in str(err.value)

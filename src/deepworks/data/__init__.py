@@ -1,4 +1,4 @@
-"""The data layer: datasets by name, image folders or CSV files, splits and normalisation.
+"""The data layer: datasets by name, image folders or CSV files, splits, leakage checks and normalisation.
 
 >>> from deepworks.data import load_dataset, split_dataset
 >>> ds = load_dataset("digits")
@@ -11,21 +11,29 @@
 
 from deepworks.data.datasets import DATASETS, ImageDataset, list_datasets, load_dataset, read_idx
 from deepworks.data.images import IMAGE_EXTENSIONS, read_image, scan_image_folder
-from deepworks.data.splits import Splits, channel_stats, normalize, split_dataset
+from deepworks.data.leakage import DuplicateReport, apply_policy, find_duplicates, one_to_one_columns, sample_hashes
+from deepworks.data.splits import Splits, channel_stats, kfold_indices, normalize, split_dataset, split_indices
 from deepworks.data.tabular import load_csv
 
 __all__ = [
     "DATASETS",
+    "DuplicateReport",
     "IMAGE_EXTENSIONS",
     "ImageDataset",
     "Splits",
+    "apply_policy",
     "channel_stats",
+    "find_duplicates",
+    "kfold_indices",
     "list_datasets",
     "load_csv",
     "load_dataset",
     "normalize",
+    "one_to_one_columns",
     "read_idx",
     "read_image",
+    "sample_hashes",
     "scan_image_folder",
     "split_dataset",
+    "split_indices",
 ]

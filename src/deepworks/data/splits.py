@@ -1,4 +1,4 @@
-"""Seeded, stratified train/val/test splits and per-channel (per-feature) normalisation.
+"""Seeded train/val/test splits and k folds (stratified, shuffled or by group), and per-channel normalisation.
 
 Stratified means every split holds each class in (almost exactly) the proportion of the
 whole: for every class and split, the count is the floor or the ceiling of
@@ -7,6 +7,11 @@ Two chained ``train_test_split`` calls do not guarantee that (rounding in the fi
 split shifts the proportions the second one sees, by up to ~1.8 samples), so the
 per-class counts are rounded jointly here and each class is then shuffled and sliced
 with a seeded generator.
+
+:func:`split_indices` makes the split over positions (stratified for class labels, a
+plain seeded shuffle for regression targets, whole groups per split with ``groups``);
+:func:`split_dataset` applies it to a dataset's tensors. :func:`kfold_indices` gives the
+folds of k-fold cross-validation.
 """
 
 from __future__ import annotations
@@ -18,10 +23,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from deepworks.data._values import as_numpy, factorize
 from deepworks.data.datasets import ImageDataset
 from deepworks.errors import DataError
 
-__all__ = ["Splits", "split_dataset", "stratified_counts", "channel_stats", "normalize", "STD_FLOOR"]
+__all__ = [
+    "Splits",
+    "split_dataset",
+    "split_indices",
+    "kfold_indices",
+    "stratified_counts",
+    "channel_stats",
+    "normalize",
+    "STD_FLOOR",
+]
 
 STD_FLOOR = 1e-6  # a constant channel gets this std instead of 0, so normalising never divides by 0
 # a feature of tabular data counts as constant when its std is within rounding of 0 (relative to its
@@ -136,6 +151,339 @@ def _stratified_indices(
     return {k: rng.permutation(np.concatenate(v)).astype(np.int64) for k, v in parts.items()}
 
 
+def _class_codes(
+    y: np.ndarray, classes: Sequence[str] | None, what: str, purpose: str
+) -> tuple[np.ndarray, list[str]]:
+    """Class indices 0..K-1 of the labels ``y`` and the class names (``classes``, else the labels as text)."""
+    if y.dtype.kind in "fc":
+        raise DataError(
+            f"{what}: {purpose} needs class labels, got {y.dtype} targets (a regression target?). "
+            "Fix: pass stratify=False for numeric targets."
+        )
+    if classes is not None:
+        labels = y.astype(np.int64)
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+            raise DataError(
+                f"{what}: class indices must lie in 0..{len(classes) - 1} ({len(classes)} classes), "
+                f"got {int(labels.min())}..{int(labels.max())}. Fix: encode the labels as indices into the class list."
+            )
+        return labels, [str(c) for c in classes]
+    try:
+        labels, uniques = factorize(y)
+    except TypeError:
+        raise DataError(f"{what}: class labels must be numbers or strings, got {y.dtype} values.") from None
+    if (labels < 0).any():
+        raise DataError(
+            f"{what}: {int((labels < 0).sum())} sample(s) have no class label (missing value, first at sample "
+            f"{int(np.flatnonzero(labels < 0)[0])}). Fix: label them or drop them."
+        )
+    return labels, [str(u) for u in uniques]
+
+
+def _group_codes(groups: object, n: int, what: str) -> tuple[np.ndarray, int]:
+    """Group indices 0..G-1 of each sample, and G; missing group values are an error."""
+    arr = as_numpy(groups)
+    if arr.ndim != 1 or len(arr) != n:
+        raise DataError(
+            f"data.group_by: {what} has {n} sample(s) but the groups have shape {tuple(arr.shape)}; "
+            "every sample needs exactly one group value. Fix: give one group per sample (a column of the data)."
+        )
+    try:
+        codes, uniques = factorize(arr)
+    except TypeError:
+        raise DataError(
+            f"data.group_by: group values must be strings or numbers, got unhashable {arr.dtype} values. "
+            "Fix: group by a column of names or ids."
+        ) from None
+    missing = codes < 0
+    if missing.any():
+        raise DataError(
+            f"data.group_by: {int(missing.sum())} sample(s) of {what} have no group (missing value, first at sample "
+            f"{int(np.flatnonzero(missing)[0])}); without one they could land in any split, beside samples of "
+            "their real group. Fix: fill in the group column (e.g. give each such sample an id of its own) "
+            "or drop those samples."
+        )
+    return codes, len(uniques)
+
+
+def _split_sizes(fractions: dict[str, float], n: int, what: str) -> dict[str, int]:
+    """Sizes of "train" (the remainder) and the parts named in ``fractions`` (ceil of fraction * n)."""
+    sizes = {name: _split_size(f, n) for name, f in fractions.items()}
+    sizes = {"train": n - sum(sizes.values()), **sizes}
+    if sizes["train"] < 1:
+        settings = ", ".join(f"{k}_fraction={v}" for k, v in fractions.items())
+        raise DataError(
+            f"{what}: {n} sample(s) are too few for {'/'.join(sizes)} splits with {settings}: the training split "
+            "would be empty. Fix: add samples or lower the fractions."
+        )
+    return sizes
+
+
+def _group_indices(
+    groups: np.ndarray, n_groups: int, labels: np.ndarray | None, sizes: dict[str, int], rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Whole groups to each split, sizes (and class proportions, given ``labels``) close to ``sizes``.
+
+    The mismatch to minimise is a chi-square-like sum over splits s and columns c of
+    ``w_c * (count[s, c] - target[s, c])**2 / target[s, c]``, where column 0 counts the
+    samples (target: the split size, weight: the number of classes, so the sizes weigh as
+    much as all class proportions together) and column 1 + j counts class j (target: the
+    split size times the class's share).
+    """
+    target_size = np.array(list(sizes.values()), dtype=np.float64)  # (S,)
+    group_size = np.bincount(groups, minlength=n_groups).astype(np.float64)  # (G,)
+    if labels is None:
+        counts = group_size[:, None]  # (G, 1)
+        target = target_size[:, None]  # (S, 1)
+        weight = np.ones(1)
+    else:
+        present = np.unique(labels, return_inverse=True)[1].reshape(-1)  # drop classes with no sample
+        k = int(present.max()) + 1
+        per_class = np.bincount(groups * k + present, minlength=n_groups * k).reshape(n_groups, k)  # (G, K)
+        counts = np.column_stack([group_size, per_class]).astype(np.float64)  # (G, 1 + K)
+        share = per_class.sum(axis=0) / len(labels)  # (K,)
+        target = target_size[:, None] * np.concatenate([[1.0], share])[None, :]  # (S, 1 + K)
+        weight = np.concatenate([[float(k)], np.ones(k)])
+    split_of = _place_groups(counts, target, weight[None, :] / target, rng)
+    sample_split = split_of[groups]
+    return {name: rng.permutation(np.flatnonzero(sample_split == s)).astype(np.int64) for s, name in enumerate(sizes)}
+
+
+_SWAP_LIMIT = 3000  # groups up to which swaps of two groups are searched too ((G/2)**2 pairs per step)
+
+
+def _place_groups(counts: np.ndarray, target: np.ndarray, inv: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The split of each group (G,) for per-group counts (G, C), minimising sum(inv * (load - target)**2).
+
+    A seeded greedy pass first: groups in random order, each to the split where it
+    raises the mismatch least. Then local search: the best single move of a group to
+    another split (never emptying a split) or, with up to ``_SWAP_LIMIT`` groups, the best
+    exchange of two groups between two splits, as long as it lowers the mismatch.
+    Putting counts u into split s changes the mismatch by ``sum_c inv[s, c] * (u_c**2 +
+    2 * u_c * (load - target)[s, c])``; everything below is that formula, vectorised.
+    """
+    n_groups, n_splits = len(counts), len(target)
+    load = np.zeros_like(target)  # (S, C) what each split holds so far
+    split_of = np.empty(n_groups, dtype=np.int64)
+    for g in rng.permutation(n_groups):
+        v = counts[g]
+        s = int(np.argmin((inv * (v * v + 2 * v * (load - target))).sum(axis=1)))
+        load[s] += v
+        split_of[g] = s
+
+    squares = counts * counts  # (G, C)
+    square = squares @ inv.T  # (G, S): the u**2 part of putting each group into each split
+    rows = np.arange(n_groups)
+    # each step lowers the mismatch, so the search ends; the cap bounds the time on huge inputs
+    for _ in range(1000):
+        excess = load - target  # (S, C)
+        mismatch = float((inv * excess * excess).sum())
+        linear = counts @ (inv * excess).T  # (G, S)
+        leave = square[rows, split_of] - 2 * linear[rows, split_of]  # (G,) taking g out of its split
+        change = leave[:, None] + square + 2 * linear  # (G, S) ... and putting it into s
+        change[rows, split_of] = np.inf
+        members = np.bincount(split_of, minlength=n_splits)
+        change[members[split_of] < 2] = np.inf  # the only group of a split stays
+        empty = np.flatnonzero(members == 0)
+        if len(empty):  # fill an empty split first, with the group that costs least there
+            g, s = int(np.argmin(change[:, empty[0]])), int(empty[0])
+            load[split_of[g]] -= counts[g]
+            load[s] += counts[g]
+            split_of[g] = s
+            continue
+        g, s = np.unravel_index(int(np.argmin(change)), change.shape)
+        best, swap = float(change[g, s]), None
+        if n_groups <= _SWAP_LIMIT:
+            for a in range(n_splits):
+                for b in range(a + 1, n_splits):
+                    in_a, in_b = np.flatnonzero(split_of == a), np.flatnonzero(split_of == b)
+                    # g of a and h of b trade places: a gets u = v_h - v_g, b gets -u
+                    w = inv[a] + inv[b]  # (C,)
+                    m = inv[a] * excess[a] - inv[b] * excess[b]  # (C,)
+                    quad, lin = squares @ w, counts @ m  # (G,), (G,)
+                    pair = (
+                        quad[in_a, None] + quad[None, in_b] - 2 * (counts[in_a] * w) @ counts[in_b].T
+                        + 2 * (lin[None, in_b] - lin[in_a, None])
+                    )  # (|a|, |b|)
+                    i, j = np.unravel_index(int(np.argmin(pair)), pair.shape)
+                    if pair[i, j] < best:
+                        best, swap = float(pair[i, j]), (int(in_a[i]), int(in_b[j]))
+        if not best < -1e-9 * (1.0 + mismatch):
+            break
+        if swap is None:
+            load[split_of[g]] -= counts[g]
+            load[s] += counts[g]
+            split_of[g] = s
+        else:
+            g, h = swap
+            a, b = split_of[g], split_of[h]
+            load[a] += counts[h] - counts[g]
+            load[b] += counts[g] - counts[h]
+            split_of[g], split_of[h] = b, a
+    return split_of
+
+
+def split_indices(
+    y: np.ndarray,
+    *,
+    stratify: bool = True,
+    groups: np.ndarray | None = None,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    has_test: bool = False,
+    seed: int = 0,
+    what: str = "dataset",
+    classes: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Seeded train/val/test positions 0..len(y)-1: {"train": ..., "val": ..., "test": ...} (int64, shuffled).
+
+    The val and test splits get ``ceil(fraction * n)`` samples, train the rest.
+    ``has_test=True`` (the data has an official test split) makes train and val only;
+    "test" is then empty and ``test_fraction`` is ignored.
+
+    - ``stratify=True``: ``y`` holds class labels (integers or strings; with ``classes``,
+      indices into that list, whose names the errors then use). Every split holds each
+      class within one sample of its overall proportion (see the module docstring).
+    - ``stratify=False``: ``y`` may be anything (e.g. float regression targets); a seeded
+      shuffle is cut into the three sizes.
+    - ``groups`` (one hashable value per sample, e.g. the strings of the CSV column named by
+      ``data.group_by``): samples that share a group always land in the same split. Whole
+      groups are assigned so that the split sizes, and with ``stratify`` the class
+      proportions, come close to the targets (a seeded greedy placement, then moves of
+      single groups that bring them closer; the sizes weigh as much as all class
+      proportions together). With large groups the sizes can only be approximate; a
+      class may then be missing from a split. Every split gets at least one group.
+
+    >>> y = np.array([0] * 8 + [1] * 12)
+    >>> {k: len(v) for k, v in split_indices(y, val_fraction=0.2, test_fraction=0.2).items()}
+    {'train': 12, 'val': 4, 'test': 4}
+    >>> parts = split_indices(y, groups=np.repeat(list("abcdefghij"), 2), seed=1)
+    >>> sorted(np.concatenate(list(parts.values())).tolist()) == list(range(20))
+    True
+    """
+    vf = _check_fraction("val_fraction", val_fraction)
+    fractions = {"val": vf}
+    if not has_test:
+        tf = _check_fraction("test_fraction", test_fraction)
+        if vf + tf >= 1:
+            raise DataError(
+                f"data.val_fraction ({vf}) + data.test_fraction ({tf}) = {vf + tf:g} leaves no training data; "
+                "their sum must be below 1. Fix: e.g. 0.15 each."
+            )
+        fractions["test"] = tf
+    y_arr = as_numpy(y)
+    if y_arr.ndim != 1:
+        raise DataError(f"{what}: expected one target per sample (a 1-D array), got shape {tuple(y_arr.shape)}.")
+    n = len(y_arr)
+    labels, names = _class_codes(y_arr, classes, what, "a stratified split") if stratify else (None, [])
+    if groups is not None:
+        codes, n_groups = _group_codes(groups, n, what)
+        sizes = _split_sizes(fractions, n, what)
+        if n_groups < len(sizes):
+            raise DataError(
+                f"data.group_by: {what} has {n_groups} distinct group(s), too few to give each of the "
+                f"{'/'.join(sizes)} splits whole groups of its own (at least {len(sizes)} are needed). "
+                "Fix: group by a column with more distinct values, or leave data.group_by unset."
+            )
+        idx = _group_indices(codes, n_groups, labels, sizes, np.random.default_rng(seed))
+    elif labels is not None:
+        idx = _stratified_indices(labels, names, fractions, seed, what)
+    else:
+        sizes = _split_sizes(fractions, n, what)
+        order = np.random.default_rng(seed).permutation(n).astype(np.int64)
+        bounds = np.cumsum(list(sizes.values()))[:-1]
+        idx = dict(zip(sizes, np.split(order, bounds)))
+    if has_test:
+        idx["test"] = np.empty(0, dtype=np.int64)
+    return idx
+
+
+def kfold_indices(
+    y: np.ndarray,
+    k: int,
+    *,
+    stratify: bool = True,
+    groups: np.ndarray | None = None,
+    seed: int = 0,
+    what: str = "dataset",
+    classes: Sequence[str] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` seeded (train positions, val positions) pairs over 0..len(y)-1 for k-fold cross-validation.
+
+    The val parts are disjoint and cover every sample once. Without ``groups``:
+    scikit-learn's ``StratifiedKFold(shuffle=True, random_state=seed)`` for class labels
+    (each class's count in a val fold is within one of its count / k), ``KFold`` likewise
+    with ``stratify=False`` (e.g. float regression targets). With ``groups`` a group's
+    samples are all in one val fold: ``StratifiedGroupKFold(shuffle=True)`` for class
+    labels; ``GroupKFold`` otherwise, which deals out the largest groups first to the
+    lightest fold, so fold sizes stay even; the groups are renamed in a seeded order, so
+    the seed settles ties between equal-size groups. (scikit-learn >= 1.6's
+    ``GroupKFold(shuffle=True)`` instead deals equal numbers of groups, whatever their
+    sizes, which can make very uneven folds.) ``classes`` as in :func:`split_indices`.
+
+    >>> folds = kfold_indices(np.array([0, 1] * 10), 5)
+    >>> [len(val) for _, val in folds]
+    [4, 4, 4, 4, 4]
+    """
+    # imported here: scikit-learn takes about a second to import, and most runs never cross-validate
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+        raise DataError(f"data.cv (--cv): expected a whole number of folds, at least 2, got {k!r}. Fix: e.g. --cv 5.")
+    k = int(k)
+    y_arr = as_numpy(y)
+    if y_arr.ndim != 1:
+        raise DataError(f"{what}: expected one target per sample (a 1-D array), got shape {tuple(y_arr.shape)}.")
+    n = len(y_arr)
+    if k > n:
+        raise DataError(
+            f"data.cv (--cv): {what} has {n} sample(s), too few for {k} folds (every fold validates on at least one). "
+            + (f"Fix: --cv {n} or fewer." if n >= 2 else "Fix: add samples.")
+        )
+    labels, names = _class_codes(y_arr, classes, what, "stratified folds") if stratify else (None, [])
+    placeholder = np.zeros((n, 1))  # scikit-learn's splitters only count the rows of X
+    if groups is not None:
+        codes, n_groups = _group_codes(groups, n, what)
+        if k > n_groups:
+            raise DataError(
+                f"data.cv (--cv): {what} has {n_groups} distinct group(s) (data.group_by), too few for {k} folds: "
+                "each group goes to one fold whole. Fix: "
+                + (f"--cv {n_groups} or fewer, or " if n_groups >= 2 else "")
+                + "group by a column with more distinct values, or leave data.group_by unset."
+            )
+        if labels is not None:
+            # a class found in fewer than k groups cannot appear in every val fold
+            pairs = np.unique(labels * n_groups + codes)
+            spread = np.bincount(pairs // n_groups, minlength=len(names))
+            present = np.flatnonzero(spread)
+            weakest = int(present[np.argmin(spread[present])])
+            if spread[weakest] < k:
+                raise _fold_class_error(what, names[weakest], int(spread[weakest]), k, "group(s) (data.group_by)")
+            splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+            folds = splitter.split(placeholder, labels, codes)
+        else:
+            renamed = np.random.default_rng(seed).permutation(n_groups)[codes]
+            folds = GroupKFold(n_splits=k).split(placeholder, groups=renamed)
+    elif labels is not None:
+        counts = np.bincount(labels, minlength=len(names))
+        present = np.flatnonzero(counts)
+        weakest = int(present[np.argmin(counts[present])])
+        if counts[weakest] < k:
+            raise _fold_class_error(what, names[weakest], int(counts[weakest]), k, "sample(s)")
+        folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(placeholder, labels)
+    else:
+        folds = KFold(n_splits=k, shuffle=True, random_state=seed).split(placeholder)
+    return [(train.astype(np.int64), val.astype(np.int64)) for train, val in folds]
+
+
+def _fold_class_error(what: str, name: str, count: int, k: int, unit: str) -> DataError:
+    fix = f"--cv {count} or fewer, add" if count >= 2 else "add"
+    return DataError(
+        f"data.cv (--cv): class {name!r} of {what} has {count} {unit}, fewer than the {k} folds, so some validation "
+        f"fold would have none of it. Fix: {fix} samples of {name!r}, or remove that class."
+    )
+
+
 def split_dataset(
     ds: ImageDataset, *, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
 ) -> Splits:
@@ -146,22 +494,21 @@ def split_dataset(
     ``test_fraction`` is then ignored.
     """
     y = ds.y.detach().cpu().numpy().astype(np.int64)
-    what = f"dataset {ds.name!r}"
     official = ds.test_x is not None and ds.test_y is not None
-    vf = _check_fraction("val_fraction", val_fraction)
+    idx = split_indices(
+        y,
+        classes=ds.classes,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        has_test=official,
+        seed=seed,
+        what=f"dataset {ds.name!r}",
+    )
     if official:
-        idx = _stratified_indices(y, ds.classes, {"val": vf}, seed, what)
         assert ds.test_x is not None and ds.test_y is not None
         idx["test"] = np.arange(len(ds.test_y), dtype=np.int64)
         test = (ds.test_x, ds.test_y)
     else:
-        tf = _check_fraction("test_fraction", test_fraction)
-        if vf + tf >= 1:
-            raise DataError(
-                f"data.val_fraction ({vf}) + data.test_fraction ({tf}) = {vf + tf:g} leaves no training data; "
-                "their sum must be below 1. Fix: e.g. 0.15 each."
-            )
-        idx = _stratified_indices(y, ds.classes, {"val": vf, "test": tf}, seed, what)
         t = torch.from_numpy(idx["test"])
         test = (ds.x[t], ds.y[t])
     tr, va = torch.from_numpy(idx["train"]), torch.from_numpy(idx["val"])
