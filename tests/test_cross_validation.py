@@ -8,7 +8,7 @@ import numpy as np
 
 from deepworks.cli import main
 from deepworks.data import load_dataset, split_dataset
-from deepworks.pipeline import fold_indices
+from deepworks.data.splits import kfold_indices as fold_indices
 
 
 def test_five_folds_on_digits_are_disjoint_stratified_and_cover_the_non_test_data():

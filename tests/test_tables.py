@@ -13,7 +13,8 @@ import torch
 import deepworks
 from deepworks.cli import main
 from deepworks.data.tabular import load_table, table_target
-from deepworks.pipeline import prepare_data, split_indices
+from deepworks.data.splits import split_indices
+from deepworks.pipeline import prepare_data
 
 ROOT = Path(__file__).resolve().parents[1]
 PENGUINS = ROOT / "examples" / "data" / "penguins.csv"

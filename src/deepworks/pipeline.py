@@ -25,7 +25,8 @@ from deepworks.data import ImageDataset, channel_stats, normalize, read_image, s
 from deepworks.data.datasets import load_from_config
 from deepworks.data.loaders import TensorData, balanced_weights
 from deepworks.data.features import TableEncoder
-from deepworks.data.splits import _split_size, _stratified_indices
+from deepworks.data.leakage import apply_policy, find_duplicates, one_to_one_columns, sample_hashes
+from deepworks.data.splits import kfold_indices, split_indices
 from deepworks.data.tabular import load_table, read_feature_rows, read_table, table_target
 from deepworks.errors import CheckpointError, ConfigError, DataError
 from deepworks.evaluate.baselines import tabular_baselines
@@ -79,8 +80,11 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
     if fold is not None:
         y_all = ds.y.numpy()
         splits.indices.update(_apply_fold(splits.indices, y_all, fold, True, None, config.seed, ds.name))
-        tr, va = (torch.from_numpy(splits.indices[k]) for k in ("train", "val"))
-        (xtr, ytr), (xva, yva) = (ds.x[tr], ds.y[tr]), (ds.x[va], ds.y[va])
+    duplicates = _image_duplicates(ds, splits.indices, splits.official_test, d.on_duplicates)
+    tr, va = (torch.from_numpy(splits.indices[k]) for k in ("train", "val"))
+    (xtr, ytr), (xva, yva) = (ds.x[tr], ds.y[tr]), (ds.x[va], ds.y[va])
+    te = torch.from_numpy(splits.indices["test"])
+    (xte, yte) = (ds.test_x[te], ds.test_y[te]) if splits.official_test else (ds.x[te], ds.y[te])
     if d.normalize:
         mean, std = channel_stats(xtr)  # training split only: no leakage from val/test
         xtr, xva, xte = (normalize(x, mean, std) for x in (xtr, xva, xte))
@@ -102,6 +106,7 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
         "sizes": {"train": len(ytr), "val": len(yva), "test": len(yte)},
         "official_test": splits.official_test,
         "split_fingerprint": digest.hexdigest(),
+        "duplicates": duplicates,
     }
     task = Classification(ds.classes)
     info["task"] = task.record()
@@ -110,34 +115,23 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
     )
 
 
-def fold_indices(y, k, *, stratify, groups, seed, what):  # replaced by data.splits
-    from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
-
-    if groups is not None:
-        return list(GroupKFold(n_splits=k).split(y, y, groups))
-    if stratify:
-        smallest = int(np.bincount(y).min())
-        if k > smallest:
-            raise DataError(
-                f"--cv {k}: {what} has a class with only {smallest} sample(s) outside the test split, too few for "
-                f"{k} stratified folds. Fix: use --cv {max(2, smallest)} or fewer."
-            )
-        return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(y, y))
-    return list(KFold(n_splits=k, shuffle=True, random_state=seed).split(y))
-
-
-def split_indices(y, *, stratify, groups, val_fraction, test_fraction, seed, what):  # replaced by data.splits'
-    if stratify:
-        classes = [str(i) for i in range(int(y.max()) + 1)]
-        return _stratified_indices(y, classes, {"val": val_fraction, "test": test_fraction}, seed, what)
-    n = len(y)
-    order = np.random.default_rng(seed).permutation(n)
-    nv, nt = _split_size(val_fraction, n), _split_size(test_fraction, n)
-    return {"train": order[nv + nt:], "val": order[:nv], "test": order[nv:nv + nt]}
-
-
 def _is_table_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in (".csv", ".parquet", ".pq")
+
+
+def _image_duplicates(ds: ImageDataset, idx: dict[str, np.ndarray], official: bool, policy: str) -> dict[str, Any]:
+    """Find exact duplicate images (decoded pixels) within and across splits; drop, keep or refuse
+    the val/test ones that also occur in training (``idx`` is updated in place)."""
+    if official:  # hash training and official test images together; test positions follow the training ones
+        hashes = np.concatenate([sample_hashes(ds.x), sample_hashes(ds.test_x)])
+        offset = {"train": 0, "val": 0, "test": len(ds.x)}
+    else:
+        hashes, offset = sample_hashes(ds.x), {"train": 0, "val": 0, "test": 0}
+    shifted = {name: idx[name] + offset[name] for name in ("train", "val", "test")}
+    report = find_duplicates(hashes, shifted)
+    kept = apply_policy(report, shifted, policy, what=f"dataset {ds.name!r}")
+    idx.update({name: kept[name] - offset[name] for name in ("train", "val", "test")})
+    return report.to_dict(policy)
 
 
 def _apply_fold(
@@ -149,8 +143,8 @@ def _apply_fold(
     rest = np.sort(np.concatenate([idx["train"], idx["val"]]))
     if i is None:  # the final model of a cross-validation: all non-test data, no validation
         return {"train": rest, "val": rest[:0]}
-    folds = fold_indices(y[rest], k, stratify=stratify, groups=groups[rest] if groups is not None else None,
-                         seed=seed, what=what)
+    folds = kfold_indices(y[rest], k, stratify=stratify, groups=groups[rest] if groups is not None else None,
+                          seed=seed, what=what)
     tr, va = folds[i]
     return {"train": rest[tr], "val": rest[va]}
 
@@ -172,6 +166,19 @@ def _prepare_table(config: Config, fold: tuple[int, int] | None = None) -> Prepa
     if fold is not None:
         groups = np.asarray(table.groups) if table.groups else None
         idx.update(_apply_fold(idx, y, fold, task_name == "classification", groups, config.seed, where))
+    # exact duplicate rows (the parsed input cells) within and across splits
+    keyed = np.array(["\x1f".join(cells) for cells in zip(*table.columns.values())]).reshape(-1, 1)
+    duplicates = find_duplicates(sample_hashes(keyed), idx)
+    idx = apply_policy(duplicates, idx, d.on_duplicates, what=where)
+    giveaway = one_to_one_columns(
+        {name: np.asarray(cells, dtype=object)[idx["train"]] for name, cells in table.columns.items()}, y[idx["train"]]
+    )
+    if giveaway:
+        raise DataError(
+            f"{where}: column(s) {', '.join(map(repr, giveaway))} determine the target {table.target_name!r} one to one "
+            "on the training split (the target under another name or coding?), so the figures would be meaningless. "
+            f"Fix: leave them out with data.features, or declare them data.columns.<name>.kind: ignore."
+        )
     train_cells = table.rows(idx["train"])
     train_lines = [table.lines[i] for i in idx["train"]]
     declared = {name: col.model_dump(exclude_none=True) for name, col in d.columns.items()}
@@ -215,6 +222,7 @@ def _prepare_table(config: Config, fold: tuple[int, int] | None = None) -> Prepa
         "official_test": False,
         "split_fingerprint": digest.hexdigest(),
         "task": task.record(),
+        "duplicates": duplicates.to_dict(d.on_duplicates),
     }
     return PreparedData(
         TensorData(xs["train"], ys["train"]), TensorData(xs["val"], ys["val"]), TensorData(xs["test"], ys["test"]),
@@ -382,6 +390,10 @@ def _fit(cfg: Config, data: PreparedData, model: nn.Module, run: RunDir, resume:
         return Run(run.path, cfg, trainer.model, data.classes, history, trainer.summary, data.task)
     test_report = trainer.evaluate(data.test)  # the test split is touched once, here
     trainer.record_test(test_report)
+    if data.info.get("duplicates") is not None:
+        trainer.summary["data"] = {"duplicates": data.info["duplicates"]}
+        if distributed_context().is_main:
+            run.write_json(run.summary, trainer.summary)
     if data.info.get("kind") == "table":
         _record_baselines(trainer, data, run, cfg.seed)
     return Run(run.path, cfg, trainer.model, data.classes, history, trainer.summary, data.task)
