@@ -1,5 +1,18 @@
-"""Evaluation: metrics accumulated during training and the classification report."""
+"""Evaluation: metrics accumulated during training, the classification report, permutation
+importance and 2-D projections of activations."""
 
+from deepworks.evaluate.importance import permutation_importance, plot_importance
 from deepworks.evaluate.metrics import MetricAccumulator, classification_report, render_report
+from deepworks.evaluate.projection import capture_activations, default_layer, plot_projection, project_2d
 
-__all__ = ["MetricAccumulator", "classification_report", "render_report"]
+__all__ = [
+    "MetricAccumulator",
+    "classification_report",
+    "render_report",
+    "permutation_importance",
+    "plot_importance",
+    "capture_activations",
+    "default_layer",
+    "project_2d",
+    "plot_projection",
+]
