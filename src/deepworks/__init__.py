@@ -9,6 +9,8 @@ from deepworks.errors import CheckpointError, ConfigError, DataError, DeepworksE
 from deepworks.models import create_model, list_models
 from deepworks.train import Callback, EarlyStopping, Trainer
 from deepworks.pipeline import Run, cross_validate, evaluate, load_run, predict, resume, train
+from deepworks.analysis import importance, projection
+from deepworks.evaluate.importance import permutation_importance
 
 __version__ = "0.1.0"
 
@@ -27,6 +29,9 @@ __all__ = [
     "evaluate",
     "predict",
     "load_run",
+    "importance",
+    "projection",
+    "permutation_importance",
     "DeepworksError",
     "ConfigError",
     "DataError",

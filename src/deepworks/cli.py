@@ -245,6 +245,71 @@ def datasets(as_json: Annotated[bool, typer.Option("--json", help="print JSON")]
     )
 
 
+@app.command()
+def importance(
+    run_dir: Annotated[Path, typer.Argument(help="a tabular run directory")],
+    split: Annotated[str, typer.Option(help="the split to permute: val, test or train")] = "val",
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="permutations per column")] = 5,
+    keep_top: Annotated[
+        Optional[int], typer.Option("--keep-top", min=1, help="also write config-topK.yaml training on the K best columns")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="seed of the permutations")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Permutation importance of each input column of a tabular run (drop in accuracy, or R²)."""
+    import deepworks
+
+    result = deepworks.importance(run_dir, split=split, repeats=repeats, seed=seed, keep_top=keep_top)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    metric = result["metric"]
+    table = Table(title=f"permutation importance ({result['split']} split)", show_header=True)
+    table.add_column("#", justify="right")
+    table.add_column("column", overflow="fold")
+    table.add_column(f"mean {metric} drop", justify="right")
+    table.add_column("std", justify="right")
+    for rank, row in enumerate(result["columns"], 1):
+        table.add_row(str(rank), row["column"], f"{row['mean_drop']:.4f}", f"{row['std_drop']:.4f}")
+    out.print(table)
+    out.print(
+        f"baseline {metric}: {result['baseline']:.4f} on {result['samples']} rows, "
+        f"{result['repeats']} permutation(s) per column"
+    )
+    files = result["files"]
+    out.print(f"wrote {files['json']} and {files['png']}")
+    if "config" in files:
+        out.print(f"the run's config on the top {keep_top} column(s): {files['config']}")
+        out.print(f"train on them: deepworks train {files['config']}")
+
+
+@app.command()
+def projection(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+    layer: Annotated[
+        Optional[str], typer.Option("--layer", help="a module name (default: the input of the last layer with parameters)")
+    ] = None,
+    method: Annotated[str, typer.Option("--method", help="pca or tsne")] = "pca",
+    split: Annotated[str, typer.Option(help="val, test or train")] = "val",
+    max_points: Annotated[int, typer.Option("--max-points", min=3, help="t-SNE: at most this many samples")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="seed of t-SNE and its sample")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """A layer's activations projected to 2-D (PCA or t-SNE): a scatter PNG and a CSV of the points."""
+    import deepworks
+
+    result = deepworks.projection(run_dir, layer=layer, method=method, split=split, max_points=max_points, seed=seed)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    name = "t-SNE" if result["method"] == "tsne" else "PCA"
+    out.print(
+        f"{name} of layer {result['layer']!r} ({result['captured']}, {result['dims']} values per sample) "
+        f"on {result['points']} {result['split']} samples"
+    )
+    out.print(f"wrote {result['png']} and {result['csv']}")
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     # warnings about the user's data or config are messages for them, not source locations
     err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)

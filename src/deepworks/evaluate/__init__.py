@@ -1,7 +1,10 @@
-"""Evaluation: metrics accumulated during training, classification and regression reports."""
+"""Evaluation: metrics accumulated during training, classification and regression reports,
+permutation importance and 2-D projections of activations."""
 
+from deepworks.evaluate.importance import permutation_importance, plot_importance
 from deepworks.evaluate.metrics import MetricAccumulator, classification_report, render_report
 from deepworks.evaluate.regression import RegressionAccumulator, regression_report, render_regression_report
+from deepworks.evaluate.projection import capture_activations, default_layer, plot_projection, project_2d
 
 __all__ = [
     "MetricAccumulator",
@@ -10,4 +13,10 @@ __all__ = [
     "RegressionAccumulator",
     "regression_report",
     "render_regression_report",
+    "permutation_importance",
+    "plot_importance",
+    "capture_activations",
+    "default_layer",
+    "project_2d",
+    "plot_projection",
 ]
