@@ -1,4 +1,5 @@
-"""The data layer: datasets by name, image folders or CSV files, splits and normalisation.
+"""The data layer: datasets by name, image folders or CSV files, splits, normalisation and
+augmentation of training batches.
 
 >>> from deepworks.data import load_dataset, split_dataset
 >>> ds = load_dataset("digits")
@@ -9,16 +10,23 @@
 [1257, 270, 270]
 """
 
+from deepworks.config import bind_op_list
+from deepworks.data.augment import AUGMENTS, Augment, build_augment
 from deepworks.data.datasets import DATASETS, ImageDataset, list_datasets, load_dataset, read_idx
 from deepworks.data.images import IMAGE_EXTENSIONS, read_image, scan_image_folder
 from deepworks.data.splits import Splits, channel_stats, normalize, split_dataset
 from deepworks.data.tabular import load_csv
 
+bind_op_list(("data", "augment"), AUGMENTS)
+
 __all__ = [
+    "AUGMENTS",
+    "Augment",
     "DATASETS",
     "IMAGE_EXTENSIONS",
     "ImageDataset",
     "Splits",
+    "build_augment",
     "channel_stats",
     "list_datasets",
     "load_csv",
