@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from deepworks.config import Config, dump_config, load_config, parse_overrides
-from deepworks.data import ImageDataset, channel_stats, normalize, read_image, split_dataset
+from deepworks.data import ImageDataset, build_augment, channel_stats, normalize, read_image, split_dataset
 from deepworks.data.datasets import load_from_config
 from deepworks.data.loaders import TensorData
 from deepworks.data.tabular import read_feature_rows
@@ -164,7 +164,10 @@ def resume(run_dir: str | Path) -> Run:
 
 
 def _fit(cfg: Config, data: PreparedData, model: nn.Module, run: RunDir, resume: bool) -> Run:
-    trainer = Trainer(model, cfg.train, run_dir=run.path, classes=data.classes, seed=cfg.seed)
+    augment = build_augment(  # training batches are normalised: color_jitter needs the statistics
+        cfg.data.augment, cfg.seed, input_shape=data.input_shape, mean=data.info["mean"], std=data.info["std"]
+    )
+    trainer = Trainer(model, cfg.train, run_dir=run.path, classes=data.classes, seed=cfg.seed, augment=augment)
     history = trainer.fit(data.train, data.val, resume=resume)
     test_report = trainer.evaluate(data.test)  # the test split is touched once, here
     trainer.record_test(test_report)
