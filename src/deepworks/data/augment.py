@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -283,11 +284,11 @@ def _sample_grid(x: torch.Tensor, theta: torch.Tensor, fill: torch.Tensor | None
 # --------------------------------------------------------------------------- the ops
 
 
-class BatchOp:
+class BatchOp(ABC):
     """One augmentation of a whole batch: ``op(x, g, pixels) -> x`` for ``x`` (B, C, H, W).
 
-    Subclasses draw their per-sample parameters from ``g`` and nothing else, and implement
-    :meth:`check`, which refuses image shapes the op cannot work on (a user error).
+    Subclasses implement ``__call__``, drawing their per-sample parameters from ``g`` and
+    nothing else, and override :meth:`check` where some image shapes cannot work (a user error).
     """
 
     name = "op"
@@ -298,8 +299,9 @@ class BatchOp:
     def check(self, shape: Shape, where: str) -> None:
         """Raise :class:`ConfigError` if images shaped ``(C, H, W)`` do not suit the op."""
 
+    @abstractmethod
     def __call__(self, x: torch.Tensor, g: torch.Generator, pixels: _Pixels) -> torch.Tensor:
-        raise NotImplementedError
+        """The augmented batch: same shape, dtype and device as ``x``; ``x`` itself is not modified."""
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
