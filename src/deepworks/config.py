@@ -42,6 +42,8 @@ __all__ = [
     "dump_config",
     "bind_component",
     "bind_choice",
+    "bind_op_list",
+    "resolve_op_list",
     "resolve_components",
     "format_errors",
 ]
@@ -123,6 +125,21 @@ class DataConfig(Strict):
     )
     normalize: bool = Field(True, description="standardise each channel with training-split statistics")
     on_bad_file: Literal["warn", "error"] = Field("warn", description="unreadable image files: skip or stop")
+    augment: list[Any] = Field(
+        default_factory=list,
+        description="image augmentation of training batches, in order: op names or {op: params}, "
+        "e.g. [hflip, {random_crop: {padding: 4}}]",
+    )
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_list(cls, value: Any) -> Any:
+        # `augment: hflip` (one op) is short for `augment: [hflip]`; null means none
+        if value is None:
+            return []
+        if isinstance(value, (str, dict)):
+            return [value]
+        return value
 
     @model_validator(mode="after")
     def _needs_source(self) -> DataConfig:
@@ -294,6 +311,118 @@ def bind_choice(path: tuple[str, ...], registry: Registry) -> None:
     _CHOICES[path] = registry
 
 
+_OP_LISTS: dict[tuple[str, ...], Registry] = {}
+
+
+def bind_op_list(path: tuple[str, ...], registry: Registry) -> None:
+    """Validate each item of the list at ``path`` (e.g. ``data.augment``) with ``registry``.
+
+    An item is a registered name (``hflip``) or a one-key mapping ``{name: params}``
+    (``{random_crop: {padding: 4}}``). A params schema with a ``shorthand`` class attribute
+    naming one of its fields also takes a bare value for it: ``{rotate: 15}`` is
+    ``{rotate: {degrees: 15}}``.
+    """
+    _OP_LISTS[path] = registry
+
+
+def resolve_op_list(
+    items: Any, registry: Registry, path: tuple[str, ...], origin: str = "config"
+) -> list[dict[str, dict[str, Any]]]:
+    """The items of an op list (see :func:`bind_op_list`) in canonical form,
+    ``[{name: {every param, defaults filled in}}, ...]``.
+
+    Raises one :class:`ConfigError` listing every bad item with its key path, e.g.
+    ``data.augment[1].random_crop.padding``.
+    """
+    ops, problems = _resolve_ops(items, registry, path, origin)
+    if problems:
+        raise ConfigError(f"{origin}: invalid config.\n" + "\n".join(problems))
+    return ops
+
+
+def _resolve_ops(
+    items: Any, registry: Registry, path: tuple[str, ...], origin: str
+) -> tuple[list[dict[str, dict[str, Any]]], list[str]]:
+    where = ".".join(path)
+    if items is None:
+        return [], []
+    if not isinstance(items, (list, tuple)):
+        return [], [f"  {where}: expected a list whose items are {registry.kind} names or one-key mappings "
+                    f"{{name: params}} (given: {_shown(items)})."]
+    ops: list[dict[str, dict[str, Any]]] = []
+    problems: list[str] = []
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]"
+        if isinstance(item, str):
+            name, value = item, None
+        elif isinstance(item, Mapping) and len(item) == 1 and isinstance(next(iter(item)), str):
+            name, value = next(iter(item.items()))
+        else:
+            hint = f" Known {registry.kind}s: {', '.join(registry.names())}."
+            if isinstance(item, Mapping) and isinstance(item.get("name"), str):
+                rest = {k: v for k, v in item.items() if k != "name"}
+                hint = f" Write it as {_flow({item['name']: rest})}."
+            problems.append(
+                f"  {at}: expected {_a(registry.kind)} name or a one-key mapping {{name: params}} "
+                f"(given: {_shown(item)}).{hint}"
+            )
+            continue
+        try:
+            entry = registry.entry(name, where=at)
+        except DeepworksError as exc:
+            problems.append(f"  {exc}")
+            continue
+        schema = entry.params
+        shorthand = getattr(schema, "shorthand", None)
+        if value is None:
+            params: Any = {}
+        elif isinstance(value, Mapping):
+            params = dict(value)
+        elif shorthand is not None:
+            params = {shorthand: value}
+        else:
+            keys = list(schema.model_fields) if schema is not None else []
+            problems.append(
+                f"  {at}.{name}: expected a mapping of its parameters ({', '.join(keys)}), e.g. "
+                f"{{{name}: {{{keys[-1]}: ...}}}} (given: {_shown(value)})."
+                if keys else f"  {at}.{name}: {name} takes no parameters (given: {_shown(value)}). Write it as {name}."
+            )
+            continue
+        if schema is None:
+            if params:
+                problems.append(
+                    f"  {at}.{name}: {name} takes no parameters (given: {_shown(params)}). Write it as {name}."
+                )
+                continue
+            ops.append({name: {}})
+            continue
+        try:
+            checked = schema.model_validate(params)
+        except ValidationError as exc:
+            prefix = (*path[:-1], f"{path[-1]}[{i}]", name)
+            problems.append(format_errors(exc.errors(), origin, prefix=prefix, schema=schema, header=False))
+            continue
+        ops.append({name: checked.model_dump(mode="json")})
+    return ops, problems
+
+
+def _shown(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def _flow(value: Any) -> str:
+    """``value`` as one line of YAML, as it would be written in a config."""
+    try:
+        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    except yaml.YAMLError:  # not a YAML type (e.g. a tuple from Python): show it as Python
+        return repr(value)
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[:1].lower() in "aeiou" else f"a {word}"
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -451,6 +580,16 @@ def resolve_components(section: BaseModel, at: tuple[str, ...] = (), origin: str
             value = getattr(value, part)
         if value not in registry:
             problems.append("  " + str(UnknownNameError(registry.kind, value, registry.names(), ".".join(path))))
+    for path, registry in _OP_LISTS.items():  # lists of ops by name (e.g. data.augment)
+        if path[: len(at)] != at:
+            continue
+        parent = section
+        for part in path[len(at):-1]:
+            parent = getattr(parent, part)
+        ops, found = _resolve_ops(getattr(parent, path[-1]), registry, path, origin)
+        problems += found
+        if not found:
+            object.__setattr__(parent, path[-1], ops)
     if problems:
         raise ConfigError(f"{origin}: invalid config.\n" + "\n".join(problems))
     return section

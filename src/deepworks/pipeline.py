@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from deepworks.config import Config, dump_config, load_config, parse_overrides
-from deepworks.data import ImageDataset, channel_stats, normalize, read_image, split_dataset
+from deepworks.data import ImageDataset, build_augment, channel_stats, normalize, read_image, split_dataset
 from deepworks.data.datasets import load_from_config
 from deepworks.data.loaders import TensorData, balanced_weights
 from deepworks.data.features import TableEncoder
@@ -384,7 +384,10 @@ def resume(run_dir: str | Path) -> Run:
 
 def _fit(cfg: Config, data: PreparedData, model: nn.Module, run: RunDir, resume: bool, test: bool = True) -> Run:
     _balance(cfg, data)
-    trainer = Trainer(model, cfg.train, run_dir=run.path, task=data.task, seed=cfg.seed)
+    augment = build_augment(  # training batches are normalised: color_jitter needs the statistics
+        cfg.data.augment, cfg.seed, input_shape=data.input_shape, mean=data.info.get("mean"), std=data.info.get("std")
+    )
+    trainer = Trainer(model, cfg.train, run_dir=run.path, task=data.task, seed=cfg.seed, augment=augment)
     history = trainer.fit(data.train, data.val if len(data.val) else None, resume=resume)
     if not test:  # a cross-validation fold: validation figures only
         return Run(run.path, cfg, trainer.model, data.classes, history, trainer.summary, data.task)

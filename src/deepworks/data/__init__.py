@@ -1,4 +1,5 @@
-"""The data layer: datasets by name, image folders or CSV files, splits, leakage checks and normalisation.
+"""The data layer: datasets by name, image folders or CSV files, splits, leakage checks, normalisation
+and augmentation of training batches.
 
 >>> from deepworks.data import load_dataset, split_dataset
 >>> ds = load_dataset("digits")
@@ -9,19 +10,26 @@
 [1257, 270, 270]
 """
 
+from deepworks.config import bind_op_list
+from deepworks.data.augment import AUGMENTS, Augment, build_augment
 from deepworks.data.datasets import DATASETS, ImageDataset, list_datasets, load_dataset, read_idx
 from deepworks.data.images import IMAGE_EXTENSIONS, read_image, scan_image_folder
 from deepworks.data.leakage import DuplicateReport, apply_policy, find_duplicates, one_to_one_columns, sample_hashes
 from deepworks.data.splits import Splits, channel_stats, kfold_indices, normalize, split_dataset, split_indices
 from deepworks.data.tabular import load_csv
 
+bind_op_list(("data", "augment"), AUGMENTS)
+
 __all__ = [
+    "AUGMENTS",
+    "Augment",
     "DATASETS",
     "DuplicateReport",
     "IMAGE_EXTENSIONS",
     "ImageDataset",
     "Splits",
     "apply_policy",
+    "build_augment",
     "channel_stats",
     "find_duplicates",
     "kfold_indices",

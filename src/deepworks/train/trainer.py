@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,7 @@ class Trainer:
         task: Task | str | None = None,
         seed: int = 0,
         callbacks: Sequence[Callback] = (),
+        augment: Callable[..., torch.Tensor] | None = None,
         **overrides: Any,
     ):
         if isinstance(config, TrainConfig):
@@ -106,6 +107,7 @@ class Trainer:
             es = self.config.early_stopping
             self.callbacks.append(EarlyStopping(es.monitor, es.patience, es.min_delta, es.mode))
         self.callbacks += list(callbacks)
+        self.augment = augment  # augment(x, epoch=, step=, rank=) -> x, on training batches only
         self.stop_training = False
         self.history: list[dict[str, Any]] = []
         self.epoch = 0  # completed epochs
@@ -218,6 +220,8 @@ class Trainer:
         acc = self._accumulator
         batches = self._batches(train_data, cfg.batch_size, shuffle=True, epoch=epoch, start_batch=self.step_in_epoch)
         for xb, yb in batches:
+            if self.augment is not None:  # seeded by (epoch, batch index in the epoch, rank): resumes exactly
+                xb = self.augment(xb, epoch=epoch, step=self.step_in_epoch, rank=self.dist.rank)
             step = self.global_step + 1
             watch = self.gradients is not None and self.gradients.due(step)
             loss, logits = train_step(
