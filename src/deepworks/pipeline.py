@@ -21,12 +21,12 @@ import torch
 from torch import nn
 
 from deepworks.config import Config, dump_config, load_config, parse_overrides
-from deepworks.data import ImageDataset, build_augment, channel_stats, normalize, read_image, split_dataset
+from deepworks.data import ImageDataset, build_augment, channel_stats, normalize, read_image
 from deepworks.data.datasets import load_from_config
 from deepworks.data.loaders import TensorData, balanced_weights
 from deepworks.data.features import TableEncoder
 from deepworks.data.leakage import apply_policy, find_duplicates, one_to_one_columns, sample_hashes
-from deepworks.data.splits import kfold_indices, split_indices
+from deepworks.data.splits import dataset_split_indices, kfold_indices, split_indices, take_splits
 from deepworks.data.tabular import load_table, read_feature_rows, read_table, table_target
 from deepworks.errors import CheckpointError, ConfigError, DataError
 from deepworks.evaluate.baselines import tabular_baselines
@@ -75,16 +75,14 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
     if d.path is not None and (d.dataset == "csv" or _is_table_path(d.path)):
         return _prepare_table(config, fold)
     ds: ImageDataset = load_from_config(d)
-    splits = split_dataset(ds, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=config.seed)
-    (xtr, ytr), (xva, yva), (xte, yte) = splits.train, splits.val, splits.test
+    official = ds.has_official_test
+    # positions first, samples copied once: after folds and dropped duplicates
+    idx = dataset_split_indices(ds, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=config.seed)
     if fold is not None:
-        y_all = ds.y.numpy()
-        splits.indices.update(_apply_fold(splits.indices, y_all, fold, True, None, config.seed, ds.name))
-    duplicates = _image_duplicates(ds, splits.indices, splits.official_test, d.on_duplicates)
-    tr, va = (torch.from_numpy(splits.indices[k]) for k in ("train", "val"))
-    (xtr, ytr), (xva, yva) = (ds.x[tr], ds.y[tr]), (ds.x[va], ds.y[va])
-    te = torch.from_numpy(splits.indices["test"])
-    (xte, yte) = (ds.test_x[te], ds.test_y[te]) if splits.official_test else (ds.x[te], ds.y[te])
+        idx.update(_apply_fold(idx, ds.y.numpy(), fold, True, None, config.seed, ds.name))
+    duplicates = _image_duplicates(ds, idx, official, d.on_duplicates)
+    parts = take_splits(ds, idx)
+    (xtr, ytr), (xva, yva), (xte, yte) = parts["train"], parts["val"], parts["test"]
     if d.normalize:
         mean, std = channel_stats(xtr)  # training split only: no leakage from val/test
         xtr, xva, xte = (normalize(x, mean, std) for x in (xtr, xva, xte))
@@ -92,7 +90,7 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
         mean, std = [0.0] * ds.input_shape[0], [1.0] * ds.input_shape[0]
     digest = hashlib.sha256()
     for name in ("train", "val", "test"):
-        digest.update(np.ascontiguousarray(splits.indices[name], dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(idx[name], dtype=np.int64).tobytes())
     for y in (ytr, yva, yte):
         digest.update(y.numpy().astype(np.int64).tobytes())
     info = {
@@ -104,7 +102,7 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
         "mean": mean,
         "std": std,
         "sizes": {"train": len(ytr), "val": len(yva), "test": len(yte)},
-        "official_test": splits.official_test,
+        "official_test": official,
         "split_fingerprint": digest.hexdigest(),
         "duplicates": duplicates,
     }
@@ -159,12 +157,12 @@ def _prepare_table(config: Config, fold: tuple[int, int] | None = None) -> Prepa
     table = load_table(d.path, d.target, features=d.features, group_by=d.group_by)
     y, classes, task_name = table_target(table, d.task)
     where = str(table.path)
+    groups = np.asarray(table.groups) if table.groups else None
     idx = split_indices(
-        y, stratify=task_name == "classification", groups=np.asarray(table.groups) if table.groups else None,
-        val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=config.seed, what=f"{where}",
+        y, stratify=task_name == "classification", groups=groups,
+        val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=config.seed, what=where,
     )
     if fold is not None:
-        groups = np.asarray(table.groups) if table.groups else None
         idx.update(_apply_fold(idx, y, fold, task_name == "classification", groups, config.seed, where))
     # exact duplicate rows (the parsed input cells) within and across splits
     keyed = np.array(["\x1f".join(cells) for cells in zip(*table.columns.values())]).reshape(-1, 1)
@@ -288,6 +286,7 @@ def train(
     data = prepare_data(cfg)
     torch.manual_seed(cfg.seed)  # the model's initial weights
     model = model_from_config(cfg.model, data.input_shape, data.task.output_size())
+    _augment(cfg, data)  # refuse a bad data.augment before the run directory exists
     # under torchrun every process must use the directory rank 0 names
     run = RunDir(broadcast_object(str(run_dir or new_run_dir(cfg.name, runs_root))))
     if run.checkpoint.exists() or run.summary.exists():
@@ -382,12 +381,18 @@ def resume(run_dir: str | Path) -> Run:
     return _fit(cfg, data, model, run, resume=True)
 
 
-def _fit(cfg: Config, data: PreparedData, model: nn.Module, run: RunDir, resume: bool, test: bool = True) -> Run:
-    _balance(cfg, data)
-    augment = build_augment(  # training batches are normalised: color_jitter needs the statistics
+def _augment(cfg: Config, data: PreparedData) -> Any:
+    """The training-batch augmentation ``data.augment`` asks for (None when it is empty); a
+    ConfigError for data that cannot be augmented (tables)."""
+    # training batches are normalised: color_jitter and cutout need the statistics
+    return build_augment(
         cfg.data.augment, cfg.seed, input_shape=data.input_shape, mean=data.info.get("mean"), std=data.info.get("std")
     )
-    trainer = Trainer(model, cfg.train, run_dir=run.path, task=data.task, seed=cfg.seed, augment=augment)
+
+
+def _fit(cfg: Config, data: PreparedData, model: nn.Module, run: RunDir, resume: bool, test: bool = True) -> Run:
+    _balance(cfg, data)
+    trainer = Trainer(model, cfg.train, run_dir=run.path, task=data.task, seed=cfg.seed, augment=_augment(cfg, data))
     history = trainer.fit(data.train, data.val if len(data.val) else None, resume=resume)
     if not test:  # a cross-validation fold: validation figures only
         return Run(run.path, cfg, trainer.model, data.classes, history, trainer.summary, data.task)

@@ -189,14 +189,10 @@ class TableEncoder:
                 )
             spec: dict[str, Any] = {"name": name, "kind": kind, "indicator": bool(missing.any())}
             if kind == "numeric":
-                values = parse_numbers(cells)
-                if values is None:
-                    bad = _first_bad(cells, lambda c: float(c))
-                    raise DataError(
-                        f"{where}: column {name!r} is declared numeric but holds {cells[bad]!r}"
-                        f"{_line(lines, bad)}. Fix: declare it categorical, or clean the column."
-                    )
-                _check_finite(values, name, cells, lines, where)
+                values = _numeric_cells(
+                    cells, name, lines, where, "is declared numeric but holds {cell}{line}. "
+                    "Fix: declare it categorical, or clean the column."
+                )
                 fill = float(np.median(values[~missing]))
                 spec["fill"] = fill
                 spec["shift"], spec["scale"] = _scale_params(np.where(missing, fill, values), col_scaling)
@@ -268,14 +264,10 @@ class TableEncoder:
             missing = np.fromiter((is_missing(c) for c in cells), dtype=bool, count=n)
             kind = spec["kind"]
             if kind == "numeric":
-                values = parse_numbers(cells)
-                if values is None:
-                    bad = _first_bad(cells, lambda c: float(c))
-                    raise DataError(
-                        f"{where}: column {spec['name']!r} holds {cells[bad]!r}{_line(lines, bad)}, but the model "
-                        "was trained on numbers there. Fix: give a number (or leave the cell empty)."
-                    )
-                _check_finite(values, spec["name"], cells, lines, where)
+                values = _numeric_cells(
+                    cells, spec["name"], lines, where, "holds {cell}{line}, but the model was trained on numbers "
+                    "there. Fix: give a number (or leave the cell empty)."
+                )
                 block = ((np.where(missing, spec["fill"], values) - spec["shift"]) / spec["scale"])[:, None]
             elif kind == "categorical":
                 cats = spec["categories"]
@@ -333,6 +325,20 @@ def _feature_names(spec: Mapping[str, Any]) -> list[str]:
 
 def _line(lines: Sequence[int] | None, i: int) -> str:
     return f" on line {lines[i]}" if lines is not None else f" in row {i + 1}"
+
+
+def _numeric_cells(
+    cells: Sequence[str], name: str, lines: Sequence[int] | None, where: str, problem: str
+) -> np.ndarray:
+    """The cells as float64 (NaN where missing); a non-number or an infinity is a DataError.
+
+    ``problem`` completes "column NAME ..." with ``{cell}`` and ``{line}`` placeholders."""
+    values = parse_numbers(cells)
+    if values is None:
+        bad = _first_bad(cells, float)
+        raise DataError(f"{where}: column {name!r} " + problem.format(cell=repr(cells[bad]), line=_line(lines, bad)))
+    _check_finite(values, name, cells, lines, where)
+    return values
 
 
 def _first_bad(cells: Sequence[str], parse: Any) -> int:

@@ -28,6 +28,8 @@ from deepworks.data.datasets import ImageDataset
 from deepworks.errors import DataError
 
 __all__ = [
+    "dataset_split_indices",
+    "take_splits",
     "Splits",
     "split_dataset",
     "split_indices",
@@ -484,14 +486,13 @@ def _fold_class_error(what: str, name: str, count: int, k: int, unit: str) -> Da
     )
 
 
-def split_dataset(
+def dataset_split_indices(
     ds: ImageDataset, *, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
-) -> Splits:
-    """Seeded, stratified train/val/test split of ``ds`` (default 70/15/15).
+) -> dict[str, np.ndarray]:
+    """The positions :func:`split_dataset` takes, without copying any sample.
 
-    A dataset with an official test split keeps it as the test split and carves the
-    validation split (``val_fraction`` of ``ds.x``) out of its training data;
-    ``test_fraction`` is then ignored.
+    "train" and "val" index ``ds.x``; "test" indexes ``ds.test_x`` when the dataset has an
+    official test split (then it is all of it), else ``ds.x``.
     """
     y = ds.y.detach().cpu().numpy().astype(np.int64)
     official = ds.test_x is not None and ds.test_y is not None
@@ -505,19 +506,39 @@ def split_dataset(
         what=f"dataset {ds.name!r}",
     )
     if official:
-        assert ds.test_x is not None and ds.test_y is not None
+        assert ds.test_y is not None
         idx["test"] = np.arange(len(ds.test_y), dtype=np.int64)
-        test = (ds.test_x, ds.test_y)
-    else:
-        t = torch.from_numpy(idx["test"])
-        test = (ds.x[t], ds.y[t])
-    tr, va = torch.from_numpy(idx["train"]), torch.from_numpy(idx["val"])
+    return {"train": idx["train"], "val": idx["val"], "test": idx["test"]}
+
+
+def take_splits(ds: ImageDataset, idx: dict[str, np.ndarray]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The (x, y) tensors at the positions ``idx`` (as :func:`dataset_split_indices` gives them)."""
+    official = ds.test_x is not None and ds.test_y is not None
+    out = {}
+    for name in ("train", "val", "test"):
+        t = torch.from_numpy(idx[name])
+        if name == "test" and official:
+            whole = len(t) == len(ds.test_y) and bool(torch.equal(t, torch.arange(len(t))))
+            out[name] = (ds.test_x, ds.test_y) if whole else (ds.test_x[t], ds.test_y[t])  # no copy when whole
+        else:
+            out[name] = (ds.x[t], ds.y[t])
+    return out
+
+
+def split_dataset(
+    ds: ImageDataset, *, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+) -> Splits:
+    """Seeded, stratified train/val/test split of ``ds`` (default 70/15/15).
+
+    A dataset with an official test split keeps it as the test split and carves the
+    validation split (``val_fraction`` of ``ds.x``) out of its training data;
+    ``test_fraction`` is then ignored.
+    """
+    idx = dataset_split_indices(ds, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    parts = take_splits(ds, idx)
     return Splits(
-        train=(ds.x[tr], ds.y[tr]),
-        val=(ds.x[va], ds.y[va]),
-        test=test,
-        indices={"train": idx["train"], "val": idx["val"], "test": idx["test"]},
-        official_test=official,
+        train=parts["train"], val=parts["val"], test=parts["test"], indices=idx,
+        official_test=ds.test_x is not None and ds.test_y is not None,
     )
 
 
