@@ -26,6 +26,7 @@ from deepworks.evaluate.projection import (
     project_2d,
     subsample,
 )
+from deepworks.data import normalize
 from deepworks.pipeline import load_run, prepare_data
 
 
@@ -60,9 +61,12 @@ def mlp_run(tmp_path_factory):
 def by_hand(run_dir, split: str, upto: int) -> tuple[np.ndarray, list[str]]:
     """Activations after the first ``upto`` modules of the run's Sequential, and the labels."""
     loaded = load_run(run_dir)
-    data = getattr(prepare_data(loaded.config), split)
+    prepared = prepare_data(loaded.config)
+    data = getattr(prepared, split)
+    # the model's input by hand: uint8 pixels -> [0, 1] -> standardised with the training statistics
+    x = normalize(data.x.float() * prepared.info["pixels"]["scale"], prepared.info["mean"], prepared.info["std"])
     with torch.no_grad():
-        acts = loaded.model.eval()[:upto](data.x)  # Flatten -> Linear -> ReLU -> Dropout -> Linear
+        acts = loaded.model.eval()[:upto](x)  # Flatten -> Linear -> ReLU -> Dropout -> Linear
     return acts.double().numpy(), [loaded.classes[int(i)] for i in data.y]
 
 

@@ -91,7 +91,8 @@ def fit_both(ds: ImageDataset) -> dict[str, float]:
 
 def digits_table() -> ImageDataset:
     images = load_dataset("digits")  # (N, 1, 8, 8) -> (N, 64) features
-    return ImageDataset("digits-table", images.x.reshape(len(images.x), -1), images.y, images.classes)
+    features = images.x.reshape(len(images.x), -1).float() * images.scale  # uint8 0..16 -> [0, 1]
+    return ImageDataset("digits-table", features, images.y, images.classes)
 
 
 def numeric_csv(tmp_path: Path) -> ImageDataset:

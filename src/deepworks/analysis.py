@@ -236,7 +236,7 @@ def projection(
 
     model.to(resolve_device(loaded.config.train.device))
     acts = capture_activations(
-        model, part.x[torch.from_numpy(idx)], name, capture=captured, batch_size=loaded.config.train.eval_batch_size
+        model, part.inputs(torch.from_numpy(idx)), name, capture=captured, batch_size=loaded.config.train.eval_batch_size
     )  # (n, D)
     coords = project_2d(acts.numpy(), method, seed=seed)  # (n, 2)
     shown = values[idx]

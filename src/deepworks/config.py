@@ -116,7 +116,22 @@ class DataConfig(Strict):
     )
     root: str | None = Field(None, description="where a built-in dataset's files are (or go)")
     image_size: int | tuple[int, int] | None = Field(
-        None, description="resize folder images to this (H, W); default: their most common size"
+        None,
+        description="resize images to this (H, W); default: a folder's most common size, or 224x224 for photos "
+        "over 256 pixels on the shorter side",
+    )
+    resize: Literal["auto", "squash", "crop"] = Field(
+        "auto",
+        description="how images of another shape reach image_size: squash (any aspect) or crop (scale the shorter "
+        "side, cut the centre); auto: crop for the default photo size, squash otherwise",
+    )
+    in_memory: Literal["auto"] | bool = Field(
+        "auto", description="image folders: hold the uint8 pixels in memory (true), stream from disk (false), "
+        "or decide by data.memory_budget (auto)"
+    )
+    memory_budget: int | str | None = Field(
+        None, description="image folders: the most memory the in-memory path may take, e.g. 2GB; "
+        "default: half the memory available"
     )
     channels: Literal[1, 3] | None = Field(None, description="1 grayscale, 3 RGB; default: from the data")
     val_fraction: float = Field(0.15, gt=0, lt=1, description="share of the data kept for validation")
@@ -130,6 +145,29 @@ class DataConfig(Strict):
         description="image augmentation of training batches, in order: op names or {op: params}, "
         "e.g. [hflip, {random_crop: {padding: 4}}]",
     )
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _positive_size(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        parts = list(value) if isinstance(value, (list, tuple)) else [value]
+        ok = len(parts) in (1, 2) if isinstance(value, (list, tuple)) else True
+        if not ok or not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in parts):
+            raise ValueError(
+                f"expected a positive whole number of pixels (e.g. 224) or [height, width] (e.g. [224, 320]), got {value!r}"
+            )
+        return value[0] if isinstance(value, (list, tuple)) and len(value) == 1 else value
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _budget(cls, value: Any) -> Any:
+        from deepworks.runtime import parse_bytes
+
+        try:
+            return parse_bytes(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("data.memory_budget: ").rstrip(".")) from None
 
     @field_validator("augment", mode="before")
     @classmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,11 @@ import torch
 from torch import nn
 
 from deepworks.config import Config, dump_config, load_config, parse_overrides
-from deepworks.data import ImageDataset, build_augment, channel_stats, normalize, read_image
+from deepworks.data import ImageDataset, build_augment, normalize
 from deepworks.data.datasets import load_from_config
-from deepworks.data.loaders import TensorData, balanced_weights
+from deepworks.data.folders import FolderStream, StreamedImages, pixel_stats
+from deepworks.data.images import ImageSpec, load_pixels
+from deepworks.data.loaders import TensorData, ToInput, balanced_weights
 from deepworks.data.features import TableEncoder
 from deepworks.data.leakage import apply_policy, find_duplicates, one_to_one_columns, sample_hashes
 from deepworks.data.splits import dataset_split_indices, kfold_indices, split_indices, take_splits
@@ -33,7 +36,7 @@ from deepworks.evaluate.baselines import tabular_baselines
 from deepworks.models.registry import model_from_config
 from deepworks.runs import RunDir, atomic_write, new_run_dir
 from deepworks.runtime import barrier, broadcast_object, distributed_context
-from deepworks.train import Trainer, load_model_weights
+from deepworks.train import Callback, Trainer, load_model_weights
 from deepworks.train.tasks import Classification, Regression, Task, task_from_record
 
 __all__ = ["Run", "PreparedData", "prepare_data", "train", "cross_validate", "resume", "evaluate", "predict", "load_run"]
@@ -43,9 +46,9 @@ __all__ = ["Run", "PreparedData", "prepare_data", "train", "cross_validate", "re
 class PreparedData:
     """The three splits, normalised with training statistics, and what predict needs later."""
 
-    train: TensorData
-    val: TensorData
-    test: TensorData
+    train: TensorData | StreamedImages
+    val: TensorData | StreamedImages
+    test: TensorData | StreamedImages
     classes: list[str]  # class names; empty for regression
     input_shape: tuple[int, ...]  # (C, H, W) images or (F,) features
     info: dict[str, Any]
@@ -74,25 +77,30 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
     d = config.data
     if d.path is not None and (d.dataset == "csv" or _is_table_path(d.path)):
         return _prepare_table(config, fold)
-    ds: ImageDataset = load_from_config(d)
+    ds = load_from_config(d)  # uint8 images in memory (ImageDataset) or a folder streamed from disk (FolderStream)
     official = ds.has_official_test
     # positions first, samples copied once: after folds and dropped duplicates
     idx = dataset_split_indices(ds, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=config.seed)
     if fold is not None:
         idx.update(_apply_fold(idx, ds.y.numpy(), fold, True, None, config.seed, ds.name))
     duplicates = _image_duplicates(ds, idx, official, d.on_duplicates)
-    parts = take_splits(ds, idx)
-    (xtr, ytr), (xva, yva), (xte, yte) = parts["train"], parts["val"], parts["test"]
-    if d.normalize:
-        mean, std = channel_stats(xtr)  # training split only: no leakage from val/test
-        xtr, xva, xte = (normalize(x, mean, std) for x in (xtr, xva, xte))
+    channels, height, width = ds.input_shape
+    if d.normalize:  # training split only: no leakage from val/test
+        sums, sqs = ds.pixel_sums()
+        rows = torch.from_numpy(idx["train"])
+        mean, std = pixel_stats(sums[rows], sqs[rows], height * width, ds.scale)
     else:
-        mean, std = [0.0] * ds.input_shape[0], [1.0] * ds.input_shape[0]
+        mean, std = [0.0] * channels, [1.0] * channels
+    to_input = ToInput(ds.scale, mean, std)  # uint8 -> normalised float, a batch at a time on the device
+    parts = ds.take(idx, to_input) if isinstance(ds, FolderStream) else {
+        name: TensorData(x, y, transform=to_input) for name, (x, y) in take_splits(ds, idx).items()
+    }
     digest = hashlib.sha256()
     for name in ("train", "val", "test"):
         digest.update(np.ascontiguousarray(idx[name], dtype=np.int64).tobytes())
-    for y in (ytr, yva, yte):
-        digest.update(y.numpy().astype(np.int64).tobytes())
+    for name in ("train", "val", "test"):
+        digest.update(parts[name].y.numpy().astype(np.int64).tobytes())
+    spec = ds.spec or ImageSpec(channels, (height, width))
     info = {
         "dataset": ds.name,
         "source": ds.source,
@@ -101,30 +109,31 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
         "features": ds.features,
         "mean": mean,
         "std": std,
-        "sizes": {"train": len(ytr), "val": len(yva), "test": len(yte)},
+        "image": spec.to_dict(),  # how predict turns a file into these pixels
+        "pixels": {"dtype": "uint8", "scale": ds.scale},
+        "loading": ds.loading or {"path": "memory", "estimate_bytes": int(ds.x.numel() + (0 if ds.test_x is None else ds.test_x.numel()))},
+        "sizes": {name: len(parts[name]) for name in ("train", "val", "test")},
         "official_test": official,
         "split_fingerprint": digest.hexdigest(),
         "duplicates": duplicates,
     }
     task = Classification(ds.classes)
     info["task"] = task.record()
-    return PreparedData(
-        TensorData(xtr, ytr), TensorData(xva, yva), TensorData(xte, yte), list(ds.classes), ds.input_shape, info, task
-    )
+    return PreparedData(parts["train"], parts["val"], parts["test"], list(ds.classes), ds.input_shape, info, task)
 
 
 def _is_table_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in (".csv", ".parquet", ".pq")
 
 
-def _image_duplicates(ds: ImageDataset, idx: dict[str, np.ndarray], official: bool, policy: str) -> dict[str, Any]:
+def _image_duplicates(ds: ImageDataset | FolderStream, idx: dict[str, np.ndarray], official: bool, policy: str) -> dict[str, Any]:
     """Find exact duplicate images (decoded pixels) within and across splits; drop, keep or refuse
     the val/test ones that also occur in training (``idx`` is updated in place)."""
     if official:  # hash training and official test images together; test positions follow the training ones
-        hashes = np.concatenate([sample_hashes(ds.x), sample_hashes(ds.test_x)])
-        offset = {"train": 0, "val": 0, "test": len(ds.x)}
+        hashes = np.concatenate([ds.sample_hashes(), sample_hashes(ds.test_x)])
+        offset = {"train": 0, "val": 0, "test": len(ds.y)}
     else:
-        hashes, offset = sample_hashes(ds.x), {"train": 0, "val": 0, "test": 0}
+        hashes, offset = ds.sample_hashes(), {"train": 0, "val": 0, "test": 0}
     shifted = {name: idx[name] + offset[name] for name in ("train", "val", "test")}
     report = find_duplicates(hashes, shifted)
     kept = apply_policy(report, shifted, policy, what=f"dataset {ds.name!r}")
@@ -274,12 +283,14 @@ def train(
     run_dir: str | Path | None = None,
     overrides: Any = (),
     runs_root: str | Path = "runs",
+    callbacks: Sequence[Callback] = (),
     **kwargs: Any,
 ) -> Run:
     """Train from a config (YAML path, mapping or :class:`Config`) and evaluate on the test split.
 
     Keyword overrides use ``__`` between keys (``train__epochs=5``) or a section mapping
-    (``train={"epochs": 5}``). Returns the :class:`Run` with its best model and summary.
+    (``train={"epochs": 5}``). ``callbacks`` are added to the Trainer's (Keras semantics,
+    :class:`~deepworks.train.Callback`). Returns the :class:`Run` with its best model and summary.
     """
     cfg = load_config(config, _merge_kwargs(overrides, kwargs))
     dist = distributed_context()
@@ -300,7 +311,7 @@ def train(
         atomic_write(run.config, dump_config(cfg))
         run.write_json(run.data, data.info)
         print(f"run directory: {run.path}", flush=True)
-    return _fit(cfg, data, model, run, resume=False)
+    return _fit(cfg, data, model, run, resume=False, callbacks=callbacks)
 
 
 def cross_validate(
@@ -390,16 +401,28 @@ def _augment(cfg: Config, data: PreparedData) -> Any:
     )
 
 
-def _fit(cfg: Config, data: PreparedData, model: nn.Module, run: RunDir, resume: bool, test: bool = True) -> Run:
+def _fit(
+    cfg: Config, data: PreparedData, model: nn.Module, run: RunDir, resume: bool, test: bool = True,
+    callbacks: Sequence[Callback] = (),
+) -> Run:
     _balance(cfg, data)
-    trainer = Trainer(model, cfg.train, run_dir=run.path, task=data.task, seed=cfg.seed, augment=_augment(cfg, data))
+    trainer = Trainer(
+        model, cfg.train, run_dir=run.path, task=data.task, seed=cfg.seed, augment=_augment(cfg, data),
+        callbacks=callbacks,
+    )
     history = trainer.fit(data.train, data.val if len(data.val) else None, resume=resume)
     if not test:  # a cross-validation fold: validation figures only
         return Run(run.path, cfg, trainer.model, data.classes, history, trainer.summary, data.task)
     test_report = trainer.evaluate(data.test)  # the test split is touched once, here
     trainer.record_test(test_report)
-    if data.info.get("duplicates") is not None:
-        trainer.summary["data"] = {"duplicates": data.info["duplicates"]}
+    recorded = {key: data.info[key] for key in ("duplicates", "loading") if data.info.get(key) is not None}
+    if isinstance(data.train, StreamedImages):  # files that changed on disk since the scan
+        skipped = data.train.source.skipped
+        recorded["skipped_files"] = {"count": len(skipped), "files": [{"file": f, "reason": r} for f, r in skipped.items()]}
+    elif len(data.input_shape) == 3:
+        recorded["skipped_files"] = {"count": 0, "files": []}  # in memory: every file was decoded before training
+    if recorded:
+        trainer.summary["data"] = recorded
         if distributed_context().is_main:
             run.write_json(run.summary, trainer.summary)
     if data.info.get("kind") == "table":
@@ -478,8 +501,10 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3) -> li
     info = RunDir(run_dir).read_json(RunDir(run_dir).data)
     shape = info["input_shape"]
     if len(shape) == 3:
-        channels, height, width = shape
-        batch = torch.stack([read_image(p, channels=channels, size=(height, width)) for p in inputs])  # (N, C, H, W)
+        # the exact pixels training saw: the run's decode, channels and resize (data.json "image")
+        spec = ImageSpec.from_dict(info["image"]) if "image" in info else ImageSpec(shape[0], (shape[1], shape[2]))
+        pixels = torch.stack([load_pixels(p, spec) for p in inputs])  # uint8 (N, C, H, W)
+        batch = ToInput(1 / 255, info.get("mean", [0.0] * spec.channels), info.get("std", [1.0] * spec.channels))(pixels)
         names = [{"file": str(p)} for p in inputs]
     elif "encoder" in info:  # a table: the encoder fitted on the training rows
         encoder = TableEncoder.from_dict(info["encoder"])
@@ -497,7 +522,7 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3) -> li
             parts.append(torch.from_numpy(x))
             names += [{"file": str(p), "line": line} for line in lines]
         batch = torch.cat(parts)  # (N, F)
-    if "mean" in info:
+    if "mean" in info and len(shape) != 3:
         batch = normalize(batch, info["mean"], info["std"])
     with torch.no_grad():
         outputs = loaded.model(batch).float()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,6 +17,9 @@ from torch import nn
 from deepworks.errors import ConfigError
 
 __all__ = [
+    "available_memory",
+    "format_bytes",
+    "parse_bytes",
     "resolve_device",
     "seed_everything",
     "set_deterministic",
@@ -236,3 +241,79 @@ def gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def available_memory() -> int:
+    """Bytes this process can still allocate: the least of the system's available memory
+    (``MemAvailable``), the room left under a cgroup (container) memory limit, and the
+    address-space limit (``ulimit -v``) minus what is in use. Falls back to psutil or 8 GiB
+    where none of these can be read."""
+    import resource
+
+    found: list[int] = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError):
+        pass
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),  # v1
+    ):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            if limit != "max" and int(limit) < (1 << 60):
+                found.append(max(0, int(limit) - int(Path(usage_file).read_text().strip())))
+        except (OSError, ValueError):
+            pass
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        try:
+            in_use = int(Path("/proc/self/statm").read_text().split()[0]) * resource.getpagesize()
+        except (OSError, ValueError, IndexError):
+            in_use = 0
+        found.append(max(0, soft - in_use))
+    if not found:
+        try:
+            import psutil
+
+            found.append(int(psutil.virtual_memory().available))
+        except Exception:
+            found.append(8 << 30)
+    return min(found)
+
+
+_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def parse_bytes(value: int | str | None, key: str = "data.memory_budget") -> int | None:
+    """``2GB``, ``512 MiB``, ``1e9`` or an int -> bytes (None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a size such as 2GB or 512MB, got {value!r}.")
+    if isinstance(value, (int, float)):
+        number, unit = float(value), "b"
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(digits):] or "b"
+        try:
+            number = float(digits)
+        except ValueError:
+            number, unit = -1.0, "?"
+        if unit not in _UNITS:
+            raise ConfigError(f"{key}: expected a size such as 2GB, 512MB or 1GiB, got {value!r}.")
+    if not math.isfinite(number) or number <= 0:
+        raise ConfigError(f"{key}: expected a positive size such as 2GB or 512MB, got {value!r}.")
+    return int(number * _UNITS[unit])
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

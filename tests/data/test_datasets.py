@@ -42,19 +42,26 @@ def no_local_fashion(tmp_path, monkeypatch):
 
 
 def test_digits():
+    from sklearn.datasets import load_digits
+
     ds = load_dataset("digits")
-    assert ds.x.shape == (1797, 1, 8, 8) and ds.x.dtype == torch.float32
+    assert ds.x.shape == (1797, 1, 8, 8) and ds.x.dtype == torch.uint8  # 4x smaller than float32
     assert ds.y.shape == (1797,) and ds.y.dtype == torch.int64
-    assert float(ds.x.min()) == 0.0 and float(ds.x.max()) == 1.0
+    assert ds.scale == 1 / 16 and int(ds.x.max()) == 16  # x * scale in [0, 1], exactly scikit-learn's values / 16
+    assert np.array_equal(ds.x.reshape(1797, 64).numpy(), load_digits().data.astype(np.uint8))
     assert ds.classes == [str(i) for i in range(10)] and set(ds.y.tolist()) == set(range(10))
     assert ds.input_shape == (1, 8, 8) and ds.test_x is None and ds.source
 
 
 def test_builtin_resize_and_channels():
     ds = load_dataset("digits", image_size=16, channels=3)
-    assert ds.x.shape == (1797, 3, 16, 16)
-    assert float(ds.x.min()) >= 0 and float(ds.x.max()) <= 1
+    assert ds.x.shape == (1797, 3, 16, 16) and ds.x.dtype == torch.uint8
+    assert ds.scale == 1 / 255  # resized pixels are stored on the 8-bit scale
     assert torch.equal(ds.x[:, 0], ds.x[:, 2])
+    # the resize matches torch's antialiased bilinear interpolation of the [0, 1] images, to one 8-bit step
+    plain = load_dataset("digits")
+    ref = torch.nn.functional.interpolate(plain.x.float() / 16, size=(16, 16), mode="bilinear", antialias=True)
+    assert (ds.x[:, :1].float() / 255 - ref).abs().max() <= 1.5 / 255
 
 
 def test_registry_names_and_unknown_name():
@@ -99,7 +106,9 @@ def test_list_datasets_loads_nothing(monkeypatch, tmp_path):
 
 
 def test_image_dataset_validates_itself():
-    x = torch.zeros(4, 1, 2, 2)
+    with pytest.raises(DataError, match="uint8 images.*to\\(torch.uint8\\)"):
+        ImageDataset("toy", torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]), ["a", "b"])
+    x = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
     with pytest.raises(DataError, match="labels must lie in 0..1"):
         ImageDataset("toy", x, torch.tensor([0, 1, 2, 0]), ["a", "b"])
     with pytest.raises(DataError, match="4 images but 3 labels"):
@@ -183,8 +192,10 @@ def test_fashion_corrupt_file_names_it(tmp_path, no_local_fashion):
 def test_fashion_mnist_from_debian_package():
     ds = load_dataset("fashion-mnist")
     assert ds.x.shape == (60000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
-    assert ds.x.dtype == torch.float32 and ds.y.dtype == torch.int64
-    assert float(ds.x.min()) == 0.0 and float(ds.x.max()) == 1.0
+    assert ds.x.dtype == torch.uint8 and ds.y.dtype == torch.int64 and ds.scale == 1 / 255
+    assert int(ds.x.min()) == 0 and int(ds.x.max()) == 255
+    raw = read_idx(DEBIAN / "train-images-idx3-ubyte.gz")  # the stored bytes, unchanged
+    assert np.array_equal(ds.x[:, 0].numpy(), raw)
     assert np.array_equal(np.bincount(ds.y.numpy()), [6000] * 10)
     assert np.array_equal(np.bincount(ds.test_y.numpy()), [1000] * 10)
     assert ds.classes == FASHION_MNIST_CLASSES and ds.input_shape == (1, 28, 28)
@@ -265,8 +276,8 @@ def test_folder_mixed_modes_gives_rgb(tmp_path):
     save(tmp_path / "dog" / "c.png", "L", (5, 4))
     ds = load_dataset(path=tmp_path)
     assert ds.name == "folder" and ds.classes == ["cat", "dog"]
-    assert ds.x.shape == (3, 3, 4, 5) and ds.y.tolist() == [0, 0, 1]
-    assert torch.allclose(ds.x[0], torch.full((3, 4, 5), 90 / 255))  # gray replicated to 3 channels
+    assert ds.x.shape == (3, 3, 4, 5) and ds.x.dtype == torch.uint8 and ds.y.tolist() == [0, 0, 1]
+    assert torch.equal(ds.x[0], torch.full((3, 4, 5), 90, dtype=torch.uint8))  # gray replicated to 3 channels
     assert ds.source == str(tmp_path.resolve())
 
 

@@ -13,8 +13,10 @@ and augmentation of training batches.
 from deepworks.config import bind_op_list
 from deepworks.data.augment import AUGMENTS, Augment, build_augment
 from deepworks.data.datasets import DATASETS, ImageDataset, list_datasets, load_dataset, read_idx
-from deepworks.data.images import IMAGE_EXTENSIONS, read_image, scan_image_folder
+from deepworks.data.folders import FolderStream, StreamedImages, scan_image_folder
+from deepworks.data.images import IMAGE_EXTENSIONS, ImageSpec, load_pixels, read_image
 from deepworks.data.leakage import DuplicateReport, apply_policy, find_duplicates, one_to_one_columns, sample_hashes
+from deepworks.data.loaders import TensorData, ToInput
 from deepworks.data.splits import Splits, channel_stats, kfold_indices, normalize, split_dataset, split_indices
 from deepworks.data.tabular import load_csv
 
@@ -25,9 +27,14 @@ __all__ = [
     "Augment",
     "DATASETS",
     "DuplicateReport",
+    "FolderStream",
     "IMAGE_EXTENSIONS",
     "ImageDataset",
+    "ImageSpec",
     "Splits",
+    "StreamedImages",
+    "TensorData",
+    "ToInput",
     "apply_policy",
     "build_augment",
     "channel_stats",
@@ -36,6 +43,7 @@ __all__ = [
     "list_datasets",
     "load_csv",
     "load_dataset",
+    "load_pixels",
     "normalize",
     "one_to_one_columns",
     "read_idx",

@@ -1,8 +1,10 @@
 """Datasets by name: built-in ones (digits, Fashion-MNIST), image folders and CSV files.
 
-Every image loader returns an :class:`ImageDataset` of float32 images (N, C, H, W) in [0, 1]
-(not normalised: normalisation uses training-split statistics, which only exist after
-splitting) and int64 labels. The CSV loader (:mod:`deepworks.data.tabular`) returns the same
+Every image loader returns an :class:`ImageDataset` of uint8 images (N, C, H, W) with the
+step ``scale`` that maps them to [0, 1] (not normalised: normalisation uses training-split
+statistics, which only exist after splitting, and happens a batch at a time on the device)
+and int64 labels. An image folder over the memory budget comes back as a
+:class:`~deepworks.data.folders.FolderStream` that training reads from disk. The CSV loader (:mod:`deepworks.data.tabular`) returns the same
 class with float32 feature vectors (N, F). Built-in data is read from local files first;
 the network is the last resort.
 """
@@ -13,23 +15,14 @@ import gzip
 import os
 import struct
 import zlib
-from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from deepworks.data.images import (
-    ON_BAD_FILE,
-    _check_channels,
-    _check_size,
-    is_grayscale_mode,
-    read_image,
-    scan_folder_info,
-)
+from deepworks.data.images import ON_BAD_FILE, ImageSpec, _check_channels, _check_size, resize_pixels, to_channels
 from deepworks.errors import ConfigError, DataError
 from deepworks.registry import Registry
 
@@ -72,18 +65,23 @@ _BUILTIN_INFO: dict[str, dict[str, Any]] = {
 class ImageDataset:
     """Images (or feature vectors) and labels as tensors, plus the source's official test split when it has one.
 
-    ``x`` is (N, C, H, W) for images or (N, F) for tabular features; ``features`` names
-    the F columns of tabular data (None for images).
+    ``x`` is uint8 (N, C, H, W) for images, ``x * scale`` in [0, 1] (``scale`` 1/255 for
+    8-bit images), or float32 (N, F) for tabular features; ``features`` names the F columns
+    of tabular data (None for images). ``spec`` says how an image file becomes one of these
+    samples (folders; predict applies it again) and ``loading`` how the data was loaded.
     """
 
     name: str
-    x: torch.Tensor  # float32 (N, C, H, W) in [0, 1], or (N, F) features
+    x: torch.Tensor  # uint8 (N, C, H, W) images, or float32 (N, F) features
     y: torch.Tensor  # int64 (N,) in 0..len(classes)-1
     classes: list[str]
     test_x: torch.Tensor | None = None
     test_y: torch.Tensor | None = None
     source: str = ""
     features: list[str] | None = None
+    scale: float = 1 / 255
+    spec: ImageSpec | None = None
+    loading: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # catch a malformed dataset here, where its name is known, not as a shape error in training
@@ -117,12 +115,31 @@ class ImageDataset:
     def has_official_test(self) -> bool:
         return self.test_x is not None
 
+    _sums: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    _hashes: np.ndarray | None = field(default=None, repr=False)
+
+    def pixel_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image and channel, the exact int64 sums of stored pixel values and of their squares."""
+        if self._sums is None:
+            from deepworks.data.folders import pixel_sums
+
+            self._sums = pixel_sums(self.x)
+        return self._sums
+
+    def sample_hashes(self) -> np.ndarray:
+        """One digest per sample of ``x`` (see :func:`~deepworks.data.leakage.sample_hashes`)."""
+        if self._hashes is None:
+            from deepworks.data.leakage import sample_hashes
+
+            self._hashes = sample_hashes(self.x)
+        return self._hashes
+
 
 def _check_xy(name: str, what: str, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
-    if x.ndim not in (2, 4) or not x.dtype.is_floating_point:
+    if not ((x.ndim == 4 and x.dtype == torch.uint8) or (x.ndim == 2 and x.dtype.is_floating_point)):
         raise DataError(
-            f"dataset {name!r}: {what} must be a float tensor of images (N, C, H, W) or of features (N, F), "
-            f"got {x.dtype} {tuple(x.shape)}."
+            f"dataset {name!r}: {what} must be uint8 images (N, C, H, W) or float features (N, F), "
+            f"got {x.dtype} {tuple(x.shape)}. Fix: store 8-bit pixels, e.g. (x * 255).round().to(torch.uint8)."
         )
     if y.ndim != 1 or y.dtype != torch.int64:
         raise DataError(f"dataset {name!r}: labels must be int64 (N,), got {y.dtype} {tuple(y.shape)}.")
@@ -156,18 +173,19 @@ def _as_size(image_size: int | tuple[int, int] | list[int] | None) -> tuple[int,
     return size
 
 
-def _conform(x: torch.Tensor, size: tuple[int, int] | None, channels: int | None) -> torch.Tensor:
-    """Resize / change the channels of a built-in dataset's images when the config asks for it."""
+def _conform(
+    x: torch.Tensor, scale: float, size: tuple[int, int] | None, channels: int | None
+) -> tuple[torch.Tensor, float]:
+    """Resize / change the channels of a built-in dataset's uint8 images when the config asks
+    for it; images stored at another step than 1/255 move to 1/255 first when resized."""
     if size is not None and tuple(x.shape[-2:]) != size:
-        # (N, C, H, W) -> (N, C, *size); antialias so shrinking does not alias
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp_(0.0, 1.0)
+        if scale != 1 / 255:
+            x = (x.to(torch.float32) * (scale * 255.0)).round_().clamp_(0, 255).to(torch.uint8)
+            scale = 1 / 255
+        x = resize_pixels(x, size)  # (N, C, H, W) -> (N, C, *size), antialiased bilinear
     if channels is not None and channels != x.shape[1]:
-        if channels == 3:
-            x = x.expand(-1, 3, -1, -1).contiguous()  # (N, 1, H, W) -> (N, 3, H, W)
-        else:
-            luma = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
-            x = (x * luma).sum(dim=1, keepdim=True)  # (N, 3, H, W) -> (N, 1, H, W)
-    return x
+        x = to_channels(x, channels)
+    return x, scale
 
 
 def data_cache_dir() -> Path:
@@ -183,12 +201,12 @@ def _load_digits(*, image_size: tuple[int, int] | None = None, channels: int | N
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    # (N, 64) with values 0..16 -> (N, 1, 8, 8) in [0, 1]
-    x = torch.from_numpy((bunch.data / 16.0).astype(np.float32)).reshape(-1, 1, 8, 8)
+    # (N, 64) with values 0..16 -> uint8 (N, 1, 8, 8), step 1/16
+    x = torch.from_numpy(bunch.data.astype(np.uint8)).reshape(-1, 1, 8, 8)
     y = torch.from_numpy(bunch.target.astype(np.int64))
+    x, scale = _conform(x, 1 / 16, image_size, channels)
     return ImageDataset(
-        "digits", _conform(x, image_size, channels), y, [str(i) for i in range(10)],
-        source="sklearn.datasets.load_digits",
+        "digits", x, y, [str(i) for i in range(10)], source="sklearn.datasets.load_digits", scale=scale,
     )
 
 
@@ -312,8 +330,8 @@ def _load_fashion_mnist(
         source = f"torchvision download into {target / 'FashionMNIST' / 'raw'}"
 
     def images(a: np.ndarray) -> torch.Tensor:
-        # uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1]
-        return _conform(torch.from_numpy(a.astype(np.float32) / 255.0).unsqueeze(1), image_size, channels)
+        # uint8 (N, 28, 28) -> uint8 (N, 1, 28, 28), kept as stored
+        return _conform(torch.from_numpy(a.copy()).unsqueeze(1), 1 / 255, image_size, channels)[0]  # a copy: writable
 
     def labels(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a.astype(np.int64))
@@ -330,22 +348,17 @@ def _load_fashion_mnist(
 @DATASETS.register("folder", description="an image folder with one subfolder per class (data.path)")
 def _load_folder(
     *, path: str | Path | None = None, image_size: tuple[int, int] | None = None, channels: int | None = None,
-    on_bad_file: str = "warn", **_: Any,
-) -> ImageDataset:
+    on_bad_file: str = "warn", resize: str = "auto", in_memory: bool | str = "auto",
+    memory_budget: int | str | None = None, **_: Any,
+) -> Any:
     if path is None:
         raise ConfigError("data.path: the folder dataset needs a path to a folder with one subfolder per class.")
-    infos, classes, _bad = scan_folder_info(path, on_bad_file)
-    if image_size is None:
-        # the most common (H, W); ties go to the size met first in sorted file order
-        image_size = Counter(info.size for info in infos).most_common(1)[0][0]
-    if channels is None:
-        channels = 1 if all(is_grayscale_mode(info.mode) for info in infos) else 3
-    h, w = image_size
-    x = torch.empty((len(infos), channels, h, w), dtype=torch.float32)  # filled in place: one copy in memory
-    for i, info in enumerate(infos):
-        x[i] = read_image(info.path, channels=channels, size=None if info.size == image_size else image_size)
-    y = torch.tensor([info.label for info in infos], dtype=torch.int64)
-    return ImageDataset("folder", x, y, classes, source=str(Path(path).resolve()))
+    from deepworks.data.folders import open_folder  # imports this module: bind late
+
+    return open_folder(
+        path, image_size=image_size, channels=channels, resize=resize, on_bad_file=on_bad_file,
+        in_memory=in_memory, memory_budget=memory_budget,
+    )
 
 
 # ----------------------------------------------------------------------------- CSV files
@@ -381,12 +394,21 @@ def load_dataset(
     on_bad_file: str = "warn",
     target: str | None = None,
     features: list[str] | None = None,
-) -> ImageDataset:
+    resize: str = "auto",
+    in_memory: bool | str = "auto",
+    memory_budget: int | str | None = None,
+) -> Any:
     """Load a dataset by name (``deepworks datasets`` lists them), or an image folder or CSV file given ``path``.
 
     A ``path`` ending in ``.csv`` (or ``name="csv"``) is tabular data: ``target`` names its
     label column and ``features`` optionally picks the feature columns. Image loaders
     ignore ``target`` and ``features``; CSV files ignore ``image_size``/``channels``/``on_bad_file``.
+
+    An image folder is loaded into memory as uint8 when it fits ``memory_budget`` (bytes or
+    a size such as ``"2GB"``; default half the available memory), and otherwise returned as a
+    :class:`~deepworks.data.folders.FolderStream` read from disk during training;
+    ``in_memory`` True or False forces the choice. ``resize`` (auto, squash or crop) says how
+    images of another shape reach ``image_size``.
     """
     if name is None:
         if path is None:
@@ -408,16 +430,16 @@ def load_dataset(
     _check_channels(channels)
     return factory(
         path=path, root=root, image_size=_as_size(image_size), channels=channels, on_bad_file=on_bad_file,
-        target=target, features=features,
+        target=target, features=features, resize=resize, in_memory=in_memory, memory_budget=memory_budget,
     )
 
 
-def load_from_config(data_config: Any) -> ImageDataset:
+def load_from_config(data_config: Any) -> Any:
     """The dataset a config's ``data`` section names (built-in, image folder or CSV)."""
     d = data_config
     return load_dataset(
         d.dataset, path=d.path, root=d.root, image_size=d.image_size, channels=d.channels, on_bad_file=d.on_bad_file,
-        target=d.target, features=d.features,
+        target=d.target, features=d.features, resize=d.resize, in_memory=d.in_memory, memory_budget=d.memory_budget,
     )
 
 

@@ -1,9 +1,9 @@
-"""Image files: read one into a tensor, and scan a folder of class subfolders.
+"""Image files: decode one to uint8 pixels, and walk and probe a folder of class subfolders.
 
-Every file of a folder is decoded once by :func:`scan_image_folder` before any training
-starts, so a corrupt file stops (or is skipped) in the first second, not in epoch 7.
-:func:`read_image` is also what ``predict`` uses, so training and prediction see pixels
-converted the same way.
+:func:`load_pixels` turns a file into the uint8 (C, H, W) pixels a model is trained on
+(decoded, upright, channels converted, resized per an :class:`ImageSpec`); training from
+memory, training streamed from disk, ``predict`` and ``evaluate`` all go through it, so they
+see the same pixels. :mod:`deepworks.data.folders` walks and scans whole folders with it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +20,18 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from deepworks.errors import ConfigError, DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "ON_BAD_FILE", "read_image", "scan_image_folder", "is_grayscale_mode"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ON_BAD_FILE",
+    "ImageSpec",
+    "decode_image",
+    "is_grayscale_mode",
+    "load_pixels",
+    "read_image",
+    "resize_pixels",
+    "to_channels",
+    "walk_image_folder",
+]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 ON_BAD_FILE = ("warn", "error")
@@ -36,8 +48,8 @@ def is_grayscale_mode(mode: str) -> bool:
     return mode in _GRAY_MODES
 
 
-def _decode(path: Path) -> Image.Image:
-    """Open and fully decode ``path`` (raises DataError), upright per its EXIF orientation."""
+def _check_file(path: Path) -> None:
+    """A DataError naming ``path`` when it is missing, a folder, unreadable or empty."""
     if not path.exists():
         raise DataError(f"{path}: no such image file. Check the path (relative paths start at {Path.cwd()}).")
     if path.is_dir():
@@ -48,16 +60,25 @@ def _decode(path: Path) -> Image.Image:
         raise DataError(f"{path}: cannot be read ({exc.strerror or exc}). Check its permissions.") from None
     if size == 0:
         raise DataError(f"{path}: the file is empty (0 bytes). Re-export the image or remove the file.")
+
+
+def _decode(path: Path) -> Image.Image:
+    """Open and fully decode ``path`` with Pillow (raises DataError), upright per its EXIF orientation."""
+    _check_file(path)
     try:
         with Image.open(path) as img:
             img.load()  # decode now: a truncated file fails here, not later
             upright = _upright(img)
     except _DECODE_ERRORS as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(
-            f"{path}: cannot be decoded as an image ({reason}). Re-export it as PNG or JPEG, or remove the file."
-        ) from None
+        raise _undecodable(path, exc) from None
     return upright
+
+
+def _undecodable(path: Path, exc: BaseException) -> DataError:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return DataError(
+        f"{path}: cannot be decoded as an image ({reason}). Re-export it as PNG or JPEG, or remove the file."
+    )
 
 
 def _upright(img: Image.Image) -> Image.Image:
@@ -74,39 +95,6 @@ def _flatten_alpha(img: Image.Image, base: str) -> Image.Image:
     rgba = img.convert("RGBA")
     background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(background, rgba).convert(base)
-
-
-def _to_array(img: Image.Image, channels: int | None, size: tuple[int, int] | None) -> np.ndarray:
-    """PIL image -> float32 array (H, W, C) in [0, 1] with the requested channels and size."""
-    mode = img.mode
-    if mode in _HIGH_DEPTH_MODES:
-        # 16/32-bit grayscale: scale to [0, 1] in float ("F") so no precision is lost before resizing
-        arr = np.asarray(img).astype(np.float32)
-        if mode == "F":
-            scale = 255.0 if arr.size and float(arr.max()) > 1.0 else 1.0
-        else:
-            scale = 65535.0 if mode.startswith("I;16") or (arr.size and float(arr.max()) > 255.0) else 255.0
-        img = Image.fromarray(np.clip(arr / scale, 0.0, 1.0).astype(np.float32), mode="F")
-        gray, depth = True, 1.0
-    else:
-        has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in img.info)
-        gray = is_grayscale_mode(mode)
-        if has_alpha:
-            img = _flatten_alpha(img, "L" if gray else "RGB")
-        else:
-            img = img.convert("L" if gray else "RGB")
-        depth = 255.0
-    want = channels if channels is not None else (1 if gray else 3)
-    if want == 1 and img.mode == "RGB":
-        img = img.convert("L")  # ITU-R 601-2 luma, as PIL does
-    if size is not None and (img.height, img.width) != tuple(size):
-        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)  # PIL takes (W, H)
-    arr = np.asarray(img, dtype=np.float32) / depth
-    if arr.ndim == 2:
-        arr = arr[:, :, None]  # (H, W) -> (H, W, 1)
-    if want == 3 and arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)  # grayscale -> (H, W, 3)
-    return np.clip(arr, 0.0, 1.0)
 
 
 def _check_channels(channels: int | None) -> None:
@@ -133,13 +121,180 @@ def read_image(
 
     ``channels`` 1 gives grayscale, 3 RGB, None keeps grayscale images at 1 channel and
     turns everything else into RGB. Transparent images are composited over white.
-    ``size=(H, W)`` resizes with PIL's bilinear filter.
+    ``size=(H, W)`` resizes (bilinear, antialiased; see :func:`resize_pixels`). The pixels
+    are those of :func:`load_pixels` divided by 255.
     """
     _check_channels(channels)
     _check_size(size)
-    img = _decode(Path(path))
-    arr = _to_array(img, channels, tuple(size) if size is not None else None)
+    x = decode_image(path)
+    if channels is not None:
+        x = to_channels(x, channels)
+    if size is not None:
+        x = resize_pixels(x, tuple(size))
+    return x.float().div_(255.0)
+
+
+def _decode_jpeg(path: Path) -> torch.Tensor | None:
+    """A JPEG decoded by torchvision (libjpeg-turbo) as uint8 (C, H, W), upright; None when
+    torchvision cannot take it (the caller falls back to PIL). A broken file raises DataError."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:  # a torchvision without its image decoders: Pillow decodes
+        return None
+    try:
+        with warnings.catch_warnings():
+            # torchvision 0.29 announces these decoders' move to TorchCodec, whose decode_jpeg
+            # cannot yet apply the EXIF orientation; Pillow takes over if they are removed
+            warnings.simplefilter("ignore", DeprecationWarning)
+            data = torch.from_numpy(np.frombuffer(path.read_bytes(), dtype=np.uint8).copy())
+            x = decode_jpeg(data, mode=ImageReadMode.UNCHANGED, apply_exif_orientation=True)
+            if x.shape[0] not in (1, 3):  # CMYK and other colour models: let libjpeg convert them
+                x = decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}). Check its permissions.") from None
+    except RuntimeError as exc:
+        message = str(exc)
+        if "not supported" in message or "Unsupported" in message:
+            return None
+        reason = message.strip().splitlines()[-1].split(", ")[-1] if message.strip() else "RuntimeError"
+        raise DataError(
+            f"{path}: cannot be decoded as an image ({reason}). Re-export it as PNG or JPEG, or remove the file."
+        ) from None
+    return x
+
+
+def _pil_to_uint8(img: Image.Image) -> torch.Tensor:
+    """PIL image -> uint8 (C, H, W): 1 channel for grayscale modes, 3 for colour, transparency over white.
+
+    16- and 32-bit grayscale is scaled to 0..255 (a 16-bit file loses its low 8 bits, as any
+    uint8 pipeline does).
+    """
+    mode = img.mode
+    if mode in _HIGH_DEPTH_MODES:
+        arr = np.asarray(img).astype(np.float64)
+        if mode == "F":
+            scale = 255.0 if arr.size and float(arr.max()) > 1.0 else 1.0
+        else:
+            scale = 65535.0 if mode.startswith("I;16") or (arr.size and float(arr.max()) > 255.0) else 255.0
+        arr = np.rint(np.clip(arr / scale, 0.0, 1.0) * 255.0).astype(np.uint8)
+    else:
+        has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in img.info)
+        base = "L" if is_grayscale_mode(mode) else "RGB"
+        img = _flatten_alpha(img, base) if has_alpha else img.convert(base)
+        arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]  # (H, W) -> (H, W, 1)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))  # (H, W, C) -> (C, H, W)
+
+
+def decode_image(path: str | os.PathLike[str]) -> torch.Tensor:
+    """Decode an image file to uint8 (C, H, W), upright per its EXIF orientation.
+
+    C is 1 for grayscale files and 3 for everything else; transparent pixels are composited
+    over white, as viewers show them. JPEGs (photos: the files that cost the time) go through
+    torchvision's decoder (libjpeg-turbo); PNG, GIF, BMP, TIFF and WebP through Pillow.
+    Raises :class:`DataError` naming the file for a missing, empty or undecodable one.
+    """
+    path = Path(path)
+    _check_file(path)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        x = _decode_jpeg(path)
+        if x is not None:
+            return x
+    img = _decode(path)
+    try:
+        return _pil_to_uint8(img)
+    finally:
+        img.close()
+
+
+_LUMA = (19595, 38470, 7471)  # ITU-R 601-2 luma in 16-bit fixed point, as Pillow's "RGB" -> "L"
+
+
+def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 images (..., C, H, W) with C 1 or 3 -> ``channels`` channels: gray repeated to RGB,
+    or RGB to Pillow's luma (bit for bit what ``Image.convert("L")`` gives)."""
+    have = x.shape[-3]
+    if have == channels:
+        return x
+    if channels == 3:
+        return x.expand(*x.shape[:-3], 3, *x.shape[-2:]).contiguous()
+    r, g, b = (x.select(-3, i).to(torch.int32) for i in range(3))
+    luma = (r * _LUMA[0] + g * _LUMA[1] + b * _LUMA[2] + 0x8000) >> 16
+    return luma.to(torch.uint8).unsqueeze(-3)
+
+
+RESIZE_METHODS = ("squash", "crop")
+
+
+def resize_pixels(x: torch.Tensor, size: tuple[int, int], method: str = "squash") -> torch.Tensor:
+    """uint8 images (..., C, H, W) -> (..., C, *size), bilinear with antialiasing (torchvision's
+    uint8 kernels, within 1 of Pillow's bilinear filter).
+
+    ``squash`` resizes to ``size`` whatever the aspect ratio; ``crop`` scales the image so
+    it covers ``size`` (the shorter side fits) and cuts the centre out, keeping the aspect.
+    """
+    from torchvision.transforms.v2 import functional as TF
+
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    if method == "crop":
+        scale = max(size[0] / h, size[1] / w)
+        cover = [max(size[0], round(h * scale)), max(size[1], round(w * scale))]
+        if cover != [h, w]:
+            x = resize_pixels(x, tuple(cover))
+        return TF.center_crop(x, list(size)).contiguous()
+    if method != "squash":
+        raise ConfigError(f"data.resize: expected one of {', '.join(RESIZE_METHODS)}, got {method!r}.")
+    try:
+        return TF.resize(x, list(size), antialias=True)
+    except RuntimeError:  # the uint8 kernel refuses a few tiny outputs (3 channels to 1x1): same filter in float
+        out = torch.nn.functional.interpolate(
+            x.reshape(-1, *x.shape[-3:]).float(), size=tuple(size), mode="bilinear", antialias=True
+        )
+        return out.round_().clamp_(0, 255).to(torch.uint8).reshape(*x.shape[:-2], *size)
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How an image file becomes model input: its channels, size and resize method.
+
+    Stored in a run's ``data.json`` (``image``) so that ``predict``, ``evaluate`` and
+    serving turn a photo of any size into exactly the pixels training saw.
+    """
+
+    channels: int
+    size: tuple[int, int]  # (H, W)
+    resize: str = "squash"
+
+    def __post_init__(self) -> None:
+        _check_channels(self.channels)
+        _check_size(self.size)
+        if self.resize not in RESIZE_METHODS:
+            raise ConfigError(f"data.resize: expected one of {', '.join(RESIZE_METHODS)}, got {self.resize!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"channels": self.channels, "size": list(self.size), "resize": self.resize}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ImageSpec:
+        return cls(int(d["channels"]), (int(d["size"][0]), int(d["size"][1])), str(d.get("resize", "squash")))
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.channels, *self.size)
+
+    def nbytes(self) -> int:
+        """Bytes of one image at this spec as uint8."""
+        return self.channels * self.size[0] * self.size[1]
+
+
+def load_pixels(path: str | os.PathLike[str], spec: ImageSpec) -> torch.Tensor:
+    """An image file as the uint8 (C, H, W) pixels a model with ``spec`` is trained on: decoded,
+    upright, converted to ``spec.channels`` and resized. Training (in memory or streamed),
+    ``predict`` and ``evaluate`` all go through this one function."""
+    return resize_pixels(to_channels(decode_image(path), spec.channels), spec.size, spec.resize)
 
 
 @dataclass(frozen=True)
@@ -167,14 +322,9 @@ def _class_files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def scan_folder_info(
-    path: str | os.PathLike[str], on_bad_file: str = "warn"
-) -> tuple[list[ImageInfo], list[str], list[tuple[Path, str]]]:
-    """Like :func:`scan_image_folder`, but returns each good file's mode and size too."""
-    if on_bad_file not in ON_BAD_FILE:
-        raise ConfigError(
-            f"data.on_bad_file: expected 'warn' (skip unreadable files) or 'error' (stop), got {on_bad_file!r}."
-        )
+def walk_image_folder(path: str | os.PathLike[str]) -> tuple[list[tuple[Path, int]], list[str], list[Path]]:
+    """The image files of a folder with one subfolder per class: ``(path, label)`` in sorted
+    order, the class names and the class folders. Opens no file; layout errors name the folder."""
     root = Path(path)
     layout = f"one subfolder of images per class, e.g. {root / 'cat' / '001.png'} and {root / 'dog' / '001.png'}"
     if not root.exists():
@@ -191,7 +341,6 @@ def scan_folder_info(
             f"{root}: found 1 class folder ({class_dirs[0].name}); a classifier needs at least 2. "
             f"Expected {layout}."
         )
-    classes = [d.name for d in class_dirs]
     files: list[tuple[Path, int]] = []
     for label, folder in enumerate(class_dirs):
         found = _class_files(folder)
@@ -202,50 +351,63 @@ def scan_folder_info(
                 "Add images to it or remove the folder."
             )
         files += [(f, label) for f in found]
+    return files, [d.name for d in class_dirs], class_dirs
 
-    good: list[ImageInfo] = []
-    bad: list[tuple[Path, str]] = []
-    for file, label in files:
-        try:
-            img = _decode(file)
-        except DataError as exc:
-            # the message starts with the path; keep only the reason
-            bad.append((file, str(exc).removeprefix(f"{file}: ")))
-            continue
-        good.append(ImageInfo(file, label, img.mode, (img.height, img.width)))
-        img.close()
 
-    if bad:
-        listing = "; ".join(f"{p} ({reason.rstrip('.')})" for p, reason in bad)
-        if on_bad_file == "error":
-            raise DataError(
-                f"{root}: {len(bad)} image file(s) cannot be read: {listing}. "
-                "Remove or fix them, or set data.on_bad_file: warn to skip them."
-            )
-        warnings.warn(
-            f"{root}: skipped {len(bad)} unreadable image file(s): {listing}. "
-            "Remove or fix them (data.on_bad_file: error stops on them instead).",
-            stacklevel=3,
+_SWAPPED = frozenset({5, 6, 7, 8})  # EXIF orientations that turn the image by 90 degrees
+
+
+def probe_image(path: Path, label: int = 0) -> ImageInfo:
+    """Mode and upright size of an image file from its header, without decoding the pixels
+    (raises DataError naming the file). A truncated file passes; decoding finds it."""
+    _check_file(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            mode = img.mode
+            try:
+                turned = img.getexif().get(0x0112) in _SWAPPED
+            except Exception:  # a malformed EXIF block: decoding keeps the stored orientation too
+                turned = False
+    except _DECODE_ERRORS as exc:
+        raise _undecodable(path, exc) from None
+    return ImageInfo(path, label, mode, (w, h) if turned else (h, w))
+
+
+def check_on_bad_file(on_bad_file: str) -> None:
+    if on_bad_file not in ON_BAD_FILE:
+        raise ConfigError(
+            f"data.on_bad_file: expected 'warn' (skip unreadable files) or 'error' (stop), got {on_bad_file!r}."
         )
-        counts = np.bincount([g.label for g in good], minlength=len(classes))
-        for label, n in enumerate(counts):
-            if n == 0:
-                raise DataError(
-                    f"{class_dirs[label]}: class folder {classes[label]!r} has no readable images left after "
-                    "skipping the unreadable ones above. Add readable images or remove the folder."
-                )
-    return good, classes, bad
 
 
-def scan_image_folder(
-    path: str | os.PathLike[str], on_bad_file: str = "warn"
-) -> tuple[list[tuple[Path, int]], list[str], list[tuple[Path, str]]]:
-    """Find and verify the images of a folder with one subfolder per class.
+def report_bad_files(
+    root: Path, bad: list[tuple[Path, str]], on_bad_file: str, good_labels: list[int], class_dirs: list[Path]
+) -> None:
+    """Stop on, or warn once about, the unreadable files of a folder; a class left with no
+    readable image stops in any case."""
+    if not bad:
+        return
+    listing = "; ".join(f"{p} ({reason.rstrip('.')})" for p, reason in bad)
+    if on_bad_file == "error":
+        raise DataError(
+            f"{root}: {len(bad)} image file(s) cannot be read: {listing}. "
+            "Remove or fix them, or set data.on_bad_file: warn to skip them."
+        )
+    warnings.warn(
+        f"{root}: skipped {len(bad)} unreadable image file(s): {listing}. "
+        "Remove or fix them (data.on_bad_file: error stops on them instead).",
+        stacklevel=4,
+    )
+    counts = np.bincount(np.asarray(good_labels, dtype=np.int64), minlength=len(class_dirs))
+    for label, n in enumerate(counts):
+        if n == 0:
+            raise DataError(
+                f"{class_dirs[label]}: class folder {class_dirs[label].name!r} has no readable images left after "
+                "skipping the unreadable ones above. Add readable images or remove the folder."
+            )
 
-    Returns ``(good, classes, bad)``: ``(path, label)`` for every decodable image, the
-    class names (sorted subfolder names) and ``(path, reason)`` for every unreadable one.
-    ``on_bad_file="warn"`` warns once naming every bad file and skips them; ``"error"``
-    raises :class:`DataError` naming them.
-    """
-    infos, classes, bad = scan_folder_info(path, on_bad_file)
-    return [(i.path, i.label) for i in infos], classes, bad
+
+def reason_of(path: Path, exc: DataError) -> str:
+    """A DataError's message without the leading path: the reason alone."""
+    return str(exc).removeprefix(f"{path}: ")

@@ -1,14 +1,17 @@
 """Batches for the training loop.
 
 Tensors that fit in memory stay on the device and are batched by index: one ``randperm``
-per epoch and a gather per batch, no per-sample Python. Any other ``Dataset`` goes through
-a ``DataLoader`` with the same order. The order of an epoch is a function of (seed, epoch)
+per epoch and a gather per batch, no per-sample Python. Images are kept as uint8 and
+converted and normalised a whole batch at a time on the device (:class:`ToInput`). Image
+folders too large for memory stream from disk (:mod:`deepworks.data.folders`); any other
+``Dataset`` goes through a ``DataLoader``; both with the same order. The order of an epoch is a function of (seed, epoch)
 only, so a resumed run sees exactly the batches an uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +21,44 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from deepworks.errors import DataError
 from deepworks.runtime import epoch_generator
 
-__all__ = ["as_data", "iterate_batches", "num_samples", "TensorData", "balanced_weights"]
+__all__ = ["as_data", "iterate_batches", "num_samples", "TensorData", "ToInput", "balanced_weights"]
+
+
+class ToInput:
+    """uint8 pixels -> normalised float32 model input, one whole batch at a time on its device:
+    ``(x * scale - mean) / std`` per channel, computed as one multiply-add.
+
+    ``scale`` maps the stored integers to [0, 1] (1/255 for 8-bit images); ``mean`` and
+    ``std`` are per channel in those [0, 1] units (training-split statistics). Picklable, so
+    DataLoader workers and run records can carry it.
+    """
+
+    def __init__(self, scale: float, mean: Sequence[float], std: Sequence[float]):
+        if len(mean) != len(std) or any(s <= 0 for s in std):
+            raise DataError(f"ToInput: one positive std per mean is needed, got mean {list(mean)} and std {list(std)}.")
+        self.scale, self.mean, self.std = float(scale), [float(m) for m in mean], [float(s) for s in std]
+        c = len(self.mean)
+        self._mul = torch.tensor([self.scale / s for s in self.std], dtype=torch.float32).view(1, c, 1, 1)
+        self._add = torch.tensor([-m / s for m, s in zip(self.mean, self.std)], dtype=torch.float32).view(1, c, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype.is_floating_point:  # already model input
+            return x
+        single = x.ndim == 3  # one image (C, H, W)
+        xb = x.unsqueeze(0) if single else x
+        if self._mul.device != xb.device:
+            self._mul, self._add = self._mul.to(xb.device), self._add.to(xb.device)
+        out = torch.addcmul(self._add, xb.to(torch.float32), self._mul)  # add + x * mul, one pass
+        return out[0] if single else out
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"scale": self.scale, "mean": self.mean, "std": self.std}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["scale"], state["mean"], state["std"])
+
+    def __repr__(self) -> str:
+        return f"ToInput(scale={self.scale:.6g}, mean={self.mean}, std={self.std})"
 
 
 class TensorData:
@@ -26,17 +66,26 @@ class TensorData:
 
     ``weights`` (one per sample, optional) makes shuffled epochs draw samples with those
     relative probabilities, with replacement (``data.sampler: balanced``), instead of a
-    permutation.
+    permutation. ``transform`` (e.g. :class:`ToInput`) turns a gathered batch of stored
+    samples (uint8 images) into model input on the device.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None):
-        self.x, self.y, self.weights = x, y, weights
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
+        self.x, self.y, self.weights, self.transform = x, y, weights, transform
 
     def __len__(self) -> int:
         return len(self.x)
 
     def to(self, device: torch.device) -> TensorData:
-        return TensorData(self.x.to(device), self.y.to(device), self.weights)
+        return TensorData(self.x.to(device), self.y.to(device), self.weights, self.transform)
+
+    def inputs(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Model input for the samples at ``idx`` (all when None), on the data's device."""
+        x = self.x if idx is None else self.x[idx.to(self.x.device)]
+        return self.transform(x) if self.transform is not None else x
 
 
 def balanced_weights(y: torch.Tensor) -> torch.Tensor:
@@ -53,7 +102,7 @@ def as_data(
     ``targets`` checks and converts ``y`` for the task (a task's ``targets`` method); by
     default ``y`` must be 1-D integer class indices.
     """
-    if isinstance(data, TensorData):
+    if isinstance(data, TensorData) or hasattr(data, "stream"):  # in memory, or streamed from disk
         return data
     if isinstance(data, TensorDataset) and len(data.tensors) == 2:
         data = tuple(data.tensors)
@@ -97,7 +146,7 @@ def iterate_batches(
     epoch: int = 0,
     start_batch: int = 0,
     device: torch.device | str = "cpu",
-    num_workers: int = 0,
+    num_workers: int | None = 0,
     rank: int = 0,
     world_size: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -106,6 +155,7 @@ def iterate_batches(
     With ``world_size`` > 1 each process takes every ``world_size``-th sample of the epoch's
     order. Shuffled (training) shards are cut to equal length so every process runs the same
     number of steps; unshuffled (evaluation) shards cover every sample exactly once.
+    ``num_workers`` None picks a number for the data (decoding streams use every core).
     """
     n = len(data)
     weights = getattr(data, "weights", None)
@@ -122,11 +172,18 @@ def iterate_batches(
     order = order[start_batch * batch_size :]
     if isinstance(data, TensorData):
         order = order.to(data.x.device)
+        transform = data.transform
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
-            yield data.x[idx], data.y[idx]
+            xb = data.x[idx]
+            yield (transform(xb) if transform is not None else xb), data.y[idx]
         return
     device = torch.device(device)
+    if hasattr(data, "stream"):  # an image folder read from disk (deepworks.data.folders)
+        yield from data.stream(order, batch_size, device=device, num_workers=num_workers)
+        return
+    if num_workers is None:
+        num_workers = min(4, (os.cpu_count() or 1) // 2)
     # the DataLoader draws a base seed from its generator; a private one keeps the global RNG
     # (dropout, augmentation) on the same sequence as the tensor path
     loader = DataLoader(

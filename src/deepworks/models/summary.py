@@ -305,7 +305,14 @@ def _data_shape(config: Config) -> tuple[tuple[int, ...], int, str]:
             if d.channels is not None:
                 channels = d.channels
             return (channels, int(height), int(width)), int(info["classes"]), str(d.dataset)
-    # an image folder (or a dataset without listed info): its shape is what it holds
+    if d.path is not None and d.dataset in (None, "folder") and Path(d.path).suffix.lower() not in (".csv", ".parquet", ".pq"):
+        # an image folder: the files' headers give its shape, no pixel is decoded
+        from deepworks.data.datasets import _as_size
+        from deepworks.data.folders import plan_folder
+
+        plan = plan_folder(d.path, image_size=_as_size(d.image_size), channels=d.channels, resize=d.resize)
+        return plan.spec.input_shape, len(plan.classes), str(d.path)
+    # a table (or a dataset without listed info): its shape is what it holds
     ds = load_from_config(d)
     return ds.input_shape, len(ds.classes), str(d.path if d.path is not None else d.dataset)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -192,7 +191,8 @@ class Trainer:
         self.optimizer = build_optimizer(
             cfg.optimizer.name, self.model.parameters(), device=self.device, **cfg.optimizer.params
         )
-        labels = train_data.y if isinstance(train_data, TensorData) else None
+        labels = getattr(train_data, "y", None)  # in-memory or streamed: class counts for class weights
+        labels = labels if isinstance(labels, torch.Tensor) else None
         self.loss_fn = self.task.loss(cfg, labels).to(self.device)
         shard = len(train_data) // self.dist.world_size
         self.steps_per_epoch = -(-shard // cfg.batch_size)
@@ -291,7 +291,7 @@ class Trainer:
     def _batches(self, data: Any, batch_size: int, *, shuffle: bool, epoch: int = 0, start_batch: int = 0):
         workers = self.config.num_workers
         if workers == "auto":
-            workers = min(4, (os.cpu_count() or 1) // 2)
+            workers = None  # the data's own choice (iterate_batches)
         return iterate_batches(
             data, batch_size, shuffle=shuffle, seed=self.seed, epoch=epoch, start_batch=start_batch,
             device=self.device, num_workers=workers, rank=self.dist.rank, world_size=self.dist.world_size,
