@@ -7,6 +7,9 @@ the training tensor's size, side by side in one process.
   uint8     the current path: the split stays uint8 as stored; each gathered batch is
             converted and normalised on the device (deepworks.data.ToInput, one multiply-add)
 
+First the data side alone (one shuffled pass of training batches, no model, medians of 10), then
+the epochs.
+
 Both train the reference CNN (benchmarks/configs/reference-cnn.yaml, deepworks defaults: bf16
 autocast + channels_last where the CPU has native bf16) with the same seed on the same pixels,
 through the same Trainer, so they must also reach the same accuracy. Variants run in ABBA order
@@ -28,6 +31,7 @@ import torch
 
 from deepworks.config import load_config
 from deepworks.data import TensorData
+from deepworks.data.loaders import iterate_batches
 from deepworks.models.registry import model_from_config
 from deepworks.pipeline import prepare_data
 from deepworks.train import Trainer
@@ -64,6 +68,19 @@ def run_variant(name: str, cfg, data, epochs: int) -> dict:
     return row
 
 
+def time_batches(data, repeats: int = 5) -> dict:
+    """The data side alone: one shuffled pass of iterate_batches over the training split (batch
+    128), float32 gather versus uint8 gather + convert/normalise, no model."""
+    out = {}
+    variants = {"float32": TensorData(data.train.inputs(), data.train.y), "uint8": data.train}
+    for name in ("float32", "uint8", "uint8", "float32") * repeats:
+        started = time.perf_counter()
+        for xb, _ in iterate_batches(variants[name], 128, shuffle=True, seed=0, epoch=1):
+            xb.sum()  # touch the batch as a model would
+        out.setdefault(name, []).append(time.perf_counter() - started)
+    return {name: {"median_seconds": round(statistics.median(v), 4), "runs": len(v)} for name, v in out.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=2)
@@ -75,6 +92,9 @@ def main() -> None:
     machine = common.machine()
     cfg = load_config(CONFIG, {"data.root": str(common.prepare_data_root())})
     data = prepare_data(cfg)
+    batches = time_batches(data)
+    print(f"one pass of training batches, no model: float32 {batches['float32']['median_seconds']} s, "
+          f"uint8 {batches['uint8']['median_seconds']} s (medians)", flush=True)
     rows = []
     for _ in range(args.rounds):
         for name in ("float32", "uint8", "uint8", "float32"):
@@ -96,7 +116,8 @@ def main() -> None:
     print(f"uint8 / float32 epoch time: {summary['uint8_over_float32_time']:.3f}; "
           f"tensor {summary['float32_over_uint8_bytes']:.1f}x smaller", flush=True)
     common.write_json(Path(args.out), {"benchmark": "uint8_memory", "machine": machine, "epochs": args.epochs,
-                                       "rounds": args.rounds, "runs": rows, "summary": summary})
+                                       "rounds": args.rounds, "batches_alone": batches, "runs": rows,
+                                       "summary": summary})
 
 
 if __name__ == "__main__":

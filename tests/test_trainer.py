@@ -221,3 +221,14 @@ def test_without_validation_data_early_stopping_watches_training():
     history = trainer.fit((x, y))
     assert len(history) == 6  # the training loss keeps improving, so it does not stop
     assert trainer.config.monitor == "train_accuracy"
+
+
+def test_auto_eval_batch_size_shrinks_for_large_inputs():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    trainer = Trainer(model, {"progress": "none"})
+    assert trainer.eval_batch_size(28 * 28) == 512  # small images: the usual 512
+    assert trainer.eval_batch_size(3 * 224 * 224) == 111  # photos: about 64 MB of float32 input
+    assert Trainer(model, {"batch_size": 128}).eval_batch_size(3 * 512 * 512) == 128  # never below batch_size
+    assert Trainer(model, {"eval_batch_size": 1000}).eval_batch_size(3 * 224 * 224) == 1000  # a set value wins
+    with pytest.raises(ConfigError, match="eval_batch_size"):
+        Trainer(model, {"eval_batch_size": 0})

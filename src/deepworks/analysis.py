@@ -235,8 +235,9 @@ def projection(
     idx = subsample(values, max_points, seed=seed, stratified=not regression) if method == "tsne" else np.arange(len(y))
 
     model.to(resolve_device(loaded.config.train.device))
+    inputs = part.inputs(torch.from_numpy(idx))
     acts = capture_activations(
-        model, part.inputs(torch.from_numpy(idx)), name, capture=captured, batch_size=loaded.config.train.eval_batch_size
+        model, inputs, name, capture=captured, batch_size=_evaluator(loaded).eval_batch_size(inputs[0].numel())
     )  # (n, D)
     coords = project_2d(acts.numpy(), method, seed=seed)  # (n, 2)
     shown = values[idx]

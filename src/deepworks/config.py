@@ -228,7 +228,17 @@ MONITORS = ("auto", *(f"{split}_{m}" for split in ("val", "train") for m in _MET
 class TrainConfig(Strict):
     epochs: int = Field(20, ge=1, le=100_000)
     batch_size: int = Field(64, ge=1)
-    eval_batch_size: int = Field(512, ge=1)
+    eval_batch_size: int | Literal["auto"] = Field(
+        "auto", description="batch size of evaluation passes; auto: 512, fewer for large inputs (about 64 MB of "
+        "float32 input per batch, never below batch_size)"
+    )
+
+    @field_validator("eval_batch_size")
+    @classmethod
+    def _positive_eval_batch(cls, value: Any) -> Any:
+        if value != "auto" and (isinstance(value, bool) or value < 1):
+            raise ValueError("expected a whole number of at least 1, or auto")
+        return value
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="learning-rate schedule")
     warmup_steps: int = Field(0, ge=0, description="linear learning-rate warmup before the schedule")

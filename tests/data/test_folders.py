@@ -158,11 +158,18 @@ def test_the_budget_switches_to_streaming(tmp_path):
 
 
 def test_folder_with_no_readable_image(tmp_path):
+    folder = tmp_path / "junk"
     for cls in ("a", "b"):
-        (tmp_path / cls).mkdir()
-        (tmp_path / cls / "x.png").write_text("not an image")
+        (folder / cls).mkdir(parents=True)
+        (folder / cls / "x.png").write_text("not an image")
     with pytest.raises(DataError, match="none of its 2 image file"):
-        load_dataset(path=tmp_path)
+        load_dataset(path=folder)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps(config(folder)))
+    proc = subprocess.run([sys.executable, "-m", "deepworks", "train", str(cfg), "--run-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and str(folder) in proc.stderr and "none of its" in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -184,6 +191,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, override, needle):
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and needle in proc.stderr, proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if needle in line]) == 1
 
 
 # ----------------------------------------------------------------------------- the two paths agree

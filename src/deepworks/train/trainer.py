@@ -173,6 +173,15 @@ class Trainer:
         )
         return self.task.report(self._accumulate(data, self.model, precision))
 
+    def eval_batch_size(self, sample_numel: int | None = None) -> int:
+        """``train.eval_batch_size``; for auto 512 samples, fewer when one sample is large (about
+        64 MB of float32 input per batch; a 224x224 RGB photo gives 111), never below batch_size."""
+        size = self.config.eval_batch_size
+        if size != "auto":
+            return int(size)
+        numel = sample_numel or getattr(self, "_sample_numel", None) or 1
+        return max(self.config.batch_size, min(512, (64 << 20) // (4 * numel)))
+
     def log(self, message: str) -> None:
         if self.config.progress != "none" and self.dist.is_main:
             print(message, flush=True)
@@ -281,7 +290,7 @@ class Trainer:
         acc = self.task.accumulator(self.device)
         self.model.eval()
         loss_fn = self.task.eval_loss().to(self.device)  # e.g. unsmoothed: the loss reported for evaluation
-        for xb, yb in self._batches(data, self.config.eval_batch_size, shuffle=False):
+        for xb, yb in self._batches(data, self.eval_batch_size(), shuffle=False):
             loss, logits = eval_step(model, xb, yb, loss_fn, precision)
             acc.update(logits, yb, loss)
         return self._reduced(acc)
@@ -348,6 +357,7 @@ class Trainer:
     def _check_shapes(self, data: Any) -> None:
         """One forward pass before training: the model's output must fit the task's targets."""
         xb, yb = next(iterate_batches(data, min(len(data), 8), shuffle=False, device=self.device))
+        self._sample_numel = xb[0].numel()
         was_training = self.model.training
         self.model.eval()
         try:
