@@ -8,7 +8,7 @@ from deepworks.config import Config, load_config
 from deepworks.errors import CheckpointError, ConfigError, DataError, DeepworksError, ShapeError, UnknownNameError
 from deepworks.models import create_model, list_models
 from deepworks.train import Callback, EarlyStopping, Trainer
-from deepworks.pipeline import Run, cross_validate, evaluate, load_run, predict, resume, train
+from deepworks.pipeline import Run, cross_validate, evaluate, load_run, lr_find, predict, resume, train
 from deepworks.analysis import importance, projection
 from deepworks.evaluate.importance import permutation_importance
 
@@ -29,6 +29,7 @@ __all__ = [
     "evaluate",
     "predict",
     "load_run",
+    "lr_find",
     "importance",
     "projection",
     "permutation_importance",

@@ -245,6 +245,35 @@ def datasets(as_json: Annotated[bool, typer.Option("--json", help="print JSON")]
     )
 
 
+@app.command("lr-find")
+def lr_find(
+    config: Annotated[Path, typer.Argument(help="a run config (YAML)")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: key.path=value")] = None,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="the plot (PNG); a JSON goes beside it")] = None,
+    steps: Annotated[int, typer.Option("--steps", min=10, help="steps of the range test")] = 200,
+    start_lr: Annotated[float, typer.Option("--start-lr", min=0.0, help="first learning rate")] = 1e-7,
+    end_lr: Annotated[float, typer.Option("--end-lr", min=0.0, help="last learning rate")] = 10.0,
+) -> None:
+    """Learning-rate range test: loss against an exponentially growing learning rate, on a copy
+    of the model (no run directory), with a suggested learning rate."""
+    import deepworks
+
+    result = deepworks.lr_find(config, overrides=set_ or (), out=out_path, steps=steps, start_lr=start_lr, end_lr=end_lr)
+    table = Table(title=f"learning-rate range test ({result['optimizer']}, {result['steps']} steps)")
+    table.add_column("learning rate", justify="right")
+    table.add_column("smoothed loss", justify="right")
+    n = len(result["smoothed"])
+    for i in sorted({int(round(k * (n - 1) / 9)) for k in range(10)}):
+        table.add_row(f"{result['lrs'][i]:.3g}", f"{result['smoothed'][i]:.4f}")
+    out.print(table)
+    out.print(
+        f"suggested learning rate: [bold]{result['suggestion']:.3g}[/bold] (the smoothed loss was lowest at "
+        f"{result['min_lr_at']:.3g}; {result['stopped']}). Use it: --set train.optimizer.lr={result['suggestion']:.3g}, "
+        "or train.optimizer.lr: auto to run this test before training."
+    )
+    out.print(f"wrote {result['files']['png']} and {result['files']['json']}")
+
+
 @app.command()
 def importance(
     run_dir: Annotated[Path, typer.Argument(help="a tabular run directory")],

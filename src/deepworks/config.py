@@ -222,7 +222,7 @@ class EarlyStoppingConfig(Strict):
 # every task's metrics (classification, then regression); the Trainer checks that the
 # monitored one belongs to the run's task
 _METRICS = ("loss", "accuracy", "macro_precision", "macro_recall", "macro_f1", "mae", "rmse", "r2")
-MONITORS = ("auto", *(f"{split}_{m}" for split in ("val", "train") for m in _METRICS))
+MONITORS = ("auto", "last", *(f"{split}_{m}" for split in ("val", "train") for m in _METRICS))
 
 
 class TrainConfig(Strict):
@@ -255,7 +255,8 @@ class TrainConfig(Strict):
     )
     early_stopping: EarlyStoppingConfig | None = None
     monitor: str = Field(
-        "auto", description="metric that picks the best model; auto: val_accuracy (classification), val_loss (regression)"
+        "auto", description="metric that picks the best model; auto: val_accuracy (classification), val_loss "
+        "(regression); last: keep the final weights"
     )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     deterministic: bool = Field(True, description="bitwise-reproducible runs (slower on some GPUs)")
@@ -301,6 +302,11 @@ class TrainConfig(Strict):
     @model_validator(mode="after")
     def _early_monitor(self) -> TrainConfig:
         if self.early_stopping is not None:
+            if self.early_stopping.monitor == "last":
+                raise ValueError(
+                    "train.early_stopping.monitor: 'last' keeps the final weights and watches nothing; "
+                    "early stopping needs a metric such as val_loss"
+                )
             _check_monitor(self.early_stopping.monitor)
         return self
 
@@ -310,6 +316,14 @@ def _check_monitor(value: str) -> None:
         hint = close_matches(value, MONITORS)
         extra = f" Did you mean {hint[0]!r}?" if hint else ""
         raise ValueError(f"unknown metric {value!r}.{extra} Choose one of: {', '.join(MONITORS)}")
+
+
+# A softmax classifier is multinomial logistic regression, a convex problem: full-batch L-BFGS
+# solves it to the optimum, and l2 1e-3 is scikit-learn's LogisticRegression default (C=1) for
+# about a thousand training samples (l2 = 1 / (C * n_train)).
+FAMILY_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "softmax": {"optimizer": {"name": "lbfgs"}, "l2": 1e-3},
+}
 
 
 class Config(Strict):
@@ -328,6 +342,30 @@ class Config(Strict):
             path = str(data.get("path") or "")
             if data.get("dataset") == "csv" or path.lower().endswith((".csv", ".parquet", ".pq")):
                 value = {**value, "model": {"name": "mlp"}}
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_train_defaults(cls, value: Any) -> Any:
+        # training defaults of a model family, for the keys the config leaves unset (recorded in
+        # the resolved config.yaml like any other value)
+        if not isinstance(value, dict):
+            return value
+        model = value.get("model")
+        name = model if isinstance(model, str) else model.get("name") if isinstance(model, dict) else None
+        defaults = FAMILY_TRAIN_DEFAULTS.get(name)
+        train = value.get("train") if value.get("train") is not None else {}
+        if defaults and isinstance(train, dict):
+            merged = dict(defaults)
+            for key, given in train.items():
+                base = merged.get(key)
+                if isinstance(base, dict) and isinstance(given, dict) and "name" not in given:
+                    merged[key] = {**base, **given}  # optimizer: {lr: 0.5} tunes the family's optimizer
+                elif isinstance(base, dict) and isinstance(given, str):
+                    merged[key] = given  # optimizer: sgd replaces it
+                else:
+                    merged[key] = given
+            value = {**value, "train": merged}
         return value
 
     @field_validator("name")

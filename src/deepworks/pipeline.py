@@ -39,7 +39,10 @@ from deepworks.runtime import barrier, broadcast_object, distributed_context
 from deepworks.train import Callback, Trainer, load_model_weights
 from deepworks.train.tasks import Classification, Regression, Task, task_from_record
 
-__all__ = ["Run", "PreparedData", "prepare_data", "train", "cross_validate", "resume", "evaluate", "predict", "load_run"]
+__all__ = [
+    "Run", "PreparedData", "prepare_data", "train", "cross_validate", "resume", "evaluate", "predict", "load_run",
+    "lr_find",
+]
 
 
 @dataclass
@@ -297,7 +300,8 @@ def train(
     data = prepare_data(cfg)
     torch.manual_seed(cfg.seed)  # the model's initial weights
     model = model_from_config(cfg.model, data.input_shape, data.task.output_size())
-    _augment(cfg, data)  # refuse a bad data.augment before the run directory exists
+    augment = _augment(cfg, data)  # refuse a bad data.augment before the run directory exists
+    cfg, found = _resolve_lr(cfg, data, model, augment)
     # under torchrun every process must use the directory rank 0 names
     run = RunDir(broadcast_object(str(run_dir or new_run_dir(cfg.name, runs_root))))
     if run.checkpoint.exists() or run.summary.exists():
@@ -311,7 +315,74 @@ def train(
         atomic_write(run.config, dump_config(cfg))
         run.write_json(run.data, data.info)
         print(f"run directory: {run.path}", flush=True)
+        if found is not None:
+            _write_lr_find(run, found, cfg.name)
     return _fit(cfg, data, model, run, resume=False, callbacks=callbacks)
+
+
+def _resolve_lr(cfg: Config, data: PreparedData, model: nn.Module, augment: Any) -> tuple[Config, Any]:
+    """``train.optimizer.lr: auto``: a learning-rate range test on a copy of the model, on the
+    training split; the resolved config records the chosen number."""
+    if cfg.train.optimizer.params.get("lr") != "auto":
+        return cfg, None
+    from deepworks.train.lr_finder import find_lr
+
+    result = broadcast_object(
+        find_lr(model, data.train, cfg.train, task=data.task, seed=cfg.seed, augment=augment)
+    )  # every process trains with rank 0's choice
+    print(f"lr: auto -> {result.suggestion:.3g} (learning-rate range test over {result.steps} steps; "
+          f"the loss was lowest at {result.min_lr_at:.3g}; a tenth of that is taken)", flush=True)
+    return load_config(cfg, {"train.optimizer.lr": float(f"{result.suggestion:.3g}")}), result
+
+
+def _write_lr_find(run: RunDir, result: Any, name: str) -> None:
+    _save_lr_find(result, run.path / "lr_find.png", name)
+
+
+def _save_lr_find(result: Any, png: Path, name: str) -> dict[str, str]:
+    """The range test as ``png`` and, beside it, the same stem ``.json``."""
+    import io
+
+    from deepworks.train.lr_finder import plot_lr_find
+
+    buffer = io.BytesIO()
+    plot_lr_find(result, title=f"{name}: learning-rate range test").savefig(buffer, format="png", dpi=120)
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(png, buffer.getvalue())
+    table = png.with_suffix(".json")
+    RunDir(png.parent).write_json(table, result.to_dict())
+    return {"png": str(png), "json": str(table)}
+
+
+def lr_find(
+    config: str | Path | dict | Config,
+    *,
+    out: str | Path | None = None,
+    steps: int = 200,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    overrides: Any = (),
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """The learning-rate range test of a config, with no run directory: the config's data,
+    model, optimizer, batch size and penalties; the learning rate grows from ``start_lr`` to
+    ``end_lr`` over ``steps`` steps on a copy of the model. Writes the plot to ``out``
+    (default ``lr-find-<name>.png`` in the working directory) and a JSON beside it; returns
+    the suggestion, where the smoothed loss was lowest, the curve and the files."""
+    cfg = load_config(config, _merge_kwargs(overrides, kwargs))
+    from deepworks.train.lr_finder import find_lr
+
+    data = prepare_data(cfg)
+    torch.manual_seed(cfg.seed)
+    model = model_from_config(cfg.model, data.input_shape, data.task.output_size())
+    train_cfg = cfg.train
+    if train_cfg.optimizer.params.get("lr") == "auto":  # the number is what the test finds
+        train_cfg = load_config(cfg, {"train.optimizer.lr": 1e-3}).train
+    result = find_lr(model, data.train, train_cfg, task=data.task, seed=cfg.seed, augment=_augment(cfg, data),
+                     steps=steps, start_lr=start_lr, end_lr=end_lr)
+    files = _save_lr_find(result, Path(out) if out is not None else Path(f"lr-find-{cfg.name}.png"), cfg.name)
+    return {**result.to_dict(), "files": files}
 
 
 def cross_validate(
@@ -389,6 +460,10 @@ def resume(run_dir: str | Path) -> Run:
     _check_same_data(run, data)
     torch.manual_seed(cfg.seed)
     model = model_from_config(cfg.model, data.input_shape, data.task.output_size())
+    if not run.checkpoint.exists():  # killed before its first checkpoint: nothing to lose, start it again
+        print(f"{run.path}: no checkpoint yet (stopped before the first one); starting the run again from its "
+              "config.yaml.", flush=True)
+        return _fit(cfg, data, model, run, resume=False)
     return _fit(cfg, data, model, run, resume=True)
 
 

@@ -13,18 +13,20 @@ holds the defaults and ranges, so a config block such as
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from deepworks.registry import Registry
 
-__all__ = ["OPTIMIZERS", "FUSED", "build_optimizer"]
+__all__ = ["OPTIMIZERS", "FUSED", "FULL_BATCH", "build_optimizer"]
 
 OPTIMIZERS: Registry = Registry("optimizer")
 
 Beta = Annotated[float, Field(ge=0, lt=1)]
+# a learning rate, or auto: found by a range test before training (deepworks.train.lr_finder)
+LR = Annotated[float, Field(gt=0)] | Literal["auto"]
 
 
 class _Params(BaseModel):
@@ -32,7 +34,7 @@ class _Params(BaseModel):
 
 
 class SGDParams(_Params):
-    lr: float = Field(0.01, gt=0)
+    lr: LR = Field(0.01, description="learning rate, or auto (a range test picks it)")
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = Field(False, description="Nesterov momentum (needs momentum > 0 and dampening 0)")
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty added to the gradient")
@@ -40,7 +42,7 @@ class SGDParams(_Params):
 
 
 class AdamParams(_Params):
-    lr: float = Field(1e-3, gt=0)
+    lr: LR = Field(1e-3, description="learning rate, or auto (a range test picks it)")
     betas: tuple[Beta, Beta] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty added to the gradient (coupled, as in Adam)")
@@ -48,7 +50,7 @@ class AdamParams(_Params):
 
 
 class AdamWParams(_Params):
-    lr: float = Field(1e-3, gt=0)
+    lr: LR = Field(1e-3, description="learning rate, or auto (a range test picks it)")
     weight_decay: float = Field(0.01, ge=0, description="decoupled weight decay")
     betas: tuple[Beta, Beta] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
@@ -56,12 +58,21 @@ class AdamWParams(_Params):
 
 
 class RMSpropParams(_Params):
-    lr: float = Field(1e-3, gt=0)
+    lr: LR = Field(1e-3, description="learning rate, or auto (a range test picks it)")
     alpha: float = Field(0.99, ge=0, lt=1, description="smoothing constant of the squared-gradient average")
     eps: float = Field(1e-8, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     centered: bool = Field(False, description="normalise by the estimated gradient variance")
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty added to the gradient")
+
+
+class LBFGSParams(_Params):
+    lr: float = Field(1.0, gt=0, description="step length before the line search (1 is L-BFGS' natural step)")
+    max_iter: int = Field(20, ge=1, description="L-BFGS iterations per epoch (each epoch is one full-batch step)")
+    history_size: int = Field(100, ge=1, description="curvature pairs kept")
+    tolerance_grad: float = Field(1e-7, ge=0, description="stop when the largest gradient entry is below this")
+    tolerance_change: float = Field(1e-9, ge=0, description="stop when the loss or step changes less than this")
+    line_search_fn: Literal["strong_wolfe"] | None = Field("strong_wolfe", description="strong_wolfe or null")
 
 
 @OPTIMIZERS.register("sgd", params=SGDParams, description="stochastic gradient descent with momentum")
@@ -92,6 +103,17 @@ def adamw(params: Iterable, **kw) -> torch.optim.Optimizer:
 @OPTIMIZERS.register("rmsprop", params=RMSpropParams, description="RMSprop")
 def rmsprop(params: Iterable, **kw) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(params, **kw)
+
+
+@OPTIMIZERS.register(
+    "lbfgs", params=LBFGSParams,
+    description="L-BFGS with a strong-Wolfe line search on the full batch: for softmax and other small convex problems",
+)
+def lbfgs(params: Iterable, **kw) -> torch.optim.Optimizer:
+    return torch.optim.LBFGS(params, **kw)
+
+
+FULL_BATCH = {"lbfgs"}  # optimizers that take the whole training set as one batch (a closure per step)
 
 
 def build_optimizer(name: str, params: Iterable, device: torch.device | str = "cpu", **kw) -> torch.optim.Optimizer:

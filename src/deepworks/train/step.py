@@ -33,6 +33,8 @@ def train_step(
     ``penalty`` adds an explicit regulariser (L1/L2) to the loss that is differentiated;
     ``inspect_grads`` sees the raw gradients before ``clip_grad_norm`` rescales them.
     """
+    if isinstance(optimizer, torch.optim.LBFGS):  # re-evaluates the loss during its line search
+        return _closure_step(model, x, y, optimizer, loss_fn, precision, penalty, clip_grad_norm, inspect_grads)
     optimizer.zero_grad(set_to_none=True)
     with precision.autocast():
         logits = model(precision.memory_format(x))  # (B, K)
@@ -66,3 +68,31 @@ def eval_step(
         logits = model(precision.memory_format(x))
     logits = logits.float()
     return loss_fn(logits, y), logits
+
+
+def _closure_step(model, x, y, optimizer, loss_fn, precision, penalty, clip_grad_norm, inspect_grads):
+    """One step of an optimizer that evaluates the objective itself (L-BFGS): it calls the
+    closure once per function evaluation of its line search. Returns the data loss and logits
+    at the point the step started from, like a gradient step."""
+    first: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        with precision.autocast():
+            logits = model(precision.memory_format(x))
+        loss = loss_fn(logits.float(), y)
+        objective = loss + penalty() if penalty is not None else loss
+        objective.backward()
+        if not first:
+            first.append((loss.detach(), logits.detach()))
+            if inspect_grads is not None:
+                inspect_grads()
+        if clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(
+                [p for group in optimizer.param_groups for p in group["params"]], clip_grad_norm
+            )
+        return objective
+
+    optimizer.step(closure)
+    return first[0]
+

@@ -101,6 +101,8 @@ class Task:
         """``auto`` -> the default monitor; a metric of another task is a ConfigError."""
         if monitor == "auto":
             return self.default_monitor
+        if monitor == "last":  # keep the final weights: nothing is compared
+            return monitor
         split, _, metric = monitor.partition("_")
         if metric not in self.metrics:
             valid = ", ".join(f"{s}_{m}" for s in ("val", "train") for m in self.metrics)

@@ -23,7 +23,7 @@ import yaml
 from pydantic import ValidationError
 from torch import nn
 
-from deepworks.config import TrainConfig, format_errors, resolve_components
+from deepworks.config import OptimizerConfig, TrainConfig, format_errors, resolve_components
 from deepworks.data.loaders import TensorData, as_data, iterate_batches
 from deepworks.errors import CheckpointError, ConfigError, ShapeError, TrainingError
 from deepworks.runs import CHECKPOINT_FORMAT, RunDir, atomic_write, load_tensors, pack_state, save_tensors, unpack_state, versions
@@ -39,7 +39,7 @@ from deepworks.runtime import (
 )
 from deepworks.train.callbacks import Callback, EarlyStopping, ProgressLogger, better
 from deepworks.train.gradients import GradientMonitor, first_nonfinite_layer
-from deepworks.train.optim import build_optimizer
+from deepworks.train.optim import FULL_BATCH, build_optimizer
 from deepworks.train.regularization import penalized_weights, weight_penalty
 from deepworks.train.schedules import build_schedule
 from deepworks.train.step import eval_step, train_step
@@ -118,6 +118,7 @@ class Trainer:
         self.wall_seconds = 0.0
         self._accumulator: Any = None  # the task's metric accumulator for the running epoch
         self.summary: dict[str, Any] = {}
+        self.lr_find: Any = None  # the range test's result when lr is auto
 
     # ------------------------------------------------------------------ public
 
@@ -133,6 +134,8 @@ class Trainer:
         set_deterministic(cfg.deterministic)
         train_data = self._to_device(as_data(train, "train data", self.task.targets))
         val_data = self._to_device(as_data(val, "validation data", self.task.targets)) if val is not None else None
+        if cfg.optimizer.params.get("lr") == "auto":
+            cfg = self._find_lr(train_data)
         if val_data is None and cfg.monitor.startswith("val_"):
             # without validation data the best model is judged on the training metrics
             cfg = self.config = cfg.model_copy(update={"monitor": cfg.monitor.replace("val_", "train_", 1)})
@@ -161,6 +164,20 @@ class Trainer:
         if self.run is not None:
             self._write_summary(train_data, val_data)
         return self.history
+
+    def _find_lr(self, train_data: Any) -> TrainConfig:
+        """``lr: auto``: a range test on a copy of the model picks the learning rate (see
+        :mod:`deepworks.train.lr_finder`); the run's config then holds the number."""
+        from deepworks.train.lr_finder import find_lr
+
+        result = find_lr(self.model, train_data, self.config, task=self.task, seed=self.seed, augment=self.augment)
+        self.lr_find = result
+        optimizer = OptimizerConfig.model_validate(
+            {"name": self.config.optimizer.name, **self.config.optimizer.params, "lr": result.suggestion}
+        )
+        self.config = self.config.model_copy(update={"optimizer": optimizer})
+        self.log(f"lr: auto -> {result.suggestion:.3g} (learning-rate range test, {result.steps} steps)")
+        return self.config
 
     def evaluate(self, data: Any) -> dict[str, Any]:
         """The task's full report on ``data``: for classification accuracy, per-class and macro
@@ -193,7 +210,16 @@ class Trainer:
         cfg = self.config
         self.model.to(self.device)
         self._check_shapes(train_data)
-        self.precision = resolve_precision(cfg.precision, self.device, self.model, cfg.channels_last)
+        full_batch = cfg.optimizer.name in FULL_BATCH
+        if full_batch and cfg.precision in ("bf16", "fp16"):
+            raise ConfigError(
+                f"train.precision: {cfg.precision} with train.optimizer: {cfg.optimizer.name}: its line search needs "
+                "exact loss values. Fix: train.precision: fp32 (or auto)."
+            )
+        # auto: a line search on a low-precision loss stalls, so full-batch optimizers run in fp32
+        self.precision = resolve_precision(
+            "fp32" if full_batch else cfg.precision, self.device, self.model, "off" if full_batch else cfg.channels_last
+        )
         if self.precision.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
@@ -204,14 +230,27 @@ class Trainer:
         labels = labels if isinstance(labels, torch.Tensor) else None
         self.loss_fn = self.task.loss(cfg, labels).to(self.device)
         shard = len(train_data) // self.dist.world_size
-        self.steps_per_epoch = -(-shard // cfg.batch_size)
+        # full-batch optimizers (L-BFGS) take the whole shard as one batch: one step per epoch
+        self.train_batch_size = max(1, shard) if cfg.optimizer.name in FULL_BATCH else cfg.batch_size
+        self.steps_per_epoch = -(-shard // self.train_batch_size)
         self.forward_model = self._maybe_compile(self._maybe_ddp(), self.steps_per_epoch * cfg.epochs)
         self.schedule = build_schedule(
             cfg.schedule.name, self.optimizer, steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs,
             warmup_steps=cfg.warmup_steps, **cfg.schedule.params,
         )
         weights = penalized_weights(self.model)
-        self.penalty = (lambda: weight_penalty(weights, cfg.l1, cfg.l2)) if (cfg.l1 or cfg.l2) else None
+        self.penalty = None
+        if cfg.l1 or cfg.l2:
+            def penalty() -> torch.Tensor:
+                value = weight_penalty(weights, cfg.l1, cfg.l2)
+                if self._step_penalty is None:  # the step's starting point (L-BFGS evaluates several)
+                    self._step_penalty = value.detach()
+                return value
+
+            self.penalty = penalty
+        wide = torch.float64 if self.device.type != "mps" else torch.float32  # mps has no float64
+        self._penalty_sum = torch.zeros((), dtype=wide, device=self.device)  # logged as train_objective - train_loss
+        self._step_penalty: torch.Tensor | None = None
         self.gradients = GradientMonitor(self.model, cfg.log_gradients) if cfg.log_gradients else None
         # evaluation shards differ in size across processes, so it runs outside DDP
         self.eval_model = self.model if self.dist.enabled else self.forward_model
@@ -227,7 +266,9 @@ class Trainer:
             cb.on_epoch_begin(self, epoch)
         self.model.train()
         acc = self._accumulator
-        batches = self._batches(train_data, cfg.batch_size, shuffle=True, epoch=epoch, start_batch=self.step_in_epoch)
+        batches = self._batches(
+            train_data, self.train_batch_size, shuffle=True, epoch=epoch, start_batch=self.step_in_epoch
+        )
         for xb, yb in batches:
             if self.augment is not None:  # seeded by (epoch, batch index in the epoch, rank): resumes exactly
                 xb = self.augment(xb, epoch=epoch, step=self.step_in_epoch, rank=self.dist.rank)
@@ -243,6 +284,9 @@ class Trainer:
             if (self.device.type == "cpu" or step % 50 == 0) and not bool(torch.isfinite(loss)):
                 self._diverged(step, epoch, xb)
             acc.update(logits, yb, loss)
+            if self._step_penalty is not None:
+                self._penalty_sum += self._step_penalty.to(self._penalty_sum.dtype)
+                self._step_penalty = None
             self.schedule.step_batch()
             self.step_in_epoch += 1
             self.global_step += 1
@@ -255,6 +299,10 @@ class Trainer:
 
         logs: dict[str, Any] = {"epoch": epoch}
         logs.update({f"train_{k}": v for k, v in self._reduced(acc).compute().items()})
+        if self.penalty is not None and self.steps_per_epoch:
+            # what the optimizer minimised: the data loss plus the mean L1/L2 penalty of the epoch's steps
+            logs["train_objective"] = logs["train_loss"] + float(self._penalty_sum) / self.steps_per_epoch
+            logs["train_penalty"] = float(self._penalty_sum) / self.steps_per_epoch
         if val_data is not None:
             report = self._evaluate_data(val_data)
             logs.update({f"val_{k}": report[k] for k in self.task.metrics})
@@ -263,12 +311,14 @@ class Trainer:
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
         self.schedule.step_epoch(logs)
         value = logs.get(cfg.monitor)
-        logs["best"] = better(cfg.monitor, "auto", value, self.best)
+        # monitor "last": every epoch's weights replace the kept ones, so the final weights are kept
+        logs["best"] = cfg.monitor == "last" or better(cfg.monitor, "auto", value, self.best)
         if logs["best"]:
             self.best, self.best_epoch = value, epoch
             self._save_best()
         self.epoch, self.step_in_epoch = epoch, 0
         acc.reset()
+        self._penalty_sum.zero_()
         self.wall_seconds += time.perf_counter() - segment
         logs["seconds"] = round(time.perf_counter() - started, 3)
         for cb in self.callbacks:
@@ -410,6 +460,7 @@ class Trainer:
             "schedule": pack_state(self.schedule.state_dict(), tensors, "schedule"),
             "gradients": self.gradients.state_dict() if self.gradients else None,
             "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "penalty_sum": float(self._penalty_sum),
         }
         save_tensors(self.run.checkpoint, tensors, metadata={"format": CHECKPOINT_FORMAT, "state": json.dumps(state)})
 
@@ -448,6 +499,7 @@ class Trainer:
             self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
             self.global_step, self.wall_seconds = int(state["global_step"]), float(state["wall_seconds"])
             self.best, self.best_epoch = state["best"], state["best_epoch"]
+            self._penalty_sum.fill_(float(state.get("penalty_sum", 0.0)))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(
                 f"{path}: the checkpoint does not match this run's model or is damaged "
