@@ -1,7 +1,8 @@
-"""DDP with torchrun: 2 CPU processes on gloo match one process, evaluate each sample once, and resume."""
+"""DDP with torchrun: 2 CPU processes on gloo match one process, evaluate each sample once, and resume exactly."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,7 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples/configs/quickstart.yaml"
@@ -56,25 +60,73 @@ def test_two_processes_match_one_and_count_every_test_sample_once(tmp_path):
     assert [json.loads(l)["epoch"] for l in lines] == list(range(1, 9))  # one writer
 
 
+def descendants(pid):
+    """Every process below ``pid``. torchrun starts each worker in a session of its own, so
+    killing the launcher's process group leaves the workers running."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()  # after the command name
+        except OSError:  # the process has gone
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def checkpoint_state(path):
+    if not path.exists():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["state"])
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the torchrun workers in /proc")
 def test_ddp_run_resumes_after_kill(tmp_path):
+    # 79 steps an epoch (1257 samples, 2 processes x 8); a checkpoint every 30 steps and at each epoch's end
+    common = [str(CONFIG), *COMMON, "--set", "train.epochs=4", "--set", "train.batch_size=8",
+              "--set", "train.checkpoint_every_steps=30", "--nproc", "2"]
+    cli("train", *common, "--run-dir", tmp_path / "full")
+
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "deepworks", "train", str(CONFIG), *COMMON, "--set", "train.epochs=4",
-            "--set", "train.batch_size=8", "--nproc", "2", "--run-dir", str(run)]
+    args = [sys.executable, "-m", "deepworks", "train", *common, "--run-dir", str(run)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    metrics = run / "metrics.jsonl"
+    ckpt = run / "checkpoints" / "last.safetensors"
     deadline = time.time() + 240
+    # kill once a checkpoint inside epoch 2 is written: the workers are mid-epoch, with running
+    # metric sums on both ranks
     while time.time() < deadline and proc.poll() is None:
-        # epoch 1 is logged and its checkpoint written (the log line comes first)
-        if metrics.exists() and metrics.read_text().count("\n") >= 1 and (run / "checkpoints" / "last.safetensors").exists():
+        state = checkpoint_state(ckpt)
+        if state is not None and state["epoch"] >= 1 and state["step_in_epoch"] > 0:
             break
-        time.sleep(0.01)
+        time.sleep(0.005)
     assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
+    for pid in [proc.pid, *descendants(proc.pid)]:  # the CLI, torchrun and both workers, at once
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
     time.sleep(0.5)
     assert not (run / "summary.json").exists()
+    state = checkpoint_state(ckpt)
+    assert state["epoch"] < 4 and state["step_in_epoch"] > 0, state  # what resume starts from
     cli("train", "--resume", run, "--nproc", "2")
     s = summary(run)
     assert s["epochs_run"] == 4 and s["test"]["support"] == 270
-    epochs = [json.loads(l)["epoch"] for l in metrics.read_text().splitlines()]
-    assert epochs == [1, 2, 3, 4]
+    # both processes resume their own random streams, data shards and metric sums: the weights and
+    # every logged figure are those of the run that was never killed, bit for bit
+    for name in ("model.safetensors", "checkpoints/last.safetensors"):
+        full, resumed = load_file(tmp_path / "full" / name), load_file(run / name)
+        assert full.keys() == resumed.keys(), name
+        differ = [k for k in full if not torch.equal(full[k], resumed[k])]
+        assert not differ, (name, differ)
+    assert summary(tmp_path / "full")["test"] == s["test"]
+
+    def logged(path):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in path.read_text().splitlines()]
+
+    assert [r["epoch"] for r in logged(run / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert logged(run / "metrics.jsonl") == logged(tmp_path / "full" / "metrics.jsonl")

@@ -21,10 +21,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from deepworks.errors import ConfigError, DeepworksError, UnknownNameError, close_matches
 from deepworks.registry import Registry
@@ -77,21 +78,40 @@ class Component(BaseModel):
 
 
 class ColumnConfig(Strict):
+    # order comes before kind so that kind's check sees it: every error then lands on the key
+    # that was written (data.columns.<name>.kind or .order), not on the column as a whole
+    order: list[str] | None = Field(None, description="ordinal: the values from lowest to highest")
     kind: Literal["numeric", "categorical", "ordinal", "datetime", "id", "ignore"] | None = Field(
         None, description="how the column is used; default: detected on the training split"
     )
-    order: list[str] | None = Field(None, description="ordinal: the values from lowest to highest")
     scaling: Literal["standard", "minmax", "none"] | None = Field(None, description="default: data.scaling")
 
-    @model_validator(mode="after")
-    def _order_for_ordinal(self) -> ColumnConfig:
-        if self.kind == "ordinal" and not self.order:
+    @model_validator(mode="before")
+    @classmethod
+    def _order_means_ordinal(cls, value: Any) -> Any:
+        # `order: [...]` alone makes the column ordinal
+        if isinstance(value, dict) and value.get("order") is not None and value.get("kind") is None:
+            return {**value, "kind": "ordinal"}
+        return value
+
+    @field_validator("order")
+    @classmethod
+    def _some_values(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("expected the column's values from lowest to highest, e.g. [low, medium, high]")
+        return value
+
+    @field_validator("kind")
+    @classmethod
+    def _order_for_ordinal(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if "order" not in info.data:  # order itself failed; its own error says why
+            return value
+        order = info.data["order"]
+        if value == "ordinal" and order is None:
             raise ValueError("an ordinal column needs order: [its values from lowest to highest]")
-        if self.order is not None and self.kind not in ("ordinal", None):
-            raise ValueError(f"order is for ordinal columns; this one is {self.kind}")
-        if self.order is not None and self.kind is None:
-            self.kind = "ordinal"
-        return self
+        if value not in ("ordinal", None) and order is not None:
+            raise ValueError(f"order is for ordinal columns; this one is {value} (remove order, or use kind: ordinal)")
+        return value
 
 
 class DataConfig(Strict):
@@ -218,6 +238,16 @@ class EarlyStoppingConfig(Strict):
     min_delta: float = Field(0.0, ge=0, description="smallest change that counts as improvement")
     mode: Literal["auto", "min", "max"] = "auto"
 
+    @field_validator("monitor")
+    @classmethod
+    def _known_monitor(cls, value: str) -> str:
+        # checked here, not in TrainConfig, so the error names train.early_stopping.monitor
+        if value == "last":
+            raise ValueError("'last' keeps the final weights and watches nothing; early stopping needs a metric "
+                             "such as val_loss")
+        _check_monitor(value)
+        return value
+
 
 # every task's metrics (classification, then regression); the Trainer checks that the
 # monitored one belongs to the run's task
@@ -298,17 +328,6 @@ class TrainConfig(Strict):
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
             raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps, got {value!r}")
         return value
-
-    @model_validator(mode="after")
-    def _early_monitor(self) -> TrainConfig:
-        if self.early_stopping is not None:
-            if self.early_stopping.monitor == "last":
-                raise ValueError(
-                    "train.early_stopping.monitor: 'last' keeps the final weights and watches nothing; "
-                    "early stopping needs a metric such as val_loss"
-                )
-            _check_monitor(self.early_stopping.monitor)
-        return self
 
 
 def _check_monitor(value: str) -> None:
@@ -690,7 +709,7 @@ def format_errors(
 ) -> str:
     lines = []
     for err in errors:
-        loc = tuple(str(p) for p in err.get("loc", ()) if not _is_union_tag(p))
+        loc = _key_parts(err.get("loc", ()), schema or Config)
         key = ".".join(prefix + loc) or "(top level)"
         if err.get("type") == "extra_forbidden":
             parent_schema = _schema_at(schema or Config, loc[:-1])
@@ -714,6 +733,70 @@ def format_errors(
     if not header:
         return body
     return f"{origin}: invalid config.\n{body}\nFix these keys in the file or in --set."
+
+
+def _key_parts(loc: Sequence[Any], schema: type[BaseModel]) -> tuple[str, ...]:
+    """The key path of a pydantic error location: ``loc`` without the member tags pydantic adds
+    inside a union (``'int'``, ``"literal['auto']"``, ``'dict[str,float]'``).
+
+    The tags are found by following ``schema`` along ``loc``, so a key the user wrote is kept
+    even when it is named like one (a key ``none`` under ``data`` is ``data.none``). Where the
+    schema cannot be followed (a key it does not know, a value of any type) tags are recognised
+    by their look.
+    """
+    parts: list[str] = []
+    annotation: Any = schema
+    for i, part in enumerate(loc):
+        if annotation is None:  # lost the schema: fall back to recognising tags by their look
+            parts += [str(p) for p in loc[i:] if not _is_union_tag(p)]
+            break
+        members = _union_members(annotation)
+        if len(members) > 1:  # this part is the tag of the member that failed
+            annotation = _member_for_tag(members, part)
+            continue
+        annotation = members[0] if members else annotation
+        parts.append(str(part))
+        annotation = _child_annotation(annotation, part)
+    return tuple(parts)
+
+
+def _union_members(annotation: Any) -> list[Any]:
+    """The members of a union other than None (``[X]`` for ``X | None``); [] when not a union."""
+    annotation = _unannotated(annotation)
+    if get_origin(annotation) not in (Union, UnionType):
+        return []
+    return [_unannotated(a) for a in get_args(annotation) if a is not type(None)]
+
+
+def _member_for_tag(members: list[Any], tag: Any) -> Any:
+    for member in members:
+        origin = get_origin(member)
+        name = "literal" if origin is Literal else getattr(origin or member, "__name__", "")
+        if str(tag) == name or str(tag).startswith(f"{name}["):
+            return member
+    return None
+
+
+def _child_annotation(annotation: Any, part: Any) -> Any:
+    """The annotation of the value at key or index ``part`` inside a value of ``annotation``."""
+    annotation = _unannotated(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(str(part))
+        return field.annotation if field is not None else None
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (dict, Mapping) and len(args) == 2:
+        return args[1]
+    if origin in (list, set, Sequence) and args:
+        return args[0]
+    if origin is tuple and args:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return args[0]
+        return args[int(part)] if isinstance(part, int) and 0 <= part < len(args) else None
+    return None
+
+
+def _unannotated(annotation: Any) -> Any:
+    return get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
 
 
 def _is_union_tag(part: Any) -> bool:
