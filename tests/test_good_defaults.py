@@ -148,7 +148,7 @@ def test_lr_find_is_stable_across_seeds_and_leaves_no_trace(tmp_path, monkeypatc
         result = find_lr(model, data.train, cfg.train, task=data.task, seed=seed)
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # a copy trained
         assert torch.equal(rng, torch.get_rng_state())
-        assert result.suggestion == pytest.approx(result.min_lr_at / 10)
+        assert result.suggestion < result.min_lr_at  # on the descent, before the loss bottoms out
         assert result.lrs[0] == pytest.approx(1e-7) and result.lrs == sorted(result.lrs)
         suggestions.append(result.suggestion)
     assert max(suggestions) / min(suggestions) < 2.0, suggestions
@@ -178,3 +178,92 @@ def test_lr_auto_with_the_trainer_alone():
                                                "progress": "none"})
     trainer.fit((x, y))
     assert trainer.config.optimizer.params["lr"] == trainer.lr_find.suggestion > 0
+
+
+def test_valley_rule_on_a_known_curve():
+    from deepworks.train.lr_finder import valley
+
+    lrs = [10.0 ** (k / 10) for k in range(-70, 11)]  # 1e-7 .. 10
+    # flat until 1e-4, a steady fall to 1e-1 (31 steps), then a blow-up; noise-free
+    loss = [2.0 if lr < 1e-4 else (2.0 - (len([x for x in lrs if 1e-4 <= x <= lr]) / 31) if lr <= 1e-1 else 5.0)
+            for lr in lrs]
+    # the falling stretch runs from 1e-4 to 1e-1: the rule takes the point half-way between its thirds
+    assert 1e-3 <= valley(lrs, loss) <= 1e-2
+
+
+# ----------------------------------------------------------------------------- EMA of weights
+
+
+def test_ema_keeps_the_moving_average_of_the_weights(tmp_path):
+    torch.manual_seed(0)
+    x, y = torch.randn(96, 6), torch.randint(0, 3, (96,))
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    shadow: dict[str, torch.Tensor] = {}
+
+    class ByHand(Callback):  # the average computed by hand after every step
+        def on_batch_end(self, trainer, step):
+            for k, v in trainer.model.state_dict().items():
+                shadow[k] = v.clone() if k not in shadow else 0.9 * shadow[k] + 0.1 * v
+
+    trainer = Trainer(model, {"epochs": 2, "batch_size": 32, "ema": 0.9, "monitor": "last", "progress": "none",
+                              "precision": "fp32", "optimizer": {"name": "sgd", "lr": 0.5}},
+                      run_dir=tmp_path / "run", callbacks=[ByHand()])
+    trainer.fit((x, y), (x, y))
+    kept = load_file(tmp_path / "run" / "model.safetensors")
+    assert all(torch.allclose(kept[k], shadow[k], atol=1e-6) for k in shadow)
+    live = load_file(tmp_path / "run" / "checkpoints" / "last.safetensors")
+    assert not torch.allclose(live["model.0.weight"], kept["0.weight"])  # the live weights moved on
+    # validation used the averaged weights: its loss is the loss of the kept model
+    with torch.no_grad():
+        model.load_state_dict(kept)
+        loss = torch.nn.functional.cross_entropy(model(x), y).item()
+    assert trainer.history[-1]["val_loss"] == pytest.approx(loss, rel=1e-5)
+
+
+class StopAfter(Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_batch_end(self, trainer, step):
+        if step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_ema_run_resumes_bitwise(tmp_path):
+    cfg = {**DIGITS_CNN, "model": {"name": "cnn", "filters": [8]},
+           "train": {"epochs": 2, "ema": 0.99, "checkpoint_every_steps": 5, "progress": "none"}}
+    full = deepworks.train(cfg, run_dir=tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        deepworks.train(cfg, run_dir=tmp_path / "cut", callbacks=[StopAfter(23)])  # mid-epoch 2, after step 20's checkpoint
+    deepworks.resume(tmp_path / "cut")
+    for name in ("model.safetensors", "checkpoints/last.safetensors"):
+        a, b = load_file(full.dir / name), load_file(tmp_path / "cut" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert any(k.startswith("ema.") for k in load_file(full.dir / "checkpoints" / "last.safetensors"))
+
+
+# ----------------------------------------------------------------------------- test-time flips
+
+
+def test_tta_hflip_averages_the_outputs_on_the_mirror_image(tmp_path):
+    run = deepworks.train(DIGITS_CNN, run_dir=tmp_path / "run", train={"epochs": 1, "tta": "hflip", "precision": "fp32"})
+    report = deepworks.evaluate(run.dir, split="val")
+    from deepworks.pipeline import prepare_data
+
+    data = prepare_data(run.config)
+    x, y = data.val.inputs(), data.val.y
+    model = run.model.eval()
+    with torch.no_grad():
+        by_hand = (model(x).float() + model(x.flip(-1)).float()) / 2
+    assert report["accuracy"] == pytest.approx(float((by_hand.argmax(1) == y).double().mean()), abs=1e-9)
+    loss = torch.nn.functional.cross_entropy(by_hand, y).item()
+    assert report["loss"] == pytest.approx(loss, rel=1e-4)  # the loss of the averaged outputs
+    png = tmp_path / "one.png"
+    from PIL import Image
+
+    Image.fromarray((data.val.x[0, 0].numpy() * 15).astype("uint8")).save(png)
+    out = deepworks.predict(run.dir, [png], top_k=10)[0]["top_k"]
+    assert sum(r["probability"] for r in out) == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ConfigError, match="train.tta"):
+        deepworks.train({**DIGITS_SOFTMAX, "data": {"path": "examples/data/penguins.csv", "target": "species"},
+                         "model": {"name": "mlp"}}, run_dir=tmp_path / "t", train={"epochs": 1, "tta": "hflip"})

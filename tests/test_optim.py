@@ -33,16 +33,18 @@ def defaults(name):
 def train(model, opt, steps, x, y):
     losses = []
     for _ in range(steps):
-        opt.zero_grad()
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        def closure():  # every torch optimizer takes one; L-BFGS needs it
+            opt.zero_grad()
+            value = nn.functional.mse_loss(model(x), y)
+            value.backward()
+            return value
+
+        losses.append(opt.step(closure).item())
     return losses
 
 
 def test_the_expected_optimizers_are_registered():
-    assert {"sgd", "adam", "adamw", "rmsprop"} <= set(OPTIMIZERS.names())
+    assert {"sgd", "adam", "adamw", "rmsprop", "lbfgs"} <= set(OPTIMIZERS.names())
     assert FUSED <= set(OPTIMIZERS.names())
     for name in OPTIMIZERS.names():
         assert OPTIMIZERS.entry(name).params is not None, f"{name} has no params schema"

@@ -81,10 +81,13 @@ def test_every_schedule_trains_with_every_optimizer(name, opt_name, warmup):
     losses, lrs = [], []
     for epoch in range(2):
         for _ in range(5):
-            opt.zero_grad()
-            loss = nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            opt.step()
+            def closure():  # every torch optimizer takes one; L-BFGS needs it
+                opt.zero_grad()
+                value = nn.functional.mse_loss(model(x), y)
+                value.backward()
+                return value
+
+            loss = opt.step(closure)
             schedule.step_batch()
             losses.append(loss.item())
             lrs.append(schedule.lr)

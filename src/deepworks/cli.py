@@ -267,9 +267,9 @@ def lr_find(
         table.add_row(f"{result['lrs'][i]:.3g}", f"{result['smoothed'][i]:.4f}")
     out.print(table)
     out.print(
-        f"suggested learning rate: [bold]{result['suggestion']:.3g}[/bold] (the smoothed loss was lowest at "
-        f"{result['min_lr_at']:.3g}; {result['stopped']}). Use it: --set train.optimizer.lr={result['suggestion']:.3g}, "
-        "or train.optimizer.lr: auto to run this test before training."
+        f"suggested learning rate: [bold]{result['suggestion']:.3g}[/bold] (the middle of the smoothed loss's longest "
+        f"descent; the loss was lowest at {result['min_lr_at']:.3g}; {result['stopped']}). Use it: --set "
+        f"train.optimizer.lr={result['suggestion']:.3g}, or train.optimizer.lr: auto to run this test before training."
     )
     out.print(f"wrote {result['files']['png']} and {result['files']['json']}")
 

@@ -277,6 +277,14 @@ class TrainConfig(Strict):
     l2: float = Field(0.0, ge=0, description="L2 penalty (l2/2 * sum w^2) on weights; apart from weight_decay")
     log_gradients: int | None = Field(None, ge=1, description="record per-layer gradient norms every N steps")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    tta: Literal["none", "hflip"] = Field(
+        "none", description="test-time augmentation: hflip averages the model's outputs on each image and its "
+        "mirror image in evaluation and prediction"
+    )
+    ema: float | None = Field(
+        None, gt=0, lt=1, description="keep an exponential moving average of the weights with this decay (e.g. "
+        "0.999); validation, the best model and predictions use the averaged weights"
+    )
     loss: Literal["auto", "cross_entropy", "mse", "huber"] = Field(
         "auto", description="auto: cross_entropy for classification, mse for regression"
     )

@@ -37,6 +37,7 @@ from deepworks.models.registry import model_from_config
 from deepworks.runs import RunDir, atomic_write, new_run_dir
 from deepworks.runtime import barrier, broadcast_object, distributed_context
 from deepworks.train import Callback, Trainer, load_model_weights
+from deepworks.train.step import with_tta
 from deepworks.train.tasks import Classification, Regression, Task, task_from_record
 
 __all__ = [
@@ -330,8 +331,8 @@ def _resolve_lr(cfg: Config, data: PreparedData, model: nn.Module, augment: Any)
     result = broadcast_object(
         find_lr(model, data.train, cfg.train, task=data.task, seed=cfg.seed, augment=augment)
     )  # every process trains with rank 0's choice
-    print(f"lr: auto -> {result.suggestion:.3g} (learning-rate range test over {result.steps} steps; "
-          f"the loss was lowest at {result.min_lr_at:.3g}; a tenth of that is taken)", flush=True)
+    print(f"lr: auto -> {result.suggestion:.3g} (learning-rate range test over {result.steps} steps, the middle of "
+          f"the loss curve's longest descent; lr_find.png shows it)", flush=True)
     return load_config(cfg, {"train.optimizer.lr": float(f"{result.suggestion:.3g}")}), result
 
 
@@ -600,5 +601,5 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3) -> li
     if "mean" in info and len(shape) != 3:
         batch = normalize(batch, info["mean"], info["std"])
     with torch.no_grad():
-        outputs = loaded.model(batch).float()
+        outputs = with_tta(loaded.model, loaded.config.train.tta)(batch).float()
     return [{**name, **result} for name, result in zip(names, loaded.task.predict(outputs, top_k))]

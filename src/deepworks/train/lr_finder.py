@@ -5,9 +5,13 @@ The model passed in is never touched (a deep copy trains), nor is the global RNG
 and restored), so running the finder before training leaves no trace in the run.
 
 The suggestion: the loss is smoothed (an exponential moving average, bias-corrected, as in
-fastai's finder), the test stops once the smoothed loss passes four times its minimum, and the
-suggested rate is the one at the smoothed minimum divided by 10: the loss still falls fast
-there and is far from the divergence. Smoothing makes it stable across seeds.
+fastai's finder) and the test stops once the smoothed loss passes four times its minimum. The
+suggested rate comes from the "valley" rule (fastai's default since 2021): the longest stretch
+of steps over which the smoothed loss keeps falling (a longest decreasing subsequence), and the
+point half-way between one and two thirds of the way along it, where the loss falls steadily
+and the divergence is still far. On a grid of AdamW learning rates it lands within 2.5x of the
+best on digits and on Fashion-MNIST (``benchmarks/lr_find.py``); a tenth of the smoothed
+minimum, the older rule, lands 13 to 19x too high on Fashion-MNIST, so it is only reported.
 
 >>> import torch
 >>> x, y = torch.randn(256, 8), torch.randint(0, 2, (256,))
@@ -35,7 +39,7 @@ from deepworks.train.regularization import penalized_weights, weight_penalty
 from deepworks.train.step import train_step
 from deepworks.train.tasks import resolve_task
 
-__all__ = ["LRFinderResult", "find_lr", "plot_lr_find"]
+__all__ = ["LRFinderResult", "find_lr", "plot_lr_find", "valley"]
 
 BETA = 0.98  # smoothing of the loss curve (an EMA over about 50 steps)
 DIVERGED = 4.0  # stop when the smoothed loss exceeds this multiple of its minimum
@@ -48,8 +52,8 @@ class LRFinderResult:
     lrs: list[float]
     losses: list[float]
     smoothed: list[float]
-    suggestion: float
-    min_lr_at: float  # the learning rate at the smoothed minimum (the suggestion is a tenth of it)
+    suggestion: float  # the valley rule's learning rate
+    min_lr_at: float  # the learning rate at the smoothed minimum (a tenth of it was the older rule)
     steps: int
     stopped: str  # "diverged" or "end of range"
     optimizer: str
@@ -155,7 +159,25 @@ def find_lr(
     # the minimum of the smoothed curve, ignoring the first steps (the EMA's warm-up)
     skip = min(len(finite) // 10, 10)
     at, _ = min(finite[skip:], key=lambda p: p[1])
-    return LRFinderResult(lrs, losses, smoothed, at / 10.0, at, len(lrs), stopped, cfg.optimizer.name)
+    return LRFinderResult(
+        lrs, losses, smoothed, valley([lr for lr, _ in finite], [v for _, v in finite]), at, len(lrs), stopped,
+        cfg.optimizer.name,
+    )
+
+
+def valley(lrs: list[float], smoothed: list[float]) -> float:
+    """The learning rate a little past the middle of the longest run of steps over which the
+    smoothed loss keeps falling (its longest strictly decreasing subsequence)."""
+    n = len(smoothed)
+    length = [1] * n  # length of the longest decreasing subsequence ending at i
+    for i in range(1, n):
+        for j in range(i):
+            if smoothed[i] < smoothed[j] and length[i] < length[j] + 1:
+                length[i] = length[j] + 1
+    end = max(range(n), key=lambda i: length[i])
+    start = end - length[end] + 1
+    third = (end - start) / 3
+    return lrs[start + int(third) + int(third / 2)]
 
 
 def plot_lr_find(result: LRFinderResult, title: str = ""):

@@ -9,7 +9,7 @@ from torch import nn
 
 from deepworks.runtime import Precision
 
-__all__ = ["train_step", "eval_step"]
+__all__ = ["train_step", "eval_step", "FlipAverage", "with_tta"]
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 FP32 = Precision("fp32", "cpu", channels_last=False)
@@ -95,4 +95,21 @@ def _closure_step(model, x, y, optimizer, loss_fn, precision, penalty, clip_grad
 
     optimizer.step(closure)
     return first[0]
+
+
+class FlipAverage(nn.Module):
+    """Test-time augmentation: the mean of a model's outputs on images (N, C, H, W) and on their
+    mirror images (flipped left to right)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.model(x) + self.model(x.flip(-1))) / 2
+
+
+def with_tta(model: nn.Module, tta: str) -> nn.Module:
+    """``model`` wrapped for ``train.tta`` (``hflip``: :class:`FlipAverage`), or itself for ``none``."""
+    return FlipAverage(model) if tta == "hflip" else model
 

@@ -42,7 +42,7 @@ from deepworks.train.gradients import GradientMonitor, first_nonfinite_layer
 from deepworks.train.optim import FULL_BATCH, build_optimizer
 from deepworks.train.regularization import penalized_weights, weight_penalty
 from deepworks.train.schedules import build_schedule
-from deepworks.train.step import eval_step, train_step
+from deepworks.train.step import eval_step, train_step, with_tta
 from deepworks.train.tasks import Task, resolve_task
 
 __all__ = ["Trainer", "MODEL_FORMAT", "load_model_weights"]
@@ -188,7 +188,7 @@ class Trainer:
         precision = getattr(self, "precision", None) or resolve_precision(
             self.config.precision, self.device, self.model, self.config.channels_last
         )
-        return self.task.report(self._accumulate(data, self.model, precision))
+        return self.task.report(self._accumulate(data, with_tta(self.model, self.config.tta), precision))
 
     def eval_batch_size(self, sample_numel: int | None = None) -> int:
         """``train.eval_batch_size``; for auto 512 samples, fewer when one sample is large (about
@@ -254,6 +254,13 @@ class Trainer:
         self.gradients = GradientMonitor(self.model, cfg.log_gradients) if cfg.log_gradients else None
         # evaluation shards differ in size across processes, so it runs outside DDP
         self.eval_model = self.model if self.dist.enabled else self.forward_model
+        self.ema = None
+        if cfg.ema:  # an exponential moving average of the weights (buffers too: batch-norm statistics)
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+            self.eval_model = self.ema.module
+        self.eval_model = with_tta(self.eval_model, cfg.tta)
         self._accumulator = self.task.accumulator(self.device)
 
     _best_state: dict[str, torch.Tensor] | None = None
@@ -284,6 +291,8 @@ class Trainer:
             if (self.device.type == "cpu" or step % 50 == 0) and not bool(torch.isfinite(loss)):
                 self._diverged(step, epoch, xb)
             acc.update(logits, yb, loss)
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             if self._step_penalty is not None:
                 self._penalty_sum += self._step_penalty.to(self._penalty_sum.dtype)
                 self._step_penalty = None
@@ -339,6 +348,7 @@ class Trainer:
         """One pass over ``data`` in eval mode (this process's shard), summed over all processes."""
         acc = self.task.accumulator(self.device)
         self.model.eval()
+        model.eval()  # the averaged (EMA) copy is a module of its own
         loss_fn = self.task.eval_loss().to(self.device)  # e.g. unsmoothed: the loss reported for evaluation
         for xb, yb in self._batches(data, self.eval_batch_size(), shuffle=False):
             loss, logits = eval_step(model, xb, yb, loss_fn, precision)
@@ -421,15 +431,24 @@ class Trainer:
         finally:
             self.model.train(was_training)
         self.task.check_output(out, data.y if isinstance(data, TensorData) else yb)
+        if self.config.tta != "none" and xb.ndim != 4:
+            raise ConfigError(
+                f"train.tta: {self.config.tta} flips images, but the inputs are shaped {tuple(xb.shape)}. "
+                "Fix: train.tta: none for non-image data."
+            )
+
+    def _kept_weights(self) -> nn.Module:
+        """The weights evaluated and kept as the best model: the moving average with train.ema."""
+        return self.ema.module if self.ema is not None else self.model
 
     def _save_best(self) -> None:
         if self.run is None:
-            self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self._best_state = {k: v.detach().clone() for k, v in self._kept_weights().state_dict().items()}
             return
         if not self.writes:
             return
         meta = {"format": MODEL_FORMAT, "epoch": str(self.epoch + 1), "monitor": self.config.monitor, "value": repr(self.best)}
-        save_tensors(self.run.best, self.model.state_dict(), metadata=meta)
+        save_tensors(self.run.best, self._kept_weights().state_dict(), metadata=meta)
 
     def _save_checkpoint(self) -> None:
         if self.run is None:
@@ -444,6 +463,8 @@ class Trainer:
         if not self.writes:
             return
         tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        if self.ema is not None:
+            tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
         state = {
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
@@ -480,6 +501,8 @@ class Trainer:
             state = json.loads(meta["state"])
             weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
             self.model.load_state_dict(weights, strict=True)
+            if self.ema is not None:
+                self.ema.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
             self.optimizer.load_state_dict(unpack_state(state["optimizer"], tensors))
             if int(state.get("world_size", 1)) != self.dist.world_size:
                 raise CheckpointError(
