@@ -102,40 +102,49 @@ def split_indices(n: int, seed: int = SEED) -> tuple[list[int], list[int]]:
     return list(train.indices), list(val.indices)
 
 
-def torch_datasets(root: Path, seed: int = SEED):
-    """torchvision's FashionMNIST (ToTensor + Normalize, per-sample PIL path): (train, val, test) datasets."""
-    from torch.utils.data import Subset
-    from torchvision import datasets, transforms
+def _normalised_arrays(train: bool, root: Path):
+    """The idx files read once (uint8) and normalised once with MEAN/STD: float32 (N, 28, 28), int64 labels."""
+    import numpy as np
+    from torchvision import datasets
 
-    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
-    full = datasets.FashionMNIST(str(root), train=True, download=False, transform=tf)
-    test = datasets.FashionMNIST(str(root), train=False, download=False, transform=tf)
-    tr, va = split_indices(len(full), seed)
-    return Subset(full, tr), Subset(full, va), test
+    ds = datasets.FashionMNIST(str(root), train=train, download=False)  # parses the idx files into uint8 tensors
+    x = (ds.data.numpy().astype(np.float32) / 255.0 - MEAN) / STD
+    return x, ds.targets.numpy().astype(np.int64)
 
 
-def torch_loaders(root: Path, batch_size: int, num_workers: int, seed: int = SEED):
-    """The idiomatic DataLoaders: (train shuffled, val, test)."""
-    from torch.utils.data import DataLoader
+def torch_tensors(root: Path, seed: int = SEED):
+    """Normalised float32 NCHW tensors, in memory: ((xtr, ytr), (xva, yva), (xte, yte)).
 
-    train, val, test = torch_datasets(root, seed)
-    kw = dict(batch_size=batch_size, num_workers=num_workers, pin_memory=False)
+    The same split indices as Keras' arrays (``split_indices``); what a competent user holds for
+    a data set that fits in memory."""
+    import numpy as np
+    import torch
+
+    x, y = _normalised_arrays(True, root)
+    tr, va = (np.asarray(i) for i in split_indices(len(x), seed))
+    xte, yte = _normalised_arrays(False, root)
+    as_t = lambda a, b: (torch.from_numpy(np.ascontiguousarray(a[:, None])), torch.from_numpy(b))  # noqa: E731
+    return as_t(x[tr], y[tr]), as_t(x[va], y[va]), as_t(xte, yte)
+
+
+def torch_loaders(root: Path, batch_size: int, seed: int = SEED):
+    """The idiomatic loaders for in-memory data: ``DataLoader(TensorDataset(...), num_workers=0)``
+    over ``torch_tensors`` - no per-sample decode, no worker processes. (train shuffled, val, test)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    train, val, test = (TensorDataset(*t) for t in torch_tensors(root, seed))
+    kw = dict(batch_size=batch_size, num_workers=0)
     return DataLoader(train, shuffle=True, **kw), DataLoader(val, shuffle=False, **kw), DataLoader(test, shuffle=False, **kw)
 
 
 def numpy_arrays(root: Path, seed: int = SEED):
     """Normalised channels-last float32 arrays for Keras: ((xtr, ytr), (xva, yva), (xte, yte))."""
     import numpy as np
-    from torchvision import datasets
 
-    def arrays(train: bool):
-        ds = datasets.FashionMNIST(str(root), train=train, download=False)
-        x = (ds.data.numpy().astype(np.float32) / 255.0 - MEAN) / STD
-        return x[..., None], ds.targets.numpy().astype(np.int64)  # (N, 28, 28, 1)
-
-    x, y = arrays(True)
+    x, y = _normalised_arrays(True, root)
     tr, va = (np.asarray(i) for i in split_indices(len(x), seed))
-    return (x[tr], y[tr]), (x[va], y[va]), arrays(False)
+    xte, yte = _normalised_arrays(False, root)
+    return (x[tr, ..., None], y[tr]), (x[va, ..., None], y[va]), (xte[..., None], yte)  # (N, 28, 28, 1)
 
 
 # --------------------------------------------------------------------------- the reference CNN

@@ -1,16 +1,22 @@
 """Seconds per epoch and test accuracy of the reference CNN on Fashion-MNIST, side by side:
 
   (a) deepworks      deepworks.train() on benchmarks/configs/reference-cnn.yaml, its defaults
-  (b) pytorch        the idiomatic loop: torchvision dataset + DataLoader, fp32
-  (c) lightning      a LightningModule and L.Trainer on the same DataLoaders
-  (d) keras          Keras 3 on the torch backend, model.fit on in-memory numpy arrays
+  (b) pytorch        the idiomatic loop for data that fits in memory: normalised tensors in a
+                     TensorDataset, DataLoader(shuffle=True, num_workers=0), fp32
+  (c) lightning      a LightningModule and L.Trainer on the same DataLoaders, fp32
+  (d) keras          Keras 3 on the torch backend, model.fit on in-memory numpy arrays, fp32
+  (e) limit          a hand-tuned plain-PyTorch loop, the practical limit: tensors on the device,
+                     batches by index (randperm, no DataLoader), bf16 autocast, channels_last,
+                     fused/foreach AdamW
+
 
 Same network, optimizer (AdamW lr 1e-3, weight decay 0.01), batch size (128), data
 (51,000 train / 9,000 validation carved out of the official training set, official 10k
 test) and epochs. An epoch's time is one pass over the training data plus the validation
-pass. Each framework runs in its own fresh process (this script with --child).
+pass. Each framework runs in its own fresh process (this script with --child). Every row
+records the precision it trained in ("fp32" or "bf16").
 
-    python benchmarks/epoch_time.py                      # all four, 3 epochs
+    python benchmarks/epoch_time.py                      # all five, 3 epochs
     python benchmarks/epoch_time.py --only a,b --epochs 1 --subset 2000
     python benchmarks/epoch_time.py --only deepworks --set train.deterministic=false
 """
@@ -24,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 os.environ["KERAS_BACKEND"] = "torch"  # before anything imports keras
@@ -33,8 +40,8 @@ import common  # noqa: E402
 from common import BATCH_SIZE, LR, SEED, WEIGHT_DECAY, EpochClock, epoch_stats  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "reference-cnn.yaml"
-FRAMEWORKS = ("deepworks", "pytorch", "lightning", "keras")
-ALIASES = dict(zip("abcd", FRAMEWORKS))
+FRAMEWORKS = ("deepworks", "pytorch", "lightning", "keras", "limit")
+ALIASES = dict(zip("abcde", FRAMEWORKS))
 
 
 def _log(msg: str) -> None:
@@ -71,6 +78,8 @@ def run_deepworks(args: argparse.Namespace, root: Path) -> dict:
         "resolved_train_config": run.config.train.model_dump(mode="json"),
         # what the "auto" settings turned into on this machine (as recorded in the run's summary)
         "resolved_runtime": {k: run.summary[k] for k in ("device", "precision", "channels_last") if k in run.summary},
+        "precision": run.summary.get("precision"),
+        "device": run.summary.get("device"),
     }
 
 
@@ -82,7 +91,7 @@ def run_pytorch(args: argparse.Namespace, root: Path) -> dict:
     import torch.nn.functional as F
 
     torch.manual_seed(SEED)
-    train_loader, val_loader, test_loader = common.torch_loaders(root, BATCH_SIZE, args.num_workers)
+    train_loader, val_loader, test_loader = common.torch_loaders(root, BATCH_SIZE)
     model = common.reference_cnn_torch()
     params = common.check_same_as_deepworks(model, CONFIG)
     _report_params(params)
@@ -109,7 +118,10 @@ def run_pytorch(args: argparse.Namespace, root: Path) -> dict:
         **params,
         "train_size": len(train_loader.dataset),
         "val_size": len(val_loader.dataset),
-        "num_workers": args.num_workers,
+        "data_path": DATA_PATH_TENSORS,
+        "num_workers": 0,
+        "precision": "fp32",
+        "device": "cpu",
     }
 
 
@@ -168,14 +180,17 @@ def run_lightning(args: argparse.Namespace, root: Path) -> dict:
                 f"val loss {float(m['val_loss']):.4f} accuracy {float(m['val_acc']):.4f}  ({seconds:.1f}s)"
             )
 
+    # in-memory tensors need no workers; Lightning's "does not have many workers" hint does not apply
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     L.seed_everything(SEED)
-    train_loader, val_loader, test_loader = common.torch_loaders(root, BATCH_SIZE, args.num_workers)
+    train_loader, val_loader, test_loader = common.torch_loaders(root, BATCH_SIZE)
     lit = LitCNN()
     params = common.check_same_as_deepworks(lit.model, CONFIG)
     _report_params(params)
     timer = EpochTimer()
     trainer = L.Trainer(
-        max_epochs=args.epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        max_epochs=args.epochs, accelerator="cpu", devices=1, precision="32-true", logger=False,
+        enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
     )
     started = time.perf_counter()
@@ -191,7 +206,10 @@ def run_lightning(args: argparse.Namespace, root: Path) -> dict:
         **params,
         "train_size": len(train_loader.dataset),
         "val_size": len(val_loader.dataset),
-        "num_workers": args.num_workers,
+        "data_path": DATA_PATH_TENSORS,
+        "num_workers": 0,
+        "precision": "fp32",
+        "device": "cpu",
     }
 
 
@@ -243,10 +261,117 @@ def run_keras(args: argparse.Namespace, root: Path) -> dict:
         "train_size": len(xtr),
         "val_size": len(xva),
         "jit_compile": getattr(model, "jit_compile", None),
+        "data_path": "in-memory numpy arrays, normalised once, model.fit batching",
+        "dtype_policy": keras.config.dtype_policy().name,
+        "precision": {"float32": "fp32", "bfloat16": "bf16", "mixed_bfloat16": "bf16"}.get(
+            keras.config.dtype_policy().name, keras.config.dtype_policy().name),
+        "device": "cpu",
     }
 
 
-RUNNERS = {"deepworks": run_deepworks, "pytorch": run_pytorch, "lightning": run_lightning, "keras": run_keras}
+# --------------------------------------------------------------------------- (e) the hand-tuned limit
+
+
+def run_limit(args: argparse.Namespace, root: Path) -> dict:
+    """What a hand-written loop can do on this machine: no framework, no DataLoader, reduced precision."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(SEED)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    cl = torch.channels_last
+    # the same normalised tensors and split as (b), moved once to the device, channels_last
+    (xtr, ytr), (xva, yva), (xte, yte) = (
+        (x.to(device).contiguous(memory_format=cl), y.to(device)) for x, y in common.torch_tensors(root)
+    )
+    model = common.reference_cnn_torch()
+    params = common.check_same_as_deepworks(model, CONFIG)
+    _report_params(params)
+    model = model.to(device, memory_format=cl)
+    opt, opt_impl = None, None
+    for impl in ("fused", "foreach"):
+        try:
+            opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, **{impl: True})
+            opt_impl = impl
+            break
+        except (RuntimeError, TypeError, ValueError):
+            continue
+    if opt is None:
+        opt, opt_impl = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY), "default"
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def evaluate(x, y) -> tuple[float, float]:
+        """Batch 128 like the baselines' validation, bf16 autocast, loss in fp32."""
+        model.eval()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        with torch.inference_mode(), autocast():
+            for i in range(0, len(x), BATCH_SIZE):
+                logits = model(x[i : i + BATCH_SIZE]).float()
+                yb = y[i : i + BATCH_SIZE]
+                loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+                correct += (logits.argmax(1) == yb).sum()
+        return float(loss_sum) / len(x), int(correct) / len(x)
+
+    n = len(xtr)
+    clock, val_accs = EpochClock(), []
+    for epoch in range(1, args.epochs + 1):
+        sync()
+        clock.start()
+        model.train()
+        perm = torch.randperm(n, device=device)
+        for i in range(0, n, BATCH_SIZE):  # the last, partial batch included, as a DataLoader would
+            idx = perm[i : i + BATCH_SIZE]
+            x, y = xtr[idx].contiguous(memory_format=cl), ytr[idx]
+            opt.zero_grad(set_to_none=True)
+            with autocast():
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)  # loss in fp32
+            loss.backward()
+            opt.step()
+        val_loss, val_acc = evaluate(xva, yva)
+        sync()
+        seconds = clock.stop()
+        val_accs.append(round(val_acc, 4))
+        _log(f"epoch {epoch}/{args.epochs}  val loss {val_loss:.4f} accuracy {val_acc:.4f}  ({seconds:.1f}s)")
+    _, test_acc = evaluate(xte, yte)
+    return {
+        **epoch_stats(clock.seconds),
+        "val_accuracy": val_accs,
+        "test_accuracy": test_acc,
+        "test_model": "last epoch",
+        **params,
+        "train_size": n,
+        "val_size": len(xva),
+        "data_path": "normalised tensors on the device, batches by torch.randperm + indexing (no DataLoader)",
+        "precision": "bf16",
+        "channels_last": True,
+        "optimizer_impl": opt_impl,
+        "device": device.type,
+        "cpu_native_bf16": _cpu_native_bf16() if device.type == "cpu" else None,
+    }
+
+
+def _cpu_native_bf16() -> bool:
+    """As deepworks' auto precision decides: without AVX-512 BF16 / AMX, bf16 is emulated (slower than fp32)."""
+    from deepworks.runtime import cpu_supports_bf16
+
+    return cpu_supports_bf16()
+
+
+DATA_PATH_TENSORS = "TensorDataset of normalised in-memory tensors, DataLoader(batch_size=128, shuffle=True, num_workers=0)"
+
+RUNNERS = {
+    "deepworks": run_deepworks, "pytorch": run_pytorch, "lightning": run_lightning, "keras": run_keras, "limit": run_limit,
+}
 
 
 # --------------------------------------------------------------------------- parent and child
@@ -274,7 +399,7 @@ def parent(args: argparse.Namespace) -> None:
         for fw in chosen:
             out = Path(tmp) / f"{fw}.json"
             cmd = [sys.executable, __file__, "--child", "--framework", fw, "--result", str(out),
-                   "--data-root", str(root), "--epochs", str(args.epochs), "--num-workers", str(args.num_workers)]
+                   "--data-root", str(root), "--epochs", str(args.epochs)]
             for item in args.set:
                 cmd += ["--set", item]
             started = time.perf_counter()
@@ -296,7 +421,7 @@ def parent(args: argparse.Namespace) -> None:
         "machine": info,
         "settings": {
             "config": str(CONFIG.relative_to(Path.cwd()) if CONFIG.is_relative_to(Path.cwd()) else CONFIG),
-            "epochs": args.epochs, "subset": args.subset, "num_workers": args.num_workers,
+            "epochs": args.epochs, "subset": args.subset,
             "batch_size": BATCH_SIZE, "deepworks_overrides": args.set, "data_root": str(root),
         },
         "results": results,
@@ -308,16 +433,16 @@ def parent(args: argparse.Namespace) -> None:
 
 
 def format_table(results: dict[str, dict]) -> str:
-    head = ("framework", "s/epoch", "1st epoch s", "later s/epoch", "test acc", "deepworks/this")
+    head = ("framework", "precision", "s/epoch", "1st epoch s", "later s/epoch", "test acc", "deepworks/this")
     rows = [head]
     for fw, r in results.items():
         if "error" in r:
-            rows.append((fw, "failed", "", "", "", ""))
+            rows.append((fw, "", "failed", "", "", "", ""))
             continue
         later = r.get("s_per_epoch_after_first")
         ratio = r.get("deepworks_over_this")
         rows.append((
-            fw, f"{r['s_per_epoch']:.2f}", f"{r['first_epoch_s']:.2f}", f"{later:.2f}" if later else "-",
+            fw, str(r.get("precision") or "?"), f"{r['s_per_epoch']:.2f}", f"{r['first_epoch_s']:.2f}", f"{later:.2f}" if later else "-",
             f"{r['test_accuracy']:.4f}", f"{ratio:.2f}" if ratio else "-",
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
@@ -333,7 +458,7 @@ def _parse_only(text: str | None) -> list[str]:
     for item in text.split(","):
         name = ALIASES.get(item.strip(), item.strip())
         if name not in FRAMEWORKS:
-            sys.exit(f"--only: unknown framework {item!r}; choose from {', '.join(FRAMEWORKS)} (or a-d)")
+            sys.exit(f"--only: unknown framework {item!r}; choose from {', '.join(FRAMEWORKS)} (or a-e)")
         chosen.append(name)
     return chosen
 
@@ -341,9 +466,8 @@ def _parse_only(text: str | None) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--only", help="comma-separated subset of: deepworks,pytorch,lightning,keras (or a,b,c,d)")
+    p.add_argument("--only", help="comma-separated subset of: deepworks,pytorch,lightning,keras,limit (or a,b,c,d,e)")
     p.add_argument("--subset", type=int, default=None, help="train on the first N training images (quick checks)")
-    p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers of the PyTorch and Lightning runs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="deepworks config override (YAML value), e.g. --set train.deterministic=false; repeatable")
     p.add_argument("--out", default="benchmarks/results/epoch_time.json")
