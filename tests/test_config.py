@@ -203,6 +203,7 @@ def assert_names_the_keys(message, doc, sets=()):
 @example(path="train.early_stopping.monitor", value="val_acc", as_override=False)  # was reported at `train`
 @example(path="data.columns.age.kind", value="ordinal", as_override=False)  # these two at `data.columns.age`
 @example(path="data.columns.age.order", value=[], as_override=True)
+@example(path="model.name", value=[], as_override=False)  # an unhashable model name reached the family defaults
 def test_a_bad_value_at_any_key_is_named_by_its_key_path(path, value, as_override):
     if as_override:  # --set path=value, the value written as YAML
         args = (MINIMAL, [f"{path}={yaml.safe_dump(value, default_flow_style=True, width=10**6)}"])

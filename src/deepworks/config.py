@@ -380,7 +380,7 @@ class Config(Strict):
             return value
         model = value.get("model")
         name = model if isinstance(model, str) else model.get("name") if isinstance(model, dict) else None
-        defaults = FAMILY_TRAIN_DEFAULTS.get(name)
+        defaults = FAMILY_TRAIN_DEFAULTS.get(name) if isinstance(name, str) else None  # a bad name fails later
         train = value.get("train") if value.get("train") is not None else {}
         if defaults and isinstance(train, dict):
             merged = dict(defaults)
