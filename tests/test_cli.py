@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +153,7 @@ def _weights(path):
     return load_file(path)
 
 
-def test_resume_after_kill_mid_epoch_is_bitwise_equal(tmp_path):
+def test_resume_after_kill_mid_epoch_is_bitwise_equal(tmp_path, wait_mid_epoch):
     config = ROOT / "examples/configs/quickstart.yaml"
     common = ["--set", "train.epochs=3", "--set", "train.batch_size=8", "--set", "model.filters=[16,32]",
               "--set", "train.progress=log", "--set", "train.checkpoint_every_steps=20"]
@@ -164,18 +163,8 @@ def test_resume_after_kill_mid_epoch_is_bitwise_equal(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "deepworks", "train", str(config), *common, "--run-dir", str(killed)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    metrics = killed / "metrics.jsonl"
-    deadline = time.time() + 240
     # kill once epoch 1 is logged and a later in-epoch checkpoint exists: the process is mid-epoch 2
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and metrics.read_text().count("\n") >= 1:
-            ckpt = killed / "checkpoints" / "last.safetensors"
-            stamp = ckpt.stat().st_mtime_ns
-            while proc.poll() is None and ckpt.stat().st_mtime_ns == stamp and time.time() < deadline:
-                time.sleep(0.005)
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "the run finished before it could be killed"
+    wait_mid_epoch(proc, killed, poll=0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "summary.json").exists()

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -283,7 +282,7 @@ def _cli(*args, timeout=300):
                           timeout=timeout)
 
 
-def test_streamed_run_killed_mid_epoch_resumes_bitwise(tmp_path):
+def test_streamed_run_killed_mid_epoch_resumes_bitwise(tmp_path, wait_mid_epoch):
     folder = photo_folder(tmp_path / "photos", per_class=24)
     cfg = tmp_path / "c.yaml"
     raw = config(folder, in_memory=False)
@@ -296,16 +295,7 @@ def test_streamed_run_killed_mid_epoch_resumes_bitwise(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "deepworks", "train", str(cfg), "--run-dir", str(killed)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    metrics, ckpt = killed / "metrics.jsonl", killed / "checkpoints" / "last.safetensors"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:  # past epoch 1, at a fresh in-epoch checkpoint
-        if metrics.exists() and metrics.read_text().count("\n") >= 1:
-            stamp = ckpt.stat().st_mtime_ns
-            while proc.poll() is None and ckpt.stat().st_mtime_ns == stamp and time.time() < deadline:
-                time.sleep(0.002)
-            break
-        time.sleep(0.002)
-    assert proc.poll() is None, "the run finished before it could be killed"
+    wait_mid_epoch(proc, killed)  # past epoch 1, at a fresh in-epoch checkpoint
     os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its decoding workers
     proc.wait()
     assert not (killed / "summary.json").exists()

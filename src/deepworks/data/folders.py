@@ -41,6 +41,7 @@ from deepworks.data.images import (
     walk_image_folder,
 )
 from deepworks.data.leakage import sample_hashes
+from deepworks.data.splits import STD_FLOOR
 from deepworks.errors import ConfigError, DataError
 from deepworks.runtime import available_memory, format_bytes, parse_bytes
 
@@ -59,7 +60,6 @@ __all__ = [
 LARGE_SIDE = 256
 DEFAULT_PHOTO_SIZE = 224
 BUDGET_SHARE = 0.5  # of the available memory, when data.memory_budget is not set
-STD_FLOOR = 1e-6
 
 
 # ----------------------------------------------------------------------------- planning
@@ -473,11 +473,20 @@ def scan_image_folder(
     skips them; ``"error"`` raises :class:`DataError` naming them.
     """
     plan = plan_folder(path, on_bad_file=on_bad_file)
-    result = scan_files([i.path for i in plan.infos], None, keep=False, what="checking images")
+    _, good, bad = _scan_plan(plan, None, keep=False, on_bad_file=on_bad_file, what="checking images")
+    return [(g.path, g.label) for g in good], plan.classes, bad
+
+
+def _scan_plan(
+    plan: FolderPlan, spec: ImageSpec | None, *, keep: bool, on_bad_file: str, what: str, workers: int | None = None
+) -> tuple[ScanResult, list[ImageInfo], list[tuple[Path, str]]]:
+    """Decode every file the headers let through; the files that decoded, and every bad file
+    (header or pixels) reported once, as data.on_bad_file says."""
+    result = scan_files([i.path for i in plan.infos], spec, keep=keep, workers=workers, what=what)
     bad = sorted(plan.bad + [(plan.infos[i].path, reason) for i, reason in result.bad])
     good = [plan.infos[i] for i in result.good]
     report_bad_files(plan.root, bad, on_bad_file, [g.label for g in good], plan.class_dirs)
-    return [(g.path, g.label) for g in good], plan.classes, bad
+    return result, good, bad
 
 
 def open_folder(
@@ -522,13 +531,10 @@ def open_folder(
         f"streaming from disk (over {limit})" if stream else "loading into memory"
     )
     print(f"data: {what}; {how}.", flush=True)
-    result = scan_files(
-        [i.path for i in plan.infos], spec, keep=not stream, workers=workers,
+    result, infos, bad = _scan_plan(
+        plan, spec, keep=not stream, on_bad_file=on_bad_file, workers=workers,
         what="checking images" if stream else "loading images",
     )
-    bad = sorted(plan.bad + [(plan.infos[i].path, reason) for i, reason in result.bad])
-    infos = [plan.infos[i] for i in result.good]
-    report_bad_files(plan.root, bad, on_bad_file, [i.label for i in infos], plan.class_dirs)
     labels = np.array([i.label for i in infos], dtype=np.int64)
     source = str(plan.root.resolve())
     loading["skipped_at_scan"] = len(bad)

@@ -184,7 +184,8 @@ def _pil_to_uint8(img: Image.Image) -> torch.Tensor:
         arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]  # (H, W) -> (H, W, 1)
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))  # (H, W, C) -> (C, H, W)
+    # (H, W, C) -> (C, H, W); copied only when not already contiguous and writable (Pillow's arrays are read-only)
+    return torch.from_numpy(np.require(arr.transpose(2, 0, 1), requirements=["C", "W"]))
 
 
 def decode_image(path: str | os.PathLike[str]) -> torch.Tensor:

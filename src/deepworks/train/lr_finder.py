@@ -85,9 +85,8 @@ def find_lr(
     if steps < 10:
         raise ConfigError(f"lr-find: --steps must be at least 10, got {steps}.")
     raw = dict(config) if isinstance(config, Mapping) else (config.model_dump() if config is not None else {})
-    optimizer = dict(raw.get("optimizer") or {"name": "adamw"}) if not isinstance(raw.get("optimizer"), str) else {
-        "name": raw["optimizer"]
-    }
+    optimizer = raw.get("optimizer") or {"name": "adamw"}
+    optimizer = {"name": optimizer} if isinstance(optimizer, str) else dict(optimizer)  # `optimizer: sgd` shorthand
     if optimizer.get("name") in FULL_BATCH:
         raise ConfigError(
             f"lr-find: train.optimizer {optimizer['name']} searches its own step length with a line search; "
@@ -98,8 +97,7 @@ def find_lr(
     probe = Trainer(copy.deepcopy(model), raw, task=task, seed=seed)  # validates the config, picks device
     cfg, device = probe.config, probe.device
     work = probe.model.to(device)
-    data = as_data(train, "train data", probe.task.targets)
-    data = data.to(device) if hasattr(data, "to") and not hasattr(data, "stream") else data
+    data = probe._to_device(as_data(train, "train data", probe.task.targets))
     precision = resolve_precision(cfg.precision, device, work, cfg.channels_last)
     if precision.channels_last:
         work.to(memory_format=torch.channels_last)

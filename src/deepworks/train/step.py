@@ -36,10 +36,7 @@ def train_step(
     if isinstance(optimizer, torch.optim.LBFGS):  # re-evaluates the loss during its line search
         return _closure_step(model, x, y, optimizer, loss_fn, precision, penalty, clip_grad_norm, inspect_grads)
     optimizer.zero_grad(set_to_none=True)
-    with precision.autocast():
-        logits = model(precision.memory_format(x))  # (B, K)
-    loss = loss_fn(logits.float(), y)  # mean over the batch, in fp32
-    objective = loss + penalty() if penalty is not None else loss
+    loss, logits, objective = _forward(model, x, y, loss_fn, precision, penalty)
     if scaler is not None:  # fp16: scale the loss so small gradients do not underflow
         scaler.scale(objective).backward()
         scaler.unscale_(optimizer)  # true gradients for inspection and clipping
@@ -47,16 +44,28 @@ def train_step(
         objective.backward()
     if inspect_grads is not None:
         inspect_grads()
-    if clip_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(
-            [p for group in optimizer.param_groups for p in group["params"]], clip_grad_norm
-        )
+    _clip(optimizer, clip_grad_norm)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
     else:
         optimizer.step()
     return loss.detach(), logits.detach()
+
+
+def _forward(model, x, y, loss_fn, precision, penalty):
+    """Logits, the data loss (mean over the batch, in fp32) and the objective (loss + penalty)."""
+    with precision.autocast():
+        logits = model(precision.memory_format(x))  # (B, K)
+    loss = loss_fn(logits.float(), y)
+    return loss, logits, (loss + penalty() if penalty is not None else loss)
+
+
+def _clip(optimizer: torch.optim.Optimizer, clip_grad_norm: float | None) -> None:
+    if clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(
+            [p for group in optimizer.param_groups for p in group["params"]], clip_grad_norm
+        )
 
 
 @torch.no_grad()
@@ -78,19 +87,13 @@ def _closure_step(model, x, y, optimizer, loss_fn, precision, penalty, clip_grad
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        with precision.autocast():
-            logits = model(precision.memory_format(x))
-        loss = loss_fn(logits.float(), y)
-        objective = loss + penalty() if penalty is not None else loss
+        loss, logits, objective = _forward(model, x, y, loss_fn, precision, penalty)
         objective.backward()
         if not first:
             first.append((loss.detach(), logits.detach()))
             if inspect_grads is not None:
                 inspect_grads()
-        if clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(
-                [p for group in optimizer.param_groups for p in group["params"]], clip_grad_norm
-            )
+        _clip(optimizer, clip_grad_norm)
         return objective
 
     optimizer.step(closure)
@@ -112,4 +115,3 @@ class FlipAverage(nn.Module):
 def with_tta(model: nn.Module, tta: str) -> nn.Module:
     """``model`` wrapped for ``train.tta`` (``hflip``: :class:`FlipAverage`), or itself for ``none``."""
     return FlipAverage(model) if tta == "hflip" else model
-
