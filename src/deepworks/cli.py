@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape  # messages quote keys like [height, width]: text, not markup
 from rich.table import Table
 
 from deepworks.errors import DeepworksError
@@ -341,7 +342,7 @@ def projection(
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     # warnings about the user's data or config are messages for them, not source locations
-    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -363,7 +364,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         code = app(args=argv, standalone_mode=False)
     except DeepworksError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted: resume with `deepworks train --resume RUN_DIR`")
@@ -376,7 +377,7 @@ def _main(argv: list[str] | None) -> int:
         if hasattr(exc, "show"):
             exc.show()
         else:
-            err.print(f"[bold red]error:[/] {exc.format_message()}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(exc.format_message())}", highlight=False)
         return exc.exit_code
     return code if isinstance(code, int) else 0
 
