@@ -175,6 +175,7 @@ def test_folder_with_no_readable_image(tmp_path):
     "override, needle",
     [
         ("data.image_size=0", "data.image_size"),
+        ("data.image_size=-5", "or [height, width]"),  # printed as text: rich would take [height, width] for markup
         ("data.image_size=[224,-3]", "data.image_size"),
         ("data.memory_budget=lots", "data.memory_budget"),
         ("data.in_memory=true", "data.in_memory: true, but"),
