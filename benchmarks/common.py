@@ -157,25 +157,32 @@ LR, WEIGHT_DECAY, BATCH_SIZE = 1e-3, 0.01, 128
 def reference_cnn_torch():
     """Two blocks of conv3x3 'same' (no bias: batch norm follows) -> BN -> ReLU -> MaxPool2 -> Dropout,
     then Flatten -> Linear(64*7*7, 128) -> ReLU -> Dropout -> Linear(128, 10)."""
+    return cnn_torch(FILTERS, DROPOUT, HIDDEN, HEAD_DROPOUT)
+
+
+def cnn_torch(filters, dropout: float, hidden: int, head_dropout: float, num_classes: int = NUM_CLASSES, size: int = 28):
+    """deepworks' ``cnn`` (1 conv per block, max-pool 2, batch norm, ReLU, one hidden dense layer)
+    written out in plain PyTorch, for a grayscale ``size`` x ``size`` input."""
     from torch import nn
 
     layers: list = []
     channels = 1
-    for f in FILTERS:
+    for f in filters:
         layers += [
             nn.Conv2d(channels, f, 3, padding=1, bias=False),
             nn.BatchNorm2d(f),
             nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Dropout(DROPOUT),
+            nn.Dropout(dropout),
         ]
         channels = f
+        size //= 2
     layers += [
         nn.Flatten(),
-        nn.Linear(channels * 7 * 7, HIDDEN),
+        nn.Linear(channels * size * size, hidden),
         nn.ReLU(),
-        nn.Dropout(HEAD_DROPOUT),
-        nn.Linear(HIDDEN, NUM_CLASSES),
+        nn.Dropout(head_dropout),
+        nn.Linear(hidden, num_classes),
     ]
     return nn.Sequential(*layers)
 
@@ -223,7 +230,7 @@ def count_params(model) -> int:
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
 
 
-def check_same_as_deepworks(model, config: Path) -> dict[str, Any]:
+def check_same_as_deepworks(model, config: Path, builder=None) -> dict[str, Any]:
     """Assert that ``model`` (hand-built torch) is deepworks' model for ``config``: same parameter
     shapes in the same order, and - with deepworks' weights copied in - the same outputs."""
     import torch
@@ -236,7 +243,7 @@ def check_same_as_deepworks(model, config: Path) -> dict[str, Any]:
     assert shapes(ref) == shapes(model), f"architectures differ:\n{ref}\nvs\n{model}"
     n_ref, n = count_params(ref), count_params(model)
     assert n_ref == n, f"parameter counts differ: deepworks {n_ref}, hand-built {n}"
-    copy = reference_cnn_torch()
+    copy = (builder or reference_cnn_torch)()
     copy.load_state_dict(dict(zip(copy.state_dict().keys(), ref.state_dict().values())))
     ref.eval(), copy.eval()
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))

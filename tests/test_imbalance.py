@@ -43,6 +43,14 @@ def test_class_weights_by_label_and_unknown_labels():
                 classes=["no", "yes"]).fit((x, y))
 
 
+def test_balanced_weights_name_a_class_without_training_samples():
+    x, y = imbalanced()  # classes 0 and 1 only
+    trainer = Trainer(nn.Linear(3, 3), {"epochs": 1, "progress": "none", "class_weights": "balanced"},
+                      classes=["no", "yes", "maybe"])
+    with pytest.raises(ConfigError, match=r"class\(es\) \['maybe'\] have no training samples"):
+        trainer.fit((x, y))
+
+
 def test_balanced_sampler_draws_classes_equally_and_replays_per_epoch():
     x, y = imbalanced()
     data = TensorData(x, y, balanced_weights(y))

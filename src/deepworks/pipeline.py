@@ -33,6 +33,7 @@ from deepworks.data.splits import dataset_split_indices, kfold_indices, split_in
 from deepworks.data.tabular import load_table, read_feature_rows, read_table, table_target
 from deepworks.errors import CheckpointError, ConfigError, DataError
 from deepworks.evaluate.baselines import tabular_baselines
+from deepworks.evaluate.predictions import confidently_wrong, display_pixels, save_predictions
 from deepworks.models.registry import model_from_config
 from deepworks.runs import RunDir, atomic_write, new_run_dir
 from deepworks.runtime import barrier, broadcast_object, distributed_context
@@ -489,8 +490,10 @@ def _fit(
     history = trainer.fit(data.train, data.val if len(data.val) else None, resume=resume)
     if not test:  # a cross-validation fold: validation figures only
         return Run(run.path, cfg, trainer.model, data.classes, history, trainer.summary, data.task)
-    test_report = trainer.evaluate(data.test)  # the test split is touched once, here
+    test_report = trainer.evaluate(data.test, keep="test")  # the test split is touched once, here
     trainer.record_test(test_report)
+    if distributed_context().is_main and trainer.outputs:
+        _save_predictions(run, trainer, data)
     recorded = {key: data.info[key] for key in ("duplicates", "loading") if data.info.get(key) is not None}
     if isinstance(data.train, StreamedImages):  # files that changed on disk since the scan
         skipped = data.train.source.skipped
@@ -504,6 +507,18 @@ def _fit(
     if data.info.get("kind") == "table":
         _record_baselines(trainer, data, run, cfg.seed)
     return Run(run.path, cfg, trainer.model, data.classes, history, trainer.summary, data.task)
+
+
+def _save_predictions(run: RunDir, trainer: Trainer, data: PreparedData) -> None:
+    """The kept model's val/test outputs (and, for images, the most confidently wrong validation
+    images) in ``predictions.safetensors``, for the report and the diagnosis."""
+    wrong = None
+    if "val" in trainer.outputs and data.task.name == "classification" and len(data.input_shape) == 3:
+        logits, targets = trainer.outputs["val"]
+        index = confidently_wrong(logits, targets, k=16)
+        if len(index):
+            wrong = (index, display_pixels(data.val.inputs(index), data.info.get("mean"), data.info.get("std")))
+    save_predictions(run.predictions, trainer.outputs, data.task.name, wrong)
 
 
 def _record_baselines(trainer: Trainer, data: PreparedData, run: RunDir, seed: int) -> None:

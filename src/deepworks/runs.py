@@ -163,6 +163,7 @@ class RunDir:
     best = property(lambda self: self.path / "model.safetensors")
     summary = property(lambda self: self.path / "summary.json")
     gradients = property(lambda self: self.path / "gradients.jsonl")
+    predictions = property(lambda self: self.path / "predictions.safetensors")
 
     def create(self) -> RunDir:
         self.path.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,10 @@ def set_deterministic(enabled: bool) -> None:
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(enabled, warn_only=True)
+    # use_deterministic_algorithms also fills every new uninitialised tensor with NaN (a
+    # debugging aid for kernels that read memory they never wrote). Reproducibility does not
+    # need it, and on the CPU it costs a memory pass per allocation: ~15% of a small CNN's step.
+    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = not enabled
 

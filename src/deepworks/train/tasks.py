@@ -153,7 +153,7 @@ class Classification(Task):
                 raise ConfigError("train.class_weights: balanced needs the training labels (in-memory data).")
             counts = torch.bincount(y.detach().cpu().long(), minlength=k).double()
             if bool((counts == 0).any()):
-                empty = [names[i] for i in torch.flatnonzero(counts == 0).tolist()]
+                empty = [names[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
                 raise ConfigError(
                     f"train.class_weights: balanced, but class(es) {empty} have no training samples. "
                     "Fix: give weights by label, or remove those classes."

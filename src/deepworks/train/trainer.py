@@ -119,6 +119,7 @@ class Trainer:
         self._accumulator: Any = None  # the task's metric accumulator for the running epoch
         self.summary: dict[str, Any] = {}
         self.lr_find: Any = None  # the range test's result when lr is auto
+        self.outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # evaluate(keep=...): split -> (outputs, targets)
 
     # ------------------------------------------------------------------ public
 
@@ -179,16 +180,23 @@ class Trainer:
         self.log(f"lr: auto -> {result.suggestion:.3g} (learning-rate range test, {result.steps} steps)")
         return self.config
 
-    def evaluate(self, data: Any) -> dict[str, Any]:
+    def evaluate(self, data: Any, keep: str | None = None) -> dict[str, Any]:
         """The task's full report on ``data``: for classification accuracy, per-class and macro
-        precision/recall/F1, loss and the confusion matrix; for regression MAE, RMSE, R² and loss."""
+        precision/recall/F1, loss and the confusion matrix; for regression MAE, RMSE, R² and loss.
+
+        ``keep`` names the split: its model outputs and targets are kept on the CPU in
+        ``self.outputs[keep]`` (single-process runs), for the report and the diagnosis."""
         data = self._to_device(as_data(data, "evaluation data", self.task.targets))
         self.model.to(self.device)
         self._check_shapes(data)
         precision = getattr(self, "precision", None) or resolve_precision(
             self.config.precision, self.device, self.model, self.config.channels_last
         )
-        return self.task.report(self._accumulate(data, with_tta(self.model, self.config.tta), precision))
+        kept: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if keep and not self.dist.enabled else None
+        report = self.task.report(self._accumulate(data, with_tta(self.model, self.config.tta), precision, kept))
+        if kept is not None:
+            self.outputs[keep] = (torch.cat([o for o, _ in kept]), torch.cat([t for _, t in kept]))
+        return report
 
     def eval_batch_size(self, sample_numel: int | None = None) -> int:
         """``train.eval_batch_size``; for auto 512 samples, fewer when one sample is large (about
@@ -344,8 +352,9 @@ class Trainer:
         self.model.train()
         return acc.compute()
 
-    def _accumulate(self, data: Any, model: nn.Module, precision: Any) -> Any:
-        """One pass over ``data`` in eval mode (this process's shard), summed over all processes."""
+    def _accumulate(self, data: Any, model: nn.Module, precision: Any, kept: list | None = None) -> Any:
+        """One pass over ``data`` in eval mode (this process's shard), summed over all processes;
+        each batch's (outputs, targets) appended to ``kept`` (on the CPU) when it is a list."""
         acc = self.task.accumulator(self.device)
         self.model.eval()
         model.eval()  # the averaged (EMA) copy is a module of its own
@@ -353,6 +362,8 @@ class Trainer:
         for xb, yb in self._batches(data, self.eval_batch_size(), shuffle=False):
             loss, logits = eval_step(model, xb, yb, loss_fn, precision)
             acc.update(logits, yb, loss)
+            if kept is not None:
+                kept.append((logits.to("cpu", torch.float32), yb.to("cpu")))
         return self._reduced(acc)
 
     # ------------------------------------------------------------------ helpers
@@ -541,7 +552,7 @@ class Trainer:
         summary = {
             "task": self.task.name,
             "train": self.task.compact(self.evaluate(train_data)),
-            "val": self.task.compact(self.evaluate(val_data)) if val_data is not None else None,
+            "val": self.task.compact(self.evaluate(val_data, keep="val")) if val_data is not None else None,
             "epochs_run": self.epoch,
             "best_epoch": self.best_epoch,
             "monitor": self.config.monitor,
