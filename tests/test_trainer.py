@@ -232,3 +232,30 @@ def test_auto_eval_batch_size_shrinks_for_large_inputs():
     assert Trainer(model, {"eval_batch_size": 1000}).eval_batch_size(3 * 224 * 224) == 1000  # a set value wins
     with pytest.raises(ConfigError, match="eval_batch_size"):
         Trainer(model, {"eval_batch_size": 0})
+
+
+def test_val_every_validates_every_nth_and_the_last_epoch(tmp_path):
+    x, y = blobs()
+    trainer = Trainer(small_model(), {"epochs": 5, "progress": "none", "val_every": 2}, run_dir=tmp_path / "r")
+    history = trainer.fit((x[:180], y[:180]), (x[180:], y[180:]))
+    assert [h["epoch"] for h in history if "val_loss" in h] == [2, 4, 5]
+    assert not any(h["best"] for h in history if "val_loss" not in h)  # the best model is a validated one
+    validated = [h for h in history if "val_accuracy" in h]
+    assert trainer.best == max(h["val_accuracy"] for h in validated)
+    lines = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [("val_loss" in r) for r in lines] == [False, True, False, True, True]
+    # without validation the same run takes the same steps: identical training losses
+    every = Trainer(small_model(), {"epochs": 5, "progress": "none"})
+    full = every.fit((x[:180], y[:180]), (x[180:], y[180:]))
+    assert [h["train_loss"] for h in full] == [h["train_loss"] for h in history]
+
+
+def test_early_stopping_patience_counts_validations_with_val_every():
+    x, y = blobs()
+    noise = torch.randint(0, 3, (60,), generator=torch.Generator().manual_seed(1))
+    config = {"epochs": 40, "progress": "none", "val_every": 3, "monitor": "val_loss",
+              "early_stopping": {"monitor": "val_loss", "patience": 2}}
+    history = Trainer(small_model(), config).fit((x, y), (x[:60], noise))
+    validated = [h["epoch"] for h in history if "val_loss" in h]
+    assert validated and all(e % 3 == 0 for e in validated)
+    assert history[-1]["epoch"] == validated[-1] < 40  # it stops at a validation, never in between

@@ -277,6 +277,10 @@ class TrainConfig(Strict):
     l2: float = Field(0.0, ge=0, description="L2 penalty (l2/2 * sum w^2) on weights; apart from weight_decay")
     log_gradients: int | None = Field(None, ge=1, description="record per-layer gradient norms every N steps")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    val_every: int = Field(
+        1, ge=1, description="validate after every N-th epoch (and always after the last); the best model, early "
+        "stopping and a plateau schedule watching a val_ metric then see only the validated epochs"
+    )
     tta: Literal["none", "hflip"] = Field(
         "none", description="test-time augmentation: hflip averages the model's outputs on each image and its "
         "mirror image in evaluation and prediction"

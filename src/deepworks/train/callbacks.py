@@ -52,8 +52,10 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
         value = logs.get(self.monitor)
-        if value is None and self.monitor.startswith("val_"):  # no validation data: watch training
-            value = logs.get("train_" + self.monitor[len("val_"):])
+        if value is None and self.monitor.startswith("val_"):
+            if getattr(trainer, "validated", True) is False:
+                return  # train.val_every skipped this epoch's validation: patience counts validations
+            value = logs.get("train_" + self.monitor[len("val_"):])  # no validation data: watch training
         if better(self.monitor, self.mode, value, self.best, self.min_delta):
             self.best, self.wait = value, 0
             return

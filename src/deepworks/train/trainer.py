@@ -119,6 +119,7 @@ class Trainer:
         self._accumulator: Any = None  # the task's metric accumulator for the running epoch
         self.summary: dict[str, Any] = {}
         self.lr_find: Any = None  # the range test's result when lr is auto
+        self.validated: bool | None = None  # whether the current epoch ran its validation pass
         self.outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # evaluate(keep=...): split -> (outputs, targets)
 
     # ------------------------------------------------------------------ public
@@ -320,13 +321,16 @@ class Trainer:
             # what the optimizer minimised: the data loss plus the mean L1/L2 penalty of the epoch's steps
             logs["train_objective"] = logs["train_loss"] + float(self._penalty_sum) / self.steps_per_epoch
             logs["train_penalty"] = float(self._penalty_sum) / self.steps_per_epoch
-        if val_data is not None:
+        # train.val_every: validate after every N-th epoch and after the last one
+        self.validated = val_data is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs)
+        if self.validated:
             report = self._evaluate_data(val_data)
             logs.update({f"val_{k}": report[k] for k in self.task.metrics})
         if not all(math.isfinite(v) for k, v in logs.items() if k.endswith("_loss") and v is not None):
             self._diverged(self.global_step, epoch, None)
         logs["lr"] = self.optimizer.param_groups[0]["lr"]
-        self.schedule.step_epoch(logs)
+        if self.validated or val_data is None or not str(self.schedule.monitor or "").startswith("val_"):
+            self.schedule.step_epoch(logs)  # a plateau schedule watching validation waits for it
         value = logs.get(cfg.monitor)
         # monitor "last": every epoch's weights replace the kept ones, so the final weights are kept
         logs["best"] = cfg.monitor == "last" or better(cfg.monitor, "auto", value, self.best)
