@@ -114,7 +114,10 @@ def _check_before_launch(config: Path | None, set_: list[str] | None, resume: Pa
             raise DeepworksError(f"{resume}: not a deepworks run directory (no config.yaml).")
         load_config(resume / "config.yaml")
     elif config is not None:
-        load_config(config, set_ or [])
+        if load_config(config, set_ or []).train.tensorboard:
+            from deepworks.train.tensorboard import summary_writer_class
+
+            summary_writer_class()  # a missing package is reported once, not once per process
 
 
 def _torchrun(nproc: int) -> int:
