@@ -114,7 +114,10 @@ def _check_before_launch(config: Path | None, set_: list[str] | None, resume: Pa
             raise DeepworksError(f"{resume}: not a deepworks run directory (no config.yaml).")
         load_config(resume / "config.yaml")
     elif config is not None:
-        load_config(config, set_ or [])
+        if load_config(config, set_ or []).train.tensorboard:
+            from deepworks.train.tensorboard import summary_writer_class
+
+            summary_writer_class()  # a missing package is reported once, not once per process
 
 
 def _torchrun(nproc: int) -> int:
@@ -338,6 +341,41 @@ def projection(
         f"on {result['points']} {result['split']} samples"
     )
     out.print(f"wrote {result['png']} and {result['csv']}")
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="two or more run directories")],
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="the HTML page (default: ./compare.html)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the tables as JSON")] = False,
+) -> None:
+    """Runs side by side: the config keys that differ, their results, and compare.html with the
+    learning curves overlaid."""
+    import deepworks
+    from deepworks.report.compare import figure_text, value_text
+
+    result = deepworks.compare(run_dirs, out=out_path)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    names = [r["name"] for r in result["runs"]]
+    for title, first, rows, shown in (
+        ("config keys that differ", "key", result["config"], lambda key, v: value_text(v)),
+        ("results (summary.json)", "figure", result["metrics"], figure_text),
+    ):
+        if not rows:
+            out.print("the resolved configs are identical")
+            continue
+        table = Table(title=title, show_header=True)
+        table.add_column(first, overflow="fold")
+        for name in names:
+            table.add_column(escape(name), justify="right", overflow="fold")
+        for key, values in rows.items():
+            table.add_row(escape(key), *(escape(shown(key, v)) for v in values))
+        out.print(table)
+    for note in result["notes"]:
+        out.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    out.print(f"wrote {escape(result['html'])}")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

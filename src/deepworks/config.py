@@ -276,6 +276,11 @@ class TrainConfig(Strict):
     l1: float = Field(0.0, ge=0, description="L1 penalty on weights (not biases or norm layers)")
     l2: float = Field(0.0, ge=0, description="L2 penalty (l2/2 * sum w^2) on weights; apart from weight_decay")
     log_gradients: int | None = Field(None, ge=1, description="record per-layer gradient norms every N steps")
+    tensorboard: bool = Field(
+        False, description="write TensorBoard logs into RUN_DIR/tensorboard: the epoch metrics and, every "
+        "tensorboard_every steps, histograms of each parameter's weights and gradients (needs the tensorboard package)"
+    )
+    tensorboard_every: int = Field(100, ge=1, description="steps between the weight and gradient histograms of tensorboard")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     val_every: int = Field(
         1, ge=1, description="validate after every N-th epoch (and always after the last); the best model, early "

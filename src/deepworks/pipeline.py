@@ -40,6 +40,7 @@ from deepworks.runtime import barrier, broadcast_object, distributed_context
 from deepworks.train import Callback, Trainer, load_model_weights
 from deepworks.train.step import with_tta
 from deepworks.train.tasks import Classification, Regression, Task, task_from_record
+from deepworks.train.tensorboard import summary_writer_class
 
 __all__ = [
     "Run", "PreparedData", "prepare_data", "train", "cross_validate", "resume", "evaluate", "predict", "load_run",
@@ -298,6 +299,8 @@ def train(
     :class:`~deepworks.train.Callback`). Returns the :class:`Run` with its best model and summary.
     """
     cfg = load_config(config, _merge_kwargs(overrides, kwargs))
+    if cfg.train.tensorboard:  # a missing tensorboard package is refused before any work
+        summary_writer_class()
     dist = distributed_context()
     data = prepare_data(cfg)
     torch.manual_seed(cfg.seed)  # the model's initial weights

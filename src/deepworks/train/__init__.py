@@ -6,6 +6,7 @@ from deepworks.train.optim import OPTIMIZERS, build_optimizer
 from deepworks.train.schedules import SCHEDULES, build_schedule
 from deepworks.train.step import eval_step, train_step
 from deepworks.train.tasks import TASKS, Classification, Regression, Task
+from deepworks.train.tensorboard import TensorBoardLogger
 from deepworks.train.trainer import Trainer, load_model_weights
 
 bind_component(("train", "optimizer"), OPTIMIZERS)
@@ -16,6 +17,7 @@ __all__ = [
     "Callback",
     "EarlyStopping",
     "ProgressLogger",
+    "TensorBoardLogger",
     "OPTIMIZERS",
     "build_optimizer",
     "SCHEDULES",

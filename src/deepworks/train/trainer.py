@@ -44,6 +44,7 @@ from deepworks.train.regularization import penalized_weights, weight_penalty
 from deepworks.train.schedules import build_schedule
 from deepworks.train.step import eval_step, train_step, with_tta
 from deepworks.train.tasks import Task, resolve_task
+from deepworks.train.tensorboard import TensorBoardLogger
 
 __all__ = ["Trainer", "MODEL_FORMAT", "load_model_weights"]
 
@@ -105,6 +106,8 @@ class Trainer:
         if self.config.early_stopping is not None:
             es = self.config.early_stopping
             self.callbacks.append(EarlyStopping(es.monitor, es.patience, es.min_delta, es.mode))
+        if self.config.tensorboard:
+            self.callbacks.append(TensorBoardLogger(self.config.tensorboard_every))
         self.callbacks += list(callbacks)
         self.augment = augment  # augment(x, epoch=, step=, rank=) -> x, on training batches only
         self.stop_training = False

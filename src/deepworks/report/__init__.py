@@ -1,0 +1,1 @@
+"""Reports on runs: ``compare.py`` (several runs side by side, a self-contained compare.html)."""
