@@ -9,7 +9,7 @@ from deepworks.errors import CheckpointError, ConfigError, DataError, DeepworksE
 from deepworks.models import create_model, list_models
 from deepworks.train import Callback, EarlyStopping, Trainer
 from deepworks.pipeline import Run, cross_validate, evaluate, load_run, lr_find, predict, resume, train
-from deepworks.analysis import importance, projection
+from deepworks.analysis import diagnose, importance, projection
 from deepworks.evaluate.importance import permutation_importance
 from deepworks.report.compare import compare
 
@@ -33,6 +33,7 @@ __all__ = [
     "lr_find",
     "importance",
     "projection",
+    "diagnose",
     "permutation_importance",
     "compare",
     "DeepworksError",

@@ -1,6 +1,7 @@
-"""Looking inside a trained run: which input columns matter, and what a layer has learned.
+"""Looking inside a trained run: which input columns matter, what a layer has learned, and
+what the training curves say went wrong.
 
-Both functions open a run directory the way :func:`deepworks.evaluate` does (the run's config,
+``importance`` and ``projection`` open a run directory the way :func:`deepworks.evaluate` does (the run's config,
 its data split again with the same seed, the best model) and write their results next to the
 run's other files::
 
@@ -9,8 +10,14 @@ run's other files::
     deepworks.projection("runs/quickstart-20261124-101500", method="tsne")
     # -> projection-<layer>-tsne-val.png and .csv
 
-The algorithms live in :mod:`deepworks.evaluate.importance` and
-:mod:`deepworks.evaluate.projection`; this module ties them to a run.
+``diagnose`` reads the run's files only (metrics.jsonl, summary.json, predictions.safetensors,
+gradients.jsonl, data.json, config.yaml)::
+
+    for finding in deepworks.diagnose("runs/quickstart-20261124-101500"):
+        print(finding["kind"], finding["evidence"], finding["advice"])
+
+The algorithms live in :mod:`deepworks.evaluate.importance`, :mod:`deepworks.evaluate.projection`
+and :mod:`deepworks.evaluate.diagnosis`; this module ties them to a run.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import torch
 from deepworks.config import dump_config, load_config
 from deepworks.data.loaders import TensorData
 from deepworks.errors import CheckpointError, ConfigError, DataError
+from deepworks.evaluate.diagnosis import diagnose_run
 from deepworks.evaluate.importance import permutation_importance, plot_importance
 from deepworks.evaluate.projection import (
     capture_activations,
@@ -43,9 +51,17 @@ from deepworks.runs import RunDir, atomic_write
 from deepworks.runtime import resolve_device
 from deepworks.train import Trainer
 
-__all__ = ["importance", "projection", "run_feature_groups"]
+__all__ = ["importance", "projection", "diagnose", "run_feature_groups"]
 
 SPLITS = ("train", "val", "test")
+
+
+def diagnose(run_dir: str | Path) -> list[dict[str, str]]:
+    """What went wrong in a run, in plain words with the numbers: a list of ``{"kind",
+    "evidence", "advice"}`` (see :mod:`deepworks.evaluate.diagnosis`), recomputed from the run
+    directory's files; training stores the same list in ``summary.json`` as ``diagnosis``.
+    A missing or cut-short ``metrics.jsonl`` gives a ``metrics_missing`` entry, not an error."""
+    return diagnose_run(run_dir)
 
 
 def _open(run_dir: str | Path, split: str) -> tuple[Run, RunDir, dict[str, Any]]:

@@ -31,8 +31,9 @@ from deepworks.data.features import TableEncoder
 from deepworks.data.leakage import apply_policy, find_duplicates, one_to_one_columns, sample_hashes
 from deepworks.data.splits import dataset_split_indices, kfold_indices, split_indices, take_splits
 from deepworks.data.tabular import load_table, read_feature_rows, read_table, table_target
-from deepworks.errors import CheckpointError, ConfigError, DataError
+from deepworks.errors import CheckpointError, ConfigError, DataError, TrainingError
 from deepworks.evaluate.baselines import tabular_baselines
+from deepworks.evaluate.diagnosis import diagnose, render_diagnosis
 from deepworks.evaluate.predictions import confidently_wrong, display_pixels, save_predictions
 from deepworks.models.registry import model_from_config
 from deepworks.runs import RunDir, atomic_write, new_run_dir
@@ -490,7 +491,13 @@ def _fit(
         model, cfg.train, run_dir=run.path, task=data.task, seed=cfg.seed, augment=_augment(cfg, data),
         callbacks=callbacks,
     )
-    history = trainer.fit(data.train, data.val if len(data.val) else None, resume=resume)
+    try:
+        history = trainer.fit(data.train, data.val if len(data.val) else None, resume=resume)
+    except TrainingError as exc:  # a divergence: say why in summary.json and on the console, then stop
+        if test:
+            trainer.summary = {"task": data.task.name, "epochs_run": trainer.epoch, "diverged": str(exc)}
+            _diagnose(cfg, data, trainer, run, error=str(exc))
+        raise
     if not test:  # a cross-validation fold: validation figures only
         return Run(run.path, cfg, trainer.model, data.classes, history, trainer.summary, data.task)
     test_report = trainer.evaluate(data.test, keep="test")  # the test split is touched once, here
@@ -509,7 +516,23 @@ def _fit(
             run.write_json(run.summary, trainer.summary)
     if data.info.get("kind") == "table":
         _record_baselines(trainer, data, run, cfg.seed)
+    _diagnose(cfg, data, trainer, run)
     return Run(run.path, cfg, trainer.model, data.classes, history, trainer.summary, data.task)
+
+
+def _diagnose(cfg: Config, data: PreparedData, trainer: Trainer, run: RunDir, error: str | None = None) -> None:
+    """The diagnosis (:mod:`deepworks.evaluate.diagnosis`) of the run just trained, from what is
+    in memory: ``summary.json`` -> ``diagnosis``, and printed unless ``train.progress`` is none."""
+    if not distributed_context().is_main:
+        return
+    predictions = {"task": data.task.name, **{s: {"outputs": o, "targets": t} for s, (o, t) in trainer.outputs.items()}}
+    gradients = run.read_jsonl(run.gradients) if cfg.train.log_gradients else None
+    findings = diagnose(trainer.history, trainer.summary, predictions=predictions, gradients=gradients,
+                        data_info=data.info, config=cfg, error=error)
+    trainer.summary["diagnosis"] = findings
+    run.write_json(run.summary, trainer.summary)
+    if cfg.train.progress != "none":
+        print(render_diagnosis(findings), flush=True)
 
 
 def _save_predictions(run: RunDir, trainer: Trainer, data: PreparedData) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["GradientMonitor", "first_nonfinite_layer", "VANISHING", "EXPLODING"]
+__all__ = ["GradientMonitor", "flag_norms", "first_nonfinite_layer", "VANISHING", "EXPLODING"]
 
 VANISHING = 1e-3  # a layer whose gradient norm is below this fraction of the largest layer's barely learns
 VANISHING_ABS = 1e-8  # ... or below this in absolute terms
@@ -24,6 +24,23 @@ def _layer_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
             owner = name.rsplit(".", 1)[0] if "." in name else name
             groups.setdefault(owner, []).append(p)
     return groups
+
+
+def flag_norms(
+    norms: dict[str, float], vanishing: float = VANISHING, exploding: float = EXPLODING
+) -> tuple[list[str], list[str]]:
+    """The layers of one record of gradient norms (layer -> norm) that vanish and that explode:
+    exploding above ``exploding`` or non-finite; vanishing under ``vanishing`` times the
+    largest finite norm of the record (and under VANISHING_ABS in any case).
+
+    >>> flag_norms({"a": 1e-7, "b": 0.5, "c": float("inf")})
+    (['a'], ['c'])
+    """
+    finite = [n for n in norms.values() if math.isfinite(n)]
+    floor = max(vanishing * max(finite, default=0.0), VANISHING_ABS)
+    exploded = [layer for layer, n in norms.items() if not math.isfinite(n) or n > exploding]
+    vanished = [layer for layer, n in norms.items() if math.isfinite(n) and n <= exploding and n < floor]
+    return vanished, exploded
 
 
 class GradientMonitor:
@@ -48,20 +65,18 @@ class GradientMonitor:
             grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
             norms[layer] = float(torch.stack(grads).norm()) if grads else 0.0
         news = []
-        finite = [n for n in norms.values() if math.isfinite(n)]
-        floor = max(self.vanishing_at * max(finite, default=0.0), VANISHING_ABS)
-        for layer, norm in norms.items():
-            if not math.isfinite(norm) or norm > self.exploding_at:
-                if layer not in self.exploding:
-                    self.exploding[layer] = step
-                    news.append(f"exploding gradient in layer {layer!r} at step {step}: norm {norm:.3g}")
-            elif norm < floor:
-                if layer not in self.vanishing:
-                    self.vanishing[layer] = step
-                    news.append(
-                        f"vanishing gradient in layer {layer!r} at step {step}: norm {norm:.3g}, "
-                        f"under {self.vanishing_at:g} of the largest layer's"
-                    )
+        vanishing, exploding = flag_norms(norms, self.vanishing_at, self.exploding_at)
+        for layer in exploding:
+            if layer not in self.exploding:
+                self.exploding[layer] = step
+                news.append(f"exploding gradient in layer {layer!r} at step {step}: norm {norms[layer]:.3g}")
+        for layer in vanishing:
+            if layer not in self.vanishing:
+                self.vanishing[layer] = step
+                news.append(
+                    f"vanishing gradient in layer {layer!r} at step {step}: norm {norms[layer]:.3g}, "
+                    f"under {self.vanishing_at:g} of the largest layer's"
+                )
         self.records += 1
         self.last = norms
         return norms, news
