@@ -11,6 +11,7 @@ from deepworks.train import Callback, EarlyStopping, Trainer
 from deepworks.pipeline import Run, cross_validate, evaluate, load_run, lr_find, predict, resume, train
 from deepworks.analysis import importance, projection
 from deepworks.evaluate.importance import permutation_importance
+from deepworks.report import write_report as report  # deepworks.report is this function, as deepworks.evaluate is
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,7 @@ __all__ = [
     "importance",
     "projection",
     "permutation_importance",
+    "report",
     "DeepworksError",
     "ConfigError",
     "DataError",

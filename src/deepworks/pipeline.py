@@ -118,6 +118,7 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
         "pixels": {"dtype": "uint8", "scale": ds.scale},
         "loading": ds.loading or {"path": "memory", "estimate_bytes": int(ds.x.numel() + (0 if ds.test_x is None else ds.test_x.numel()))},
         "sizes": {name: len(parts[name]) for name in ("train", "val", "test")},
+        "class_counts": _class_counts({name: parts[name].y for name in ("train", "val", "test")}, len(ds.classes)),
         "official_test": official,
         "split_fingerprint": digest.hexdigest(),
         "duplicates": duplicates,
@@ -125,6 +126,11 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
     task = Classification(ds.classes)
     info["task"] = task.record()
     return PreparedData(parts["train"], parts["val"], parts["test"], list(ds.classes), ds.input_shape, info, task)
+
+
+def _class_counts(ys: dict[str, torch.Tensor], k: int) -> dict[str, list[int]]:
+    """Samples per class in each split (for the report's data section)."""
+    return {name: torch.bincount(y.long().cpu().flatten(), minlength=k).tolist() for name, y in ys.items()}
 
 
 def _is_table_path(path: str | Path) -> bool:
@@ -231,6 +237,7 @@ def _prepare_table(config: Config, fold: tuple[int, int] | None = None) -> Prepa
         "feature_groups": encoder.groups,
         "encoder": encoder.to_dict(),
         "sizes": {name: len(rows) for name, rows in idx.items()},
+        "class_counts": _class_counts(ys, len(classes)) if task_name == "classification" else None,
         "official_test": False,
         "split_fingerprint": digest.hexdigest(),
         "task": task.record(),
@@ -506,7 +513,22 @@ def _fit(
             run.write_json(run.summary, trainer.summary)
     if data.info.get("kind") == "table":
         _record_baselines(trainer, data, run, cfg.seed)
+    if cfg.report and distributed_context().is_main:
+        _write_report(run)
     return Run(run.path, cfg, trainer.model, data.classes, history, trainer.summary, data.task)
+
+
+def _write_report(run: RunDir) -> None:
+    """``report.html`` at the end of a run (config ``report: false`` turns it off)."""
+    from deepworks.report import write_report
+
+    try:
+        path = write_report(run.path)
+    except Exception as exc:  # the trained run is intact; the report can be written again
+        warnings.warn(f"{run.path}: report.html could not be written ({type(exc).__name__}: {exc}). "
+                      f"Write it again with `deepworks report {run.path}`.", stacklevel=2)
+        return
+    print(f"report: {path}", flush=True)
 
 
 def _save_predictions(run: RunDir, trainer: Trainer, data: PreparedData) -> None:
