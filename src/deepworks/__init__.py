@@ -12,6 +12,7 @@ from deepworks.pipeline import Run, cross_validate, evaluate, load_run, lr_find,
 from deepworks.analysis import diagnose, importance, projection
 from deepworks.evaluate.importance import permutation_importance
 from deepworks.report.compare import compare
+from deepworks.report import write_report as report  # deepworks.report is this function, as deepworks.evaluate is
 
 __version__ = "0.1.0"
 
@@ -36,6 +37,7 @@ __all__ = [
     "diagnose",
     "permutation_importance",
     "compare",
+    "report",
     "DeepworksError",
     "ConfigError",
     "DataError",

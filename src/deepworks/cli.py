@@ -378,6 +378,14 @@ def compare(
     out.print(f"wrote {escape(result['html'])}")
 
 
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> None:
+    """Write RUN_DIR/report.html: curves, metrics, confusion matrix, calibration, gradients, model (one self-contained page)."""
+    import deepworks
+
+    out.print(f"wrote {escape(str(deepworks.report(run_dir)))}", highlight=False, soft_wrap=True)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     # warnings about the user's data or config are messages for them, not source locations
     err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)

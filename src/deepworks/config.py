@@ -368,6 +368,9 @@ class Config(Strict):
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    report: bool = Field(
+        True, description="write report.html (curves, confusion matrix, calibration, ...) into the run at the end of training"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -120,6 +120,7 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
         "pixels": {"dtype": "uint8", "scale": ds.scale},
         "loading": ds.loading or {"path": "memory", "estimate_bytes": int(ds.x.numel() + (0 if ds.test_x is None else ds.test_x.numel()))},
         "sizes": {name: len(parts[name]) for name in ("train", "val", "test")},
+        "class_counts": _class_counts({name: parts[name].y for name in ("train", "val", "test")}, len(ds.classes)),
         "official_test": official,
         "split_fingerprint": digest.hexdigest(),
         "duplicates": duplicates,
@@ -127,6 +128,11 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
     task = Classification(ds.classes)
     info["task"] = task.record()
     return PreparedData(parts["train"], parts["val"], parts["test"], list(ds.classes), ds.input_shape, info, task)
+
+
+def _class_counts(ys: dict[str, torch.Tensor], k: int) -> dict[str, list[int]]:
+    """Samples per class in each split (for the report's data section)."""
+    return {name: torch.bincount(y.long().cpu().flatten(), minlength=k).tolist() for name, y in ys.items()}
 
 
 def _is_table_path(path: str | Path) -> bool:
@@ -233,6 +239,7 @@ def _prepare_table(config: Config, fold: tuple[int, int] | None = None) -> Prepa
         "feature_groups": encoder.groups,
         "encoder": encoder.to_dict(),
         "sizes": {name: len(rows) for name, rows in idx.items()},
+        "class_counts": _class_counts(ys, len(classes)) if task_name == "classification" else None,
         "official_test": False,
         "split_fingerprint": digest.hexdigest(),
         "task": task.record(),
@@ -497,6 +504,8 @@ def _fit(
         if test:
             trainer.summary = {"task": data.task.name, "epochs_run": trainer.epoch, "diverged": str(exc)}
             _diagnose(cfg, data, trainer, run, error=str(exc))
+            if cfg.report and distributed_context().is_main:
+                _write_report(run)  # the page shows the curves up to the divergence and the diagnosis
         raise
     if not test:  # a cross-validation fold: validation figures only
         return Run(run.path, cfg, trainer.model, data.classes, history, trainer.summary, data.task)
@@ -517,6 +526,8 @@ def _fit(
     if data.info.get("kind") == "table":
         _record_baselines(trainer, data, run, cfg.seed)
     _diagnose(cfg, data, trainer, run)
+    if cfg.report and distributed_context().is_main:
+        _write_report(run)
     return Run(run.path, cfg, trainer.model, data.classes, history, trainer.summary, data.task)
 
 
@@ -533,6 +544,19 @@ def _diagnose(cfg: Config, data: PreparedData, trainer: Trainer, run: RunDir, er
     run.write_json(run.summary, trainer.summary)
     if cfg.train.progress != "none":
         print(render_diagnosis(findings), flush=True)
+
+
+def _write_report(run: RunDir) -> None:
+    """``report.html`` at the end of a run (config ``report: false`` turns it off)."""
+    from deepworks.report import write_report
+
+    try:
+        path = write_report(run.path)
+    except Exception as exc:  # the trained run is intact; the report can be written again
+        warnings.warn(f"{run.path}: report.html could not be written ({type(exc).__name__}: {exc}). "
+                      f"Write it again with `deepworks report {run.path}`.", stacklevel=2)
+        return
+    print(f"report: {path}", flush=True)
 
 
 def _save_predictions(run: RunDir, trainer: Trainer, data: PreparedData) -> None:

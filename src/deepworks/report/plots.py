@@ -1,0 +1,305 @@
+"""The report's figures: one function per figure, each returning PNG bytes.
+
+Every figure is a matplotlib ``Figure`` on the Agg canvas (no pyplot, no global state, no
+display), saved as PNG at a modest resolution so that a page of ten figures stays small
+enough to mail. :func:`data_uri` turns the bytes into an ``<img src=...>`` value.
+
+>>> png = learning_curves([{"epoch": 1, "train_loss": 1.0, "val_loss": 1.2, "lr": 0.1}], "accuracy")
+>>> png[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
+True
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "data_uri",
+    "learning_curves",
+    "confusion_matrix",
+    "reliability",
+    "image_png",
+    "gradient_flow",
+    "predicted_vs_actual",
+    "residuals",
+]
+
+DPI = 96
+TRAIN, VAL, TEST = "#1f77b4", "#ff7f0e", "#2ca02c"  # one colour per split across figures
+
+
+def data_uri(png: bytes) -> str:
+    """``data:image/png;base64,...`` for an ``<img src>``: the page carries its images."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _figure(width: float, height: float, *, left: float = 0.65, right: float = 0.2, bottom: float = 0.55,
+            top: float = 0.35, wspace: float = 0.3, hspace: float = 0.2):
+    """A figure of ``width`` x ``height`` inches with fixed margins in inches (a layout engine
+    would draw every figure twice: half the report's time)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
+                        wspace=wspace, hspace=hspace)
+    return fig
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) of the records that have a finite ``key``."""
+    xs, ys = [], []
+    for r in records:
+        v = r.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            xs.append(r.get("epoch", len(xs) + 1))
+            ys.append(float(v))
+    return xs, ys
+
+
+def learning_curves(
+    records: Sequence[Mapping[str, Any]],
+    metric: str,
+    *,
+    best_epoch: int | None = None,
+    stopped_epoch: int | None = None,
+    monitor: str | None = None,
+) -> bytes:
+    """Loss (train vs val), ``metric`` (train vs val) and the learning rate per epoch, with the
+    best epoch and the early-stopping point marked."""
+    fig = _figure(11, 3.4, wspace=0.25)
+    axes = fig.subplots(1, 3)
+    for ax, name in zip(axes[:2], ("loss", metric)):
+        for split, colour in (("train", TRAIN), ("val", VAL)):
+            xs, ys = _series(records, f"{split}_{name}")
+            if xs:
+                ax.plot(xs, ys, marker="o", markersize=3, color=colour, label=split)
+        title = name.replace("_", " ")
+        if monitor and monitor.endswith(f"_{name}"):
+            title += f" (monitored: {monitor})"
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+    axes[0].set_yscale("log" if _positive_wide(records, "loss") else "linear")
+    xs, ys = _series(records, "lr")
+    lr = axes[2]
+    if xs:
+        lr.plot(xs, ys, marker="o", markersize=3, color="#555555")
+        if min(ys) > 0 and max(ys) / min(ys) > 20:
+            lr.set_yscale("log")
+        elif max(ys) == min(ys):  # a constant rate: show it against zero, not as noise in the fifth digit
+            lr.set_ylim(0, 1.5 * max(ys) if max(ys) > 0 else 1)
+    from matplotlib.ticker import MaxNLocator
+
+    lr.set_title("learning rate", fontsize=10)
+    lr.set_xlabel("epoch")
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="#2ca02c", linestyle="--", linewidth=1, label=f"best (epoch {best_epoch})")
+        if stopped_epoch is not None:
+            ax.axvline(stopped_epoch, color="#d62728", linestyle=":", linewidth=1.2,
+                       label=f"early stop (epoch {stopped_epoch})")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        axes[0].legend(fontsize=8)
+    if any(_series(records, f"{s}_{metric}")[0] for s in ("train", "val")):
+        axes[1].legend(fontsize=8)
+    return _png(fig)
+
+
+def _positive_wide(records: Sequence[Mapping[str, Any]], name: str) -> bool:
+    """A loss that falls over more than a decade reads better on a log axis."""
+    values = [v for s in ("train", "val") for v in _series(records, f"{s}_{name}")[1]]
+    return bool(values) and min(values) > 0 and max(values) / min(values) > 10
+
+
+def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str = "test split") -> bytes:
+    """A heat map of counts (rows true class, columns predicted), each cell labelled when it fits."""
+    cm = np.asarray(matrix, dtype=np.int64)
+    k = len(cm)
+    names = [str(c) for c in classes] if len(classes) == k else [str(i) for i in range(k)]
+    longest = max(map(len, names), default=1) if k <= 40 else 2
+    label = min(2.5, 0.3 + 0.075 * longest)  # inches for the tick labels
+    side = min(12.0, max(4.0, 0.45 * k + 1.5))
+    fig = _figure(side + label + 1.3, side + label, left=label + 0.35, bottom=label + 0.35, right=0.3)
+    ax = fig.subplots()
+    # colour by the share of the true class's samples, so rare classes read as well as common ones
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class")
+    if k <= 40:
+        ax.set_xticks(range(k), names, rotation=90 if max(map(len, names), default=0) > 3 else 0, fontsize=8)
+        ax.set_yticks(range(k), names, fontsize=8)
+    if k <= 30:
+        for i in range(k):
+            for j in range(k):
+                if cm[i, j]:
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7 if k > 15 else 9,
+                            color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"confusion matrix ({title}, {int(cm.sum())} samples)", fontsize=10)
+    return _png(fig)
+
+
+def reliability(results: Mapping[str, Mapping[str, Any]]) -> bytes:
+    """Reliability diagrams side by side, one per split (``split -> calibration(...)`` result):
+    accuracy per confidence bin against the diagonal of perfect calibration, and how many
+    samples each bin holds."""
+    fig = _figure(4.6 * max(1, len(results)), 4.4, right=0.6, wspace=0.5)
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(results))))
+    for ax, (split, result) in zip(axes, results.items()):
+        bins = result["bins"]
+        lower = np.array([b["lower"] for b in bins])
+        width = np.array([b["upper"] - b["lower"] for b in bins])
+        acc = np.array([b["accuracy"] for b in bins])
+        conf = np.array([b["confidence"] for b in bins])
+        count = np.array([b["count"] for b in bins])
+        filled = count > 0
+        ax.bar(lower[filled], acc[filled], width=width[filled], align="edge", color=VAL if split == "val" else TEST,
+               edgecolor="white", alpha=0.85, label="accuracy")
+        ax.bar(lower[filled], (conf - acc)[filled], bottom=acc[filled], width=width[filled], align="edge",
+               color="none", edgecolor="#d62728", hatch="//", linewidth=0.6, label="gap to confidence")
+        ax.plot([0, 1], [0, 1], color="#555555", linestyle="--", linewidth=1, label="perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top-class probability)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{split}: ECE {result['ece']:.4f} ({result['count']} samples)", fontsize=10)
+        ax.legend(fontsize=7, loc="upper left")
+        share = ax.twinx()
+        share.plot(lower[filled] + width[filled] / 2, count[filled] / max(1, count.sum()), color="#7f7f7f",
+                   marker=".", linewidth=0.8)
+        share.set_ylim(0, 1)
+        share.set_ylabel("share of samples", color="#7f7f7f", fontsize=8)
+        share.tick_params(axis="y", colors="#7f7f7f", labelsize=7)
+    return _png(fig)
+
+
+def image_png(image: np.ndarray, min_side: int = 96) -> bytes:
+    """One uint8 image (C, H, W) as a PNG, enlarged by a whole factor (nearest neighbour, so
+    pixels stay sharp) until its shorter side is at least ``min_side``; drawn with Pillow, not
+    matplotlib: a grid of 16 takes milliseconds."""
+    from PIL import Image
+
+    image = np.asarray(image, dtype=np.uint8)
+    pixels = image[0] if image.shape[0] == 1 else np.transpose(image[:3], (1, 2, 0))
+    picture = Image.fromarray(np.ascontiguousarray(pixels))
+    factor = max(1, -(-min_side // max(1, min(picture.size))))
+    if factor > 1:
+        picture = picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def gradient_flow(records: Sequence[Mapping[str, Any]], flagged: Mapping[str, str] | None = None) -> bytes:
+    """Per-layer gradient norms (``gradients.jsonl``): each layer's norm over the steps, and the
+    median (with the range) per layer in the model's order; ``flagged`` names layers marked
+    vanishing or exploding."""
+    layers: list[str] = []
+    for r in records:
+        for name in r.get("norms", {}):
+            if name not in layers:
+                layers.append(name)
+    steps = np.array([r.get("step", i) for i, r in enumerate(records)], dtype=float)
+    values = np.full((len(records), len(layers)), np.nan)
+    for i, r in enumerate(records):
+        for j, name in enumerate(layers):
+            v = r.get("norms", {}).get(name)
+            if isinstance(v, (int, float)) and math.isfinite(v) and v > 0:
+                values[i, j] = v
+    longest = max(map(len, layers), default=1) if len(layers) <= 40 else 1
+    fig = _figure(11, 3.4 + min(2.0, 0.08 * longest), bottom=0.45 + min(2.0, 0.08 * longest), top=0.5, wspace=0.25)
+    over_steps, per_layer = fig.subplots(1, 2, width_ratios=[3, 2])
+    from matplotlib import colormaps
+
+    colours = colormaps["viridis"](np.linspace(0, 0.9, max(1, len(layers))))
+    for j, name in enumerate(layers):
+        over_steps.plot(steps, values[:, j], color=colours[j], linewidth=1, label=name if len(layers) <= 12 else None)
+    over_steps.set_yscale("log")
+    over_steps.set_xlabel("step")
+    over_steps.set_ylabel("gradient norm")
+    over_steps.set_title("per-layer gradient norm over training (input side dark, output side light)", fontsize=9)
+    if len(layers) <= 12:
+        over_steps.legend(fontsize=7, ncols=2, title="layer", title_fontsize=7)
+    over_steps.grid(alpha=0.3)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a layer without a finite norm: an all-NaN column
+            median = np.nanmedian(values, axis=0) if len(records) else np.full(len(layers), np.nan)
+            low, high = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+    x = np.arange(len(layers))
+    flagged = flagged or {}
+    bar_colours = ["#d62728" if flagged.get(n) == "exploding" else "#9467bd" if flagged.get(n) == "vanishing"
+                   else "#1f77b4" for n in layers]
+    per_layer.bar(x, np.nan_to_num(median, nan=0.0), color=bar_colours)
+    ok = np.isfinite(median)
+    per_layer.errorbar(x[ok], median[ok], yerr=[median[ok] - low[ok], high[ok] - median[ok]], fmt="none",
+                       ecolor="#333333", linewidth=0.8, capsize=2)
+    per_layer.set_yscale("log")
+    if len(layers) <= 40:
+        per_layer.set_xticks(x, layers, rotation=90, fontsize=7)
+    per_layer.set_xlabel("layer (input to output)")
+    per_layer.set_title("median norm per layer (bar) with its range\nred: exploding, purple: vanishing", fontsize=9)
+    per_layer.grid(alpha=0.3, axis="y")
+    return _png(fig)
+
+
+def predicted_vs_actual(splits: Mapping[str, tuple[np.ndarray, np.ndarray]], target: str) -> bytes:
+    """Predicted against actual values per split (``split -> (predicted, actual)``, in the
+    target's units), with the line of perfect prediction."""
+    fig = _figure(5.2, 4.8)
+    ax = fig.subplots()
+    values = [v for pred, actual in splits.values() for v in (pred, actual) if len(v)]
+    for split, (pred, actual) in splits.items():
+        ax.scatter(actual, pred, s=12, alpha=0.7, color=VAL if split == "val" else TEST, label=f"{split} ({len(pred)})")
+    if values:
+        low = float(min(v.min() for v in values))
+        high = float(max(v.max() for v in values))
+        ax.plot([low, high], [low, high], color="#555555", linestyle="--", linewidth=1, label="predicted = actual")
+    ax.set_xlabel(f"actual {target}")
+    ax.set_ylabel(f"predicted {target}")
+    ax.set_title(f"{target}: predicted vs actual", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def residuals(splits: Mapping[str, tuple[np.ndarray, np.ndarray]], target: str) -> bytes:
+    """Residuals (actual - predicted) against the prediction, and their histogram, per split."""
+    fig = _figure(10, 3.8, wspace=0.25)
+    scatter, hist = fig.subplots(1, 2)
+    for split, (pred, actual) in splits.items():
+        colour = VAL if split == "val" else TEST
+        res = actual - pred
+        scatter.scatter(pred, res, s=12, alpha=0.7, color=colour, label=split)
+        hist.hist(res, bins=min(30, max(5, len(res) // 4)), alpha=0.6, color=colour, label=split)
+    scatter.axhline(0, color="#555555", linestyle="--", linewidth=1)
+    scatter.set_xlabel(f"predicted {target}")
+    scatter.set_ylabel("residual (actual - predicted)")
+    scatter.set_title("residuals against the prediction", fontsize=10)
+    scatter.legend(fontsize=8)
+    scatter.grid(alpha=0.3)
+    hist.axvline(0, color="#555555", linestyle="--", linewidth=1)
+    hist.set_xlabel(f"residual ({target})")
+    hist.set_ylabel("samples")
+    hist.set_title("distribution of the residuals", fontsize=10)
+    hist.legend(fontsize=8)
+    return _png(fig)
