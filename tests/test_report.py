@@ -3,6 +3,7 @@ directory holds (truncated metrics, deleted files) with notes instead of a trace
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -93,7 +94,11 @@ def test_training_writes_a_report_with_every_section(digits_run):
     assert f"{report['per_class'][0]['f1']:.4f}" in page
     assert f"{s['test']['accuracy']:.4f}" in page
     assert "ECE" in page and "receptive field" in page and "Conv2d" in page
-    assert "No diagnosis in summary.json" in page  # nothing else recorded one in this run
+    # the diagnosis written at the end of training heads the page, each finding with its evidence
+    assert s["diagnosis"] and "No diagnosis in summary.json" not in page
+    for finding in s["diagnosis"]:
+        assert f'<span class="kind">{finding["kind"].replace("_", " ")}</span>' in page
+        assert html.escape(finding["evidence"]) in page
 
 
 def test_report_is_self_contained(digits_run):
