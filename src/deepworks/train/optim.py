@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from deepworks.registry import Registry
 
-__all__ = ["OPTIMIZERS", "FUSED", "FUSED_CPU", "FULL_BATCH", "build_optimizer"]
+__all__ = ["OPTIMIZERS", "FUSED", "FULL_BATCH", "build_optimizer"]
 
 OPTIMIZERS: Registry = Registry("optimizer")
 
@@ -117,20 +117,14 @@ FULL_BATCH = {"lbfgs"}  # optimizers that take the whole training set as one bat
 
 
 def build_optimizer(name: str, params: Iterable, device: torch.device | str = "cpu", **kw) -> torch.optim.Optimizer:
-    """The optimizer ``name`` with its validated params; fused kernels on CUDA and CPU where torch has them."""
+    """The optimizer ``name`` with its validated params; fused kernels on CUDA where torch has them."""
     entry = OPTIMIZERS.entry(name, where="train.optimizer.name")
     if entry.params is not None:
         kw = entry.params.model_validate(kw).model_dump()
-    kind = torch.device(device).type
-    if (kind == "cuda" and name in FUSED) or (kind == "cpu" and name in FUSED_CPU):
-        # one kernel for the whole update instead of several per tensor: on a CPU, AdamW's step
-        # for a small CNN's 12 tensors takes 0.55 ms instead of 1.5 ms (a step of the
-        # fast Fashion-MNIST recipe is ~14 ms)
-        kw["fused"] = True
+    if torch.device(device).type == "cuda" and name in FUSED:
+        kw["fused"] = True  # one kernel for the whole update instead of one per tensor
     return entry.factory(params, **kw)
 
 
-# optimizers whose torch implementation has a fused kernel; on the CPU only where it pays
-# (SGD's per-tensor update is already one or two ops)
+# optimizers whose torch implementation has a fused CUDA kernel
 FUSED = {"adamw", "adam", "sgd"}
-FUSED_CPU = {"adamw", "adam"}
