@@ -187,15 +187,28 @@ class RunDir:
             os.fsync(f.fileno())
 
     def read_jsonl(self, path: Path) -> list[dict[str, Any]]:
-        if not path.exists():
-            return []
-        records = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        """The records before the first line cut short (by a kill: everything after it is lost work)."""
+        return self.read_jsonl_prefix(path)[0]
+
+    def read_jsonl_prefix(self, path: Path) -> tuple[list[dict[str, Any]], int]:
+        """The records (JSON objects) before the first line that is cut short or not an object,
+        and the number of non-blank lines in the file: fewer records than lines means the file
+        is damaged from line ``len(records) + 1`` on. A missing file gives ``([], 0)``."""
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return [], 0
+        lines = [line for line in text.splitlines() if line.strip()]
+        records: list[dict[str, Any]] = []
+        for line in lines:
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
-                break  # a line cut short by a kill: everything after it is lost work
-        return records
+                break
+            if not isinstance(record, dict):
+                break
+            records.append(record)
+        return records, len(lines)
 
     def truncate_jsonl(self, path: Path, key: str, last: int) -> list[dict[str, Any]]:
         """Keep the records whose ``key`` is at most ``last`` (what the checkpoint covers)."""

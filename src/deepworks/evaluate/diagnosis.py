@@ -773,19 +773,10 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def _read_history(path: Path) -> tuple[list[dict[str, Any]], int | None]:
     """The JSON records of a .jsonl file up to the first bad line, and that line's number (or None)."""
+    from deepworks.runs import RunDir
+
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        records, lines = RunDir(path.parent).read_jsonl_prefix(path)
     except OSError:
         return [], None
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            return records, number
-        if not isinstance(record, dict):
-            return records, number
-        records.append(record)
-    return records, None
+    return records, (len(records) + 1 if len(records) < lines else None)

@@ -19,9 +19,7 @@ the style is inline, and nothing is fetched from anywhere.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ import yaml
 
 from deepworks.config import load_config
 from deepworks.errors import CheckpointError, ConfigError
+from deepworks.report.plots import _series, data_uri, figure_png
 from deepworks.runs import RunDir, atomic_write
 
 __all__ = ["compare", "flatten", "differing_keys", "learning_curves", "figure_data_uri", "value_text", "figure_text"]
@@ -168,27 +167,21 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _read_metrics(run: RunDir, notes: list[str]) -> list[dict[str, Any]]:
-    """The epoch records :meth:`RunDir.read_metrics` keeps (it stops at a line cut short), and a
-    note when it kept fewer lines than the file has, or the file is missing."""
+    """The epoch records before a line cut short (:meth:`RunDir.read_jsonl_prefix`), and a note
+    when it kept fewer lines than the file has, or the file is missing."""
     path = run.metrics
     if not path.exists():
         notes.append(f"{path} is missing: no learning curves for this run")
         return []
     try:
-        records = run.read_metrics()
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
+        kept, lines = run.read_jsonl_prefix(path)
+    except OSError as exc:
         notes.append(f"{path} is unreadable ({_first_line(exc)}): no learning curves for this run")
         return []
-    kept = []
-    for record in records:
-        if not isinstance(record, dict):
-            break
-        kept.append(record)
-    if len(kept) < len(lines):
+    if len(kept) < lines:
         where = f"the curves stop at epoch {kept[-1].get('epoch', len(kept))}" if kept else "no learning curves for this run"
         notes.append(
-            f"{path}: line {len(kept) + 1} of {len(lines)} is cut short or not a JSON object (a run killed while "
+            f"{path}: line {len(kept) + 1} of {lines} is cut short or not a JSON object (a run killed while "
             f"writing it?); {where}"
         )
     elif not kept:
@@ -304,12 +297,6 @@ def _colours(n: int) -> list[str]:
     return [to_hex(palette(i % palette.N)) for i in range(n)]
 
 
-def _curve(records: Sequence[dict[str, Any]], key: str) -> tuple[list[Any], list[float]]:
-    points = [(r.get("epoch", i + 1), r[key]) for i, r in enumerate(records)
-              if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
-    return [e for e, _ in points], [float(v) for _, v in points]
-
-
 def _panels(runs: Sequence[_Run]) -> list[list[str]]:
     """Rows of plotted metrics: the losses, then each run's monitored metric (unless a loss) and its
     task's headline metric (val accuracy or R²), where some run logged them."""
@@ -340,7 +327,7 @@ def learning_curves(runs: Sequence[Any]) -> list[dict[str, str]]:
         axes = fig.subplots(1, len(row), squeeze=False)[0]
         for ax, key in zip(axes, row, strict=True):
             for run, colour in zip(runs, colours, strict=True):
-                epochs, values = _curve(run.records, key)
+                epochs, values = _series(run.records, key)
                 if not epochs:
                     continue
                 ax.plot(epochs, values, color=colour, marker="o" if len(epochs) <= 30 else None, markersize=3)
@@ -360,9 +347,7 @@ def learning_curves(runs: Sequence[Any]) -> list[dict[str, str]]:
 
 def figure_data_uri(fig: Any, dpi: int = 110) -> str:
     """A matplotlib figure as a ``data:image/png;base64,...`` URI, for a page with no other files."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return data_uri(figure_png(fig, dpi))
 
 
 # ------------------------------------------------------------------------------- the page

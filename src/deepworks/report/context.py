@@ -89,17 +89,13 @@ def _read_json(run: RunDir, name: str, problems: dict[str, str]) -> Any:
 
 
 def _read_jsonl(run: RunDir, name: str, problems: dict[str, str], unit: str) -> list[dict[str, Any]]:
-    """The records before the first bad line (as :meth:`RunDir.read_jsonl` reads them), with a
-    problem recorded when lines were dropped."""
-    file = run.path / name
-    if not file.exists():
-        return []
-    records = [r for r in run.read_jsonl(file) if isinstance(r, dict)]
-    lines = [line for line in file.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    if len(records) < len(lines):
+    """The records before the first bad line (:meth:`RunDir.read_jsonl_prefix`), with a problem
+    recorded when lines were dropped."""
+    records, lines = run.read_jsonl_prefix(run.path / name)
+    if len(records) < lines:
         last = f"{unit} {records[-1].get(unit)}" if records and unit in records[-1] else "the start"
         problems[name] = (
-            f"truncated: line {len(records) + 1} of {len(lines)} is cut short or not JSON (a run killed while "
+            f"truncated: line {len(records) + 1} of {lines} is cut short or not JSON (a run killed while "
             f"writing it?); what follows is lost and the figures stop at {last}"
         )
     return records

@@ -53,9 +53,10 @@ def _figure(width: float, height: float, *, left: float = 0.65, right: float = 0
     return fig
 
 
-def _png(fig) -> bytes:
+def figure_png(fig, dpi: int = DPI) -> bytes:
+    """A matplotlib figure as PNG bytes."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
+    fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
 
 
@@ -118,7 +119,7 @@ def learning_curves(
         axes[0].legend(fontsize=8)
     if any(_series(records, f"{s}_{metric}")[0] for s in ("train", "val")):
         axes[1].legend(fontsize=8)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _positive_wide(records: Sequence[Mapping[str, Any]], name: str) -> bool:
@@ -153,7 +154,7 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], ti
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(f"confusion matrix ({title}, {int(cm.sum())} samples)", fontsize=10)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def reliability(results: Mapping[str, Mapping[str, Any]]) -> bytes:
@@ -187,7 +188,7 @@ def reliability(results: Mapping[str, Mapping[str, Any]]) -> bytes:
         share.set_ylim(0, 1)
         share.set_ylabel("share of samples", color="#7f7f7f", fontsize=8)
         share.tick_params(axis="y", colors="#7f7f7f", labelsize=7)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def image_png(image: np.ndarray, min_side: int = 96) -> bytes:
@@ -259,7 +260,7 @@ def gradient_flow(records: Sequence[Mapping[str, Any]], flagged: Mapping[str, st
     per_layer.set_xlabel("layer (input to output)")
     per_layer.set_title("median norm per layer (bar) with its range\nred: exploding, purple: vanishing", fontsize=9)
     per_layer.grid(alpha=0.3, axis="y")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def predicted_vs_actual(splits: Mapping[str, tuple[np.ndarray, np.ndarray]], target: str) -> bytes:
@@ -279,7 +280,7 @@ def predicted_vs_actual(splits: Mapping[str, tuple[np.ndarray, np.ndarray]], tar
     ax.set_title(f"{target}: predicted vs actual", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def residuals(splits: Mapping[str, tuple[np.ndarray, np.ndarray]], target: str) -> bytes:
@@ -302,4 +303,4 @@ def residuals(splits: Mapping[str, tuple[np.ndarray, np.ndarray]], target: str) 
     hist.set_ylabel("samples")
     hist.set_title("distribution of the residuals", fontsize=10)
     hist.legend(fontsize=8)
-    return _png(fig)
+    return figure_png(fig)
