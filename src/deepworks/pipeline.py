@@ -130,6 +130,13 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
     return PreparedData(parts["train"], parts["val"], parts["test"], list(ds.classes), ds.input_shape, info, task)
 
 
+def _new_model(cfg: Config, input_shape: Sequence[int], task: Task, info: dict[str, Any]) -> nn.Module:
+    """The config's model for this data: ``info["input"]`` tells token ids (text, with the
+    vocabulary's size) from other inputs."""
+    vocab_size = (info.get("input") or {}).get("vocab_size")
+    return model_from_config(cfg.model, input_shape, task.output_size(), vocab_size=vocab_size)
+
+
 def _class_counts(ys: dict[str, torch.Tensor], k: int) -> dict[str, list[int]]:
     """Samples per class in each split (for the report's data section)."""
     return {name: torch.bincount(y.long().cpu().flatten(), minlength=k).tolist() for name, y in ys.items()}
@@ -312,7 +319,7 @@ def train(
     dist = distributed_context()
     data = prepare_data(cfg)
     torch.manual_seed(cfg.seed)  # the model's initial weights
-    model = model_from_config(cfg.model, data.input_shape, data.task.output_size())
+    model = _new_model(cfg, data.input_shape, data.task, data.info)
     augment = _augment(cfg, data)  # refuse a bad data.augment before the run directory exists
     cfg, found = _resolve_lr(cfg, data, model, augment)
     # under torchrun every process must use the directory rank 0 names
@@ -388,7 +395,7 @@ def lr_find(
 
     data = prepare_data(cfg)
     torch.manual_seed(cfg.seed)
-    model = model_from_config(cfg.model, data.input_shape, data.task.output_size())
+    model = _new_model(cfg, data.input_shape, data.task, data.info)
     train_cfg = cfg.train
     if train_cfg.optimizer.params.get("lr") == "auto":  # the number is what the test finds
         train_cfg = load_config(cfg, {"train.optimizer.lr": 1e-3}).train
@@ -451,7 +458,7 @@ def cross_validate(
 def _start(cfg: Config, data: PreparedData, path: Path) -> tuple[PreparedData, nn.Module, RunDir]:
     """A new run directory for ``data`` with its config and data record, and a fresh model."""
     torch.manual_seed(cfg.seed)  # the model's initial weights
-    model = model_from_config(cfg.model, data.input_shape, data.task.output_size())
+    model = _new_model(cfg, data.input_shape, data.task, data.info)
     run = RunDir(path).create()
     atomic_write(run.config, dump_config(cfg))
     run.write_json(run.data, data.info)
@@ -472,7 +479,7 @@ def resume(run_dir: str | Path) -> Run:
     data = prepare_data(cfg)
     _check_same_data(run, data)
     torch.manual_seed(cfg.seed)
-    model = model_from_config(cfg.model, data.input_shape, data.task.output_size())
+    model = _new_model(cfg, data.input_shape, data.task, data.info)
     if not run.checkpoint.exists():  # killed before its first checkpoint: nothing to lose, start it again
         print(f"{run.path}: no checkpoint yet (stopped before the first one); starting the run again from its "
               "config.yaml.", flush=True)
@@ -604,7 +611,7 @@ def load_run(run_dir: str | Path) -> Run:
     info = run.read_json(run.data)
     classes, shape = list(info["classes"]), tuple(info["input_shape"])
     task = task_from_record(info.get("task"), classes)
-    model = model_from_config(cfg.model, shape, task.output_size())
+    model = _new_model(cfg, shape, task, info)
     if not run.best.exists():
         raise CheckpointError(
             f"{run.best}: missing; the run has not finished an epoch yet. "

@@ -184,7 +184,13 @@ def test_image_models_refuse_tabular_input():
         model = create_model(name, input_shape=(7,), num_classes=3).eval()
         assert model(torch.randn(5, 7)).shape == (5, 3)
     with pytest.raises(ShapeError, match="input_shape"):
-        create_model("softmax", input_shape=(7, 2), num_classes=3)
+        create_model("softmax", input_shape=(7, 2, 3, 4), num_classes=3)
+    # a window of a series (steps, features): the flat models flatten it, image models refuse it
+    assert create_model("mlp", input_shape=(7, 2), num_classes=3).eval()(torch.randn(5, 7, 2)).shape == (5, 3)
+    with pytest.raises(ShapeError, match="cnn cannot read series windows"):
+        create_model("cnn", input_shape=(7, 2), num_classes=3)
+    with pytest.raises(ShapeError, match="mlp cannot read text"):
+        create_model("mlp", input_shape=(7,), num_classes=3, vocab_size=100)
 
 
 # ----------------------------------------------------------------------------- standardisation

@@ -355,7 +355,8 @@ def _model(ctx: RunContext) -> str | None:
     shape = tuple(int(s) for s in ctx.data["input_shape"])
     task = task_from_record(ctx.data.get("task"), ctx.classes)
     with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the caller's RNG alone
-        model = model_from_config(ctx.config.model, shape, task.output_size())
+        vocab_size = (ctx.data.get("input") or {}).get("vocab_size")  # text: token ids
+        model = model_from_config(ctx.config.model, shape, task.output_size(), vocab_size=vocab_size)
         summary = summarize(model, shape)
     rows = []
     for row in summary["layers"]:
