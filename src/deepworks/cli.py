@@ -177,25 +177,35 @@ def evaluate(
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="a run directory")],
-    images: Annotated[list[Path], typer.Argument(help="image files (PNG, JPEG, ...), or CSV files for a tabular run")],
+    images: Annotated[
+        Optional[list[Path]],
+        typer.Argument(help="image files (PNG, JPEG, ...); CSV files for a tabular run; for a text run, "
+                            "CSV files (its text column) or text files, one text per line"),
+    ] = None,
+    text: Annotated[
+        Optional[list[str]], typer.Option("--text", help="a text to classify (text runs; repeatable)")
+    ] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="how many classes to show")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Classify image files (or a tabular run's CSV rows) with a run's best model."""
+    """Classify image files, a tabular run's CSV rows or texts with a run's best model."""
     import deepworks
 
-    results = deepworks.predict(run_dir, images, top_k=top_k)
+    results = deepworks.predict(run_dir, images or [], top_k=top_k, texts=text)
     if as_json:
         print(json.dumps(results, indent=2))
         return
     table = Table(show_header=True)
-    table.add_column("file", overflow="fold")
+    table.add_column("input", overflow="fold")
     table.add_column("prediction")
     ranked = bool(results) and "top_k" in results[0]
     if ranked:
         table.add_column(f"top {top_k}")
     for r in results:
-        where = f"{r['file']}:{r['line']}" if "line" in r else r["file"]
+        if "file" not in r:  # a text given on the command line
+            where = r["text"] if len(r["text"]) <= 60 else r["text"][:57] + "..."
+        else:
+            where = f"{r['file']}:{r['line']}" if "line" in r else r["file"]
         if ranked:
             table.add_row(where, r["prediction"], ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top_k"]))
         else:
@@ -235,17 +245,20 @@ def datasets(as_json: Annotated[bool, typer.Option("--json", help="print JSON")]
         return
     table = Table(show_header=True)
     table.add_column("name", no_wrap=True)
-    for col in ("samples", "classes", "C, H, W", "test split", "description"):
+    for col in ("samples", "classes", "input", "test split", "description"):
         table.add_column(col)
     for r in rows:
+        shape = r.get("input_shape")
         table.add_row(
-            r["name"], str(r.get("size", "")), str(r.get("classes", "")), ", ".join(map(str, r.get("input_shape", ()))),
+            r["name"], str(r.get("size", "")), str(r.get("classes", "")),
+            f"images {'x'.join(map(str, shape))}" if shape else str(r.get("input", "")),
             "official" if r.get("official_test") else "carved", r.get("description", ""),
         )
     out.print(table)
     out.print(
         "Your own data works too: an image folder with one subfolder per class (data.path: path/to/folder),\n"
-        "or a CSV of numeric columns (data.path: table.csv, data.target: label_column)."
+        "a CSV table (data.path: table.csv, data.target: label_column), or a CSV of texts\n"
+        "(data.path: reviews.csv, data.text: text_column, data.target: label_column)."
     )
 
 

