@@ -90,6 +90,7 @@ class SequenceModel(nn.Module):
         super().__init__()
         self.kind, self.pool = kind, pool
         self.tokens = vocab_size is not None
+        self.token_ids = self.tokens  # the Trainer keeps integer inputs as ids for such a model
         if self.tokens:
             self.embed = nn.Embedding(int(vocab_size), embedding, padding_idx=0)
             features = embedding
