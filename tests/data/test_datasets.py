@@ -94,8 +94,11 @@ def test_list_datasets_loads_nothing(monkeypatch, tmp_path):
     monkeypatch.setattr(sklearn.datasets, "load_digits", boom)
     monkeypatch.setattr(datasets_module, "_fashion_from_idx", boom)
     monkeypatch.setattr(datasets_module, "_fashion_download", boom)
+    import deepworks.data.text as text_module
+
+    monkeypatch.setattr(text_module, "load_rotten_tomatoes", boom)
     rows = {r["name"]: r for r in list_datasets()}
-    assert set(rows) == {"digits", "fashion-mnist"}  # the folder loader is not a dataset by itself
+    assert set(rows) == {"digits", "fashion-mnist", "rotten-tomatoes"}  # the folder loader is not a dataset by itself
     assert rows["digits"] | {"description": ""} == {
         "name": "digits", "description": "", "classes": 10, "input_shape": (1, 8, 8), "size": 1797,
         "official_test": False,
@@ -103,6 +106,8 @@ def test_list_datasets_loads_nothing(monkeypatch, tmp_path):
     fm = rows["fashion-mnist"]
     assert (fm["classes"], fm["input_shape"], fm["size"], fm["official_test"]) == (10, (1, 28, 28), 70000, True)
     assert all(r["description"] for r in rows.values())
+    rt = rows["rotten-tomatoes"]  # text: the input is token ids of data.max_length, not a fixed shape
+    assert (rt["classes"], rt["input"], rt["size"], rt["official_test"]) == (2, "text", 12808, False)
 
 
 def test_image_dataset_validates_itself():

@@ -2,7 +2,7 @@
 
 >>> enc = TextEncoder.fit(["A good film.", "a bad, bad film"], min_freq=1, max_length=4)
 >>> enc.vocab.tokens
-['<pad>', '<unk>', 'a', 'bad', 'film', ',', '.', 'good']
+('<pad>', '<unk>', 'a', 'bad', 'film', ',', '.', 'good')
 >>> enc.encode(["a good plot", ""]).ids.tolist()
 [[2, 7, 1, 0], [0, 0, 0, 0]]
 

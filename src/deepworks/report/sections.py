@@ -180,6 +180,7 @@ def _data(ctx: RunContext) -> str | None:
     sizes = d.get("sizes") or {}
     if sizes:
         parts.append("<h3>Split sizes</h3>" + table(["split", "samples"], [(s, sizes.get(s)) for s in ("train", "val", "test")]))
+    parts.append(_text_facts(d))
     parts.append(_class_counts(ctx))
     dup = d.get("duplicates")
     if isinstance(dup, dict):
@@ -190,6 +191,30 @@ def _data(ctx: RunContext) -> str | None:
         parts.append(f"<h3>Skipped files ({skipped['count']})</h3>" + table(["file", "reason"], rows))
     parts.append(_baselines(ctx))
     return "".join(parts)
+
+
+def _text_facts(d: dict[str, Any]) -> str:
+    """A text run: the tokenizer and vocabulary, and per split the token lengths, cut and empty texts."""
+    text, tokens = d.get("text"), d.get("tokens")
+    if not isinstance(text, dict) or not isinstance(tokens, dict):
+        return ""
+    head = facts([
+        ("text column", d.get("text_column")),
+        ("tokenizer", f"{text.get('tokenizer')}{', lower-cased' if text.get('lowercase') else ''}"),
+        ("vocabulary", f"{text.get('vocab_size')} ids (<pad> 0, <unk> 1; tokens seen at least {text.get('min_freq')} "
+                       f"times in training, at most {text.get('max_vocab')})"),
+        ("max length", f"{text.get('max_length')} tokens"),
+    ])
+    rows = []
+    for split in ("train", "val", "test"):
+        t = tokens.get(split) or {}
+        length = t.get("length") or {}
+        rows.append((split, t.get("texts"), length.get("median"), length.get("p95"), length.get("max"),
+                     t.get("truncated"), t.get("empty"), t.get("unknown_rate")))
+    return "<h3>Texts</h3>" + head + table(
+        ["split", "texts", "median tokens", "95th percentile", "longest", "cut to max length", "empty", "<unk> share"],
+        rows,
+    )
 
 
 def _class_counts(ctx: RunContext) -> str:

@@ -1,0 +1,150 @@
+"""Text classification end to end: a tiny sentiment CSV ("good"/"bad" decide the label) trained with
+an LSTM, the TF-IDF baseline against scikit-learn, evaluate, and predict on raw strings from Python
+and the command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+from sklearn.pipeline import make_pipeline
+
+import deepworks
+from deepworks.errors import DataError
+from deepworks.pipeline import prepare_data
+
+FILLER = ["the", "film", "plot", "was", "quite", "acting", "and", "a", "story", "cast", "ending", "music"]
+
+
+def sentiment_csv(path: Path, n: int = 200, noise: float = 0.08, seed: int = 0) -> Path:
+    """Texts of filler words and one of "good"/"bad", which decides the label; a share ``noise``
+    of the labels is flipped, so no model scores 1.0 and the baselines are not trivially equal."""
+    rng = np.random.default_rng(seed)
+    rows = [["review", "sentiment"]]
+    for i in range(n):
+        positive = bool(i % 2)
+        words = list(rng.choice(FILLER, size=int(rng.integers(3, 9))))
+        words.insert(int(rng.integers(0, len(words) + 1)), "good" if positive else "bad")
+        if rng.random() < noise:
+            positive = not positive
+        rows.append([" ".join(words), "pos" if positive else "neg"])
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    return path
+
+
+CONFIG = {
+    "data": {"text": "review", "target": "sentiment", "min_freq": 1, "max_length": 12, "on_duplicates": "keep"},
+    "model": {"name": "lstm", "embedding": 16, "hidden": 16, "bidirectional": True, "pool": "max"},
+    "train": {"epochs": 6, "batch_size": 16, "optimizer": {"name": "adam", "lr": 0.01}, "monitor": "val_loss",
+              "progress": "none"},
+    "seed": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("text")
+    path = sentiment_csv(folder / "reviews.csv")
+    config = {**CONFIG, "data": {**CONFIG["data"], "path": str(path)}}
+    return deepworks.train(config, run_dir=folder / "run")
+
+
+def test_lstm_learns_the_sentiment_words(text_run):
+    summary = text_run.summary
+    assert summary["test"]["accuracy"] >= 0.85  # 8% of the labels are flipped: about 0.92 is the ceiling
+    info = json.loads((text_run.dir / "data.json").read_text())
+    assert info["kind"] == "text" and info["input_shape"] == [12]
+    assert info["input"]["vocab_size"] == len(info["text"]["vocab"])
+    assert {"good", "bad"} <= set(info["text"]["vocab"])
+    html = (text_run.dir / "report.html").read_text()
+    assert "Texts" in html and "tokenizer" in html and "tfidf_logistic" in html
+
+
+def test_tfidf_baseline_equals_scikit_learn_on_the_same_split(text_run):
+    data = prepare_data(text_run.config)  # the run's split, as training made it
+    oracle = make_pipeline(TfidfVectorizer(), LogisticRegression(C=10.0, max_iter=2000, random_state=0))
+    oracle.fit(data.raw["train"], data.train.y.numpy())
+    baselines = text_run.summary["baselines"]
+    assert set(baselines) == {"majority_class", "tfidf_logistic"}
+    for split in ("val", "test"):
+        y = getattr(data, split).y.numpy()
+        pred = oracle.predict(data.raw[split])
+        ours = baselines["tfidf_logistic"][split]
+        assert ours["accuracy"] == pytest.approx(accuracy_score(y, pred))
+        assert ours["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+        assert ours["macro_precision"] == pytest.approx(precision_score(y, pred, average="macro", zero_division=0))
+        assert ours["macro_recall"] == pytest.approx(recall_score(y, pred, average="macro"))
+        majority = np.bincount(data.train.y.numpy()).argmax()
+        assert baselines["majority_class"][split]["accuracy"] == pytest.approx(float((y == majority).mean()))
+    scores = [baselines["tfidf_logistic"][split]["accuracy"] for split in ("val", "test")]
+    assert min(scores) > 0.5 and min(scores) < 1.0  # the flipped labels cost it too: the scores are not trivial
+
+
+def test_evaluate_reproduces_the_test_figures(text_run):
+    report = deepworks.evaluate(text_run.dir, split="test")
+    assert report["accuracy"] == pytest.approx(text_run.summary["test"]["accuracy"])
+
+
+def test_predict_raw_strings_from_python(text_run, tmp_path):
+    texts = ["a good film", "the plot was bad", "GOOD acting, good music", "bad bad ending", "", "unseen words only"]
+    results = deepworks.predict(text_run.dir, texts=texts, top_k=2)
+    assert [r["text"] for r in results] == texts
+    assert [r["prediction"] for r in results[:4]] == ["pos", "neg", "pos", "neg"]
+    for r in results:
+        assert [t["class"] for t in r["top_k"]][0] == r["prediction"]
+        assert sum(t["probability"] for t in r["top_k"]) == pytest.approx(1.0, abs=1e-5)
+    lines = tmp_path / "more.txt"
+    lines.write_text("a good film\n\nthe plot was bad\n", encoding="utf-8")
+    from_file = deepworks.predict(text_run.dir, [lines])
+    assert [(r["line"], r["prediction"]) for r in from_file] == [(1, "pos"), (3, "neg")]
+    assert from_file[0]["top_k"] == deepworks.predict(text_run.dir, texts=["a good film"])[0]["top_k"]
+    with pytest.raises(DataError, match="at least one input"):
+        deepworks.predict(text_run.dir)
+
+
+def cli(*args):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "deepworks", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_predict_from_the_command_line(text_run, tmp_path):
+    table = tmp_path / "new.csv"
+    table.write_text("review\na good story\nbad acting\n", encoding="utf-8")
+    proc = cli("predict", text_run.dir, "--text", "a good film", "--text", "the plot was bad", table, "--json")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    assert [(r["text"], r["prediction"]) for r in results] == [
+        ("a good film", "pos"), ("the plot was bad", "neg"), ("a good story", "pos"), ("bad acting", "neg"),
+    ]
+    assert results[2]["file"] == str(table) and results[2]["line"] == 2
+    shown = cli("predict", text_run.dir, "--text", "a good film", "--top-k", "2")
+    assert shown.returncode == 0 and "a good film" in shown.stdout and "pos" in shown.stdout
+    missing = cli("predict", text_run.dir, tmp_path / "ghost.txt")
+    assert missing.returncode == 2 and "ghost.txt" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_texts_are_refused_by_an_image_run(tmp_path):
+    run = deepworks.train({"data": {"dataset": "digits"}, "model": {"name": "softmax"},
+                           "train": {"epochs": 1, "progress": "none"}, "report": False}, run_dir=tmp_path / "digits")
+    with pytest.raises(DataError, match="not a text run"):
+        deepworks.predict(run.dir, texts=["a good film"])
+
+
+def test_inspect_a_text_config(text_run):
+    from deepworks.models.summary import inspect_config
+
+    summary = inspect_config(text_run.config)
+    vocab = json.loads((text_run.dir / "data.json").read_text())["input"]["vocab_size"]
+    assert summary["vocab_size"] == vocab and summary["input_shape"] == [12]
+    assert summary["layers"][0]["type"] == "Embedding" and summary["output_shape"] == [2]
