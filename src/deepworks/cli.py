@@ -251,7 +251,7 @@ def datasets(as_json: Annotated[bool, typer.Option("--json", help="print JSON")]
         shape = r.get("input_shape")
         table.add_row(
             r["name"], str(r.get("size", "")), str(r.get("classes", "")),
-            f"images {'x'.join(map(str, shape))}" if shape else str(r.get("input", "")),
+            "x".join(map(str, shape)) if shape else str(r.get("input", "")),
             "official" if r.get("official_test") else "carved", r.get("description", ""),
         )
     out.print(table)
