@@ -7,8 +7,9 @@ of the same network, side by side in one run.
   (pytorch)    a plain loop, written as a competent user would: the same int64 token-id tensors
                (deepworks' split and vocabulary, prepared off the clock), batches by randperm +
                indexing, nn.Embedding(padding_idx=0) -> nn.LSTM(bidirectional) over
-               pack_padded_sequence -> max over the valid steps -> dropout -> nn.Linear, Adam,
-               cross-entropy; an epoch is the training pass + a validation pass (no_grad).
+               pack_padded_sequence -> max over the valid steps -> dropout -> nn.Linear; the
+               config's AdamW, per-step cosine schedule and label smoothing; an epoch is the
+               training pass + a validation pass (no_grad).
 
 Both use the config's batch size, learning rate and precision (fp32; the LSTM runs in fp32 on the
 CPU either way), and the same network: checked before training (same parameter shapes in the same
@@ -132,10 +133,16 @@ def run_pytorch(args: argparse.Namespace) -> dict:
     model = _plain_network(vocab, cfg.model.params, k)
     params = _check_same_network(model, cfg, vocab, k, xtr.shape[1])
     _log(f"parameters: {params['params']:,} (deepworks' lstm: {params['deepworks_params']:,}) - equal")
-    opt_cfg = cfg.train.optimizer
-    assert opt_cfg.name == "adam", "the plain loop uses Adam, as the config"
-    opt = torch.optim.Adam(model.parameters(), lr=opt_cfg.params.get("lr", 1e-3))
-    bs = cfg.train.batch_size
+    # the config's recipe: AdamW, cosine annealing per step over the run, label smoothing
+    t = cfg.train
+    assert (t.optimizer.name, t.schedule.name, t.warmup_steps) == ("adamw", "cosine", 0), "the loop mirrors the config"
+    opt = torch.optim.AdamW(model.parameters(), lr=t.optimizer.params["lr"],
+                            weight_decay=t.optimizer.params["weight_decay"])
+    bs = t.batch_size
+    steps = -(-len(xtr) // bs)
+    # over the run's steps, as deepworks (which trains --epochs epochs) plans it
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps * args.epochs,
+                                                          eta_min=t.schedule.params.get("min_lr", 0.0))
 
     def accuracy(x, y) -> tuple[float, float]:
         model.eval()
@@ -155,10 +162,11 @@ def run_pytorch(args: argparse.Namespace) -> dict:
         order = torch.randperm(len(xtr), generator=g)
         for s in range(0, len(order), bs):
             idx = order[s:s + bs]
-            loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
+            loss = F.cross_entropy(model(xtr[idx]), ytr[idx], label_smoothing=t.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            schedule.step()
         val_loss, val_acc = accuracy(xva, yva)
         seconds = clock.stop()
         val_accs.append(round(val_acc, 4))
