@@ -263,6 +263,33 @@ def gradient_flow(records: Sequence[Mapping[str, Any]], flagged: Mapping[str, st
     return figure_png(fig)
 
 
+def gradient_through_time(records: Sequence[Mapping[str, Any]], threshold: float = 1e-3) -> bytes:
+    """A sequence model's input-gradient norm per step back from the last step (``time_steps``
+    of ``gradients.jsonl``), for the first, a middle and the last recorded step, each with its
+    reach floor (``threshold`` times its peak) dashed."""
+    timed = [r for r in records if isinstance(r.get("time_steps"), list) and r["time_steps"]]
+    picks = [timed[0], timed[len(timed) // 2], timed[-1]] if len(timed) >= 3 else timed
+    picks = list({id(r): r for r in picks}.values())  # a record picked twice is drawn once
+    fig = _figure(7.5, 3.6)
+    ax = fig.subplots()
+    from matplotlib import colormaps
+
+    colours = colormaps["viridis"](np.linspace(0, 0.85, max(1, len(picks))))
+    for colour, r in zip(colours, picks, strict=True):
+        values = np.array([v if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else np.nan
+                           for v in r["time_steps"]], dtype=float)
+        ax.plot(np.arange(len(values)), values, color=colour, linewidth=1.2, label=f"step {r.get('step')}")
+        if np.isfinite(values).any():
+            ax.axhline(threshold * np.nanmax(values), color=colour, linestyle="--", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("time steps back from the last step")
+    ax.set_ylabel("gradient norm w.r.t. the input")
+    ax.set_title(f"gradient through time (dashed: {threshold:g} of each curve's peak)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return figure_png(fig)
+
+
 def predicted_vs_actual(splits: Mapping[str, tuple[np.ndarray, np.ndarray]], target: str) -> bytes:
     """Predicted against actual values per split (``split -> (predicted, actual)``, in the
     target's units), with the line of perfect prediction."""

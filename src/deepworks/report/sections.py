@@ -341,6 +341,13 @@ def _gradients(ctx: RunContext) -> str | None:
     rows = [(layer, kind, (info.get(kind) or {}).get(layer)) for layer, kind in flagged.items()]
     if rows:
         out += table(["layer", "flag", "first step"], rows)
+    if any(isinstance(r.get("time_steps"), list) and r["time_steps"] for r in ctx.gradients):  # sequence models
+        reach = (ctx.summary or {}).get("gradient_reach") or {}
+        caption = "How far back in each sequence the loss's gradient reaches."
+        if reach.get("steps") is not None:
+            caption = (f"Gradient reach: {reach['steps']} of {reach.get('length')} steps back from the last step stay "
+                       f"above {reach.get('threshold', 1e-3):g} of the peak norm (last recorded step).")
+        out += figure(plots.gradient_through_time(ctx.gradients), "fig-gradient-time", "gradient through time", caption)
     return out
 
 
