@@ -10,6 +10,7 @@ from torch import nn
 
 from deepworks.errors import ConfigError, ShapeError, UnknownNameError
 from deepworks.models import MODELS, create_model
+from deepworks.models.registry import takes_sequence_input
 from deepworks.models.layers import ACTIVATIONS
 
 
@@ -17,6 +18,8 @@ from deepworks.models.layers import ACTIVATIONS
 def test_every_model_trains_one_step(name):
     torch.manual_seed(0)
     shape = (3, 32, 32) if name not in ("softmax", "mlp", "cnn") else (1, 8, 8)
+    if takes_sequence_input(name):
+        shape = (6, 3)  # a series window: (steps, features)
     model = create_model(name, input_shape=shape, num_classes=5)
     x, y = torch.randn(4, *shape), torch.tensor([0, 1, 2, 4])
     logits = model(x)

@@ -95,12 +95,18 @@ def balanced_weights(y: torch.Tensor) -> torch.Tensor:
 
 
 def as_data(
-    data: Any, where: str = "data", targets: Callable[[torch.Tensor, str], torch.Tensor] | None = None
+    data: Any,
+    where: str = "data",
+    targets: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
+    *,
+    token_ids: bool = False,
 ) -> TensorData | Dataset:
     """Accept ``(x, y)`` tensors or arrays, a ``TensorDataset`` of two tensors, or a ``Dataset``.
 
     ``targets`` checks and converts ``y`` for the task (a task's ``targets`` method); by
-    default ``y`` must be 1-D integer class indices.
+    default ``y`` must be 1-D integer class indices. Integer ``x`` becomes float32 model input,
+    unless ``token_ids`` (a model that reads token ids, e.g. an ``lstm`` built with a
+    ``vocab_size``): then ``x`` must be integers and becomes int64.
     """
     if isinstance(data, TensorData) or hasattr(data, "stream"):  # in memory, or streamed from disk
         return data
@@ -121,7 +127,14 @@ def as_data(
             )
         else:
             y = y.long()
-        if not x.dtype.is_floating_point:
+        if token_ids:
+            if x.dtype.is_floating_point or x.dtype == torch.bool:
+                raise DataError(
+                    f"{where}: the model reads token ids, but x has dtype {x.dtype}. "
+                    "Fix: pass integer ids (batch, length) padded with 0, e.g. x.long()."
+                )
+            x = x.long()
+        elif not x.dtype.is_floating_point:
             x = x.float()
         return TensorData(x, y)
     if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 from deepworks.config import Config, load_config
 from deepworks.data.datasets import list_datasets, load_from_config
@@ -57,9 +58,17 @@ _UNKNOWN_GEOMETRY = (nn.ConvTranspose2d, nn.Upsample, nn.Unflatten, nn.PixelShuf
 # ----------------------------------------------------------------------------- summarize
 
 
-def summarize(model: nn.Module, input_shape: Sequence[int], *, device: str | torch.device = "cpu") -> dict[str, Any]:
+def summarize(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    vocab_size: int | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
     """Layer-by-layer summary of ``model`` for one sample of ``input_shape`` (e.g. (C, H, W)).
 
+    With ``vocab_size`` the model reads token ids: the batch is random ids in 2..vocab_size-1
+    (0 is padding, 1 unknown), of the full length, drawn without touching the global RNG.
     Returns a JSON-serialisable dict (see the module docstring). The model's train/eval
     flags are restored afterwards; its parameters are left untouched. A forward pass that
     fails raises :class:`ShapeError` naming the layer it failed in.
@@ -67,8 +76,13 @@ def summarize(model: nn.Module, input_shape: Sequence[int], *, device: str | tor
     shape = tuple(int(s) for s in input_shape)
     if not shape or any(s < 1 for s in shape):
         raise ShapeError(f"input_shape: expected positive sizes such as (channels, height, width), got {shape}")
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    x = torch.zeros((2, *shape), dtype=dtype, device=device)  # 2: BatchNorm1d refuses one sample in training
+    if vocab_size is not None:
+        low = min(2, int(vocab_size) - 1)
+        ids = torch.randint(low, int(vocab_size), (2, *shape), generator=torch.Generator().manual_seed(0))
+        x = ids.to(device)
+    else:
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        x = torch.zeros((2, *shape), dtype=dtype, device=device)  # 2: BatchNorm1d refuses one sample in training
 
     names = {m: name for name, m in model.named_modules()}
     hooked = [m for m in names if not list(m.children()) or any(True for _ in m.parameters(recurse=False))]
@@ -100,7 +114,7 @@ def summarize(model: nn.Module, input_shape: Sequence[int], *, device: str | tor
         if out is not None:
             fields[id(out)] = (out, rf)
         last[0] = rf
-        rows.append(_row(len(rows), names[module], module, out, own, rf, shared=repeat and bool(mine)))
+        rows.append(_row(len(rows), names[module], module, output, own, rf, shared=repeat and bool(mine)))
 
     handles = []
     modes = {m: m.training for m in names}
@@ -136,14 +150,13 @@ def summarize(model: nn.Module, input_shape: Sequence[int], *, device: str | tor
 
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    out = _first_tensor(output)
     return {
         "input_shape": list(shape),
         "layers": rows,
         "total_params": total,
         "trainable_params": trainable,
         "frozen_params": total - trainable,
-        "output_shape": list(out.shape[1:]) if out is not None else None,
+        "output_shape": _sample_shape(output),
     }
 
 
@@ -161,6 +174,17 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
     return None
 
 
+def _sample_shape(value: Any) -> list[int] | None:
+    """The shape of one sample of what a module returned: its first tensor without the batch
+    axis; a recurrent layer's packed output (a PackedSequence) as the padded (steps, features)."""
+    if isinstance(value, PackedSequence):
+        return [len(value.batch_sizes), *(int(s) for s in value.data.shape[1:])]
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], PackedSequence):
+        return _sample_shape(value[0])
+    out = _first_tensor(value)
+    return [int(s) for s in out.shape[1:]] if out is not None else None
+
+
 def _where(module: nn.Module, names: dict[nn.Module, str]) -> str:
     name = names.get(module, "")
     text = f"layer {name!r} ({type(module).__name__}" if name else f"the model ({type(module).__name__}"
@@ -172,7 +196,7 @@ def _row(
     index: int,
     name: str,
     module: nn.Module,
-    out: torch.Tensor | None,
+    out: Any,
     own: list[nn.Parameter],
     rf: tuple[int, int] | None,
     *,
@@ -182,7 +206,7 @@ def _row(
         "index": index,
         "name": name or "(model)",
         "type": type(module).__name__,
-        "output_shape": [int(s) for s in out.shape[1:]] if out is not None else None,
+        "output_shape": _sample_shape(out),
         "params": sum(p.numel() for p in own),
         "trainable": sum(p.numel() for p in own if p.requires_grad),
         "detail": _detail(module),
@@ -286,7 +310,19 @@ def _detail(module: nn.Module) -> str:
     if isinstance(m, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid)):
         return "in place" if getattr(m, "inplace", False) else ""
     if isinstance(m, nn.Embedding):
-        return f"{m.num_embeddings}x{m.embedding_dim}"
+        pad = f", pad {m.padding_idx}" if m.padding_idx is not None else ""
+        return f"{m.num_embeddings}x{m.embedding_dim}{pad}"
+    if isinstance(m, nn.RNNBase):
+        parts = [f"{m.input_size}->{m.hidden_size}"]
+        if m.num_layers > 1:
+            parts.append(f"{m.num_layers} layers")
+        if m.bidirectional:
+            parts.append("bidirectional")
+        if isinstance(m, nn.RNN) and m.nonlinearity != "tanh":
+            parts.append(m.nonlinearity)
+        if m.num_layers > 1 and m.dropout:
+            parts.append(f"dropout {_num(m.dropout)}")
+        return ", ".join(parts)
     return ""
 
 
@@ -326,11 +362,29 @@ def inspect_config(config: Config | str | Path | Mapping[str, Any], *, device: s
     """
     if not isinstance(config, Config):
         config = load_config(config)
-    input_shape, num_classes, dataset = _data_shape(config)
-    m = config.model
-    model = model_from_config(config.model, input_shape, num_classes)
-    summary = summarize(model, input_shape, device=device)
-    return {"model": config.model.name, "dataset": dataset, "num_classes": num_classes, **summary}
+    vocab_size = None
+    if _is_sequence_table(config):
+        # text and series tables: the vocabulary and the windows exist only once the data is prepared
+        from deepworks.pipeline import prepare_data
+
+        data = prepare_data(config)
+        input_shape, num_classes = tuple(data.input_shape), data.task.output_size()
+        vocab_size = (data.info.get("input") or {}).get("vocab_size")
+        dataset = str(config.data.path if config.data.path is not None else config.data.dataset)
+    else:
+        input_shape, num_classes, dataset = _data_shape(config)
+    model = model_from_config(config.model, input_shape, num_classes, vocab_size=vocab_size)
+    summary = summarize(model, input_shape, vocab_size=vocab_size, device=device)
+    out = {"model": config.model.name, "dataset": dataset, "num_classes": num_classes, **summary}
+    if vocab_size is not None:
+        out["vocab_size"] = int(vocab_size)
+    return out
+
+
+def _is_sequence_table(config: Config) -> bool:
+    """A table read as text (``data.text``) or as a time series (``data.time``)."""
+    d = config.data
+    return getattr(d, "text", None) is not None or getattr(d, "time", None) is not None
 
 
 # ----------------------------------------------------------------------------- rendering

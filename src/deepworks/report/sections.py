@@ -357,7 +357,7 @@ def _model(ctx: RunContext) -> str | None:
     with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the caller's RNG alone
         vocab_size = (ctx.data.get("input") or {}).get("vocab_size")  # text: token ids
         model = model_from_config(ctx.config.model, shape, task.output_size(), vocab_size=vocab_size)
-        summary = summarize(model, shape)
+        summary = summarize(model, shape, vocab_size=vocab_size)
     rows = []
     for row in summary["layers"]:
         layer = row["type"] + (f" {row['detail']}" if row.get("detail") else "")

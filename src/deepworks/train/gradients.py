@@ -9,11 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["GradientMonitor", "flag_norms", "first_nonfinite_layer", "VANISHING", "EXPLODING"]
+__all__ = ["GradientMonitor", "flag_norms", "gradient_reach", "first_nonfinite_layer", "VANISHING", "EXPLODING", "REACH"]
 
 VANISHING = 1e-3  # a layer whose gradient norm is below this fraction of the largest layer's barely learns
 VANISHING_ABS = 1e-8  # ... or below this in absolute terms
 EXPLODING = 1e3  # above this (or non-finite) an update can throw the weights far off
+REACH = 1e-3  # a time step whose input gradient is under this fraction of the peak step's gets no signal
 
 
 def _layer_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -43,6 +44,22 @@ def flag_norms(
     return vanished, exploded
 
 
+def gradient_reach(time_steps: list[float], threshold: float = REACH) -> dict[str, Any] | None:
+    """How far back in a sequence the loss's gradient still reaches: ``steps`` is the number of
+    time steps, counted back from the last one, before the gradient norm w.r.t. the input first
+    falls under ``threshold`` times its peak (``length`` when it never does).
+
+    >>> gradient_reach([1.0, 0.1, 0.01, 0.0005, 0.002])
+    {'steps': 3, 'threshold': 0.001, 'length': 5}
+    """
+    if not time_steps:
+        return None
+    finite = [v for v in time_steps if math.isfinite(v)]
+    floor = threshold * max(finite, default=0.0)
+    steps = next((k for k, v in enumerate(time_steps) if not (math.isfinite(v) and v >= floor)), len(time_steps))
+    return {"steps": steps, "threshold": threshold, "length": len(time_steps)}
+
+
 class GradientMonitor:
     """Records the gradient norm of every layer every ``every`` steps and flags the extremes."""
 
@@ -53,13 +70,15 @@ class GradientMonitor:
         self.exploding: dict[str, int] = {}
         self.records = 0
         self.last: dict[str, float] = {}
+        self.last_time_steps: list[float] | None = None  # sequence models: input gradient norm per step back
 
     def due(self, step: int) -> bool:
         return step % self.every == 0
 
     @torch.no_grad()
-    def record(self, step: int) -> tuple[dict[str, float], list[str]]:
-        """Norms by layer (after backward, before clipping) and the layers newly flagged."""
+    def record(self, step: int, time_steps: list[float] | None = None) -> tuple[dict[str, float], list[str]]:
+        """Norms by layer (after backward, before clipping) and the layers newly flagged.
+        ``time_steps``: a sequence model's input gradient norms by steps back, kept for :meth:`reach`."""
         norms = {}
         for layer, params in self.groups.items():
             grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
@@ -79,7 +98,14 @@ class GradientMonitor:
                 )
         self.records += 1
         self.last = norms
+        if time_steps is not None:
+            self.last_time_steps = list(time_steps)
         return norms, news
+
+    def reach(self) -> dict[str, Any] | None:
+        """:func:`gradient_reach` of the latest recorded step's input gradients (the trained
+        model's, not an average over training); None for models without time steps."""
+        return gradient_reach(self.last_time_steps) if self.last_time_steps else None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -93,11 +119,13 @@ class GradientMonitor:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"vanishing": self.vanishing, "exploding": self.exploding, "records": self.records, "last": self.last}
+        return {"vanishing": self.vanishing, "exploding": self.exploding, "records": self.records, "last": self.last,
+                "last_time_steps": self.last_time_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.vanishing, self.exploding = dict(state["vanishing"]), dict(state["exploding"])
         self.records, self.last = int(state["records"]), dict(state["last"])
+        self.last_time_steps = state.get("last_time_steps")
 
 
 @torch.no_grad()

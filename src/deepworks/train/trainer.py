@@ -137,8 +137,8 @@ class Trainer:
         cfg = self.config
         seed_everything(self.seed + self.dist.rank)  # each process its own dropout masks
         set_deterministic(cfg.deterministic)
-        train_data = self._to_device(as_data(train, "train data", self.task.targets))
-        val_data = self._to_device(as_data(val, "validation data", self.task.targets)) if val is not None else None
+        train_data = self._as_data(train, "train data")
+        val_data = self._as_data(val, "validation data") if val is not None else None
         if cfg.optimizer.params.get("lr") == "auto":
             cfg = self._find_lr(train_data)
         if val_data is None and cfg.monitor.startswith("val_"):
@@ -190,7 +190,7 @@ class Trainer:
 
         ``keep`` names the split: its model outputs and targets are kept on the CPU in
         ``self.outputs[keep]`` (single-process runs), for the report and the diagnosis."""
-        data = self._to_device(as_data(data, "evaluation data", self.task.targets))
+        data = self._as_data(data, "evaluation data")
         self.model.to(self.device)
         self._check_shapes(data)
         precision = getattr(self, "precision", None) or resolve_precision(
@@ -293,11 +293,19 @@ class Trainer:
                 xb = self.augment(xb, epoch=epoch, step=self.step_in_epoch, rank=self.dist.rank)
             step = self.global_step + 1
             watch = self.gradients is not None and self.gradients.due(step)
-            loss, logits = train_step(
-                self.forward_model, xb, yb, self.optimizer, self.loss_fn, self.precision, self.scaler,
-                penalty=self.penalty, clip_grad_norm=cfg.clip_grad_norm,
-                inspect_grads=(lambda: self._record_gradients(step, epoch)) if watch else None,
-            )
+            # a model that can (the sequence models) keeps its input's gradient on recorded steps
+            tracks = watch and hasattr(self.model, "input_grad_norms")
+            if tracks:
+                self.model.track_input_grads = True
+            try:
+                loss, logits = train_step(
+                    self.forward_model, xb, yb, self.optimizer, self.loss_fn, self.precision, self.scaler,
+                    penalty=self.penalty, clip_grad_norm=cfg.clip_grad_norm,
+                    inspect_grads=(lambda: self._record_gradients(step, epoch)) if watch else None,
+                )
+            finally:
+                if tracks:
+                    self.model.track_input_grads = False
             # a NaN/inf loss stops the run at once (on GPUs the check runs every 50 steps, to
             # keep the host from waiting on the device every step)
             if (self.device.type == "cpu" or step % 50 == 0) and not bool(torch.isfinite(loss)):
@@ -385,11 +393,18 @@ class Trainer:
         )
 
     def _record_gradients(self, step: int, epoch: int) -> None:
-        norms, news = self.gradients.record(step)
+        time_steps = None
+        if hasattr(self.model, "input_grad_norms"):  # gradient w.r.t. the input at each time step
+            scale = 1.0 / float(self.scaler.get_scale()) if self.scaler is not None else 1.0
+            time_steps = self.model.input_grad_norms(scale)
+        norms, news = self.gradients.record(step, time_steps)
         for message in news:
             self.log(f"warning: {message}")
         if self.writes:
-            self.run.append_jsonl(self.run.gradients, {"step": step, "epoch": epoch, "norms": norms})
+            record = {"step": step, "epoch": epoch, "norms": norms}
+            if time_steps is not None:
+                record["time_steps"] = time_steps
+            self.run.append_jsonl(self.run.gradients, record)
 
     def _diverged(self, step: int, epoch: int, batch: torch.Tensor | None) -> None:
         """Stop at once: nothing after the last good checkpoint is saved over it."""
@@ -428,6 +443,12 @@ class Trainer:
             return model
         self.log("compiling the model with torch.compile (the first steps are slow)")
         return torch.compile(model)
+
+    def _as_data(self, data: Any, where: str) -> Any:
+        """``data`` as :func:`as_data` reads it, on the device; integer inputs stay token ids
+        for a model that says it reads them (``model.token_ids``, the sequence models on text)."""
+        token_ids = bool(getattr(self.model, "token_ids", False))
+        return self._to_device(as_data(data, where, self.task.targets, token_ids=token_ids))
 
     def _to_device(self, data: Any) -> Any:
         return data.to(self.device) if isinstance(data, TensorData) else data
@@ -569,6 +590,7 @@ class Trainer:
             "processes": self.dist.world_size,
             "precision": self.precision.name,
             "gradients": self.gradients.summary() if self.gradients else None,
+            "gradient_reach": self.gradients.reach() if self.gradients else None,
             "channels_last": self.precision.channels_last,
             "versions": versions(),
         }
