@@ -432,7 +432,7 @@ class Config(Strict):
             data = value["data"]
             path = str(data.get("path") or "")
             if data.get("time") is not None or data.get("dataset") in SERIES_DATASETS:
-                value = {**value, "model": {"name": "mlp"}}  # a series' windows
+                value = {**value, "model": {"name": "lstm"}}  # a series: windows of its past
             elif data.get("dataset") == "csv" or path.lower().endswith((".csv", ".parquet", ".pq")):
                 value = {**value, "model": {"name": "mlp"}}
         return value

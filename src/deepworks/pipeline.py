@@ -11,6 +11,7 @@ These are the functions the command line calls::
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -814,14 +815,25 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     return report
 
 
-def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3) -> list[dict[str, Any]]:
+def predict(
+    run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, out: str | Path | None = None
+) -> list[dict[str, Any]]:
     """Predict for image files (image runs) or the rows of CSV files (tabular runs) with the run's
     best model: the ``top_k`` classes and their probabilities for each (classification), or
-    the predicted value in the target's units (regression)."""
+    the predicted value in the target's units (regression).
+
+    A forecasting run takes CSV files of history (the training columns) and returns, per file,
+    the next ``horizon`` values with their time stamps, and draws the history with the forecast
+    as a PNG: ``out`` (a ``.csv`` or ``.json`` file, one input only) gets the forecast and the PNG
+    beside it; by default the PNG is ``forecast-<file stem>.png`` in the working directory."""
     if not inputs:
         raise DataError("predict: give at least one input file.")
     loaded = load_run(run_dir)
     info = RunDir(run_dir).read_json(RunDir(run_dir).data)
+    if info.get("kind") == "series":
+        return _predict_series(loaded, info, [Path(p) for p in inputs], Path(out) if out is not None else None)
+    if out is not None:
+        raise ConfigError("predict --out: writing the predictions to a file is for forecasting runs; use --json.")
     shape = info["input_shape"]
     if len(shape) == 3:
         # the exact pixels training saw: the run's decode, channels and resize (data.json "image")
@@ -850,3 +862,56 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3) -> li
     with torch.no_grad():
         outputs = with_tta(loaded.model, loaded.config.train.tta)(batch).float()
     return [{**name, **result} for name, result in zip(names, loaded.task.predict(outputs, top_k))]
+
+
+def _predict_series(loaded: Run, info: dict[str, Any], inputs: list[Path], out: Path | None) -> list[dict[str, Any]]:
+    """The next ``horizon`` values after each history file, with their time stamps; a PNG each."""
+    from deepworks.data.tabular import _check_column
+    from deepworks.report.plots import figure_png, forecast_figure
+
+    src = info["input"]
+    if out is not None and (len(inputs) != 1 or out.suffix.lower() not in (".csv", ".json")):
+        raise ConfigError(
+            f"predict --out {out}: give one history file and an --out ending in .csv or .json (the PNG goes beside it)."
+        )
+    step, lookback, horizon = TimeStep.from_dict(src["time_step"]), int(src["lookback"]), int(src["horizon"])
+    mean, std = np.asarray(src["mean"]), np.asarray(src["std"])
+    task = loaded.task
+    results = []
+    for path in inputs:
+        header, rows, lines = read_table(path)
+        for name, key in [(src["time"], "data.time"), *[(c, "training column") for c in src["columns"]]]:
+            _check_column(path, header, name, key)
+        columns = {name: [row[header.index(name)] for row in rows] for name in [src["time"], *src["columns"]]}
+        history = series_from_columns(columns, lines, src["time"], src["targets"], src["inputs"], str(path), step=step)
+        if len(history) < lookback:
+            raise DataError(
+                f"{path}: the history has {len(history)} time steps; the model reads the last {lookback} "
+                f"(data.lookback of the run). Fix: give at least {lookback} steps of history."
+            )
+        window = torch.from_numpy(((history.values[-lookback:] - mean) / std).astype(np.float32))[None]  # (1, L, C)
+        with torch.no_grad():
+            values = task.unscale(loaded.model(window).float()).reshape(horizon, -1).numpy()  # (H, T)
+        stamps = history.stamps(len(history) - 1 + np.arange(1, horizon + 1))
+        forecast = [{src["time"]: stamp_text(s), **{n: float(v) for n, v in zip(src["targets"], row)}}
+                    for s, row in zip(stamps, values)]
+        png = out.with_suffix(".png") if out is not None else Path(f"forecast-{path.stem}.png")
+        shown = min(len(history), max(4 * lookback, 8 * horizon))  # the recent past, enough to see the pattern
+        figure = forecast_figure(
+            history.stamps(np.arange(len(history) - shown, len(history))), history.values[-shown:, : len(src["targets"])],
+            {"forecast": (stamps, values)}, src["targets"], title=f"{path.name}: the next {horizon} step(s)",
+        )
+        png.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(png, figure_png(figure))
+        result = {"file": str(path), "last": stamp_text(history.stamps([len(history) - 1])[0]), "forecast": forecast,
+                  "png": str(png)}
+        if out is not None:
+            if out.suffix.lower() == ".json":
+                atomic_write(out, json.dumps(forecast, indent=2) + "\n")
+            else:
+                lines_out = [",".join([src["time"], *src["targets"]])]
+                lines_out += [",".join([row[src["time"]], *(repr(row[n]) for n in src["targets"])]) for row in forecast]
+                atomic_write(out, "\n".join(lines_out) + "\n")
+            result["out"] = str(out)
+        results.append(result)
+    return results
