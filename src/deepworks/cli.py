@@ -170,12 +170,14 @@ def evaluate(
     """Accuracy, per-class and macro precision/recall/F1 and the confusion matrix of a run's best model."""
     import deepworks
     from deepworks.evaluate import render_regression_report, render_report
+    from deepworks.evaluate.forecasting import render_forecast_report
 
     report = deepworks.evaluate(run_dir, split=split)
     if as_json:
         print(json.dumps(report, indent=2))
     else:
-        render = render_regression_report if report.get("task") == "regression" else render_report
+        renders = {"regression": render_regression_report, "forecasting": render_forecast_report}
+        render = renders.get(report.get("task"), render_report)
         out.print(render(report, title=f"{run_dir} - {split} split"))
 
 
@@ -270,7 +272,8 @@ def datasets(as_json: Annotated[bool, typer.Option("--json", help="print JSON")]
     out.print(table)
     out.print(
         "Your own data works too: an image folder with one subfolder per class (data.path: path/to/folder),\n"
-        "or a CSV of numeric columns (data.path: table.csv, data.target: label_column)."
+        "a CSV of numeric columns (data.path: table.csv, data.target: label_column),\n"
+        "or a time series to forecast (data.path: series.csv, data.time: time_column, data.target: column)."
     )
 
 

@@ -900,6 +900,7 @@ def _predict_series(loaded: Run, info: dict[str, Any], inputs: list[Path], out: 
         figure = forecast_figure(
             history.stamps(np.arange(len(history) - shown, len(history))), history.values[-shown:, : len(src["targets"])],
             {"forecast": (stamps, values)}, src["targets"], title=f"{path.name}: the next {horizon} step(s)",
+            actual_label="history",
         )
         png.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(png, figure_png(figure))

@@ -20,9 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
 from deepworks.evaluate.regression import RegressionAccumulator
 
-__all__ = ["ForecastAccumulator", "forecast_report", "forecast_scores", "PERCENT_ERRORS"]
+__all__ = ["ForecastAccumulator", "forecast_report", "forecast_scores", "render_forecast_report", "PERCENT_ERRORS"]
 
 PERCENT_ERRORS = ("mape", "smape")
 
@@ -123,3 +128,24 @@ def forecast_scores(pred: np.ndarray, true: np.ndarray, horizon: int, targets: i
     acc.update(torch.from_numpy(np.asarray(pred, dtype=np.float64)), torch.from_numpy(np.asarray(true, dtype=np.float64)))
     scores = acc.compute()
     return {"mae": scores["mae"], "rmse": scores["rmse"], percent: scores[percent]}
+
+
+def render_forecast_report(report: Mapping[str, Any], title: str = "") -> RenderableType:
+    """A rich view of :func:`forecast_report`: the overall figures and the error per step ahead."""
+    percent = report.get("percent_error", "mape")
+    parts: list[RenderableType] = [Text(title, style="bold")] if title else []
+    line = Text()
+    for key, label in (("mae", "MAE"), ("rmse", "RMSE"), (percent, f"{percent.upper()} %"), ("r2", "R²"), ("loss", "loss")):
+        if report.get(key) is not None:
+            line.append(f"{label} ", style="dim")
+            line.append(f"{float(report[key]):.4f}   ", style="bold")
+    if report.get("support") is not None:
+        line.append(f"({int(report['support'])} windows)", style="dim")
+    parts.append(line)
+    table = Table(box=box.SIMPLE_HEAD, title="per step ahead", title_justify="left")
+    for header in ("step", "MAE", "RMSE", f"{percent.upper()} %"):
+        table.add_column(header, justify="right")
+    for row in report.get("per_step") or []:
+        table.add_row(str(row["step"]), f"{row['mae']:.4f}", f"{row['rmse']:.4f}", f"{row[percent]:.4f}")
+    parts.append(table)
+    return Group(*parts)

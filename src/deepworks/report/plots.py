@@ -311,7 +311,7 @@ def residuals(splits: Mapping[str, tuple[np.ndarray, np.ndarray]], target: str) 
 
 def forecast_figure(
     times: Any, actual: np.ndarray, forecasts: Mapping[str, tuple[Any, np.ndarray]], targets: Sequence[str],
-    title: str = "",
+    title: str = "", actual_label: str = "actual",
 ):
     """A series (``times``, ``actual`` (N, T)) and forecasts ``name -> (times, values (M, T))``,
     one panel per target (at most 4): the Figure, for :func:`figure_png`."""
@@ -321,7 +321,7 @@ def forecast_figure(
     colours = {"forecast": TEST, "network": TEST, "last_value": "#9467bd", "seasonal_naive": "#8c564b"}
     actual = np.asarray(actual).reshape(len(actual), -1)
     for j, (ax, target) in enumerate(zip(axes, shown)):
-        ax.plot(times, actual[:, j], color="#333333", linewidth=1, label="actual")
+        ax.plot(times, actual[:, j], color="#333333", linewidth=1, label=actual_label)
         for name, (when, values) in forecasts.items():
             values = np.asarray(values).reshape(len(values), -1)
             ax.plot(when, values[:, j], color=colours.get(name), linewidth=1.2, marker="o" if len(values) <= 12 else None,
