@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+# the built-in co2 series is read from statsmodels' data files (its code and dependencies are not needed)
+	$(PY) -m pip install -q --no-deps statsmodels
 	touch $(STAMP)
 
 demo: setup
