@@ -106,8 +106,13 @@ def test_lstm_beats_last_value(tmp_path):
     csv_path = write_series(tmp_path / "visits.csv", sine_trend(seed=1))
     cfg = config(csv_path, {"name": "lstm", "hidden": 16})
     cfg["report"] = False
+    cfg["train"]["log_gradients"] = 20  # through the difference wrapper: the LSTM's per-step input gradients
     run = deepworks.train(cfg, run_dir=tmp_path / "run")
     assert run.summary["test"]["mae"] < 0.5 * run.summary["baselines"]["last_value"]["test"]["mae"]
+    reach = run.summary["gradient_reach"]
+    assert reach is not None and reach["length"] == 7 and 1 <= reach["steps"] <= 7
+    records = [json.loads(line) for line in (run.dir / "gradients.jsonl").read_text().splitlines()]
+    assert records and all(len(r["time_steps"]) == 7 for r in records)
 
 
 def test_predict_from_history_api(sine_run, tmp_path, monkeypatch):

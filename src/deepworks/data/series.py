@@ -516,3 +516,17 @@ class ChangeFromLast(nn.Module):
         relative = (x[:, :, :t] - last[:, None, :]) * self.gain  # (B, L, T)
         out = self.model(torch.cat([relative, x[:, :, t:]], dim=2))  # (B, H * T)
         return out / self.gain.repeat(self.horizon) + last.repeat(1, self.horizon)
+
+    # train.log_gradients: the wrapped sequence model's per-step input gradients (of the relative window)
+    @property
+    def track_input_grads(self) -> bool:
+        return bool(getattr(self.model, "track_input_grads", False))
+
+    @track_input_grads.setter
+    def track_input_grads(self, value: bool) -> None:
+        if hasattr(self.model, "input_grad_norms"):
+            self.model.track_input_grads = value
+
+    def input_grad_norms(self, scale: float = 1.0) -> list[float] | None:
+        inner = getattr(self.model, "input_grad_norms", None)
+        return inner(scale) if inner is not None else None
