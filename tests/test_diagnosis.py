@@ -261,6 +261,8 @@ CASES = {
     "poor_calibration": lambda: diagnose(healthy_history(), SUMMARY, predictions=calibrated(confidence=0.3, accuracy=0.9)),
     "vanishing_gradients": lambda: diagnose(healthy_history(), SUMMARY, gradients=[{"norms": {"a": 0.0, "b": 1.0}}]),
     "exploding_gradients": lambda: diagnose(healthy_history(), SUMMARY, gradients=[{"norms": {"a": float("nan")}}]),
+    "behind_baseline": lambda: diagnose(
+        healthy_history(), {**SUMMARY, "baselines": {"logistic_regression": {"val": {"accuracy": 0.99}}}}, data_info=INFO),
     "metrics_missing": lambda: diagnose([], None),
     "bad_data": lambda: diagnose([], None, error="the input batch itself contains NaN or inf values"),
     "healthy": lambda: diagnose(healthy_history(), None),
@@ -283,6 +285,20 @@ def test_every_kind_is_covered_and_thresholds_are_named():
     for name in ("OVERFIT_EPOCHS", "OVERFIT_RISE", "UNDERFIT_ACCURACY", "BASELINE_MARGIN", "LR_LOW_CHANGE",
                  "LOSS_BLOWUP", "COLLAPSE_SHARE", "ECE_THRESHOLD", "GRAD_PERSIST"):
         assert isinstance(getattr(dg, name), (int, float))
+
+
+def test_behind_baseline_by_task():
+    forecast = {"task": "forecasting", "val": {"mae": 0.9},
+                "baselines": {"last_value": {"val": {"mae": 0.7}}, "seasonal_naive": {"val": {"mae": 1.6}}}}
+    found = [f for f in diagnose(healthy_history(), forecast) if f["kind"] == "behind_baseline"]
+    assert len(found) == 1 and "last_value" in found[0]["evidence"] and "data.difference" in found[0]["advice"]
+    # within 5% of the best baseline's error, or ahead of it: nothing to say
+    assert "behind_baseline" not in kinds(diagnose(healthy_history(), {**forecast, "val": {"mae": 0.73}}))
+    # always predicting the majority class is underfitting's yardstick, not this rule's
+    majority_only = {**SUMMARY, "baselines": {"majority_class": {"val": {"accuracy": 0.999}}}}
+    assert "behind_baseline" not in kinds(diagnose(healthy_history(), majority_only, data_info=INFO))
+    ahead = {**SUMMARY, "baselines": {"tfidf_logistic": {"val": {"accuracy": 0.5}}}}
+    assert "behind_baseline" not in kinds(diagnose(healthy_history(), ahead, data_info=INFO))
 
 
 def test_odd_records_are_skipped_not_fatal():

@@ -242,6 +242,12 @@ def test_a_tiny_lstm_learns_and_resumes_exactly(tmp_path):
     reach = full.summary["gradient_reach"]
     assert reach["length"] == 10 and 1 <= reach["steps"] <= 10 and reach["threshold"] == 1e-3
     assert not full.model.track_input_grads and full.model._watched is None
+    from deepworks.report.context import RunContext
+    from deepworks.report.sections import SECTIONS
+
+    ctx = RunContext(tmp_path / "full", "", summary=full.summary, gradients=records)  # a Trainer's run: no config.yaml
+    page = SECTIONS.get("gradients").render(ctx)
+    assert 'id="fig-gradient-time"' in page and f"Gradient reach: {reach['steps']} of 10 steps" in page
 
     crashed = Trainer(model(), cfg, run_dir=tmp_path / "crash", callbacks=[StopAt(10)])  # mid-epoch 2
     with pytest.raises(KeyboardInterrupt):
@@ -260,3 +266,13 @@ def test_float_inputs_for_a_token_model_are_a_data_error():
     model = create_model("gru", input_shape=(10,), num_classes=2, vocab_size=10, hidden=4, embedding=4)
     with pytest.raises(DataError, match="token ids"):
         Trainer(model, {"epochs": 1, "progress": "none"}).fit((x.float(), y))
+
+
+def test_named_initialisers_reach_the_recurrent_weights():
+    torch.manual_seed(0)
+    model = create_model("lstm", input_shape=(6, 3), num_classes=2, hidden=8, layers=2, init="orthogonal")
+    for name, p in model.rnn.named_parameters():
+        if name.startswith("weight_hh"):  # (4 * hidden, hidden): orthonormal columns
+            torch.testing.assert_close(p.T @ p, torch.eye(8), atol=1e-5, rtol=0)
+        if name.startswith("bias"):
+            assert p.abs().sum() == 0

@@ -105,7 +105,8 @@ def run_feature_groups(info: dict[str, Any], where: str | Path = "data.json") ->
     if len(shape) != 1:
         raise DataError(
             f"{where}: permutation importance is measured per input column of tabular runs, and this "
-            f"run's inputs are images shaped {tuple(shape)}. To see what its model learned, use "
+            f"run's inputs are {'series windows (steps, columns)' if len(shape) == 2 else 'images'} shaped "
+            f"{tuple(shape)}. To see what its model learned, use "
             "`deepworks projection RUN_DIR` (activations of a layer in 2-D)."
         )
     width = int(shape[0])

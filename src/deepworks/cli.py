@@ -139,7 +139,12 @@ def _torchrun(nproc: int) -> int:
 
 
 def _print_summary(summary: dict, run_dir: Path) -> None:
-    columns = ("mae", "rmse", "r2", "loss") if summary.get("task") == "regression" else ("accuracy", "macro_f1", "loss")
+    task = summary.get("task")
+    if task == "forecasting":
+        percent = next((k for k in ("mape", "smape") if k in (summary.get("test") or summary.get("val") or {})), "mape")
+        columns: tuple[str, ...] = ("mae", "rmse", percent, "loss")
+    else:
+        columns = ("mae", "rmse", "r2", "loss") if task == "regression" else ("accuracy", "macro_f1", "loss")
     table = Table(title="results (best model)", show_header=True)
     table.add_column("split")
     for col in columns:
@@ -165,12 +170,14 @@ def evaluate(
     """Accuracy, per-class and macro precision/recall/F1 and the confusion matrix of a run's best model."""
     import deepworks
     from deepworks.evaluate import render_regression_report, render_report
+    from deepworks.evaluate.forecasting import render_forecast_report
 
     report = deepworks.evaluate(run_dir, split=split)
     if as_json:
         print(json.dumps(report, indent=2))
     else:
-        render = render_regression_report if report.get("task") == "regression" else render_report
+        renders = {"regression": render_regression_report, "forecasting": render_forecast_report}
+        render = renders.get(report.get("task"), render_report)
         out.print(render(report, title=f"{run_dir} - {split} split"))
 
 
@@ -187,13 +194,21 @@ def predict(
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="how many classes to show")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    out_path: Annotated[
+        Optional[Path],
+        typer.Option("--out", help="forecasting: write the forecast to this .csv or .json file (the PNG goes beside it)"),
+    ] = None,
 ) -> None:
-    """Classify image files, a tabular run's CSV rows or texts with a run's best model."""
+    """Classify image files, a tabular run's CSV rows or texts with a run's best model; for a
+    forecasting run, forecast the steps after each CSV file of history."""
     import deepworks
 
-    results = deepworks.predict(run_dir, images or [], top_k=top_k, texts=text)
+    results = deepworks.predict(run_dir, images or [], top_k=top_k, texts=text, out=out_path)
     if as_json:
         print(json.dumps(results, indent=2))
+        return
+    if results and "forecast" in results[0]:
+        _print_forecasts(results)
         return
     table = Table(show_header=True)
     table.add_column("input", overflow="fold")
@@ -213,6 +228,18 @@ def predict(
             shown = ", ".join(f"{k} {v:.6g}" for k, v in value.items()) if isinstance(value, dict) else f"{value:.6g}"
             table.add_row(where, shown)
     out.print(table)
+
+
+def _print_forecasts(results: list[dict]) -> None:
+    for r in results:
+        rows = r["forecast"]
+        table = Table(title=f"{r['file']}: after {r['last']}", show_header=True)
+        for col in rows[0]:
+            table.add_column(col, justify="left" if not table.columns else "right")
+        for row in rows:
+            table.add_row(*(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row.values()))
+        out.print(table)
+        out.print(f"wrote {r['png']}" + (f" and {r['out']}" if r.get("out") else ""))
 
 
 @app.command()
@@ -251,14 +278,15 @@ def datasets(as_json: Annotated[bool, typer.Option("--json", help="print JSON")]
         shape = r.get("input_shape")
         table.add_row(
             r["name"], str(r.get("size", "")), str(r.get("classes", "")),
-            "x".join(map(str, shape)) if shape else str(r.get("input", "")),
+            "x".join(map(str, shape)) if shape else str(r.get("input") or ("series" if r.get("task") == "forecasting" else "")),
             "official" if r.get("official_test") else "carved", r.get("description", ""),
         )
     out.print(table)
     out.print(
         "Your own data works too: an image folder with one subfolder per class (data.path: path/to/folder),\n"
-        "a CSV table (data.path: table.csv, data.target: label_column), or a CSV of texts\n"
-        "(data.path: reviews.csv, data.text: text_column, data.target: label_column)."
+        "a CSV table (data.path: table.csv, data.target: label_column), a CSV of texts\n"
+        "(data.path: reviews.csv, data.text: text_column, data.target: label_column),\n"
+        "or a time series to forecast (data.path: series.csv, data.time: time_column, data.target: column)."
     )
 
 

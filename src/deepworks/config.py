@@ -117,7 +117,9 @@ class ColumnConfig(Strict):
 class DataConfig(Strict):
     dataset: str | None = Field(None, description="built-in dataset name (`deepworks datasets`)")
     path: str | None = Field(None, description="a folder with one subfolder of images per class, or a .csv file")
-    target: str | None = Field(None, description="CSV: the label column")
+    target: str | list[str] | None = Field(
+        None, description="CSV: the label column; forecasting (data.time): the column, or a list of columns, to forecast"
+    )
     features: list[str] | None = Field(None, description="table: the input columns (default: all but target)")
     task: Literal["auto", "classification", "regression"] = Field(
         "auto", description="table: auto = regression for a numeric target with many distinct values"
@@ -174,6 +176,23 @@ class DataConfig(Strict):
     min_freq: int = Field(2, ge=1, description="text: a token enters the vocabulary if seen this often in training")
     max_vocab: int = Field(20000, ge=3, description="text: the most ids in the vocabulary, <pad> and <unk> included")
     max_length: int = Field(128, ge=1, description="text: tokens per text; longer texts keep their first max_length")
+    # ---- time series (forecasting): a table with a time column
+    time: str | None = Field(
+        None, description="forecasting: the time column (dates or numbers); setting it makes the run a forecast"
+    )
+    lookback: int | None = Field(
+        None, ge=1, description="forecasting: steps of history the model sees; default: the season length (52 weekly, "
+        "12 monthly, 7 daily, 24 hourly, or data.season), else 24"
+    )
+    horizon: int = Field(1, ge=1, description="forecasting: steps ahead to forecast")
+    season: int | None = Field(
+        None, ge=2, description="forecasting: season length in steps (seasonal_naive baseline, default lookback); "
+        "default: from the time step"
+    )
+    difference: bool = Field(
+        False, description="forecasting: the model sees each window relative to its last value and predicts the "
+        "change from it (for trending series: levels outside the training range)"
+    )
 
     @field_validator("image_size", mode="before")
     @classmethod
@@ -231,7 +250,40 @@ class DataConfig(Strict):
             raise ValueError(f"data.text is for a CSV file, but data.dataset is {self.dataset!r}: remove one of the two")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("data.val_fraction + data.test_fraction must be below 1")
+        self._check_series()
         return self
+
+    def _check_series(self) -> None:
+        series = self.time is not None or self.dataset in SERIES_DATASETS
+        if isinstance(self.target, list) and not series:
+            raise ValueError(
+                f"data.target: a list of columns ({self.target}) is for forecasting several series; set data.time "
+                "to the time column, or name one target column"
+            )
+        if isinstance(self.target, list) and not self.target:
+            raise ValueError("data.target: the list of columns to forecast is empty")
+        if not series:
+            unset = {"lookback": None, "season": None, "horizon": 1, "difference": False}
+            given = [k for k, default in unset.items() if getattr(self, k) != default]
+            if given:
+                raise ValueError(
+                    f"data.{given[0]} is for forecasting; set data.time to the time column (or remove data.{given[0]})"
+                )
+            return
+        if self.task != "auto":
+            raise ValueError(f"data.task: {self.task}, but data.time makes this a forecasting run; remove data.task")
+        for key in ("group_by", "cv"):
+            if getattr(self, key) is not None:
+                raise ValueError(
+                    f"data.{key}: a forecasting run splits by time (training, then validation, then test periods); "
+                    f"remove data.{key}"
+                )
+        if self.sampler != "shuffle":
+            raise ValueError("data.sampler: balanced draws classes; a forecasting run has none. Remove it")
+
+
+# built-in datasets that are series (data.time is implied)
+SERIES_DATASETS = ("co2",)
 
 
 class ModelConfig(Component):
@@ -267,7 +319,7 @@ class EarlyStoppingConfig(Strict):
 
 # every task's metrics (classification, then regression); the Trainer checks that the
 # monitored one belongs to the run's task
-_METRICS = ("loss", "accuracy", "macro_precision", "macro_recall", "macro_f1", "mae", "rmse", "r2")
+_METRICS = ("loss", "accuracy", "macro_precision", "macro_recall", "macro_f1", "mae", "rmse", "r2", "mape", "smape")
 MONITORS = ("auto", "last", *(f"{split}_{m}" for split in ("val", "train") for m in _METRICS))
 
 
@@ -395,7 +447,9 @@ class Config(Strict):
         if isinstance(value, dict) and value.get("model") is None and isinstance(value.get("data"), dict):
             data = value["data"]
             path = str(data.get("path") or "")
-            if data.get("dataset") == "csv" or path.lower().endswith((".csv", ".parquet", ".pq")):
+            if data.get("time") is not None or data.get("dataset") in SERIES_DATASETS:
+                value = {**value, "model": {"name": "lstm"}}  # a series: windows of its past
+            elif data.get("dataset") == "csv" or path.lower().endswith((".csv", ".parquet", ".pq")):
                 value = {**value, "model": {"name": "mlp"}}
         return value
 

@@ -11,6 +11,7 @@ These are the functions the command line calls::
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,13 +22,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepworks.config import Config, dump_config, load_config, parse_overrides
+from deepworks.config import SERIES_DATASETS, Config, dump_config, load_config, parse_overrides
 from deepworks.data import ImageDataset, build_augment, normalize
 from deepworks.data.datasets import is_text_dataset, load_from_config
 from deepworks.data.folders import FolderStream, StreamedImages, pixel_stats
 from deepworks.data.images import ImageSpec, load_pixels
 from deepworks.data.loaders import TensorData, ToInput, balanced_weights
 from deepworks.data.features import TableEncoder
+from deepworks.data.series import (
+    DEFAULT_LOOKBACK, ChangeFromLast, Series, TimeStep, fit_scaling, last_value, make_windows, read_series,
+    seasonal_naive, series_from_columns, split_periods, stamp_text, window_origins,
+)
 from deepworks.data.leakage import apply_policy, find_duplicates, one_to_one_columns, sample_hashes
 from deepworks.data.splits import dataset_split_indices, kfold_indices, split_indices, take_splits
 from deepworks.data.tabular import Table, load_table, read_feature_rows, read_table, table_target
@@ -35,13 +40,14 @@ from deepworks.data.text import TextEncoder, load_text_from_config, read_text_in
 from deepworks.errors import CheckpointError, ConfigError, DataError, TrainingError
 from deepworks.evaluate.baselines import tabular_baselines, text_baselines
 from deepworks.evaluate.diagnosis import diagnose, render_diagnosis
+from deepworks.evaluate.forecasting import forecast_scores
 from deepworks.evaluate.predictions import confidently_wrong, display_pixels, save_predictions
 from deepworks.models.registry import model_from_config
 from deepworks.runs import RunDir, atomic_write, new_run_dir
 from deepworks.runtime import barrier, broadcast_object, distributed_context
 from deepworks.train import Callback, Trainer, load_model_weights
 from deepworks.train.step import with_tta
-from deepworks.train.tasks import Classification, Regression, Task, task_from_record
+from deepworks.train.tasks import Classification, Forecasting, Regression, Task, task_from_record
 from deepworks.train.tensorboard import summary_writer_class
 
 __all__ = [
@@ -61,6 +67,9 @@ class PreparedData:
     input_shape: tuple[int, ...]  # (C, H, W) images, (F,) features or (L,) token ids
     info: dict[str, Any]
     task: Task = field(default_factory=Classification)
+    # a series: per split, the window origins ("origin", steps of the series), and the baselines'
+    # forecasts and the actual values in the targets' units ("last_value", "seasonal_naive", "actual")
+    forecasts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     raw: dict[str, list[str]] | None = None  # text: each split's raw strings (for the TF-IDF baseline)
 
 
@@ -86,6 +95,8 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
     d = config.data
     if d.text is not None or is_text_dataset(d.dataset):
         return _prepare_text(config, fold)
+    if d.time is not None or d.dataset in SERIES_DATASETS:
+        return _prepare_series(config, fold)
     if d.path is not None and (d.dataset == "csv" or _is_table_path(d.path)):
         return _prepare_table(config, fold)
     ds = load_from_config(d)  # uint8 images in memory (ImageDataset) or a folder streamed from disk (FolderStream)
@@ -137,8 +148,11 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
 def _new_model(cfg: Config, input_shape: Sequence[int], task: Task, info: dict[str, Any]) -> nn.Module:
     """The config's model for this data: ``info["input"]`` tells token ids (text, with the
     vocabulary's size) from other inputs."""
-    vocab_size = (info.get("input") or {}).get("vocab_size")
-    return model_from_config(cfg.model, input_shape, task.output_size(), vocab_size=vocab_size)
+    source = info.get("input") or {}
+    model = model_from_config(cfg.model, input_shape, task.output_size(), vocab_size=source.get("vocab_size"))
+    if source.get("kind") == "series" and source.get("difference"):  # windows relative to their last value
+        model = ChangeFromLast(model, len(source["targets"]), int(source["horizon"]), source["gain"])
+    return model
 
 
 def _class_counts(ys: dict[str, torch.Tensor], k: int) -> dict[str, list[int]]:
@@ -319,7 +333,142 @@ def _prepare_text(config: Config, fold: tuple[int, int] | None = None) -> Prepar
         "duplicates": duplicates.to_dict(d.on_duplicates),
     }
     parts = {name: TensorData(encoded[name].ids, ys[name]) for name in ("train", "val", "test")}
-    return PreparedData(parts["train"], parts["val"], parts["test"], classes, (d.max_length,), info, task, raw)
+    return PreparedData(parts["train"], parts["val"], parts["test"], classes, (d.max_length,), info, task, raw=raw)
+
+
+def _load_series(config: Config) -> Series:
+    """The config's series: a built-in one (co2) or a table with ``data.time``."""
+    d = config.data
+    targets = [d.target] if isinstance(d.target, str) else list(d.target or [])
+    if d.time is None:  # a built-in series names its own columns
+        from deepworks.data.datasets import DATASETS
+
+        series = DATASETS.get(d.dataset, where="data.dataset")(root=d.root)
+        extra = [t for t in targets if t not in series.targets]
+        if extra or d.features:
+            raise ConfigError(
+                f"data.dataset: {d.dataset} is the series {', '.join(map(repr, series.targets))} by "
+                f"{series.time_name!r}; remove data.target/data.features (or read your own file with data.path and "
+                "data.time)."
+            )
+        return series
+    if d.path is None or not _is_table_path(d.path):
+        raise ConfigError(
+            f"data.time ({d.time!r}): a forecasting run reads a table; set data.path to a .csv (or .parquet) file."
+        )
+    if not targets:
+        raise ConfigError("data.target: name the column to forecast (or a list of columns), e.g. data.target: sales.")
+    return read_series(d.path, d.time, targets, list(d.features or []))
+
+
+def _prepare_series(config: Config, fold: tuple[int, int] | None = None) -> PreparedData:
+    """A series: read -> training, validation and test periods in time order -> scaling fitted on
+    the training period -> windows (W, lookback, columns) and targets (W, horizon * targets)
+    inside each period, standardised."""
+    d = config.data
+    if fold is not None:
+        raise ConfigError("data.cv: a forecasting run splits by time, not into shuffled folds; remove data.cv / --cv.")
+    series = _load_series(config)
+    where, step = series.where, series.step
+    season_from = "data.season" if d.season else ("time step" if step.season else None)
+    season = d.season or step.season
+    lookback = d.lookback or season or DEFAULT_LOOKBACK
+    horizon, t, c = d.horizon, len(series.targets), len(series.columns)
+    periods = split_periods(len(series), d.val_fraction, d.test_fraction, lookback, horizon, where)
+    n_train = periods["train"][1]
+    mean, std, change = fit_scaling(series.values, n_train)  # the training period only
+    scaled = ((series.values - mean) / std).astype(np.float32)
+    origins, parts, skipped = {}, {}, {}
+    for name, (start, stop) in periods.items():
+        origins[name] = window_origins(start, stop, lookback, horizon, series.observed)
+        skipped[name] = len(window_origins(start, stop, lookback, horizon)) - len(origins[name])
+        if not len(origins[name]):
+            raise DataError(
+                f"{where}: every window of the {name} period has a missing target value, so there is nothing to "
+                f"{'train on' if name == 'train' else 'score'}. Fix: fill in the series, or change "
+                "data.val_fraction/data.test_fraction."
+            )
+        x, y = make_windows(scaled, origins[name], lookback, horizon, t)
+        parts[name] = TensorData(torch.from_numpy(x), torch.from_numpy(y))
+    train_values = series.values[:n_train, :t][series.observed[:n_train]]
+    percent = "smape" if bool((train_values == 0).any()) else "mape"  # MAPE divides by the actual value
+    task = Forecasting(series.targets, mean[:t].tolist(), std[:t].tolist(), horizon=horizon, percent=percent)
+    forecasts: dict[str, dict[str, np.ndarray]] = {}
+    baselines_note = None
+    for name in ("val", "test"):
+        o = origins[name]
+        forecasts[name] = {
+            "origin": o,
+            "actual": make_windows(series.values, o, lookback, horizon, t)[1],
+            "last_value": last_value(series.values, o, horizon, t),
+        }
+        if season is not None:
+            try:
+                forecasts[name]["seasonal_naive"] = seasonal_naive(series.values, o, horizon, t, season)
+            except DataError:
+                baselines_note = (f"seasonal_naive left out: a season ({season} steps) before the first validation "
+                                  "window lies before the series starts")
+    if season is None:
+        baselines_note = "seasonal_naive left out: the time step has no season; set data.season to have it"
+    if baselines_note:
+        for name in ("val", "test"):
+            forecasts[name].pop("seasonal_naive", None)
+    digest = hashlib.sha256()
+    for name in ("train", "val", "test"):
+        digest.update(np.ascontiguousarray(origins[name]).tobytes())
+    digest.update(np.ascontiguousarray(series.values).tobytes())
+    is_dt = step.is_datetime
+    origin = str(np.datetime64(series.origin, "ns")) if is_dt else float(series.origin)
+    info = {
+        "dataset": d.dataset or "table",
+        "source": where,
+        "kind": "series",
+        "target": series.targets[0] if t == 1 else series.targets,
+        "classes": [],
+        "input_shape": [lookback, c],
+        "features": series.columns,
+        "input": {
+            "kind": "series",
+            "time": series.time_name,
+            "targets": series.targets,
+            "inputs": series.inputs,
+            "columns": series.columns,
+            "lookback": lookback,
+            "horizon": horizon,
+            "season": season,
+            "season_from": season_from,
+            "time_step": step.to_dict(),
+            "time_step_text": step.describe(),
+            "origin": origin,
+            "steps": len(series),
+            "mean": mean.tolist(),
+            "std": std.tolist(),
+            "change_std": change.tolist(),
+            "difference": d.difference,
+            "gain": (std[:t] / change[:t]).tolist(),
+            "percent_error": percent,
+            "periods": {
+                name: {"steps": stop - start, "first": stamp_text(series.stamps([start])[0]),
+                       "last": stamp_text(series.stamps([stop - 1])[0])}
+                for name, (start, stop) in periods.items()
+            },
+            "windows_skipped": skipped,
+            "baselines_note": baselines_note,
+            "report": series.report,
+        },
+        "sizes": {name: len(parts[name]) for name in ("train", "val", "test")},
+        "class_counts": None,
+        "official_test": False,
+        "split_fingerprint": digest.hexdigest(),
+        "task": task.record(),
+    }
+    print(
+        f"{where}: {len(series)} steps ({step.describe()}); windows of {lookback} steps -> {horizon} ahead; "
+        f"periods train/val/test {', '.join(str(stop - start) for start, stop in periods.values())} steps, "
+        f"{', '.join(str(len(parts[n])) for n in ('train', 'val', 'test'))} windows",
+        flush=True,
+    )
+    return PreparedData(parts["train"], parts["val"], parts["test"], [], (lookback, c), info, task, forecasts)
 
 
 def _merge_kwargs(overrides: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -596,6 +745,8 @@ def _fit(
             run.write_json(run.summary, trainer.summary)
     if data.info.get("kind") in ("table", "text"):
         _record_baselines(trainer, data, run, cfg.seed)
+    elif data.info.get("kind") == "series":
+        _record_forecast_baselines(trainer, data, run)
     _diagnose(cfg, data, trainer, run)
     if cfg.report and distributed_context().is_main:
         _write_report(run)
@@ -639,7 +790,9 @@ def _save_predictions(run: RunDir, trainer: Trainer, data: PreparedData) -> None
         index = confidently_wrong(logits, targets, k=16)
         if len(index):
             wrong = (index, display_pixels(data.val.inputs(index), data.info.get("mean"), data.info.get("std")))
-    save_predictions(run.predictions, trainer.outputs, data.task.name, wrong)
+    extra = {f"{split}.{key}": torch.from_numpy(np.ascontiguousarray(value))
+             for split, parts in data.forecasts.items() if split in trainer.outputs for key, value in parts.items()}
+    save_predictions(run.predictions, trainer.outputs, data.task.name, wrong, extra=extra)
 
 
 def _record_baselines(trainer: Trainer, data: PreparedData, run: RunDir, seed: int) -> None:
@@ -657,6 +810,29 @@ def _record_baselines(trainer: Trainer, data: PreparedData, run: RunDir, seed: i
         key = "accuracy" if data.task.name == "classification" else "r2"
         shown = ", ".join(f"{name} {scores['test'][key]:.4f}" for name, scores in baselines.items())
         print(f"baselines (test {key}): {shown}; network {trainer.summary['test'][key]:.4f}", flush=True)
+
+
+def _record_forecast_baselines(trainer: Trainer, data: PreparedData, run: RunDir) -> None:
+    """last_value and seasonal_naive on exactly the network's validation and test windows, in
+    summary.json ``baselines`` ({name: {split: metrics}}), scored by the same code."""
+    task = data.task
+    t = len(task.target_names)
+    baselines: dict[str, Any] = {}
+    for name in ("last_value", "seasonal_naive"):
+        if all(name in data.forecasts[s] for s in ("val", "test")):
+            baselines[name] = {
+                split: forecast_scores(data.forecasts[split][name], data.forecasts[split]["actual"], task.horizon, t,
+                                       task.percent)
+                for split in ("val", "test")
+            }
+    trainer.summary["baselines"] = baselines
+    if distributed_context().is_main:
+        run.write_json(run.summary, trainer.summary)
+        shown = ", ".join(f"{name} {scores['test']['mae']:.4g}" for name, scores in baselines.items())
+        print(f"baselines (test mae): {shown}; network {trainer.summary['test']['mae']:.4g}", flush=True)
+        note = (data.info.get("input") or {}).get("baselines_note")
+        if note:
+            print(note, flush=True)
 
 
 def _check_same_data(run: RunDir, data: PreparedData) -> None:
@@ -709,7 +885,8 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
 
 
 def predict(
-    run_dir: str | Path, inputs: Sequence[str | Path] = (), top_k: int = 3, *, texts: Sequence[str] | None = None,
+    run_dir: str | Path, inputs: Sequence[str | Path] = (), top_k: int = 3, out: str | Path | None = None, *,
+    texts: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Predict for image files (image runs), the rows of CSV files (tabular runs) or texts (text
     runs) with the run's best model: the ``top_k`` classes and their probabilities for each
@@ -717,12 +894,21 @@ def predict(
 
     A text run takes raw strings as ``texts`` and files as ``inputs``: a CSV file's text column
     (the run's ``data.text``), or any other file's lines, one text per line. They are encoded
-    with the run's tokenizer and vocabulary (``data.json`` -> ``text``)."""
+    with the run's tokenizer and vocabulary (``data.json`` -> ``text``).
+
+    A forecasting run takes CSV files of history (the training columns) and returns, per file,
+    the next ``horizon`` values with their time stamps, and draws the history with the forecast
+    as a PNG: ``out`` (a ``.csv`` or ``.json`` file, one input only) gets the forecast and the PNG
+    beside it; by default the PNG is ``forecast-<file stem>.png`` in the working directory."""
     inputs = list(inputs or [])
     if not inputs and not texts:
         raise DataError("predict: give at least one input file (or, for a text run, texts).")
     loaded = load_run(run_dir)
     info = RunDir(run_dir).read_json(RunDir(run_dir).data)
+    if info.get("kind") == "series":
+        return _predict_series(loaded, info, [Path(p) for p in inputs], Path(out) if out is not None else None)
+    if out is not None:
+        raise ConfigError("predict --out: writing the predictions to a file is for forecasting runs; use --json.")
     shape = info["input_shape"]
     if texts and "text" not in info:
         raise DataError(f"predict: {run_dir} is not a text run (it reads {'images' if len(shape) == 3 else 'tables'}); "
@@ -764,3 +950,57 @@ def predict(
     with torch.no_grad():
         outputs = with_tta(loaded.model, loaded.config.train.tta)(batch).float()
     return [{**name, **result} for name, result in zip(names, loaded.task.predict(outputs, top_k))]
+
+
+def _predict_series(loaded: Run, info: dict[str, Any], inputs: list[Path], out: Path | None) -> list[dict[str, Any]]:
+    """The next ``horizon`` values after each history file, with their time stamps; a PNG each."""
+    from deepworks.data.tabular import _check_column
+    from deepworks.report.plots import figure_png, forecast_figure
+
+    src = info["input"]
+    if out is not None and (len(inputs) != 1 or out.suffix.lower() not in (".csv", ".json")):
+        raise ConfigError(
+            f"predict --out {out}: give one history file and an --out ending in .csv or .json (the PNG goes beside it)."
+        )
+    step, lookback, horizon = TimeStep.from_dict(src["time_step"]), int(src["lookback"]), int(src["horizon"])
+    mean, std = np.asarray(src["mean"]), np.asarray(src["std"])
+    task = loaded.task
+    results = []
+    for path in inputs:
+        header, rows, lines = read_table(path)
+        for name, key in [(src["time"], "data.time"), *[(c, "training column") for c in src["columns"]]]:
+            _check_column(path, header, name, key)
+        columns = {name: [row[header.index(name)] for row in rows] for name in [src["time"], *src["columns"]]}
+        history = series_from_columns(columns, lines, src["time"], src["targets"], src["inputs"], str(path), step=step)
+        if len(history) < lookback:
+            raise DataError(
+                f"{path}: the history has {len(history)} time steps; the model reads the last {lookback} "
+                f"(data.lookback of the run). Fix: give at least {lookback} steps of history."
+            )
+        window = torch.from_numpy(((history.values[-lookback:] - mean) / std).astype(np.float32))[None]  # (1, L, C)
+        with torch.no_grad():
+            values = task.unscale(loaded.model(window).float()).reshape(horizon, -1).numpy()  # (H, T)
+        stamps = history.stamps(len(history) - 1 + np.arange(1, horizon + 1))
+        forecast = [{src["time"]: stamp_text(s), **{n: float(v) for n, v in zip(src["targets"], row)}}
+                    for s, row in zip(stamps, values)]
+        png = out.with_suffix(".png") if out is not None else Path(f"forecast-{path.stem}.png")
+        shown = min(len(history), max(4 * lookback, 8 * horizon))  # the recent past, enough to see the pattern
+        figure = forecast_figure(
+            history.stamps(np.arange(len(history) - shown, len(history))), history.values[-shown:, : len(src["targets"])],
+            {"forecast": (stamps, values)}, src["targets"], title=f"{path.name}: the next {horizon} step(s)",
+            actual_label="history",
+        )
+        png.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(png, figure_png(figure))
+        result = {"file": str(path), "last": stamp_text(history.stamps([len(history) - 1])[0]), "forecast": forecast,
+                  "png": str(png)}
+        if out is not None:
+            if out.suffix.lower() == ".json":
+                atomic_write(out, json.dumps(forecast, indent=2) + "\n")
+            else:
+                lines_out = [",".join([src["time"], *src["targets"]])]
+                lines_out += [",".join([row[src["time"]], *(repr(row[n]) for n in src["targets"])]) for row in forecast]
+                atomic_write(out, "\n".join(lines_out) + "\n")
+            result["out"] = str(out)
+        results.append(result)
+    return results

@@ -65,7 +65,7 @@ def test_builtin_resize_and_channels():
 
 
 def test_registry_names_and_unknown_name():
-    assert set(DATASETS.names()) == {"csv", "digits", "fashion-mnist", "folder", "rotten-tomatoes"}
+    assert set(DATASETS.names()) == {"co2", "csv", "digits", "fashion-mnist", "folder", "rotten-tomatoes"}
     with pytest.raises(UnknownNameError, match="data.dataset: unknown dataset 'digit'.*'digits'"):
         load_dataset("digit")
 
@@ -98,7 +98,7 @@ def test_list_datasets_loads_nothing(monkeypatch, tmp_path):
 
     monkeypatch.setattr(text_module, "load_rotten_tomatoes", boom)
     rows = {r["name"]: r for r in list_datasets()}
-    assert set(rows) == {"digits", "fashion-mnist", "rotten-tomatoes"}  # the folder loader is not a dataset by itself
+    assert set(rows) == {"digits", "fashion-mnist", "co2", "rotten-tomatoes"}  # the folder loader is not a dataset by itself
     assert rows["digits"] | {"description": ""} == {
         "name": "digits", "description": "", "classes": 10, "input_shape": (1, 8, 8), "size": 1797,
         "official_test": False,

@@ -63,6 +63,7 @@ _BUILTIN_INFO: dict[str, dict[str, Any]] = {
     },
     # text: the input shape is (data.max_length,) token ids, known once the config is
     "rotten-tomatoes": {"classes": 2, "input": "text", "size": 12808, "official_test": False},
+    "co2": {"task": "forecasting", "size": 2284, "time_step": "weekly", "official_test": False},
 }
 
 
@@ -364,6 +365,56 @@ def _load_rotten_tomatoes(*, root: str | Path | None = None, group_by: str | Non
     from deepworks.data.text import load_rotten_tomatoes  # imports this module: bind late
 
     return load_rotten_tomatoes(root, group_by=group_by)
+
+
+# ----------------------------------------------------------------------------- co2
+
+_CO2_INSTALL = "pip install --no-deps statsmodels"
+
+
+def co2_file(root: str | Path | None = None) -> Path:
+    """The weekly Mauna Loa CO2 file: ``root`` (the file, or a folder holding ``co2.csv``), else
+    the copy in the installed ``statsmodels`` package (found without importing it)."""
+    import importlib.util
+
+    looked: list[str] = []
+    if root is not None:
+        root = Path(root).expanduser()
+        candidate = root / "co2.csv" if root.is_dir() else root
+        if candidate.is_file():
+            return candidate
+        looked.append(str(candidate))
+    spec = importlib.util.find_spec("statsmodels")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        candidate = Path(folder) / "datasets" / "co2" / "co2.csv"
+        if candidate.is_file():
+            return candidate
+        looked.append(str(candidate))
+    where = f" (looked in {', '.join(looked)})" if looked else " (statsmodels is not installed)"
+    raise DataError(
+        f"co2: the data file was not found{where}. Fix: `{_CO2_INSTALL}` (its data files hold the series), or set "
+        "data.root to a folder holding co2.csv (columns date as YYYYMMDD, co2 in ppm)."
+    )
+
+
+@DATASETS.register(
+    "co2", description="weekly atmospheric CO2 at Mauna Loa (ppm), 1958-2001, 2,284 weeks, some missing (statsmodels)"
+)
+def _load_co2(*, root: str | Path | None = None, **_: Any) -> Any:
+    """The series (:class:`~deepworks.data.series.Series`): time ``date``, target ``co2``."""
+    from deepworks.data.series import series_from_columns
+    from deepworks.data.tabular import _check_column, read_table
+
+    path = co2_file(root)
+    header, rows, lines = read_table(path)
+    for name in ("date", "co2"):
+        _check_column(path, header, name, "co2 file")
+    dates = [row[header.index("date")] for row in rows]
+    bad = next((i for i, d in enumerate(dates) if not (len(d) == 8 and d.isdigit())), None)
+    if bad is not None:
+        raise DataError(f"{path}: line {lines[bad]}: expected a date as YYYYMMDD in column 'date', got {dates[bad]!r}.")
+    columns = {"date": [f"{d[:4]}-{d[4:6]}-{d[6:]}" for d in dates], "co2": [row[header.index("co2")] for row in rows]}
+    return series_from_columns(columns, lines, "date", ["co2"], [], f"co2 ({path})")
 
 
 # ----------------------------------------------------------------------------- image folders

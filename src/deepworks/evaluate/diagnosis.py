@@ -44,7 +44,7 @@ __all__ = ["diagnose", "diagnose_run", "render_diagnosis", "KINDS"]
 
 KINDS = (
     "metrics_missing", "bad_data", "lr_too_high", "collapse", "exploding_gradients", "vanishing_gradients",
-    "underfitting", "lr_too_low", "overfitting", "poor_calibration", "healthy",
+    "underfitting", "lr_too_low", "overfitting", "behind_baseline", "poor_calibration", "healthy",
 )
 
 # --- overfitting
@@ -105,6 +105,12 @@ ECE_THRESHOLD = 0.10
 # ... judged on at least 100 validation samples: with 15 bins, fewer leave the estimate mostly noise
 CALIBRATION_MIN_SAMPLES = 100
 
+# --- baselines: the network's validation figure against the best simple model's on the same split
+# (summary.json "baselines", other than always predicting one class, which underfitting judges):
+# behind by more than a point of accuracy, or by more than 5% of the error (MAE), it did not pay off
+BEHIND_ACCURACY = 0.01
+BEHIND_ERROR = 0.05
+
 # --- gradients (thresholds: deepworks.train.gradients, the same the training log warns with)
 # a layer counts as vanishing when it is flagged in at least half of the records: a single
 # small norm (a dead batch, a saturated step) is not a trend
@@ -120,6 +126,7 @@ _LABELS = {
     "underfitting": "underfitting",
     "lr_too_low": "learning rate too low",
     "overfitting": "overfitting",
+    "behind_baseline": "behind a simple baseline",
     "poor_calibration": "poor calibration",
     "healthy": "healthy",
 }
@@ -596,6 +603,49 @@ def _gap(record: Mapping[str, Any] | None) -> str:
     return ", ".join(parts) or "unknown"
 
 
+def _behind_baseline(run: _Run) -> list[dict[str, str]]:
+    """The network does worse on the validation split than a simple model fitted on the same
+    training data (logistic regression, TF-IDF + logistic regression, Ridge, the last value)."""
+    baselines = run.summary.get("baselines")
+    if not isinstance(baselines, Mapping):
+        return []
+    accuracy = run.task == "classification"
+    metric = "accuracy" if accuracy else "mae"
+    val = run.split_metric("val", metric)
+    scored = [
+        (name, _num(((figures or {}).get("val") or {}).get(metric)))
+        for name, figures in baselines.items()
+        if name != "majority_class" and isinstance(figures, Mapping)
+    ]
+    scored = [(name, v) for name, v in scored if v is not None and math.isfinite(v)]
+    if val is None or not math.isfinite(val) or not scored:
+        return []
+    if accuracy:
+        name, best = max(scored, key=lambda p: p[1])
+        if val >= best - BEHIND_ACCURACY:
+            return []
+        gap = f"validation accuracy {_pct(val)} against {_pct(best)} for the `{name}` baseline"
+    else:
+        name, best = min(scored, key=lambda p: p[1])
+        if val <= best * (1 + BEHIND_ERROR):
+            return []
+        gap = f"validation MAE {_g(val)} against {_g(best)} for the `{name}` baseline"
+    evidence = (f"The network does worse than a simple model fitted on the same training data: {gap} "
+                "(summary.json `baselines`, the same validation samples).")
+    if run.task == "forecasting":
+        advice = ("Let the model predict the change from the last value (`data.difference: true`), "
+                  "give it more history (`data.lookback`), or train longer (`train.epochs`); "
+                  f"until it beats `{name}`, use that.")
+    elif (run.data_info.get("input") or {}).get("kind") == "tokens":
+        advice = ("Train longer (`train.epochs`) or with a tuned `train.optimizer.lr`, pool over all steps "
+                  "(`model.pool: max`), or keep more words (`data.max_vocab`, `data.min_freq`); "
+                  f"until it beats `{name}`, use that.")
+    else:
+        advice = (f"Train longer (`train.epochs`), tune {run.lr_text()}, or try a smaller model with less "
+                  f"dropout (`model.dropout`); on small tables `{name}` may simply be the better model.")
+    return [_finding("behind_baseline", evidence, advice)]
+
+
 def _calibration(run: _Run) -> list[dict[str, str]]:
     if run.task != "classification" or run.val_outputs is None or run.val_outputs.ndim != 2:
         return []
@@ -699,6 +749,8 @@ def diagnose(
         findings += _lr_too_low(run)
     overfit, note = _overfitting(run)
     findings += overfit
+    if not any(f["kind"] in ("lr_too_high", "collapse") for f in findings):
+        findings += _behind_baseline(run)
     if not any(f["kind"] in _BROKEN for f in findings):  # the calibration of a broken model is beside the point
         findings += _calibration(run)
     if not findings:

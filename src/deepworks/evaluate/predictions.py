@@ -5,7 +5,9 @@ kept model's raw outputs (``<split>.outputs``: logits (N, K) for classification,
 values (N, T) for regression) and the targets (``<split>.targets``), in the split's order.
 For image classification it also holds the validation images the model got most confidently
 wrong (``val.wrong_index``, ``val.wrong_images`` as uint8 (n, C, H, W) pixels), so the report
-can show them without reading the data again.
+can show them without reading the data again. A forecasting run adds, per split, the windows'
+first target steps (``<split>.origin``, steps of the series), the actual values and the
+baselines' forecasts in the targets' units (``actual``, ``last_value``, ``seasonal_naive``).
 """
 
 from __future__ import annotations
@@ -51,9 +53,11 @@ def save_predictions(
     outputs: dict[str, tuple[torch.Tensor, torch.Tensor]],
     task: str,
     wrong: tuple[torch.Tensor, torch.Tensor] | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write ``outputs`` (split -> (outputs, targets)) and, for images, ``wrong`` = (indices into
-    the validation split, their uint8 pixels)."""
+    the validation split, their uint8 pixels); ``extra`` adds named tensors ``<split>.<name>``
+    (a forecast's window origins and the baselines' forecasts)."""
     tensors: dict[str, torch.Tensor] = {}
     for split, (out, target) in outputs.items():
         tensors[f"{split}.outputs"] = out.float()
@@ -61,6 +65,8 @@ def save_predictions(
     if wrong is not None:
         tensors["val.wrong_index"] = wrong[0].long()
         tensors["val.wrong_images"] = wrong[1].to(torch.uint8)
+    for key, value in (extra or {}).items():
+        tensors[key] = value.contiguous()
     save_tensors(path, tensors, metadata={"format": FORMAT, "task": task})
 
 

@@ -38,7 +38,9 @@ INITIALIZERS.register("orthogonal", description="a (semi-)orthogonal matrix: pre
 
 @torch.no_grad()
 def apply_init(model: nn.Module, name: str = "default", zero_bias: bool = True) -> nn.Module:
-    """Initialise every conv and linear weight of ``model`` with ``name``; biases to zero if asked.
+    """Initialise every conv and linear weight of ``model`` with ``name``, and the input and
+    recurrent weight matrices of recurrent layers (RNN/LSTM/GRU, each stacked gate matrix as one);
+    biases to zero if asked.
 
     ``default`` leaves the framework's initialisation (biases included) untouched.
     """
@@ -50,4 +52,10 @@ def apply_init(model: nn.Module, name: str = "default", zero_bias: bool = True) 
             init(module.weight)
             if module.bias is not None and zero_bias:
                 module.bias.zero_()
+        elif isinstance(module, nn.RNNBase):
+            for param_name, p in module.named_parameters(recurse=False):
+                if param_name.startswith("weight_"):
+                    init(p)
+                elif param_name.startswith("bias_") and zero_bias:
+                    p.zero_()
     return model

@@ -179,7 +179,7 @@ def steps_back_norms(norms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor
     mean, over the sequences longer than k, of the norm k steps before the sequence's last step.
 
     >>> steps_back_norms(torch.tensor([[1., 2., 3.], [4., 5., 0.]]), torch.tensor([3, 2]))
-    tensor([4.0000, 3.0000, 1.0000])
+    tensor([4., 3., 1.])
     """
     lengths = lengths.to(norms.device)
     back = torch.arange(int(lengths.max()), device=norms.device)

@@ -28,6 +28,9 @@ __all__ = [
     "gradient_flow",
     "predicted_vs_actual",
     "residuals",
+    "forecast_figure",
+    "forecast",
+    "error_per_step",
 ]
 
 DPI = 96
@@ -263,6 +266,33 @@ def gradient_flow(records: Sequence[Mapping[str, Any]], flagged: Mapping[str, st
     return figure_png(fig)
 
 
+def gradient_through_time(records: Sequence[Mapping[str, Any]], threshold: float = 1e-3) -> bytes:
+    """A sequence model's input-gradient norm per step back from the last step (``time_steps``
+    of ``gradients.jsonl``), for the first, a middle and the last recorded step, each with its
+    reach floor (``threshold`` times its peak) dashed."""
+    timed = [r for r in records if isinstance(r.get("time_steps"), list) and r["time_steps"]]
+    picks = [timed[0], timed[len(timed) // 2], timed[-1]] if len(timed) >= 3 else timed
+    picks = list({id(r): r for r in picks}.values())  # a record picked twice is drawn once
+    fig = _figure(7.5, 3.6)
+    ax = fig.subplots()
+    from matplotlib import colormaps
+
+    colours = colormaps["viridis"](np.linspace(0, 0.85, max(1, len(picks))))
+    for colour, r in zip(colours, picks, strict=True):
+        values = np.array([v if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else np.nan
+                           for v in r["time_steps"]], dtype=float)
+        ax.plot(np.arange(len(values)), values, color=colour, linewidth=1.2, label=f"step {r.get('step')}")
+        if np.isfinite(values).any():
+            ax.axhline(threshold * np.nanmax(values), color=colour, linestyle="--", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("time steps back from the last step")
+    ax.set_ylabel("gradient norm w.r.t. the input")
+    ax.set_title(f"gradient through time (dashed: {threshold:g} of each curve's peak)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return figure_png(fig)
+
+
 def predicted_vs_actual(splits: Mapping[str, tuple[np.ndarray, np.ndarray]], target: str) -> bytes:
     """Predicted against actual values per split (``split -> (predicted, actual)``, in the
     target's units), with the line of perfect prediction."""
@@ -303,4 +333,52 @@ def residuals(splits: Mapping[str, tuple[np.ndarray, np.ndarray]], target: str) 
     hist.set_ylabel("samples")
     hist.set_title("distribution of the residuals", fontsize=10)
     hist.legend(fontsize=8)
+    return figure_png(fig)
+
+
+def forecast_figure(
+    times: Any, actual: np.ndarray, forecasts: Mapping[str, tuple[Any, np.ndarray]], targets: Sequence[str],
+    title: str = "", actual_label: str = "actual",
+):
+    """A series (``times``, ``actual`` (N, T)) and forecasts ``name -> (times, values (M, T))``,
+    one panel per target (at most 4): the Figure, for :func:`figure_png`."""
+    shown = list(targets)[:4]
+    fig = _figure(10, 2.2 + 1.8 * len(shown), hspace=0.35)
+    axes = fig.subplots(len(shown), 1, squeeze=False)[:, 0]
+    colours = {"forecast": TEST, "network": TEST, "last_value": "#9467bd", "seasonal_naive": "#8c564b"}
+    actual = np.asarray(actual).reshape(len(actual), -1)
+    for j, (ax, target) in enumerate(zip(axes, shown)):
+        ax.plot(times, actual[:, j], color="#333333", linewidth=1, label=actual_label)
+        for name, (when, values) in forecasts.items():
+            values = np.asarray(values).reshape(len(values), -1)
+            ax.plot(when, values[:, j], color=colours.get(name), linewidth=1.2, marker="o" if len(values) <= 12 else None,
+                    markersize=3, label=name.replace("_", " "))
+        ax.set_ylabel(str(target))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    if title:
+        axes[0].set_title(title, fontsize=10)
+    return fig
+
+
+def forecast(times: Any, actual: np.ndarray, forecasts: Mapping[str, tuple[Any, np.ndarray]], targets: Sequence[str],
+             title: str = "") -> bytes:
+    """:func:`forecast_figure` as PNG bytes."""
+    return figure_png(forecast_figure(times, actual, forecasts, targets, title))
+
+
+def error_per_step(errors: Mapping[str, Sequence[float]], metric: str = "MAE") -> bytes:
+    """How the error grows with the steps ahead: ``name -> [error at step 1, 2, ...]``."""
+    fig = _figure(6, 3.6)
+    ax = fig.subplots()
+    colours = {"network": TEST, "last_value": "#9467bd", "seasonal_naive": "#8c564b"}
+    for name, values in errors.items():
+        steps = np.arange(1, len(values) + 1)
+        ax.plot(steps, values, marker="o", markersize=4, color=colours.get(name), label=name.replace("_", " "))
+    ax.set_xlabel("steps ahead")
+    ax.set_ylabel(metric)
+    ax.set_title(f"test {metric} per step ahead", fontsize=10)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return figure_png(fig)

@@ -302,7 +302,8 @@ def _curves(ctx: RunContext) -> str | None:
     metric = monitor.partition("_")[2] if monitor and monitor != "last" else ""
     if metric in ("", "loss"):  # the loss has its own panel: show the task's headline metric beside it
         names = {k.partition("_")[2] for r in ctx.metrics for k in r if k.startswith(("train_", "val_"))}
-        metric = next((m for m in ("accuracy", "r2", "macro_f1", "mae") if m in names), "loss")
+        order = ("mae",) if ctx.task == "forecasting" else ("accuracy", "r2", "macro_f1", "mae")
+        metric = next((m for m in order if m in names), "loss")
     best = _best_epoch(ctx)
     s = ctx.summary or {}
     stopped = s.get("epochs_run") if s.get("stopped_early") else None
@@ -366,6 +367,13 @@ def _gradients(ctx: RunContext) -> str | None:
     rows = [(layer, kind, (info.get(kind) or {}).get(layer)) for layer, kind in flagged.items()]
     if rows:
         out += table(["layer", "flag", "first step"], rows)
+    if any(isinstance(r.get("time_steps"), list) and r["time_steps"] for r in ctx.gradients):  # sequence models
+        reach = (ctx.summary or {}).get("gradient_reach") or {}
+        caption = "How far back in each sequence the loss's gradient reaches."
+        if reach.get("steps") is not None:
+            caption = (f"Gradient reach: {reach['steps']} of {reach.get('length')} steps back from the last step stay "
+                       f"above {reach.get('threshold', 1e-3):g} of the peak norm (last recorded step).")
+        out += figure(plots.gradient_through_time(ctx.gradients), "fig-gradient-time", "gradient through time", caption)
     return out
 
 
@@ -545,3 +553,69 @@ def _predicted_actual(ctx: RunContext) -> str | None:
 @section("residuals", title="Residuals", order=62, tasks=("regression",))
 def _residuals(ctx: RunContext) -> str | None:
     return _regression_figures(ctx, plots.residuals, "fig-residuals", "residuals")
+
+
+# ----------------------------------------------------------------------------- forecasting
+
+
+def _forecasts(ctx: RunContext) -> tuple[dict[str, np.ndarray], dict[str, Any]] | str:
+    """The test windows' forecasts in the targets' units, (W, horizon, targets) each: the network's,
+    the actual values and the baselines'; or a note saying what is missing."""
+    if ctx.predictions is None:
+        return note(f"No figure: {ctx.missing('predictions.safetensors')}")
+    part = ctx.predictions.get("test") or {}
+    source = (ctx.data or {}).get("input") or {}
+    if part.get("outputs") is None or part.get("origin") is None or not source.get("time_step"):
+        return note("predictions.safetensors or data.json lacks the test windows' forecasts.")
+    record = ctx.task_record
+    targets = [str(t) for t in record.get("targets") or source.get("targets") or []]
+    horizon, t = int(record.get("horizon", 1)), len(targets)
+    mean = np.tile(np.asarray(record.get("mean"), dtype=np.float64), horizon)
+    std = np.tile(np.asarray(record.get("std"), dtype=np.float64), horizon)
+    shaped = lambda v: np.asarray(v, dtype=np.float64).reshape(len(v), horizon, t)  # noqa: E731
+    out = {"network": shaped(part["outputs"].double().numpy() * std + mean)}
+    for name in ("actual", "last_value", "seasonal_naive"):
+        if part.get(name) is not None:
+            out[name] = shaped(part[name].double().numpy())
+    from deepworks.data.series import TimeStep
+
+    step = TimeStep.from_dict(source["time_step"])
+    origin = np.datetime64(source["origin"], "ns") if step.is_datetime else float(source["origin"])
+    times = step.at(origin, part["origin"].long().numpy())
+    return out, {"targets": targets, "horizon": horizon, "times": times, "source": source}
+
+
+@section("forecast", title="Forecasts over the test period", order=60, tasks=("forecasting",))
+def _forecast(ctx: RunContext) -> str | None:
+    got = _forecasts(ctx)
+    if isinstance(got, str):
+        return got
+    fc, meta = got
+    if "actual" not in fc:
+        return note("predictions.safetensors lacks the test period's actual values.")
+    one = {name: (meta["times"], values[:, 0, :]) for name, values in fc.items() if name != "actual"}
+    png = plots.forecast(meta["times"], fc["actual"][:, 0, :], one, meta["targets"],
+                         title="test period: the forecast one step ahead of each window")
+    src = meta["source"]
+    return figure(png, "fig-forecast", "forecasts over the test period",
+                  f"{len(meta['times'])} test windows of {src.get('lookback')} steps ({src.get('time_step_text')}); "
+                  "each point is a forecast made one step before it, by the network and the baselines.")
+
+
+@section("per_step", title="Error per step ahead", order=62, tasks=("forecasting",))
+def _per_step(ctx: RunContext) -> str | None:
+    got = _forecasts(ctx)
+    if isinstance(got, str):
+        return got
+    fc, meta = got
+    if "actual" not in fc:
+        return note("predictions.safetensors lacks the test period's actual values.")
+    errors = {name: np.abs(values - fc["actual"]).mean(axis=(0, 2)).tolist()
+              for name, values in fc.items() if name != "actual"}
+    names = list(errors)
+    rows = [(h + 1, *(errors[n][h] for n in names)) for h in range(meta["horizon"])]
+    note_text = (meta["source"].get("baselines_note") or "")
+    out = figure(plots.error_per_step(errors), "fig-error-per-step", "error per step ahead",
+                 "Test MAE at each step ahead, in the targets' units (averaged over targets).")
+    out += table(["step ahead", *(f"{n} MAE" for n in names)], rows)
+    return out + (note(note_text) if note_text else "")

@@ -22,16 +22,17 @@ import torch
 from torch import nn
 
 from deepworks.errors import ConfigError, DataError, ShapeError
+from deepworks.evaluate.forecasting import ForecastAccumulator, forecast_report
 from deepworks.evaluate.metrics import MetricAccumulator, classification_report
 from deepworks.evaluate.regression import RegressionAccumulator, regression_report
 from deepworks.registry import Registry
 
-__all__ = ["TASKS", "Task", "Classification", "Regression", "task_from_record", "resolve_task", "metric_mode"]
+__all__ = ["TASKS", "Task", "Classification", "Regression", "Forecasting", "task_from_record", "resolve_task", "metric_mode"]
 
 TASKS: Registry = Registry("task")
 
 # metrics where lower is better; every other metric is better higher
-_LOWER_IS_BETTER = ("loss", "mae", "rmse", "mse")
+_LOWER_IS_BETTER = ("loss", "mae", "rmse", "mse", "mape", "smape")
 
 
 def metric_mode(name: str) -> str:
@@ -301,6 +302,77 @@ class Regression(Task):
 
     def record(self) -> dict[str, Any]:
         return {"name": self.name, "targets": self.target_names, "mean": self.mean, "std": self.std, "loss": self.loss_name}
+
+
+@TASKS.register(
+    "forecasting", description="the next horizon steps of a series: MSE on the standardised targets, MAE, RMSE, MAPE"
+)
+class Forecasting(Regression):
+    """The next ``horizon`` values of ``targets`` from a window of the past: outputs (B, horizon *
+    targets), step-major, standardised with the training period's ``mean``/``std`` per target.
+
+    ``percent`` is the percent error reported: ``mape``, or ``smape`` when the training period
+    holds a zero (MAPE divides by the actual value). Metrics are in the targets' units.
+    """
+
+    name = "forecasting"
+    default_monitor = "val_loss"
+
+    def __init__(
+        self,
+        targets: Sequence[str] = ("target",),
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        horizon: int = 1,
+        percent: str = "mape",
+        loss: str = "mse",
+    ):
+        super().__init__(targets, mean, std, loss)
+        if percent not in ("mape", "smape"):
+            raise ConfigError(f"forecasting: percent error must be mape or smape, got {percent!r}.")
+        self.horizon, self.percent = int(horizon), percent
+        self.metrics = ("loss", "mae", "rmse", percent, "r2")
+        self.shown = ("loss", "mae", percent)
+        self.summary_keys = ("loss", "mae", "rmse", percent, "r2")
+
+    def output_size(self) -> int:
+        return self.horizon * len(self.target_names)
+
+    def check_output(self, out: torch.Tensor, y: torch.Tensor | None) -> None:
+        h, t = self.horizon, len(self.target_names)
+        if out.ndim != 2 or out.shape[1] != h * t:
+            raise ShapeError(
+                f"model: a forecast of {h} step(s) of {t} target(s) needs outputs shaped (batch, {h * t}), "
+                f"got {tuple(out.shape)}."
+            )
+
+    def _columns(self) -> tuple[list[float], list[float]]:
+        """Mean and std of each output column (step-major: the targets' statistics, per step)."""
+        return self.mean * self.horizon, self.std * self.horizon
+
+    def accumulator(self, device: torch.device | str = "cpu") -> ForecastAccumulator:
+        mean, std = self._columns()
+        return ForecastAccumulator(self.horizon, len(self.target_names), device, mean, std, self.percent)
+
+    def report(self, acc: ForecastAccumulator) -> dict[str, Any]:
+        return forecast_report(acc, self.target_names)
+
+    def unscale(self, outputs: torch.Tensor) -> torch.Tensor:
+        """(B, horizon * targets) standardised -> the targets' units, float64."""
+        mean, std = self._columns()
+        return outputs.detach().to("cpu", torch.float64) * torch.tensor(std, dtype=torch.float64) + torch.tensor(
+            mean, dtype=torch.float64
+        )
+
+    def predict(self, outputs: torch.Tensor, top_k: int = 1) -> list[dict[str, Any]]:
+        """One forecast per row: ``{"forecast": [{target: value, ...} per step]}``."""
+        values = self.unscale(outputs).reshape(len(outputs), self.horizon, len(self.target_names))
+        return [
+            {"forecast": [{n: float(v) for n, v in zip(self.target_names, step)} for step in row]} for row in values
+        ]
+
+    def record(self) -> dict[str, Any]:
+        return {**super().record(), "horizon": self.horizon, "percent": self.percent}
 
 
 def task_from_record(record: dict[str, Any] | None, classes: Sequence[str] | None = None) -> Task:
