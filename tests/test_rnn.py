@@ -120,6 +120,23 @@ def test_bad_combinations_are_clear_errors():
         create_model("lstm", input_shape=(5, 2), num_classes=2, vocab_size=10)
     relu = create_model("rnn", input_shape=(5, 2), num_classes=2, nonlinearity="relu")
     assert relu.rnn.nonlinearity == "relu"
+    with pytest.raises(ConfigError, match="model.embedding_dropout.*series"):
+        create_model("lstm", input_shape=(5, 2), num_classes=2, embedding_dropout=0.3)
+
+
+def test_embedding_dropout_acts_in_training_only():
+    x = token_batch(SEQS, 9)
+    plain, dropped = text_model("lstm"), text_model("lstm", embedding_dropout=0.5)
+    assert torch.equal(plain(x), dropped(x))  # eval mode: the same weights give the same output
+    dropped.train()
+    torch.manual_seed(1)
+    a = dropped(x)
+    # elementwise dropout of the embeddings, scaled by 1 / (1 - p), as nn.Dropout does
+    torch.manual_seed(1)
+    embedded = nn.functional.dropout(dropped.embed(x), 0.5, training=True)
+    b = dropped.head(dropped._pooled(*dropped._recur(embedded, (x != 0).sum(1).clamp(min=1)),
+                                     (x != 0).sum(1).clamp(min=1)))
+    assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, plain(x), atol=1e-3)
 
 
 def test_the_recurrence_runs_in_fp32_under_cpu_bf16_autocast():

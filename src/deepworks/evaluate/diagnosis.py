@@ -637,8 +637,10 @@ def _behind_baseline(run: _Run) -> list[dict[str, str]]:
                   "give it more history (`data.lookback`), or train longer (`train.epochs`); "
                   f"until it beats `{name}`, use that.")
     elif (run.data_info.get("input") or {}).get("kind") == "tokens":
-        advice = ("Train longer (`train.epochs`) or with a tuned `train.optimizer.lr`, pool over all steps "
-                  "(`model.pool: max`), or keep more words (`data.max_vocab`, `data.min_freq`); "
+        pool = "" if run.cfg("model.pool") in ("max", "mean") else "pool over all steps (`model.pool: max`), "
+        drop = "" if run.cfg("model.embedding_dropout") else "drop parts of the embeddings (`model.embedding_dropout: 0.3`), "
+        advice = (f"Train longer (`train.epochs`) or with a tuned `train.optimizer.lr`, {pool}{drop}"
+                  "or keep more words (`data.max_vocab`, `data.min_freq`); "
                   f"until it beats `{name}`, use that.")
     else:
         advice = (f"Train longer (`train.epochs`), tune {run.lr_text()}, or try a smaller model with less "

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from deepworks.errors import ConfigError
 from deepworks.models.registry import MODELS, sequence_input
 
 __all__ = ["SequenceParams", "RNNParams", "SequenceModel", "rnn", "lstm", "gru", "steps_back_norms"]
@@ -49,6 +50,9 @@ class SequenceParams(BaseModel):
     bidirectional: bool = Field(False, description="also read each sequence backwards; the states are concatenated")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout between stacked recurrent layers (needs layers >= 2)")
     embedding: int = Field(128, ge=1, description="size of the token embedding (text); ignored for series")
+    embedding_dropout: float = Field(
+        0.0, ge=0, lt=1, description="dropout on the embedded tokens (text), a remedy for overfitting small corpora"
+    )
     pool: Literal["last", "mean", "max"] = Field(
         "last", description="how the states of the valid steps become one vector: the last state, their mean or max"
     )
@@ -82,6 +86,7 @@ class SequenceModel(nn.Module):
         bidirectional: bool = False,
         dropout: float = 0.0,
         embedding: int = 128,
+        embedding_dropout: float = 0.0,
         pool: str = "last",
         head_dropout: float = 0.0,
         nonlinearity: str | None = None,
@@ -95,8 +100,14 @@ class SequenceModel(nn.Module):
             self.embed = nn.Embedding(int(vocab_size), embedding, padding_idx=0)
             features = embedding
         else:
+            if embedding_dropout:
+                raise ConfigError(
+                    f"model.embedding_dropout: {embedding_dropout:g} drops parts of embedded tokens, and this "
+                    "model reads a series (no tokens). Fix: remove it (model.head_dropout acts before the head)."
+                )
             self.embed = None
             features = int(input_shape[-1])  # (steps, features)
+        self.embed_drop = nn.Dropout(embedding_dropout) if embedding_dropout else None
         extra = {"nonlinearity": nonlinearity} if kind == "rnn" and nonlinearity else {}
         self.rnn = _LAYERS[kind](
             features, hidden, num_layers=layers, batch_first=True, bidirectional=bidirectional,
@@ -114,6 +125,8 @@ class SequenceModel(nn.Module):
                 raise TypeError(f"{self.kind}: expected token ids (integers) shaped (batch, length), got {x.dtype}")
             lengths = (x != 0).sum(1).clamp_(min=1)
             h = self.embed(x)  # (B, L, E)
+            if self.embed_drop is not None:
+                h = self.embed_drop(h)
         else:
             if x.ndim != 3:
                 raise ValueError(f"{self.kind}: expected series windows shaped (batch, steps, features), got {tuple(x.shape)}")
