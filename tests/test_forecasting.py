@@ -191,3 +191,13 @@ def test_forecasting_task_record_and_smape_for_series_with_zeros(tmp_path):
         warnings.simplefilter("ignore")
         data = deepworks.pipeline.prepare_data(cfg)
     assert data.task.percent == "smape" and data.info["input"]["percent_error"] == "smape"
+
+
+def test_inspect_a_series_config(tmp_path):
+    from deepworks.models.summary import inspect_config
+
+    csv_path = write_series(tmp_path / "visits.csv", sine_trend())
+    out = inspect_config(config(csv_path, {"name": "lstm", "hidden": 5}))
+    assert out["input_shape"] == [7, 1] and out["num_classes"] == HORIZON
+    lstm = 4 * 5 * (1 + 5) + 2 * 4 * 5  # four gates: input and recurrent weights, two bias vectors
+    assert out["total_params"] == lstm + 5 * HORIZON + HORIZON

@@ -383,10 +383,11 @@ def inspect_config(config: Config | str | Path | Mapping[str, Any], *, device: s
 
 def _is_sequence_table(config: Config) -> bool:
     """A table read as text (``data.text``), a built-in text dataset, or a time series (``data.time``)."""
+    from deepworks.config import SERIES_DATASETS
     from deepworks.data.datasets import is_text_dataset
 
     d = config.data
-    return getattr(d, "text", None) is not None or getattr(d, "time", None) is not None or is_text_dataset(d.dataset)
+    return d.text is not None or d.time is not None or is_text_dataset(d.dataset) or d.dataset in SERIES_DATASETS
 
 
 # ----------------------------------------------------------------------------- rendering
