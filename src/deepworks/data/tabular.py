@@ -182,6 +182,38 @@ def _check_column(path: Path, header: list[str], name: str, key: str) -> None:
         )
 
 
+
+def labelled_rows(
+    path: Path, rows: list[list[str]], lines: list[int], position: dict[str, int], target: str,
+    group_by: str | None, noun: str = "target",
+) -> tuple[list[int], list[str] | None]:
+    """The rows that have a value in the ``target`` column (the others are left out with a
+    warning) and, with ``group_by``, each kept row's group (every kept row must have one)."""
+    cells = [row[position[target]] for row in rows]
+    keep = [i for i, cell in enumerate(cells) if not is_missing(cell)]
+    if not keep:
+        raise DataError(
+            f"{path}: column {target!r} (data.target) is entirely missing: every row's value is empty or NA. "
+            f"Fix: fill in the {noun}s, or set data.target to the {noun} column."
+        )
+    if len(keep) < len(rows):
+        first = next(lines[i] for i in range(len(rows)) if is_missing(cells[i]))
+        warnings.warn(
+            f"{path}: {len(rows) - len(keep)} row(s) have no value in the {noun} column {target!r} "
+            f"(first on line {first}); they are left out.",
+            stacklevel=3,
+        )
+    if group_by is None:
+        return keep, None
+    groups = [rows[i][position[group_by]] for i in keep]
+    gaps = [lines[i] for i, g in zip(keep, groups) if is_missing(g)]
+    if gaps:
+        raise DataError(
+            f"{path}: column {group_by!r} (data.group_by) is missing in {len(gaps)} row(s), first on line "
+            f"{gaps[0]}. Fix: give every row a group."
+        )
+    return keep, groups
+
 def load_table(
     path: str | Path,
     target: str | None,
@@ -233,28 +265,7 @@ def load_table(
         )
     position = {c: i for i, c in enumerate(header)}
     target_cells = [row[position[target]] for row in rows]
-    keep = [i for i, cell in enumerate(target_cells) if not is_missing(cell)]
-    if not keep:
-        raise DataError(
-            f"{path}: column {target!r} (data.target) is entirely missing: every row's value is empty or NA. "
-            "Fix: fill in the target, or set data.target to the column to predict."
-        )
-    if len(keep) < len(rows):
-        first = next(lines[i] for i in range(len(rows)) if is_missing(target_cells[i]))
-        warnings.warn(
-            f"{path}: {len(rows) - len(keep)} row(s) have no value in the target column {target!r} "
-            f"(first on line {first}); they are left out.",
-            stacklevel=2,
-        )
-    groups = None
-    if group_by is not None:
-        groups = [rows[i][position[group_by]] for i in keep]
-        gaps = [lines[i] for i in keep if is_missing(rows[i][position[group_by]])]
-        if gaps:
-            raise DataError(
-                f"{path}: column {group_by!r} (data.group_by) is missing in {len(gaps)} row(s), first on line "
-                f"{gaps[0]}. Fix: give every row a group."
-            )
+    keep, groups = labelled_rows(path, rows, lines, position, target, group_by, noun="target")
     return Table(
         path=path,
         columns={c: [rows[i][position[c]] for i in keep] for c in feature_cols},

@@ -36,8 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepworks.data.features import is_missing
-from deepworks.data.tabular import _check_column, read_table
+from deepworks.data.tabular import _check_column, labelled_rows, read_table
 from deepworks.errors import ConfigError, DataError
 
 __all__ = [
@@ -272,26 +271,7 @@ def _text_table(
             raise DataError(f"{path}: data.group_by names the {'text' if group_by == text else 'label'} column "
                             f"{group_by!r}. Fix: group by another column (an author, a source).")
     labels = [row[position[target]] for row in rows]
-    keep = [i for i, cell in enumerate(labels) if not is_missing(cell)]
-    if not keep:
-        raise DataError(
-            f"{path}: column {target!r} (data.target) is entirely missing: every row's value is empty or NA. "
-            "Fix: fill in the labels, or set data.target to the label column."
-        )
-    if len(keep) < len(rows):
-        first = next(lines[i] for i in range(len(rows)) if is_missing(labels[i]))
-        warnings.warn(
-            f"{path}: {len(rows) - len(keep)} row(s) have no value in the label column {target!r} "
-            f"(first on line {first}); they are left out.",
-            stacklevel=3,
-        )
-    groups = None
-    if group_by is not None:
-        groups = [rows[i][position[group_by]] for i in keep]
-        gaps = [lines[i] for i, g in zip(keep, groups) if is_missing(g)]
-        if gaps:
-            raise DataError(f"{path}: column {group_by!r} (data.group_by) is missing in {len(gaps)} row(s), first on "
-                            f"line {gaps[0]}. Fix: give every row a group.")
+    keep, groups = labelled_rows(path, rows, lines, position, target, group_by, noun="label")
     return TextTable(
         name=name, source=str(path.resolve()), text_column=text, target_name=target,
         texts=[rows[i][position[text]] for i in keep], target=[labels[i] for i in keep],
