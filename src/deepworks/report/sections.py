@@ -582,6 +582,8 @@ def _forecasts(ctx: RunContext) -> tuple[dict[str, np.ndarray], dict[str, Any]] 
     step = TimeStep.from_dict(source["time_step"])
     origin = np.datetime64(source["origin"], "ns") if step.is_datetime else float(source["origin"])
     times = step.at(origin, part["origin"].long().numpy())
+    if "actual" not in out:
+        return note("predictions.safetensors lacks the test period's actual values.")
     return out, {"targets": targets, "horizon": horizon, "times": times, "source": source}
 
 
@@ -591,8 +593,6 @@ def _forecast(ctx: RunContext) -> str | None:
     if isinstance(got, str):
         return got
     fc, meta = got
-    if "actual" not in fc:
-        return note("predictions.safetensors lacks the test period's actual values.")
     one = {name: (meta["times"], values[:, 0, :]) for name, values in fc.items() if name != "actual"}
     png = plots.forecast(meta["times"], fc["actual"][:, 0, :], one, meta["targets"],
                          title="test period: the forecast one step ahead of each window")
@@ -608,8 +608,6 @@ def _per_step(ctx: RunContext) -> str | None:
     if isinstance(got, str):
         return got
     fc, meta = got
-    if "actual" not in fc:
-        return note("predictions.safetensors lacks the test period's actual values.")
     errors = {name: np.abs(values - fc["actual"]).mean(axis=(0, 2)).tolist()
               for name, values in fc.items() if name != "actual"}
     names = list(errors)
