@@ -194,6 +194,20 @@ def test_a_generator_that_ignores_its_noise_collapses(judged):
     assert "WARNING mode collapse" in render_quality(result)
 
 
+def test_a_conditional_generator_that_ignores_its_noise_collapses(judged):
+    # one image per label, whatever the noise: every class covered evenly, labels obeyed, yet no variety
+    judge, _ = judged
+    predicted = torch.from_numpy(judge.features(judge.real)[1])
+    right = predicted == judge.real_labels  # images the judge reads correctly: the spread is within predicted classes
+    first = torch.tensor([int(torch.nonzero((judge.real_labels == k) & right)[0]) for k in range(10)])
+    labels = torch.arange(10).repeat(20)
+    with pytest.warns(ModeCollapseWarning, match="nearly alike"):
+        result = judge_generator(judge.real[first][labels], judge, labels=labels)
+    assert result["coverage"] == 1.0 and result["largest_share"] <= 0.2
+    assert result["collapse"]["collapsed"] and len(result["collapse"]["reasons"]) == 1
+    assert result["spread_ratio"] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_samples_of_two_classes_cover_a_fifth(judged):
     judge, _ = judged
     keep = judge.real_labels < 2
