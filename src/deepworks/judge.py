@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from deepworks import pipeline
 from deepworks.config import Config, DataConfig, load_config
 from deepworks.data.datasets import data_cache_dir
@@ -153,7 +155,7 @@ def load_judge(
             )
     test = reference.test
     real = real_labels = None
-    if isinstance(test, TensorData) and test.x.dtype.is_floating_point is False and test.x.ndim == 4:
+    if isinstance(test, TensorData) and test.x.dtype == torch.uint8 and test.x.ndim == 4:
         real, real_labels = test.x.cpu(), test.y.cpu()
     else:
         warnings.warn(
@@ -207,14 +209,14 @@ def judge_for(
     key = _cache_key(prepared, epochs)
     final = root / key
     if not (final / "summary.json").exists():
-        _train_judge(jcfg, prepared, root, key, epochs)
+        _train_judge(judge_config(config, epochs=epochs, progress=progress), prepared, root, key)
     found = load_judge(final, device=device, reference=prepared, where=where)
     if data_info is not None:
         found.check_data(data_info["classes"], data_info["input_shape"], where=where)
     return found
 
 
-def _train_judge(jcfg: Config, prepared: pipeline.PreparedData, root: Path, key: str, epochs: int) -> None:
+def _train_judge(cfg: Config, prepared: pipeline.PreparedData, root: Path, key: str) -> None:
     """Train the judge into a private folder, then rename it into place: a run killed half way
     leaves no judge behind, and of two processes training the same judge, the first to finish wins."""
     root.mkdir(parents=True, exist_ok=True)
@@ -222,13 +224,11 @@ def _train_judge(jcfg: Config, prepared: pipeline.PreparedData, root: Path, key:
         pid = stale.name[len(key) + 2 : -4]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
-    cfg = jcfg.model_copy(update={"train": jcfg.train.model_copy(update={"epochs": epochs})})
-    cfg = load_config(cfg)  # validated again with the epochs
     tmp = root / f".{key}-{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     print(
         f"judge: training a cnn classifier on {prepared.info.get('dataset')} ({len(prepared.train)} training images, "
-        f"{epochs} epochs), once; kept in {root / key}", flush=True,
+        f"{cfg.train.epochs} epochs), once; kept in {root / key}", flush=True,
     )
     run = pipeline.train(cfg, run_dir=tmp)
     try:

@@ -111,7 +111,7 @@ class Judge:
     real: torch.Tensor | None = None  # uint8 (M, C, H, W)
     real_labels: torch.Tensor | None = None  # int64 (M,)
     real_split: str = "test"
-    _real_cache: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _real_cache: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.model.eval()
