@@ -33,7 +33,7 @@ def cli(*args):
 def digits_gan(name: str, **train) -> dict:
     return {
         "name": "g", "data": {"dataset": "digits"}, "model": {"name": name, **SMALL},
-        "train": {"epochs": 2, "batch_size": 64, "progress": "none", **train},
+        "train": {"epochs": 2, "batch_size": 64, "progress": "none", **train}, "gan": {"quality": False},
     }
 
 
@@ -124,7 +124,7 @@ def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, monkeypatch, name, 
     # 1257 training digits, batches of 64: 19 steps per epoch; checkpoints every 4 steps and at epoch ends
     extra = {"ema": 0.9, "checkpoint_every_steps": 4, "epochs": 3}
     config = digits_gan(name, **extra)
-    config["gan"] = {"instance_noise": 0.1, "real_label": 0.9}
+    config["gan"] = {"instance_noise": 0.1, "real_label": 0.9, "quality": False}
     deepworks.train(config, run_dir=tmp_path / "full")
 
     save = AdversarialTrainer._save_checkpoint
@@ -194,13 +194,31 @@ def test_generate_errors_exit_2(cgan_run, tmp_path):
     assert len(list((tmp_path / "ok").iterdir())) == 4
 
 
-def test_gan_config_errors_name_the_key():
+def test_gan_config_errors_name_the_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="gan section is for GAN models"):
         deepworks.load_config({"data": {"dataset": "digits"}, "model": {"name": "cnn"}, "gan": {"n_critic": 2}})
     with pytest.raises(ConfigError, match="gan.real_label"):
         deepworks.train(digits_gan("dcgan", label_smoothing=0.1))
     with pytest.raises(ConfigError, match="gan.n_critic"):
-        deepworks.load_config({**digits_gan("wgan-gp"), "gan": {"n_critic": 0}})
+        deepworks.load_config({**digits_gan("wgan-gp"), "gan": {"n_critic": 0, "quality": False}})
+    assert not (tmp_path / "runs").exists()  # refused before any folder was written
     cfg = deepworks.load_config(digits_gan("wgan-gp"))
     assert cfg.gan.n_critic == 5 and cfg.gan.d_optimizer.params["betas"] == [0.0, 0.9]
     assert cfg.train.optimizer.params["betas"] == [0.0, 0.9]
+
+
+def test_quality_is_judged_at_the_end(tmp_path, monkeypatch):
+    # the judge: a quick classifier of the same digits (its own cache), trained once here
+    monkeypatch.setenv("DEEPWORKS_DATA", str(tmp_path / "cache"))
+    import deepworks.judge as judge_module
+
+    real_judge_for = judge_module.judge_for
+    monkeypatch.setattr(judge_module, "judge_for", lambda *a, **k: real_judge_for(*a, **{**k, "epochs": 3}))
+    config = digits_gan("cgan", epochs=1)
+    config["gan"] = {"quality_samples": 100}
+    run = deepworks.train(config, run_dir=tmp_path / "q")
+    quality = json.loads((run.dir / "summary.json").read_text())["quality"]
+    assert quality["samples"] == 100 and quality["frechet_distance"] is not None
+    assert set(quality["label_agreement"]["per_label"]) == {str(k) for k in range(10)}
+    assert "collapsed" in quality["collapse"]

@@ -441,6 +441,15 @@ class GANConfig(Strict):
         "annealed linearly to 0 over the run"
     )
     grid_columns: int = Field(8, ge=1, le=32, description="columns of the per-epoch sample grid (cgan: per class row)")
+    quality: bool = Field(
+        True, description="at the end: judge generated samples with a classifier of the same dataset (Fréchet "
+        "distance on its features, class coverage and entropy, cgan label agreement, a collapse warning)"
+    )
+    quality_samples: int = Field(1000, ge=10, description="how many samples the quality measures judge")
+    judge: str | None = Field(
+        None, description="a finished classification run on the same data to judge with; default: deepworks trains "
+        "one (a cnn, cached per dataset)"
+    )
 
 
 # The GAN families and the training defaults their papers use: Adam with beta1 0.5 at 2e-4

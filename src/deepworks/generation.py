@@ -53,6 +53,7 @@ def _prepare(cfg: Config) -> tuple[Any, Any, dict[str, Any]]:
     if cfg.data.augment:
         raise ConfigError("data.augment: GAN training does not augment its images (the generator would learn the "
                           "augmentations). Fix: remove data.augment.")
+    AdversarialTrainer.check_keys(cfg.train, cfg.gan)  # before any data is read or any folder written
     data = prepare_data(cfg)
     if len(data.input_shape) != 3:
         raise DataError(f"model.name: {cfg.model.name} generates images, but the data has shape {data.input_shape} "
@@ -107,7 +108,35 @@ def _fit(cfg: Config, train: Any, gan: Any, info: dict[str, Any], run: RunDir, r
 
     trainer = AdversarialTrainer(gan, cfg.train, cfg.gan, run_dir=run.path, seed=cfg.seed)
     history = trainer.fit(train, resume=resume)
+    if cfg.gan.quality:
+        trainer.summary["quality"] = _judge(cfg, run, info, trainer)
+        run.write_json(run.summary, trainer.summary)
     return Run(run.path, cfg, gan, list(info["classes"]), history, trainer.summary)
+
+
+def _judge(cfg: Config, run: RunDir, info: dict[str, Any], trainer: AdversarialTrainer) -> dict[str, Any]:
+    """Quality and mode collapse of the final generator (:mod:`deepworks.evaluate.generative`):
+    ``gan.quality_samples`` samples (cgan: the classes in turn) judged by a classifier of the same
+    data; printed, and a collapse also warned about."""
+    from deepworks.evaluate.generative import judge_generator, render_quality
+    from deepworks.judge import judge_for
+
+    judge = judge_for(cfg, judge=cfg.gan.judge, data_info=info, progress=cfg.train.progress)
+    n = cfg.gan.quality_samples
+    gan = trainer.gan
+    labels = torch.arange(n) % gan.num_classes if gan.conditional else None
+    z = torch.randn(n, gan.latent, generator=torch.Generator().manual_seed(cfg.seed + 1))
+    sampler = trainer.sampler()
+    sampler.eval()
+    with torch.no_grad():
+        samples = torch.cat([
+            sampler(z[i : i + 256].to(trainer.device), labels[i : i + 256].to(trainer.device) if labels is not None else None)
+            .float().cpu() for i in range(0, n, 256)
+        ])
+    result = judge_generator(samples.clamp(-1, 1), judge, labels=labels)
+    if cfg.train.progress != "none":
+        print(render_quality(result), flush=True)
+    return result
 
 
 def load_generator(run_dir: str | Path) -> tuple[Any, Config, dict[str, Any]]:

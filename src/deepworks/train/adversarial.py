@@ -159,7 +159,7 @@ class AdversarialTrainer:
             raise ConfigError(format_errors(exc.errors(), "AdversarialTrainer config", (), TrainConfig)) from None
         self.config = resolve_components(config, ("train",), "train")
         self.gan_config = resolve_components(gan_config, ("gan",), "gan")
-        self._check_unused()
+        self.check_keys(self.config, self.gan_config)
         if distributed_context().enabled:
             raise ConfigError("GAN training runs in one process; launch it without torchrun or --nproc.")
         self.gan, self.seed = gan, seed
@@ -172,11 +172,12 @@ class AdversarialTrainer:
         self.summary: dict[str, Any] = {}
         self.stop_training = False
 
-    def _check_unused(self) -> None:
+    @staticmethod
+    def check_keys(config: TrainConfig, gan_config: GANConfig) -> None:
+        """Refuse training keys the adversarial loop would ignore (a ConfigError naming each and its fix)."""
         defaults = TrainConfig()
-        bad = [f"train.{key}: {fix}" for key, fix in _UNUSED.items()
-               if getattr(self.config, key) != getattr(defaults, key)]
-        if self.config.optimizer.params.get("lr") == "auto" or self.gan_config.d_optimizer.params.get("lr") == "auto":
+        bad = [f"train.{key}: {fix}" for key, fix in _UNUSED.items() if getattr(config, key) != getattr(defaults, key)]
+        if config.optimizer.params.get("lr") == "auto" or gan_config.d_optimizer.params.get("lr") == "auto":
             bad.append("train.optimizer.lr / gan.d_optimizer.lr: auto: give a number (e.g. 2e-4; the range test "
                        "is for single models)")
         if bad:
