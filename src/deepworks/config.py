@@ -522,8 +522,9 @@ class Config(Strict):
         gan_defaults = GAN_MODELS.get(name) if isinstance(name, str) else None
         given = value.get("gan")
         if gan_defaults is None and given is not None:
-            raise ValueError(f"the gan section is for GAN models ({', '.join(GAN_MODELS)}), but model.name is {name!r}. "
-                             "Fix: remove the gan section, or choose a GAN model")
+            keys = ", ".join(f"gan.{k}" for k in given) if isinstance(given, dict) and given else "gan"
+            raise ValueError(f"{keys}: the gan section is for GAN models ({', '.join(GAN_MODELS)}), but model.name is "
+                             f"{name!r}. Fix: remove the gan section, or choose a GAN model")
         if gan_defaults is not None and (given is None or isinstance(given, dict)):
             merged = {**gan_defaults, **(given or {})}
             d_opt = (given or {}).get("d_optimizer")
