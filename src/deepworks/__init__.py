@@ -9,6 +9,7 @@ from deepworks.errors import CheckpointError, ConfigError, DataError, DeepworksE
 from deepworks.models import create_model, list_models
 from deepworks.train import Callback, EarlyStopping, Trainer
 from deepworks.pipeline import Run, cross_validate, evaluate, load_run, lr_find, predict, resume, train
+from deepworks.generation import generate
 from deepworks.analysis import diagnose, importance, projection
 from deepworks.evaluate.importance import permutation_importance
 from deepworks.report.compare import compare
@@ -30,6 +31,7 @@ __all__ = [
     "resume",
     "evaluate",
     "predict",
+    "generate",
     "load_run",
     "lr_find",
     "importance",

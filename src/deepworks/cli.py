@@ -140,6 +140,13 @@ def _torchrun(nproc: int) -> int:
 
 def _print_summary(summary: dict, run_dir: Path) -> None:
     task = summary.get("task")
+    if task == "generation":
+        final = summary.get("final") or {}
+        out.print("final epoch: " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
+        out.print(f"epochs run: {summary.get('epochs_run')}, training time: {summary.get('wall_seconds', 0):.1f} s")
+        out.print(f"samples: {run_dir / summary.get('samples', 'samples')}")
+        out.print(f"run directory: {run_dir}  (deepworks generate {run_dir} --n 16 --out DIR)")
+        return
     if task == "forecasting":
         percent = next((k for k in ("mape", "smape") if k in (summary.get("test") or summary.get("val") or {})), "mape")
         columns: tuple[str, ...] = ("mae", "rmse", percent, "loss")
@@ -159,6 +166,28 @@ def _print_summary(summary: dict, run_dir: Path) -> None:
         f"training time: {summary.get('wall_seconds', 0):.1f} s"
     )
     out.print(f"run directory: {run_dir}")
+
+
+@app.command()
+def generate(
+    run_dir: Annotated[Path, typer.Argument(help="a GAN run directory (dcgan, cgan, wgan-gp)")],
+    n: Annotated[int, typer.Option("--n", help="how many samples")] = 16,
+    label: Annotated[
+        Optional[str], typer.Option("--label", help="cgan: the class to generate (index or name)")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the noise: the same seed gives the same images")] = 0,
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for the PNGs (one per sample) and grid.png")] = Path(
+        "generated"
+    ),
+) -> None:
+    """Sample a GAN run's generator: one PNG per sample plus grid.png in --out."""
+    import deepworks
+
+    chosen: int | str | None = label
+    if label is not None and label.strip().lstrip("-").isdigit():
+        chosen = int(label)
+    images = deepworks.generate(run_dir, n, label=chosen, seed=seed, out=out_dir)
+    out.print(f"{len(images)} sample(s) and grid.png in {out_dir}")
 
 
 @app.command()

@@ -38,6 +38,8 @@ __all__ = [
     "TrainConfig",
     "OptimizerConfig",
     "EarlyStoppingConfig",
+    "GANConfig",
+    "GAN_MODELS",
     "load_config",
     "parse_overrides",
     "dump_config",
@@ -422,11 +424,52 @@ def _check_monitor(value: str) -> None:
         raise ValueError(f"unknown metric {value!r}.{extra} Choose one of: {', '.join(MONITORS)}")
 
 
+class GANConfig(Strict):
+    """The adversarial loop's own keys (GAN models only); the generator's optimizer is
+    ``train.optimizer``, the discriminator's ``gan.d_optimizer``."""
+
+    d_optimizer: OptimizerConfig = Field(
+        default_factory=OptimizerConfig, description="the discriminator's (critic's) optimizer and learning rate"
+    )
+    n_critic: int = Field(1, ge=1, description="discriminator (critic) steps per generator step; wgan-gp: 5")
+    gp_weight: float = Field(10.0, ge=0, description="wgan-gp: weight (lambda) of the gradient penalty")
+    real_label: float = Field(
+        1.0, gt=0.5, le=1, description="the discriminator's target for real images; 0.9 is one-sided label smoothing"
+    )
+    instance_noise: float = Field(
+        0.0, ge=0, description="std of Gaussian noise added to every image the discriminator sees (in [-1, 1] units), "
+        "annealed linearly to 0 over the run"
+    )
+    grid_columns: int = Field(8, ge=1, le=32, description="columns of the per-epoch sample grid (cgan: per class row)")
+    quality: bool = Field(
+        True, description="at the end: judge generated samples with a classifier of the same dataset (Fréchet "
+        "distance on its features, class coverage and entropy, cgan label agreement, a collapse warning)"
+    )
+    quality_samples: int = Field(1000, ge=10, description="how many samples the quality measures judge")
+    judge: str | None = Field(
+        None, description="a finished classification run on the same data to judge with; default: deepworks trains "
+        "one (a cnn, cached per dataset)"
+    )
+
+
+# The GAN families and the training defaults their papers use: Adam with beta1 0.5 at 2e-4
+# (DCGAN), and beta1 0, beta2 0.9 with 5 critic steps per generator step (WGAN-GP).
+_DCGAN_ADAM = {"name": "adam", "lr": 2e-4, "betas": [0.5, 0.999]}
+_WGAN_ADAM = {"name": "adam", "lr": 1e-4, "betas": [0.0, 0.9]}
+GAN_MODELS: dict[str, dict[str, Any]] = {
+    "dcgan": {"d_optimizer": _DCGAN_ADAM, "n_critic": 1},
+    "cgan": {"d_optimizer": _DCGAN_ADAM, "n_critic": 1},
+    "wgan-gp": {"d_optimizer": _WGAN_ADAM, "n_critic": 5},
+}
+
 # A softmax classifier is multinomial logistic regression, a convex problem: full-batch L-BFGS
 # solves it to the optimum, and l2 1e-3 is scikit-learn's LogisticRegression default (C=1) for
 # about a thousand training samples (l2 = 1 / (C * n_train)).
 FAMILY_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "softmax": {"optimizer": {"name": "lbfgs"}, "l2": 1e-3},
+    "dcgan": {"optimizer": _DCGAN_ADAM, "batch_size": 64},
+    "cgan": {"optimizer": _DCGAN_ADAM, "batch_size": 64},
+    "wgan-gp": {"optimizer": _WGAN_ADAM, "batch_size": 64},
 }
 
 
@@ -436,6 +479,7 @@ class Config(Strict):
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    gan: GANConfig | None = Field(None, description="GAN models: the adversarial loop's keys (filled in for them)")
     report: bool = Field(
         True, description="write report.html (curves, confusion matrix, calibration, ...) into the run at the end of training"
     )
@@ -475,6 +519,18 @@ class Config(Strict):
                 else:
                     merged[key] = given
             value = {**value, "train": merged}
+        gan_defaults = GAN_MODELS.get(name) if isinstance(name, str) else None
+        given = value.get("gan")
+        if gan_defaults is None and given is not None:
+            keys = ", ".join(f"gan.{k}" for k in given) if isinstance(given, dict) and given else "gan"
+            raise ValueError(f"{keys}: the gan section is for GAN models ({', '.join(GAN_MODELS)}), but model.name is "
+                             f"{name!r}. Fix: remove the gan section, or choose a GAN model")
+        if gan_defaults is not None and (given is None or isinstance(given, dict)):
+            merged = {**gan_defaults, **(given or {})}
+            d_opt = (given or {}).get("d_optimizer")
+            if isinstance(d_opt, dict) and "name" not in d_opt:  # d_optimizer: {lr: 1e-4} tunes the family's
+                merged["d_optimizer"] = {**gan_defaults["d_optimizer"], **d_opt}
+            value = {**value, "gan": merged}
         return value
 
     @field_validator("name")
@@ -751,6 +807,8 @@ def resolve_components(section: BaseModel, at: tuple[str, ...] = (), origin: str
         parent = section
         for part in inner[:-1]:
             parent = getattr(parent, part)
+        if parent is None:  # an optional section the config leaves out (gan)
+            continue
         block = getattr(parent, inner[-1])
         where = ".".join(path)
         try:

@@ -42,6 +42,7 @@ from deepworks.evaluate.baselines import tabular_baselines, text_baselines
 from deepworks.evaluate.diagnosis import diagnose, render_diagnosis
 from deepworks.evaluate.forecasting import forecast_scores
 from deepworks.evaluate.predictions import confidently_wrong, display_pixels, save_predictions
+from deepworks.models.gan import is_adversarial
 from deepworks.models.registry import model_from_config
 from deepworks.runs import RunDir, atomic_write, new_run_dir
 from deepworks.runtime import barrier, broadcast_object, distributed_context
@@ -527,6 +528,12 @@ def train(
     :class:`~deepworks.train.Callback`). Returns the :class:`Run` with its best model and summary.
     """
     cfg = load_config(config, _merge_kwargs(overrides, kwargs))
+    if is_adversarial(cfg.model.name):  # a GAN: its own loop (deepworks.generation)
+        from deepworks.generation import train_gan
+
+        if callbacks:
+            raise ConfigError("train(callbacks=...): the GAN loop takes no callbacks.")
+        return train_gan(cfg, run_dir=run_dir, runs_root=runs_root)
     if cfg.train.tensorboard:  # a missing tensorboard package is refused before any work
         summary_writer_class()
     dist = distributed_context()
@@ -684,6 +691,10 @@ def resume(run_dir: str | Path) -> Run:
     if not run.path.is_dir():
         raise CheckpointError(f"{run.path}: no such run directory.")
     cfg = load_config(run.config)
+    if is_adversarial(cfg.model.name):
+        from deepworks.generation import resume_gan
+
+        return resume_gan(run, cfg)
     if run.summary.exists() and not run.checkpoint.exists():
         raise CheckpointError(f"{run.path}: this run has no checkpoint to resume from.")
     if run.summary.exists() and "test" in run.read_json(run.summary):
@@ -853,6 +864,9 @@ def load_run(run_dir: str | Path) -> Run:
     if not run.config.exists():
         raise CheckpointError(f"{run.path}: not a deepworks run directory (no config.yaml).")
     cfg = load_config(run.config)
+    if is_adversarial(cfg.model.name):
+        raise ConfigError(f"{run.path}: a GAN run ({cfg.model.name}) has a generator, not a classifier. "
+                          f"Fix: `deepworks generate {run.path} --n 16 --out DIR`, or deepworks.generate(...).")
     info = run.read_json(run.data)
     classes, shape = list(info["classes"]), tuple(info["input_shape"])
     task = task_from_record(info.get("task"), classes)

@@ -38,6 +38,10 @@ __all__ = [
     "load_tensors",
     "pack_state",
     "unpack_state",
+    "rng_state",
+    "restore_rng_state",
+    "write_checkpoint",
+    "read_checkpoint",
     "versions",
 ]
 
@@ -108,6 +112,43 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             "the file from a copy, or start the run again."
         ) from None
     return tensors, metadata
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's global random generators (torch CPU, and CUDA where present), for a checkpoint."""
+    rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng_state(rng: dict[str, Any]) -> None:
+    """Put back what :func:`rng_state` saved, so a resumed run draws the same numbers."""
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """One safetensors file: the tensors, and the loop's JSON ``state`` in its metadata (atomic)."""
+    save_tensors(path, tensors, metadata={"format": CHECKPOINT_FORMAT, "state": json.dumps(state)})
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and JSON state :func:`write_checkpoint` wrote; a missing file, another format or
+    damaged state is a :class:`CheckpointError`."""
+    if not path.exists():
+        raise CheckpointError(
+            f"{path}: no checkpoint to resume from (the run stopped before its first checkpoint). "
+            "Start the run again."
+        )
+    tensors, meta = load_tensors(path)
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a deepworks checkpoint (format {meta.get('format')!r}); refused.")
+    try:
+        return tensors, json.loads(meta["state"])
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path}: the checkpoint's state is damaged ({exc}); refused. Start the run again.") from None
 
 
 # --------------------------------------------------------------- nested state <-> tensors + JSON

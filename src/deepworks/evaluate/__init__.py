@@ -1,9 +1,11 @@
 """Evaluation: metrics accumulated during training, classification and regression reports,
-permutation importance and 2-D projections of activations."""
+permutation importance, 2-D projections of activations, and the quality and variety of
+generated images as a classifier of the same dataset sees them."""
 
 from deepworks.evaluate.importance import permutation_importance, plot_importance
 from deepworks.evaluate.metrics import MetricAccumulator, classification_report, render_report
 from deepworks.evaluate.regression import RegressionAccumulator, regression_report, render_regression_report
+from deepworks.evaluate.generative import Judge, frechet_distance, judge_generator, render_quality
 from deepworks.evaluate.projection import capture_activations, default_layer, plot_projection, project_2d
 
 __all__ = [
@@ -19,4 +21,8 @@ __all__ = [
     "default_layer",
     "project_2d",
     "plot_projection",
+    "Judge",
+    "frechet_distance",
+    "judge_generator",
+    "render_quality",
 ]

@@ -11,6 +11,7 @@ from deepworks.train.trainer import Trainer, load_model_weights
 
 bind_component(("train", "optimizer"), OPTIMIZERS)
 bind_component(("train", "schedule"), SCHEDULES)
+bind_component(("gan", "d_optimizer"), OPTIMIZERS)
 
 __all__ = [
     "Trainer",

@@ -110,19 +110,23 @@ class ProgressLogger(Callback):
     def on_epoch_end(self, trainer: Trainer, epoch: int, logs: dict[str, Any]) -> None:
         if self.mode == "none":
             return
-        parts = []
-        for split in ("train", "val"):
-            fields = [(m, logs.get(f"{split}_{m}")) for m in trainer.task.shown]
-            shown = " ".join(f"{m.replace('macro_', '')} {v:.4g}" if m in ("mae", "rmse") else f"{m.replace('macro_', '')} {v:.4f}" for m, v in fields if isinstance(v, float))
-            if shown:
-                parts.append(f"{split}: {shown}")
-        line = f"epoch {epoch}/{trainer.config.epochs}  " + "  |  ".join(parts) + f"  ({logs.get('seconds', 0):.1f}s)"
+        line = f"epoch {epoch}/{trainer.config.epochs}  " + self.describe(trainer, logs) + f"  ({logs.get('seconds', 0):.1f}s)"
         if logs.get("best"):
             line += "  *"
         if self._progress is not None:
             self._progress.console.print(line)
         else:
             print(line, flush=True)
+
+    def describe(self, trainer: Any, logs: dict[str, Any]) -> str:
+        """The epoch's figures on its progress line (the task's shown metrics per split)."""
+        parts = []
+        for split in ("train", "val"):
+            fields = [(m, logs.get(f"{split}_{m}")) for m in trainer.task.shown]
+            shown = " ".join(f"{m.replace('macro_', '')} {v:.4g}" if m in ("mae", "rmse") else f"{m.replace('macro_', '')} {v:.4f}" for m, v in fields if isinstance(v, float))
+            if shown:
+                parts.append(f"{split}: {shown}")
+        return "  |  ".join(parts)
 
     def on_train_end(self, trainer: Trainer) -> None:
         if self._progress is not None:

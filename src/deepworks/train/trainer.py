@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +25,10 @@ from torch import nn
 from deepworks.config import OptimizerConfig, TrainConfig, format_errors, resolve_components
 from deepworks.data.loaders import TensorData, as_data, iterate_batches
 from deepworks.errors import CheckpointError, ConfigError, ShapeError, TrainingError
-from deepworks.runs import CHECKPOINT_FORMAT, RunDir, atomic_write, load_tensors, pack_state, save_tensors, unpack_state, versions
+from deepworks.runs import (
+    RunDir, atomic_write, load_tensors, pack_state, read_checkpoint, restore_rng_state, rng_state, save_tensors, unpack_state,
+    versions, write_checkpoint,
+)
 from deepworks.runtime import (
     all_reduce_sum,
     barrier,
@@ -492,10 +494,7 @@ class Trainer:
     def _save_checkpoint(self) -> None:
         if self.run is None:
             return
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        rngs = gather_objects(rng)  # every process's generators, so each resumes its own stream
+        rngs = gather_objects(rng_state())  # every process's generators, so each resumes its own stream
         # rank 0 saves the epoch's running metric sums over all processes; on resume the
         # others start from zero, so the end-of-epoch sum comes out the same
         accumulator = self._reduced(self._accumulator)
@@ -522,22 +521,14 @@ class Trainer:
             "callbacks": [cb.state_dict() for cb in self.callbacks],
             "penalty_sum": float(self._penalty_sum),
         }
-        save_tensors(self.run.checkpoint, tensors, metadata={"format": CHECKPOINT_FORMAT, "state": json.dumps(state)})
+        write_checkpoint(self.run.checkpoint, tensors, state)
 
     def _load_checkpoint(self) -> None:
         if self.run is None:
             raise CheckpointError("resume: the Trainer has no run_dir to resume from.")
         path = self.run.checkpoint
-        if not path.exists():
-            raise CheckpointError(
-                f"{path}: no checkpoint to resume from (the run stopped before its first checkpoint). "
-                "Start the run again."
-            )
-        tensors, meta = load_tensors(path)
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path}: not a deepworks checkpoint (format {meta.get('format')!r}); refused.")
+        tensors, state = read_checkpoint(path)
         try:
-            state = json.loads(meta["state"])
             weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
             self.model.load_state_dict(weights, strict=True)
             if self.ema is not None:
@@ -567,9 +558,7 @@ class Trainer:
                 f"{path}: the checkpoint does not match this run's model or is damaged "
                 f"({str(exc).splitlines()[0][:160]}); refused. Start the run again."
             ) from None
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        restore_rng_state(rng)
         barrier()  # every process has read the checkpoint before rank 0 rewrites the log
         self.history = self.run.truncate_metrics(self.epoch) if self.writes else self.run.read_metrics()[: self.epoch]
         if self.writes:

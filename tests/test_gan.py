@@ -1,0 +1,224 @@
+"""GANs: model shapes, the gradient penalty against hand computation, the adversarial loop's
+metrics and exact resume, generate and its errors (through the CLI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+import deepworks
+from deepworks import create_model
+from deepworks.errors import ConfigError, ShapeError
+from deepworks.models.gan import is_adversarial, upsamplings
+from deepworks.train.adversarial import AdversarialTrainer, gradient_penalty
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"latent": 8, "g_width": 8, "d_width": 8}
+
+
+def cli(*args):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "deepworks", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def digits_gan(name: str, **train) -> dict:
+    return {
+        "name": "g", "data": {"dataset": "digits"}, "model": {"name": name, **SMALL},
+        "train": {"epochs": 2, "batch_size": 64, "progress": "none", **train}, "gan": {"quality": False},
+    }
+
+
+@pytest.mark.parametrize("name", ["dcgan", "cgan", "wgan-gp"])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 30, 20), (1, 27, 27), (3, 64, 48)])
+def test_generator_and_discriminator_shapes(name, shape):
+    gan = create_model(name, input_shape=shape, num_classes=10, **SMALL)
+    z, y = torch.randn(4, 8), torch.tensor([0, 3, 9, 3])
+    labels = y if gan.conditional else None
+    images = gan.generator(z, labels)
+    assert images.shape == (4, *shape)
+    assert images.min() >= -1 and images.max() <= 1  # tanh
+    assert gan.discriminator(images, labels).shape == (4,)
+    assert gan.conditional == (name == "cgan")
+
+
+def test_depth_follows_the_image_size():
+    assert [upsamplings(s, s) for s in (8, 28, 32, 27, 64)] == [1, 2, 3, 0, 4]
+    gan = create_model("dcgan", input_shape=(1, 28, 28), num_classes=10, **SMALL)
+    ups = [m for m in gan.generator.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert len(ups) == 2 and gan.generator.start == (7, 7)  # 7 -> 14 -> 28
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in create_model("wgan-gp", input_shape=(1, 28, 28)).discriminator.modules())
+    with pytest.raises(ShapeError, match="model.depth"):
+        create_model("dcgan", input_shape=(1, 28, 28), depth=3)
+    assert is_adversarial("cgan") and not is_adversarial("cnn")
+
+
+def test_dcgan_initialisation_is_normal_0_002():
+    gan = create_model("dcgan", input_shape=(1, 28, 28), num_classes=10, latent=64, g_width=64, d_width=64)
+    w = gan.generator.body[0].weight.detach()
+    assert abs(float(w.mean())) < 2e-3 and abs(float(w.std()) - 0.02) < 2e-3
+
+
+def test_gradient_penalty_of_a_linear_critic_is_known_in_closed_form():
+    # D(x) = w . x + b has gradient w everywhere: gp = (|w| - 1)^2, whatever the images
+    w = torch.tensor([2.0, -1.0, 2.0, 0.0]).view(1, 1, 2, 2)  # |w| = 3
+    critic = lambda x: (x * w).sum(dim=(1, 2, 3)) + 0.5  # noqa: E731
+    real, fake = torch.randn(5, 1, 2, 2), torch.randn(5, 1, 2, 2)
+    gp = gradient_penalty(critic, real, fake, torch.rand(5, 1, 1, 1))
+    assert gp.item() == pytest.approx((3.0 - 1.0) ** 2)
+
+
+def test_gradient_penalty_of_a_quadratic_critic_by_hand():
+    # D(x) = |x|^2 / 2: gradient x_hat, so gp = mean((|x_hat| - 1)^2) with x_hat = e real + (1 - e) fake
+    real = torch.tensor([[3.0, 4.0], [0.0, 0.0]]).view(2, 1, 1, 2)
+    fake = torch.tensor([[0.0, 0.0], [1.0, 0.0]]).view(2, 1, 1, 2)
+    eps = torch.tensor([0.5, 0.25]).view(2, 1, 1, 1)
+    critic = lambda x: 0.5 * (x**2).sum(dim=(1, 2, 3))  # noqa: E731
+    # x_hat = (1.5, 2) -> |.| = 2.5; (0.75, 0) -> 0.75: ((1.5)^2 + (0.25)^2) / 2
+    assert gradient_penalty(critic, real, fake, eps).item() == pytest.approx((1.5**2 + 0.25**2) / 2)
+    # and it trains the critic: the penalty has a gradient in the critic's weights
+    lin = nn.Linear(2, 1)
+    gp = gradient_penalty(lambda x: lin(x.flatten(1)).squeeze(1), real, fake, eps)
+    gp.backward()
+    assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
+
+
+def test_ema_warms_up_then_keeps_its_decay():
+    from deepworks.train.adversarial import ema_with_warmup
+
+    avg = ema_with_warmup(0.999)
+    a, c = torch.tensor([1.0]), torch.tensor([0.0])
+    assert avg(a, c, torch.tensor(0)).item() == pytest.approx(0.1)  # decay 1/10 at the first update
+    assert avg(a, c, torch.tensor(10_000)).item() == pytest.approx(0.999)
+
+
+def test_losses_are_logged_separately(tmp_path):
+    run = deepworks.train(digits_gan("wgan-gp"), run_dir=tmp_path / "w")
+    records = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    for r in records:
+        assert {"g_loss", "d_loss", "d_real", "d_fake", "wasserstein", "gp", "seconds"} <= set(r)
+    # n_critic 5: a generator step after every 5th critic step, counted across epochs (19 steps each)
+    assert sum(r["g_steps"] for r in records) == sum(r["d_steps"] for r in records) // 5 == 7
+    files = {p.relative_to(run.dir).as_posix() for p in run.dir.rglob("*") if p.is_file()}
+    assert {"config.yaml", "data.json", "metrics.jsonl", "checkpoints/last.safetensors", "generator.safetensors",
+            "samples/epoch-001.png", "samples/epoch-002.png", "summary.json"} <= files
+    summary = json.loads((run.dir / "summary.json").read_text())
+    assert summary["task"] == "generation" and summary["epochs_run"] == 2 and "g_loss" in summary["final"]
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name, crash_step", [("cgan", 24), ("cgan", 19), ("wgan-gp", 12)])
+def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, monkeypatch, name, crash_step):
+    # 1257 training digits, batches of 64: 19 steps per epoch; checkpoints every 4 steps and at epoch ends
+    extra = {"ema": 0.9, "checkpoint_every_steps": 4, "epochs": 3}
+    config = digits_gan(name, **extra)
+    config["gan"] = {"instance_noise": 0.1, "real_label": 0.9, "quality": False}
+    deepworks.train(config, run_dir=tmp_path / "full")
+
+    save = AdversarialTrainer._save_checkpoint
+
+    def save_then_crash(self):
+        save(self)
+        if self.global_step == crash_step:
+            raise Crash  # the process dies right after this checkpoint
+    monkeypatch.setattr(AdversarialTrainer, "_save_checkpoint", save_then_crash)
+    with pytest.raises(Crash):
+        deepworks.train(config, run_dir=tmp_path / "crash")
+    monkeypatch.setattr(AdversarialTrainer, "_save_checkpoint", save)
+    assert not (tmp_path / "crash" / "summary.json").exists()
+    deepworks.resume(tmp_path / "crash")
+
+    for file in ("generator.safetensors", "checkpoints/last.safetensors"):
+        a, b = load_file(tmp_path / "full" / file), load_file(tmp_path / "crash" / file)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{file}: {k}"
+    assert (tmp_path / "full/samples/epoch-003.png").read_bytes() == (tmp_path / "crash/samples/epoch-003.png").read_bytes()
+    strip = lambda p: [{k: v for k, v in json.loads(l).items() if k != "seconds"} for l in p.read_text().splitlines()]  # noqa: E731,E741
+    assert strip(tmp_path / "full/metrics.jsonl") == strip(tmp_path / "crash/metrics.jsonl")
+
+
+@pytest.fixture(scope="module")
+def cgan_run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gan") / "cgan"
+    deepworks.train(digits_gan("cgan", epochs=1), run_dir=path)
+    return path
+
+
+def test_generate_returns_tensors_and_writes_exactly_n_files(cgan_run, tmp_path):
+    images = deepworks.generate(cgan_run, 7, label=3, seed=5, out=tmp_path / "out")
+    assert images.shape == (7, 1, 8, 8) and images.dtype == torch.float32
+    assert images.min() >= -1 and images.max() <= 1
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert files == [f"sample-{i:04d}.png" for i in range(7)] + ["grid.png"] or \
+        sorted(files) == sorted([f"sample-{i:04d}.png" for i in range(7)] + ["grid.png"])
+    assert torch.equal(images, deepworks.generate(cgan_run, 7, label="3", seed=5))  # same seed, same images
+    assert not torch.equal(images, deepworks.generate(cgan_run, 7, label=4, seed=5))  # the label matters
+    with pytest.raises(ConfigError, match="--out"):
+        deepworks.generate(cgan_run, 2, out=tmp_path / "out")  # already holds samples
+
+
+def test_generate_errors_exit_2(cgan_run, tmp_path):
+    classifier = tmp_path / "clf"
+    deepworks.train({"data": {"dataset": "digits"}, "model": {"name": "softmax"}, "report": False,
+                     "train": {"epochs": 1, "progress": "none"}}, run_dir=classifier)
+    dcgan = tmp_path / "dcgan"
+    deepworks.train(digits_gan("dcgan", epochs=1), run_dir=dcgan)
+    cases = [
+        ((classifier, "--n", 4), ["softmax run, not a GAN"]),
+        ((cgan_run, "--n", 4, "--label", 10), ["--label", "0..9"]),
+        ((dcgan, "--n", 4, "--label", 1), ["--label", "unconditional"]),
+        ((cgan_run, "--n", 0), ["--n", "at least 1"]),
+    ]
+    for args, needles in cases:
+        proc = cli("generate", *args, "--out", tmp_path / "never")
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr
+        for needle in needles:
+            assert needle in proc.stderr, proc.stderr
+    assert not (tmp_path / "never").exists()
+    proc = cli("generate", dcgan, "--n", 3, "--seed", 1, "--out", tmp_path / "ok")
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((tmp_path / "ok").iterdir())) == 4
+
+
+def test_gan_config_errors_name_the_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="gan section is for GAN models"):
+        deepworks.load_config({"data": {"dataset": "digits"}, "model": {"name": "cnn"}, "gan": {"n_critic": 2}})
+    with pytest.raises(ConfigError, match="gan.real_label"):
+        deepworks.train(digits_gan("dcgan", label_smoothing=0.1))
+    with pytest.raises(ConfigError, match="gan.n_critic"):
+        deepworks.load_config({**digits_gan("wgan-gp"), "gan": {"n_critic": 0, "quality": False}})
+    assert not (tmp_path / "runs").exists()  # refused before any folder was written
+    cfg = deepworks.load_config(digits_gan("wgan-gp"))
+    assert cfg.gan.n_critic == 5 and cfg.gan.d_optimizer.params["betas"] == [0.0, 0.9]
+    assert cfg.train.optimizer.params["betas"] == [0.0, 0.9]
+
+
+def test_quality_is_judged_at_the_end(tmp_path, monkeypatch):
+    # the judge: a quick classifier of the same digits (its own cache), trained once here
+    monkeypatch.setenv("DEEPWORKS_DATA", str(tmp_path / "cache"))
+    import deepworks.judge as judge_module
+
+    real_judge_for = judge_module.judge_for
+    monkeypatch.setattr(judge_module, "judge_for", lambda *a, **k: real_judge_for(*a, **{**k, "epochs": 3}))
+    config = digits_gan("cgan", epochs=1)
+    config["gan"] = {"quality_samples": 100}
+    run = deepworks.train(config, run_dir=tmp_path / "q")
+    quality = json.loads((run.dir / "summary.json").read_text())["quality"]
+    assert quality["samples"] == 100 and quality["frechet_distance"] is not None
+    assert set(quality["label_agreement"]["per_label"]) == {str(k) for k in range(10)}
+    assert "collapsed" in quality["collapse"]
