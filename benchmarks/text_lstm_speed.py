@@ -83,13 +83,15 @@ def _plain_network(vocab_size: int, p: dict, num_classes: int):
         def __init__(self) -> None:
             super().__init__()
             self.embed = nn.Embedding(vocab_size, p["embedding"], padding_idx=0)
+            self.embed_drop = nn.Dropout(p.get("embedding_dropout", 0.0))
             self.rnn = nn.LSTM(p["embedding"], p["hidden"], batch_first=True, bidirectional=True)
             self.drop = nn.Dropout(p["head_dropout"])
             self.head = nn.Linear(2 * p["hidden"], num_classes)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             lengths = (x != 0).sum(1).clamp(min=1)  # (B,) an empty text reads one pad vector
-            packed = pack_padded_sequence(self.embed(x), lengths.cpu(), batch_first=True, enforce_sorted=False)
+            embedded = self.embed_drop(self.embed(x))
+            packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
             out, _ = self.rnn(packed)
             out, _ = pad_packed_sequence(out, batch_first=True, padding_value=float("-inf"))  # (B, T, 2H)
             return self.head(self.drop(out.amax(1)))  # max over the valid steps
@@ -133,11 +135,18 @@ def run_pytorch(args: argparse.Namespace) -> dict:
     model = _plain_network(vocab, cfg.model.params, k)
     params = _check_same_network(model, cfg, vocab, k, xtr.shape[1])
     _log(f"parameters: {params['params']:,} (deepworks' lstm: {params['deepworks_params']:,}) - equal")
-    # the config's recipe: AdamW, cosine annealing per step over the run, label smoothing
+    # the config's recipe: AdamW, cosine annealing per step over the run, label smoothing, and an
+    # exponential moving average of the weights (updated every step) that is evaluated
     t = cfg.train
     assert (t.optimizer.name, t.schedule.name, t.warmup_steps) == ("adamw", "cosine", 0), "the loop mirrors the config"
     opt = torch.optim.AdamW(model.parameters(), lr=t.optimizer.params["lr"],
                             weight_decay=t.optimizer.params["weight_decay"])
+    ema = None
+    if t.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True)
+    evaluated = ema.module if ema is not None else model
     bs = t.batch_size
     steps = -(-len(xtr) // bs)
     # over the run's steps, as deepworks (which trains --epochs epochs) plans it
@@ -145,11 +154,11 @@ def run_pytorch(args: argparse.Namespace) -> dict:
                                                           eta_min=t.schedule.params.get("min_lr", 0.0))
 
     def accuracy(x, y) -> tuple[float, float]:
-        model.eval()
+        evaluated.eval()
         loss = correct = 0.0
         with torch.no_grad():
             for s in range(0, len(x), 512):
-                logits = model(x[s:s + 512])
+                logits = evaluated(x[s:s + 512])
                 loss += float(F.cross_entropy(logits, y[s:s + 512], reduction="sum"))
                 correct += float((logits.argmax(1) == y[s:s + 512]).sum())
         return loss / len(x), correct / len(x)
@@ -167,6 +176,8 @@ def run_pytorch(args: argparse.Namespace) -> dict:
             loss.backward()
             opt.step()
             schedule.step()
+            if ema is not None:
+                ema.update_parameters(model)
         val_loss, val_acc = accuracy(xva, yva)
         seconds = clock.stop()
         val_accs.append(round(val_acc, 4))
@@ -175,7 +186,7 @@ def run_pytorch(args: argparse.Namespace) -> dict:
         **epoch_stats(clock.seconds),
         "val_accuracy": val_accs,
         "test_accuracy": accuracy(xte, yte)[1],
-        "test_model": "last epoch",
+        "test_model": "last epoch" + (" (moving average)" if ema is not None else ""),
         **params,
         "train_size": len(xtr),
         "precision": "fp32",

@@ -40,19 +40,28 @@ from deepworks.runtime import resolve_device
 
 __all__ = ["JUDGE_RECIPE", "JUDGE_SEED", "judge_cache_dir", "judge_config", "judge_epochs", "judge_for", "load_judge"]
 
-# The judge's model and training: the default cnn (two conv blocks of 32 and 64 filters, a
-# dense head of 128: the 128 features), AdamW at 0.002, batches of 64, the best epoch by
-# validation accuracy. Bump JUDGE_VERSION when this changes, so cached judges are retrained.
+# The judge's model and training: the cnn of the fast Fashion-MNIST recipe without its flips
+# (two conv blocks of 32 and 64 filters, a dense head of 128: the 128 features), AdamW with a
+# one-cycle schedule to 0.01, label smoothing 0.1, the moving average of the weights, batches of
+# 64, the best epoch by validation accuracy: 0.93 test accuracy on Fashion-MNIST. Bump
+# JUDGE_VERSION when this changes, so cached judges are retrained.
 JUDGE_RECIPE: dict[str, Any] = {
-    "model": {"name": "cnn"},
-    "train": {"batch_size": 64, "optimizer": {"name": "adamw", "lr": 0.002}, "monitor": "val_accuracy"},
+    "model": {"name": "cnn", "dropout": 0.0, "hidden": [128], "head_dropout": 0.1},
+    "train": {
+        "batch_size": 64,
+        "optimizer": {"name": "adamw", "weight_decay": 0.01},
+        "schedule": {"name": "one_cycle", "max_lr": 0.01, "pct_start": 0.2},
+        "label_smoothing": 0.1,
+        "ema": 0.99,
+        "monitor": "val_accuracy",
+    },
     "report": False,
 }
-JUDGE_VERSION = 1
+JUDGE_VERSION = 2
 JUDGE_SEED = 0  # the same judge for every run on the same data, whatever the run's seed
 # about this many optimizer steps, in 5 to 30 epochs: digits (1,257 training images) gets 30
-# epochs, a few seconds; Fashion-MNIST (51,000) gets 5, a minute or two on a CPU
-_STEPS, _MIN_EPOCHS, _MAX_EPOCHS = 3000, 5, 30
+# epochs, a few seconds; Fashion-MNIST (51,000) gets 11, about two minutes on a 2-core CPU
+_STEPS, _MIN_EPOCHS, _MAX_EPOCHS = 8000, 5, 30
 # the data keys that decide which images the judge sees (not splits, augmentation or sampling)
 _DATA_KEYS = ("dataset", "path", "root", "image_size", "channels", "resize", "on_bad_file", "in_memory", "memory_budget")
 

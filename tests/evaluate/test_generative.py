@@ -120,8 +120,8 @@ def test_collapse_rules():
 
 
 def test_judge_epochs_rule():
-    assert judge_epochs(1257) == 30 and judge_epochs(51000) == 5 and judge_epochs(6400) == 30
-    assert judge_epochs(12800) == 15  # 200 steps per epoch: 3,000 steps
+    assert judge_epochs(1257) == 30 and judge_epochs(51000) == 11 and judge_epochs(6400) == 30
+    assert judge_epochs(32000) == 16 and judge_epochs(320000) == 5  # 500 steps per epoch: 8,000 steps
 
 
 # ----------------------------------------------------------------------------- a judge trained on digits
