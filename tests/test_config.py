@@ -155,11 +155,15 @@ def schema_paths(schema, prefix=""):
 
 
 # every key of the config, with the params of MINIMAL's model (cnn) and optimizer (adamw)
-KEY_PATHS = sorted({
+ALL_PATHS = sorted({
     *schema_paths(Config),
     *schema_paths(MODELS.entry("cnn").params, "model."),
     *schema_paths(OPTIMIZERS.entry("adamw").params, "train.optimizer."),
 })
+# the gan section belongs to GAN models: its keys are fuzzed on a GAN config (below)
+KEY_PATHS = [p for p in ALL_PATHS if not p.startswith("gan.")]
+GAN_KEY_PATHS = [p for p in ALL_PATHS if p.startswith("gan.")]
+MINIMAL_GAN = {"data": {"dataset": "digits"}, "model": {"name": "dcgan"}}
 
 
 def names_key(message, path):
@@ -205,10 +209,25 @@ def assert_names_the_keys(message, doc, sets=()):
 @example(path="data.columns.age.order", value=[], as_override=True)
 @example(path="model.name", value=[], as_override=False)  # an unhashable model name reached the family defaults
 def test_a_bad_value_at_any_key_is_named_by_its_key_path(path, value, as_override):
+    _bad_value_is_named(MINIMAL, path, value, as_override)
+
+
+@settings(max_examples=200, deadline=None)
+@given(path=st.sampled_from(GAN_KEY_PATHS), value=values, as_override=st.booleans())
+def test_a_bad_value_at_any_gan_key_is_named_by_its_key_path(path, value, as_override):
+    _bad_value_is_named(MINIMAL_GAN, path, value, as_override)
+
+
+def test_a_gan_section_on_a_classifier_is_refused_by_name():
+    with pytest.raises(ConfigError, match=r"gan\.n_critic: the gan section is for GAN models"):
+        load_config({**MINIMAL, "gan": {"n_critic": 2}})
+
+
+def _bad_value_is_named(base, path, value, as_override):
     if as_override:  # --set path=value, the value written as YAML
-        args = (MINIMAL, [f"{path}={yaml.safe_dump(value, default_flow_style=True, width=10**6)}"])
+        args = (base, [f"{path}={yaml.safe_dump(value, default_flow_style=True, width=10**6)}"])
     else:  # in the document
-        doc = copy.deepcopy(MINIMAL)
+        doc = copy.deepcopy(base)
         *parents, last = path.split(".")
         node = doc
         for part in parents:
