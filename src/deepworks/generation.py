@@ -24,7 +24,7 @@ from deepworks.data.loaders import TensorData, ToInput
 from deepworks.errors import CheckpointError, ConfigError, DataError
 from deepworks.models.gan import is_adversarial
 from deepworks.models.registry import model_from_config
-from deepworks.runs import RunDir, atomic_write, new_run_dir
+from deepworks.runs import RunDir, atomic_write, existing_run, new_run_dir
 from deepworks.runtime import distributed_context
 from deepworks.train.adversarial import GENERATOR_FILE, AdversarialTrainer, sample_grid
 from deepworks.train.trainer import load_model_weights
@@ -142,11 +142,7 @@ def _judge(cfg: Config, run: RunDir, info: dict[str, Any], trainer: AdversarialT
 def load_generator(run_dir: str | Path) -> tuple[Any, Config, dict[str, Any]]:
     """The GAN of a run with its trained (or averaged, with train.ema) generator weights, its
     config and data record. A run that is not a GAN run is refused."""
-    run = RunDir(run_dir)
-    if not run.path.is_dir():
-        raise CheckpointError(f"{run.path}: no such run directory.")
-    if not run.config.exists():
-        raise CheckpointError(f"{run.path}: not a deepworks run directory (no config.yaml).")
+    run = existing_run(run_dir)
     cfg = load_config(run.config)
     if not is_adversarial(cfg.model.name):
         raise ConfigError(f"generate: {run.path} is a {cfg.model.name} run, not a GAN; generate needs a run of "

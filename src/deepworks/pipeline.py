@@ -44,7 +44,7 @@ from deepworks.evaluate.forecasting import forecast_scores
 from deepworks.evaluate.predictions import confidently_wrong, display_pixels, save_predictions
 from deepworks.models.gan import is_adversarial
 from deepworks.models.registry import model_from_config
-from deepworks.runs import RunDir, atomic_write, new_run_dir
+from deepworks.runs import RunDir, atomic_write, existing_run, new_run_dir
 from deepworks.runtime import barrier, broadcast_object, distributed_context
 from deepworks.train import Callback, Trainer, load_model_weights
 from deepworks.train.step import with_tta
@@ -858,11 +858,7 @@ def _check_same_data(run: RunDir, data: PreparedData) -> None:
 
 def load_run(run_dir: str | Path) -> Run:
     """Open a finished (or interrupted) run: config, classes and the best model's weights."""
-    run = RunDir(run_dir)
-    if not run.path.is_dir():
-        raise CheckpointError(f"{run.path}: no such run directory.")
-    if not run.config.exists():
-        raise CheckpointError(f"{run.path}: not a deepworks run directory (no config.yaml).")
+    run = existing_run(run_dir)
     cfg = load_config(run.config)
     if is_adversarial(cfg.model.name):
         raise ConfigError(f"{run.path}: a GAN run ({cfg.model.name}) has a generator, not a classifier. "

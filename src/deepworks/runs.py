@@ -43,6 +43,7 @@ __all__ = [
     "write_checkpoint",
     "read_checkpoint",
     "versions",
+    "existing_run",
 ]
 
 CHECKPOINT_FORMAT = "deepworks-checkpoint-1"
@@ -282,3 +283,14 @@ def versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     return out
+
+
+def existing_run(run_dir: str | Path) -> RunDir:
+    """The run directory ``run_dir``, refused with a CheckpointError when it is missing or is not
+    a deepworks run (no config.yaml)."""
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise CheckpointError(f"{run.path}: no such run directory.")
+    if not run.config.exists():
+        raise CheckpointError(f"{run.path}: not a deepworks run directory (no config.yaml).")
+    return run
