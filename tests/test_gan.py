@@ -3,8 +3,10 @@ metrics and exact resume, generate and its errors (through the CLI)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -222,3 +224,17 @@ def test_quality_is_judged_at_the_end(tmp_path, monkeypatch):
     assert quality["samples"] == 100 and quality["frechet_distance"] is not None
     assert set(quality["label_agreement"]["per_label"]) == {str(k) for k in range(10)}
     assert "collapsed" in quality["collapse"]
+
+
+def test_a_gan_run_writes_its_report_page(cgan_run):
+    """The report page of a GAN run: its losses, its sample grids and no sections of supervised
+    runs (learning curves, final metrics, a diagnosis), nothing that failed to draw."""
+    page = (cgan_run / "report.html").read_text()
+    titles = re.findall(r"<h2>(.*?)</h2>", page)
+    assert "Adversarial losses" in titles and "Generated samples" in titles
+    assert not {"Learning curves", "Final metrics", "Diagnosis", "Model"} & set(titles)
+    assert 'id="fig-gan-losses"' in page and 'id="fig-samples-epoch-001"' in page
+    assert "could not be drawn" not in page
+    # the sample grid on the page is the run's own file, byte for byte
+    grid = re.search(r'id="fig-samples-epoch-001" class="figure" src="data:image/png;base64,([^"]+)"', page).group(1)
+    assert base64.b64decode(grid) == (cgan_run / "samples" / "epoch-001.png").read_bytes()

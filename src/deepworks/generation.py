@@ -111,6 +111,10 @@ def _fit(cfg: Config, train: Any, gan: Any, info: dict[str, Any], run: RunDir, r
     if cfg.gan.quality:
         trainer.summary["quality"] = _judge(cfg, run, info, trainer)
         run.write_json(run.summary, trainer.summary)
+    if cfg.report and distributed_context().is_main:
+        from deepworks.pipeline import _write_report
+
+        _write_report(run)  # losses, sample grids and the quality measures
     return Run(run.path, cfg, gan, list(info["classes"]), history, trainer.summary)
 
 

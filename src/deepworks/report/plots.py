@@ -382,3 +382,28 @@ def error_per_step(errors: Mapping[str, Sequence[float]], metric: str = "MAE") -
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return figure_png(fig)
+
+
+def adversarial_curves(records: Sequence[Mapping[str, Any]]) -> bytes:
+    """A GAN's losses per epoch (generator and discriminator, or critic) and what the
+    discriminator makes of real and generated images (D(real), D(fake); the Wasserstein estimate
+    and the gradient penalty for WGAN-GP)."""
+    fig = _figure(11, 3.4, wspace=0.25)
+    losses, judged = fig.subplots(1, 2)
+    for key, colour, label in (("g_loss", TRAIN, "generator"), ("d_loss", VAL, "discriminator")):
+        xs, ys = _series(records, key)
+        if xs:
+            losses.plot(xs, ys, marker="o", markersize=3, color=colour, label=label)
+    losses.set_title("losses", fontsize=10)
+    pairs = (("d_real", TRAIN, "D(real)"), ("d_fake", VAL, "D(fake)"), ("wasserstein", TEST, "Wasserstein estimate"),
+             ("gp", "#555555", "gradient penalty"))
+    for key, colour, label in pairs:
+        xs, ys = _series(records, key)
+        if xs:
+            judged.plot(xs, ys, marker="o", markersize=3, color=colour, label=label)
+    judged.set_title("the discriminator's view", fontsize=10)
+    for ax in (losses, judged):
+        ax.set_xlabel("epoch")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return figure_png(fig)

@@ -29,7 +29,11 @@ from deepworks.registry import Registry
 from deepworks.report import plots
 from deepworks.report.context import RunContext
 
-__all__ = ["Section", "SECTIONS", "section", "sections_for", "note", "table", "figure", "number"]
+__all__ = ["Section", "SECTIONS", "section", "sections_for", "note", "table", "figure", "number", "SUPERVISED"]
+
+# the tasks that learn targets (curves of train/val loss and metrics, a diagnosis, a layer
+# table); a generative run (task "generation") has sections of its own
+SUPERVISED = ("classification", "regression", "forecasting")
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,7 @@ def _text(value: Any) -> str:
 # ----------------------------------------------------------------------------- sections for every run
 
 
-@section("diagnosis", title="Diagnosis", order=10)
+@section("diagnosis", title="Diagnosis", order=10, tasks=SUPERVISED)
 def _diagnosis(ctx: RunContext) -> str | None:
     if ctx.summary is None:
         return note(f"No diagnosis: {ctx.missing('summary.json')}")
@@ -292,7 +296,7 @@ def _monitor(ctx: RunContext) -> str | None:
     return monitor if monitor and monitor != "auto" else None
 
 
-@section("curves", title="Learning curves", order=40)
+@section("curves", title="Learning curves", order=40, tasks=SUPERVISED)
 def _curves(ctx: RunContext) -> str | None:
     problem = ctx.missing("metrics.jsonl")
     if not ctx.metrics:
@@ -320,7 +324,7 @@ def _curves(ctx: RunContext) -> str | None:
     return head + figure(png, "fig-learning-curves", "learning curves", "; ".join(caption) + ".")
 
 
-@section("metrics", title="Final metrics", order=50)
+@section("metrics", title="Final metrics", order=50, tasks=SUPERVISED)
 def _metrics(ctx: RunContext) -> str | None:
     s = ctx.summary
     if s is None:
@@ -349,7 +353,7 @@ def _metrics(ctx: RunContext) -> str | None:
     return out
 
 
-@section("gradients", title="Gradient flow", order=90)
+@section("gradients", title="Gradient flow", order=90, tasks=SUPERVISED)
 def _gradients(ctx: RunContext) -> str | None:
     problem = ctx.missing("gradients.jsonl")
     if not ctx.gradients:
@@ -377,7 +381,7 @@ def _gradients(ctx: RunContext) -> str | None:
     return out
 
 
-@section("model", title="Model", order=100)
+@section("model", title="Model", order=100, tasks=SUPERVISED)
 def _model(ctx: RunContext) -> str | None:
     if ctx.config is None or ctx.data is None or not ctx.data.get("input_shape"):
         return note(f"No model summary: {ctx.missing('config.yaml', 'data.json') or 'the input shape is not recorded.'}")
@@ -617,3 +621,66 @@ def _per_step(ctx: RunContext) -> str | None:
                  "Test MAE at each step ahead, in the targets' units (averaged over targets).")
     out += table(["step ahead", *(f"{n} MAE" for n in names)], rows)
     return out + (note(note_text) if note_text else "")
+
+
+# ----------------------------------------------------------------------------- generative runs
+
+
+@section("gan_losses", title="Adversarial losses", order=40, tasks=("generation",))
+def _gan_losses(ctx: RunContext) -> str | None:
+    if not ctx.metrics:
+        return note(f"No curves: {ctx.missing('metrics.jsonl') or 'no epoch was recorded.'}")
+    return figure(plots.adversarial_curves(ctx.metrics), "fig-gan-losses", "generator and discriminator losses",
+                  "Per epoch: the generator's and the discriminator's losses, and the discriminator's mean output on "
+                  "real and generated images. A discriminator that wins outright (D(fake) near 0, the generator's "
+                  "loss climbing) leaves the generator no signal.")
+
+
+@section("samples", title="Generated samples", order=50, tasks=("generation",))
+def _samples(ctx: RunContext) -> str | None:
+    grids = sorted((ctx.path / "samples").glob("epoch-*.png"))
+    if not grids:
+        return note("No sample grids: the run has no samples/epoch-NNN.png yet.")
+    shown = [grids[-1]] if len(grids) == 1 else [grids[0], grids[-1]]
+    parts = []
+    for path in shown:
+        try:
+            png = path.read_bytes()
+        except OSError as exc:
+            parts.append(note(f"{path.name}: cannot be read ({exc.strerror or exc}).", "warn"))
+            continue
+        epoch = path.stem.removeprefix("epoch-").lstrip("0") or "0"
+        parts.append(figure(png, f"fig-samples-{path.stem}", f"samples after epoch {epoch}",
+                            f"After epoch {epoch}: the same fixed noise (and, for a conditional model, one class per "
+                            "row) in every epoch's grid, so the grids compare."))
+    return "".join(parts)
+
+
+@section("quality", title="Quality and variety of the samples", order=60, tasks=("generation",))
+def _quality(ctx: RunContext) -> str | None:
+    quality = (ctx.summary or {}).get("quality")
+    if not isinstance(quality, dict):
+        return note("No quality measures: the run was trained with gan.quality: false, or has not finished.")
+    head = facts([
+        ("samples judged", quality.get("samples")),
+        ("Fréchet distance on the judge's features (not FID)", quality.get("frechet_distance")),
+        ("the same between two halves of the real images", quality.get("frechet_real_halves")),
+        ("classes covered", f"{quality.get('classes_covered')} of {len(quality.get('class_counts') or []) or '?'}"
+         if quality.get("classes_covered") is not None else None),
+        ("entropy of the predicted classes (of the maximum)", quality.get("entropy_normalized")),
+        ("largest class", f"{quality.get('largest_class')} ({number(quality.get('largest_share'), 3)})"
+         if quality.get("largest_class") is not None else None),
+    ])
+    body = [head]
+    collapse = quality.get("collapse") or {}
+    if collapse.get("collapsed"):
+        reasons = "; ".join(str(r) for r in collapse.get("reasons") or [])
+        body.insert(0, note(f"Mode collapse: {reasons}. {collapse.get('advice') or ''}".strip(), "warn"))
+    agreement = quality.get("label_agreement") or {}
+    per_label = agreement.get("per_label") or {}
+    if per_label:
+        rows = [(label, share) for label, share in per_label.items()]
+        body.append("<p>Label agreement: the share of the samples asked for each class that the judge assigns to it "
+                    f"(mean {number(agreement.get('mean'), 3)}).</p>")
+        body.append(table(["class asked for", "judged as that class"], rows))
+    return "".join(body)
