@@ -200,17 +200,19 @@ def test_report_leaves_the_global_rng_alone(digits_run, tmp_path):
 
 
 def test_a_new_task_registers_its_own_sections():
-    @section("samples", title="Generated samples", order=60, tasks=("gan",))
-    def samples(ctx):
-        return "<p>samples</p>"
+    @section("ranked", title="Ranked examples", order=60, tasks=("ranking",))
+    def ranked(ctx):
+        return "<p>ranked</p>"
 
     try:
-        assert "samples" in [s.name for s in sections_for("gan")]
-        assert "samples" not in [s.name for s in sections_for("classification")]
-        assert "confusion" not in [s.name for s in sections_for("gan")]  # classification's own
-        assert [s.name for s in sections_for("gan")][:5] == ["diagnosis", "config", "data", "curves", "metrics"]
+        assert "ranked" in [s.name for s in sections_for("ranking")]
+        assert "ranked" not in [s.name for s in sections_for("classification")]
+        # the sections for every run, then its own; the supervised ones (curves, metrics, ...) are not its
+        assert [s.name for s in sections_for("ranking")] == ["config", "data", "ranked"]
     finally:
-        SECTIONS._entries.pop("samples")
+        SECTIONS._entries.pop("ranked")
+    assert [s.name for s in sections_for("generation")] == ["config", "data", "gan_losses", "samples", "quality"]
+    assert [s.name for s in sections_for("classification")][:5] == ["diagnosis", "config", "data", "curves", "metrics"]
 
 
 def test_regression_run_gets_its_sections(tmp_path):

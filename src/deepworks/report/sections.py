@@ -5,10 +5,13 @@ section's body as HTML, a :func:`note` when its inputs are missing, or None when
 apply to this run (wrong-image grids for a table). Sections registered with ``tasks=`` appear
 only for runs of those tasks: classification brings the confusion matrix, the per-class table,
 calibration and the most confidently wrong images; regression the predicted-vs-actual scatter
-and the residuals. A new task (forecasting, GANs) registers its own sections the same way::
+and the residuals; forecasting the forecasts and the error per step ahead; the supervised tasks
+(:data:`SUPERVISED`) the learning curves, final metrics, diagnosis, gradients and layer table;
+a generative run (``generation``) its losses, sample grids and quality measures. A new task
+registers its own sections the same way::
 
-    @section("samples", title="Generated samples", order=60, tasks=("gan",))
-    def _samples(ctx: RunContext) -> str | None:
+    @section("ranked", title="Ranked examples", order=60, tasks=("ranking",))
+    def _ranked(ctx: RunContext) -> str | None:
         ...
 
 Every text that comes from the run is escaped with :func:`html.escape`.
