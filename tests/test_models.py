@@ -21,7 +21,8 @@ def test_every_model_trains_one_step(name):
     shape = (3, 32, 32) if name not in ("softmax", "mlp", "cnn") else (1, 8, 8)
     if takes_sequence_input(name):
         shape = (6, 3)  # a series window: (steps, features)
-    model = create_model(name, input_shape=shape, num_classes=5)
+    params = {"arch": "resnet10t"} if name == "timm" else {}  # any timm architecture by name
+    model = create_model(name, input_shape=shape, num_classes=5, **params)
     x, y = torch.randn(4, *shape), torch.tensor([0, 1, 2, 4])
     logits = model(x)
     assert logits.shape == (4, 5)

@@ -157,20 +157,20 @@ def test_receptive_field_in_a_cnn_with_same_padding_and_stride_2():
 
 
 def test_receptive_field_follows_branches():
-    # resnet18: conv1 7x7 s2 -> 7 (j2); maxpool 3 s2 -> 11 (j4); layer1: four 3x3 -> 11 + 4*2*4 = 43 (j4);
+    # resnet18 (behind its input adapter, which keeps the geometry): conv1 7x7 s2 -> 7 (j2); maxpool 3 s2 -> 11 (j4); layer1: four 3x3 -> 11 + 4*2*4 = 43 (j4);
     # layer2.0.conv1 3x3 s2 -> 51 (j8); conv2 -> 67 (j8); the downsample branch starts from the block input: 43 (j8)
     model = create_model("resnet18", input_shape=(3, 32, 32), num_classes=10)
     s = summarize(model, (3, 32, 32))
     rows = {}
     for r in s["layers"]:
         rows.setdefault(r["name"], (r["receptive_field"], r["jump"]))
-    assert rows["conv1"] == (7, 2)
-    assert rows["maxpool"] == (11, 4)
-    assert rows["layer1.1.conv2"] == (43, 4)
-    assert rows["layer2.0.conv1"] == (51, 8)
-    assert rows["layer2.0.conv2"] == (67, 8)
-    assert rows["layer2.0.downsample.0"] == (43, 8)
-    assert rows["fc"] == (None, None)
+    assert rows["net.conv1"] == (7, 2)
+    assert rows["net.maxpool"] == (11, 4)
+    assert rows["net.layer1.1.conv2"] == (43, 4)
+    assert rows["net.layer2.0.conv1"] == (51, 8)
+    assert rows["net.layer2.0.conv2"] == (67, 8)
+    assert rows["net.layer2.0.downsample.0"] == (43, 8)
+    assert rows["net.fc"] == (None, None)
 
 
 # ----------------------------------------------------------------------------- parameter counts
@@ -201,7 +201,7 @@ def test_totals_equal_the_model_parameter_count(name, input_shape, params):
 def test_resnet18_reused_relu_is_one_row_per_call():
     model = create_model("resnet18", input_shape=(3, 32, 32), num_classes=10)
     s = summarize(model, (3, 32, 32))
-    relu_rows = [r for r in s["layers"] if r["name"] == "layer1.0.relu"]
+    relu_rows = [r for r in s["layers"] if r["name"] == "net.layer1.0.relu"]
     assert len(relu_rows) == 2  # BasicBlock calls its ReLU twice
     assert len(s["layers"]) > len([m for m in model.modules() if not list(m.children())])
     assert sum(r["params"] for r in s["layers"]) == _total(model)

@@ -288,6 +288,13 @@ def inspect(
         print(json.dumps(summary, indent=2))
     else:
         out.print(render_summary(summary))
+        t = summary.get("transfer")
+        if t:
+            learning = len(t["tuned_blocks"])
+            when = f" after {t['warmup_epochs']} frozen epochs" if t["warmup_epochs"] and learning else ""
+            rate = f" at lr x {t['backbone_lr_scale']:g}" if learning else ""
+            out.print(f"transfer: {t['mode']}; new head {t['head']}; {learning} of {t['blocks']} body blocks learn{rate}"
+                      f"{when}" + (f" (from {t['tuned_blocks'][0]} up)" if learning else ""))
 
 
 @app.command()

@@ -292,6 +292,45 @@ class ModelConfig(Component):
     name: str = "cnn"
     init: str = Field("default", description="weight initialisation: he_normal, xavier_uniform, ... or default")
     zero_bias: bool = Field(True, description="with an init other than default, start biases at zero")
+    pretrained: bool = Field(
+        False, description="backbones: start from the published ImageNet weights (an installed weights package, else "
+        "the library's download); the head is new for the data's classes"
+    )
+    weights: str | None = Field(
+        None, description="start from a local weights file: .safetensors, or a PyTorch state dict (loaded with "
+        "weights_only=True; pickled objects are refused)"
+    )
+
+
+class TransferConfig(Strict):
+    mode: Literal["feature_extraction", "fine_tune"] = Field(
+        "fine_tune", description="feature_extraction: freeze the body (batch-norm statistics too) and train a new head; "
+        "fine_tune: the body learns too (transfer.unfreeze blocks of it)"
+    )
+    unfreeze: Literal["all"] | int = Field(
+        "all", description="fine_tune: how many of the body's top blocks learn (all, or a count from the output side)"
+    )
+    warmup_epochs: int = Field(0, ge=0, description="fine_tune: epochs with the body frozen before it learns")
+    backbone_lr_scale: float = Field(
+        0.1, gt=0, le=1, description="fine_tune: the body's learning rate as a fraction of the head's"
+    )
+    cache: bool = Field(
+        True, description="feature_extraction: compute the frozen body's features once and train the head on them "
+        "(no data.augment or train.tta then: both change the images)"
+    )
+    from_run: str | None = Field(
+        None, alias="from", description="start from the model of an earlier deepworks run (its directory): same "
+        "architecture and weights, a new head when the classes differ"
+    )
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @field_validator("unfreeze")
+    @classmethod
+    def _some_blocks(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise ValueError("expected all or a number of blocks of at least 1 (for none, use mode: feature_extraction)")
+        return value
 
 
 class OptimizerConfig(Component):
@@ -480,6 +519,10 @@ class Config(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     gan: GANConfig | None = Field(None, description="GAN models: the adversarial loop's keys (filled in for them)")
+    transfer: TransferConfig | None = Field(
+        None, description="transfer learning: feature extraction or fine-tuning of a pretrained model (model.pretrained, "
+        "model.weights) or of an earlier run's model (transfer.from)"
+    )
     report: bool = Field(
         True, description="write report.html (curves, confusion matrix, calibration, ...) into the run at the end of training"
     )
@@ -712,7 +755,7 @@ def load_config(
 
 def dump_config(config: Config) -> str:
     """The resolved config as YAML (every default filled in)."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(config.model_dump(mode="json", by_alias=True), sort_keys=False)
 
 
 def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
@@ -861,7 +904,7 @@ def format_errors(
         key = ".".join(prefix + loc) or "(top level)"
         if err.get("type") == "extra_forbidden":
             parent_schema = _schema_at(schema or Config, loc[:-1])
-            valid = sorted(parent_schema.model_fields) if parent_schema else []
+            valid = sorted(f.alias or n for n, f in parent_schema.model_fields.items()) if parent_schema else []
             hint = close_matches(loc[-1], valid) if loc else []
             msg = f"  {key}: unknown key."
             if hint:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ from deepworks.train import Callback, Trainer, load_model_weights
 from deepworks.train.step import with_tta
 from deepworks.train.tasks import Classification, Forecasting, Regression, Task, task_from_record
 from deepworks.train.tensorboard import summary_writer_class
+from deepworks.transfer import Transfer, TransferStages, adopt_source, cache_features, check_transfer
+from deepworks.transfer import build as build_transfer
 
 __all__ = [
     "Run", "PreparedData", "prepare_data", "train", "cross_validate", "resume", "evaluate", "predict", "load_run",
@@ -146,14 +149,17 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
     return PreparedData(parts["train"], parts["val"], parts["test"], list(ds.classes), ds.input_shape, info, task)
 
 
-def _new_model(cfg: Config, input_shape: Sequence[int], task: Task, info: dict[str, Any]) -> nn.Module:
+def _new_model(
+    cfg: Config, input_shape: Sequence[int], task: Task, info: dict[str, Any], load: bool = True
+) -> nn.Module:
     """The config's model for this data: ``info["input"]`` tells token ids (text, with the
-    vocabulary's size) from other inputs."""
+    vocabulary's size) from other inputs. Starting weights (model.pretrained, model.weights,
+    transfer.from) are loaded unless ``load`` is false (a finished run has its own)."""
     source = info.get("input") or {}
     model = model_from_config(cfg.model, input_shape, task.output_size(), vocab_size=source.get("vocab_size"))
     if source.get("kind") == "series" and source.get("difference"):  # windows relative to their last value
         model = ChangeFromLast(model, len(source["targets"]), int(source["horizon"]), source["gain"])
-    return model
+    return build_transfer(model, cfg, info, load=load)
 
 
 def _class_counts(ys: dict[str, torch.Tensor], k: int) -> dict[str, list[int]]:
@@ -537,10 +543,12 @@ def train(
     if cfg.train.tensorboard:  # a missing tensorboard package is refused before any work
         summary_writer_class()
     dist = distributed_context()
+    cfg = adopt_source(cfg)  # transfer.from: the earlier run's model section
     data = prepare_data(cfg)
     torch.manual_seed(cfg.seed)  # the model's initial weights
     model = _new_model(cfg, data.input_shape, data.task, data.info)
     augment = _augment(cfg, data)  # refuse a bad data.augment before the run directory exists
+    check_transfer(cfg, augment)
     cfg, found = _resolve_lr(cfg, data, model, augment)
     # under torchrun every process must use the directory rank 0 names
     run = RunDir(broadcast_object(str(run_dir or new_run_dir(cfg.name, runs_root))))
@@ -610,7 +618,7 @@ def lr_find(
     ``end_lr`` over ``steps`` steps on a copy of the model. Writes the plot to ``out``
     (default ``lr-find-<name>.png`` in the working directory) and a JSON beside it; returns
     the suggestion, where the smoothed loss was lowest, the curve and the files."""
-    cfg = load_config(config, _merge_kwargs(overrides, kwargs))
+    cfg = adopt_source(load_config(config, _merge_kwargs(overrides, kwargs)))
     from deepworks.train.lr_finder import find_lr
 
     data = prepare_data(cfg)
@@ -644,7 +652,7 @@ def cross_validate(
     if k is None or isinstance(k, bool) or int(k) < 2:
         raise ConfigError(f"--cv: expected a number of folds of at least 2, got {k!r}. Fix: e.g. --cv 5.")
     k = int(k)
-    cfg = load_config(cfg, {"data.cv": k})
+    cfg = adopt_source(load_config(cfg, {"data.cv": k}))
     root = RunDir(run_dir or new_run_dir(f"{cfg.name}-cv", runs_root))
     if root.summary.exists() or root.config.exists():
         raise ConfigError(f"--run-dir {root.path}: a run already lives there. Choose another directory.")
@@ -724,6 +732,10 @@ def _fit(
     cfg: Config, data: PreparedData, model: nn.Module, run: RunDir, resume: bool, test: bool = True,
     callbacks: Sequence[Callback] = (),
 ) -> Run:
+    transfer = None
+    if isinstance(model, Transfer):
+        callbacks = [TransferStages(model), *callbacks]
+        data, transfer = _transfer_data(cfg, data, model)
     _balance(cfg, data)
     trainer = Trainer(
         model, cfg.train, run_dir=run.path, task=data.task, seed=cfg.seed, augment=_augment(cfg, data),
@@ -739,9 +751,18 @@ def _fit(
                 _write_report(run)  # the page shows the curves up to the divergence and the diagnosis
         raise
     if not test:  # a cross-validation fold: validation figures only
+        if isinstance(model, Transfer):
+            model.reads_features = False
         return Run(run.path, cfg, trainer.model, data.classes, history, trainer.summary, data.task)
     test_report = trainer.evaluate(data.test, keep="test")  # the test split is touched once, here
     trainer.record_test(test_report)
+    if isinstance(model, Transfer):
+        model.reads_features = False  # the run's model takes images again
+    origin = getattr(model, "origin", None)
+    if transfer is not None or origin is not None:
+        trainer.summary["transfer"] = {**(transfer or {}), **({"weights": origin} if origin is not None else {})}
+        if distributed_context().is_main:
+            run.write_json(run.summary, trainer.summary)
     if distributed_context().is_main and trainer.outputs:
         _save_predictions(run, trainer, data)
     recorded = {key: data.info[key] for key in ("duplicates", "loading") if data.info.get(key) is not None}
@@ -762,6 +783,38 @@ def _fit(
     if cfg.report and distributed_context().is_main:
         _write_report(run)
     return Run(run.path, cfg, trainer.model, data.classes, history, trainer.summary, data.task)
+
+
+def _transfer_data(cfg: Config, data: PreparedData, model: Transfer) -> tuple[PreparedData, dict[str, Any]]:
+    """Feature extraction with transfer.cache: every split as the frozen body's features,
+    computed once, so each epoch trains only the head. Returns the data the Trainer sees and
+    what summary.json records (which blocks learn, the cache's time)."""
+    from dataclasses import replace
+
+    from deepworks.runtime import resolve_device, resolve_precision
+
+    record: dict[str, Any] = model.describe()
+    t = cfg.transfer
+    if t is None or t.mode != "feature_extraction" or not t.cache:
+        return data, record
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device, model, cfg.train.channels_last)
+    model.to(device)
+    if precision.channels_last:
+        model.to(memory_format=torch.channels_last)
+    batch = 256 if cfg.train.eval_batch_size == "auto" else int(cfg.train.eval_batch_size)
+    started = time.perf_counter()
+    parts = {name: cache_features(model, getattr(data, name), batch_size=batch, device=device, precision=precision)
+             for name in ("train", "val", "test") if len(getattr(data, name))}
+    seconds = time.perf_counter() - started
+    images = sum(len(p) for p in parts.values())
+    dim = int(next(iter(parts.values())).x.shape[1])
+    if cfg.train.progress != "none" and distributed_context().is_main:
+        print(f"features: the frozen body ran once over {images} images ({dim} features each, {precision.name}) in "
+              f"{seconds:.1f} s; each epoch now trains the head alone", flush=True)
+    model.reads_features = True
+    record["feature_cache"] = {"images": images, "features": dim, "seconds": round(seconds, 2), "precision": precision.name}
+    return replace(data, **parts), record
 
 
 def _diagnose(cfg: Config, data: PreparedData, trainer: Trainer, run: RunDir, error: str | None = None) -> None:
@@ -800,7 +853,8 @@ def _save_predictions(run: RunDir, trainer: Trainer, data: PreparedData) -> None
         logits, targets = trainer.outputs["val"]
         index = confidently_wrong(logits, targets, k=16)
         if len(index):
-            wrong = (index, display_pixels(data.val.inputs(index), data.info.get("mean"), data.info.get("std")))
+            images = getattr(data.val, "images", data.val)  # cached features keep their images for display
+            wrong = (index, display_pixels(images.inputs(index), data.info.get("mean"), data.info.get("std")))
     extra = {f"{split}.{key}": torch.from_numpy(np.ascontiguousarray(value))
              for split, parts in data.forecasts.items() if split in trainer.outputs for key, value in parts.items()}
     save_predictions(run.predictions, trainer.outputs, data.task.name, wrong, extra=extra)
@@ -866,7 +920,7 @@ def load_run(run_dir: str | Path) -> Run:
     info = run.read_json(run.data)
     classes, shape = list(info["classes"]), tuple(info["input_shape"])
     task = task_from_record(info.get("task"), classes)
-    model = _new_model(cfg, shape, task, info)
+    model = _new_model(cfg, shape, task, info, load=False)  # its own weights, below
     if not run.best.exists():
         raise CheckpointError(
             f"{run.best}: missing; the run has not finished an epoch yet. "

@@ -362,6 +362,10 @@ def inspect_config(config: Config | str | Path | Mapping[str, Any], *, device: s
     """
     if not isinstance(config, Config):
         config = load_config(config)
+    if config.transfer is not None:
+        from deepworks.transfer import adopt_source
+
+        config = adopt_source(config)  # transfer.from: the earlier run's model
     vocab_size = None
     if _is_sequence_table(config):
         # text and series tables: the vocabulary and the windows exist only once the data is prepared
@@ -374,8 +378,14 @@ def inspect_config(config: Config | str | Path | Mapping[str, Any], *, device: s
     else:
         input_shape, num_classes, dataset = _data_shape(config)
     model = model_from_config(config.model, input_shape, num_classes, vocab_size=vocab_size)
+    if config.transfer is not None:  # which blocks learn (no weights are loaded to look at the structure)
+        from deepworks.transfer import build
+
+        model = build(model, config, {"input_shape": list(input_shape)}, load=False)
     summary = summarize(model, input_shape, vocab_size=vocab_size, device=device)
     out = {"model": config.model.name, "dataset": dataset, "num_classes": num_classes, **summary}
+    if hasattr(model, "describe"):
+        out["transfer"] = model.describe()
     if vocab_size is not None:
         out["vocab_size"] = int(vocab_size)
     return out

@@ -157,7 +157,8 @@ def one_cycle(
     optimizer, *, total_steps: int, steps_per_epoch: int, epochs: int, max_lr: float | None, pct_start: float,
     div_factor: float, final_div_factor: float, anneal_strategy: str,
 ) -> _Plan:
-    peaks = [max_lr if max_lr is not None else 10 * float(g["lr"]) for g in optimizer.param_groups]
+    # an explicit max_lr is the first group's; other groups keep their share of it (lr_scale)
+    peaks = [max_lr * g.get("lr_scale", 1.0) if max_lr is not None else 10 * float(g["lr"]) for g in optimizer.param_groups]
     # torch divides by (pct_start * total_steps - 1): keep it off exactly zero
     while float(pct_start * total_steps) - 1 == 0:
         pct_start = math.nextafter(pct_start, 1.0)
@@ -177,8 +178,9 @@ def cyclic(
     lrs = [float(g["lr"]) for g in optimizer.param_groups]
     sched = torch.optim.lr_scheduler.CyclicLR(
         optimizer,
-        base_lr=[base_lr if base_lr is not None else lr / 10 for lr in lrs],
-        max_lr=[max_lr if max_lr is not None else lr for lr in lrs],
+        base_lr=[base_lr * g.get("lr_scale", 1.0) if base_lr is not None else lr / 10
+                 for lr, g in zip(lrs, optimizer.param_groups)],
+        max_lr=[max_lr * g.get("lr_scale", 1.0) if max_lr is not None else lr for lr, g in zip(lrs, optimizer.param_groups)],
         step_size_up=step_size_up or 2 * steps_per_epoch,
         step_size_down=step_size_down,
         mode=mode,

@@ -237,9 +237,19 @@ class Trainer:
         if self.precision.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
+        # a model may ask for parameter groups (transfer learning: the body at a fraction of the head's lr)
+        groups = self.model.optimizer_groups() if hasattr(self.model, "optimizer_groups") else None
+        if groups is not None and full_batch and len(groups) > 1:
+            raise ConfigError(
+                f"train.optimizer: {cfg.optimizer.name} takes one learning rate for all parameters, but the model "
+                "asks for several (transfer.backbone_lr_scale). Fix: an optimizer such as adamw or sgd."
+            )
         self.optimizer = build_optimizer(
-            cfg.optimizer.name, self.model.parameters(), device=self.device, **cfg.optimizer.params
+            cfg.optimizer.name, groups if groups is not None else self.model.parameters(), device=self.device,
+            **cfg.optimizer.params,
         )
+        for group in self.optimizer.param_groups:  # lr_scale: this group's lr as a fraction of the configured one
+            group["lr"] = group["lr"] * group.setdefault("lr_scale", 1.0)
         labels = getattr(train_data, "y", None)  # in-memory or streamed: class counts for class weights
         labels = labels if isinstance(labels, torch.Tensor) else None
         self.loss_fn = self.task.loss(cfg, labels).to(self.device)

