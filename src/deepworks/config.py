@@ -34,6 +34,7 @@ __all__ = [
     "Config",
     "DataConfig",
     "ColumnConfig",
+    "SubsetConfig",
     "ModelConfig",
     "TrainConfig",
     "OptimizerConfig",
@@ -116,6 +117,37 @@ class ColumnConfig(Strict):
         return value
 
 
+class SubsetConfig(Strict):
+    classes: list[str | int] | None = Field(
+        None, description="keep only these classes in every split: names as the dataset lists them, or indices; "
+        "they keep the dataset's order and are renumbered 0..k-1"
+    )
+    train_per_class: int | None = Field(
+        None, ge=1, description="keep exactly this many training samples of each class, the same ones whatever the "
+        "run's seed (fewer are a subset of more)"
+    )
+    val_per_class: int | None = Field(
+        None, ge=1, description="keep exactly this many validation samples of each class (the test split is never "
+        "subsampled)"
+    )
+    seed: int = Field(
+        0, ge=0, description="the seed of the data: with data.subset the splits (and folds) and the chosen samples "
+        "come from it, not from the run's seed, so runs of any seed or model see the same samples"
+    )
+
+    @field_validator("classes")
+    @classmethod
+    def _two_distinct(cls, value: list[str | int] | None) -> list[str | int] | None:
+        if value is None:
+            return value
+        repeated = [item for i, item in enumerate(value) if item in value[:i]]
+        if repeated:
+            raise ValueError(f"{repeated[0]!r} is listed twice; name each class once")
+        if len(value) < 2:
+            raise ValueError("a classifier needs at least 2 classes; name 2 or more (or remove classes to keep all)")
+        return value
+
+
 class DataConfig(Strict):
     dataset: str | None = Field(None, description="built-in dataset name (`deepworks datasets`)")
     path: str | None = Field(None, description="a folder with one subfolder of images per class, or a .csv file")
@@ -178,6 +210,10 @@ class DataConfig(Strict):
     min_freq: int = Field(2, ge=1, description="text: a token enters the vocabulary if seen this often in training")
     max_vocab: int = Field(20000, ge=3, description="text: the most ids in the vocabulary, <pad> and <unk> included")
     max_length: int = Field(128, ge=1, description="text: tokens per text; longer texts keep their first max_length")
+    subset: SubsetConfig | None = Field(
+        None, description="a class filter and fixed per-class subsets: {classes: [...], train_per_class: N, "
+        "val_per_class: M, seed: 0}"
+    )
     # ---- time series (forecasting): a table with a time column
     time: str | None = Field(
         None, description="forecasting: the time column (dates or numbers); setting it makes the run a forecast"
@@ -264,6 +300,11 @@ class DataConfig(Strict):
             )
         if isinstance(self.target, list) and not self.target:
             raise ValueError("data.target: the list of columns to forecast is empty")
+        if self.subset is not None and (series or self.task == "regression"):
+            what = "a forecasting run (data.time)" if series else "a regression run (data.task: regression)"
+            raise ValueError(
+                f"data.subset keeps classes and samples per class; {what} has no classes. Remove data.subset"
+            )
         if not series:
             unset = {"lookback": None, "season": None, "horizon": 1, "difference": False}
             given = [k for k, default in unset.items() if getattr(self, k) != default]

@@ -38,7 +38,7 @@ def _gan_input(split: Any, scale: float, channels: int) -> Any:
     if isinstance(split, TensorData):
         return TensorData(split.x, split.y, split.weights, to_input)
     if isinstance(split, StreamedImages):
-        streamed = StreamedImages(split.source, split.indices, to_input)
+        streamed = StreamedImages(split.source, split.indices, to_input, split.label_map)
         streamed.weights = split.weights
         return streamed
     raise DataError(f"GAN training reads images; got {type(split).__name__}.")

@@ -35,7 +35,7 @@ from deepworks.data.series import (
     seasonal_naive, series_from_columns, split_periods, stamp_text, window_origins,
 )
 from deepworks.data.leakage import apply_policy, find_duplicates, one_to_one_columns, sample_hashes
-from deepworks.data.splits import dataset_split_indices, kfold_indices, split_indices, take_splits
+from deepworks.data.splits import apply_subset, dataset_split_indices, kfold_indices, split_indices, take_splits
 from deepworks.data.tabular import Table, load_table, read_feature_rows, read_table, table_target
 from deepworks.data.text import TextEncoder, load_text_from_config, read_text_inputs
 from deepworks.errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -105,10 +105,15 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
         return _prepare_table(config, fold)
     ds = load_from_config(d)  # uint8 images in memory (ImageDataset) or a folder streamed from disk (FolderStream)
     official = ds.has_official_test
-    # positions first, samples copied once: after folds and dropped duplicates
-    idx = dataset_split_indices(ds, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=config.seed)
+    seed = _data_seed(config)
+    # positions first, samples copied once: after folds, the subset and dropped duplicates
+    idx = dataset_split_indices(ds, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=seed)
     if fold is not None:
-        idx.update(_apply_fold(idx, ds.y.numpy(), fold, True, None, config.seed, ds.name))
+        idx.update(_apply_fold(idx, ds.y.numpy(), fold, True, None, seed, ds.name))
+    idx, classes, remap = apply_subset(
+        idx, ds.y.numpy(), d.subset, ds.classes, test_labels=ds.test_y.numpy() if official else None,
+        where=f"dataset {ds.name!r}",
+    )
     duplicates = _image_duplicates(ds, idx, official, d.on_duplicates)
     channels, height, width = ds.input_shape
     if d.normalize:  # training split only: no leakage from val/test
@@ -118,8 +123,9 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
     else:
         mean, std = [0.0] * channels, [1.0] * channels
     to_input = ToInput(ds.scale, mean, std)  # uint8 -> normalised float, a batch at a time on the device
-    parts = ds.take(idx, to_input) if isinstance(ds, FolderStream) else {
-        name: TensorData(x, y, transform=to_input) for name, (x, y) in take_splits(ds, idx).items()
+    new_label = torch.from_numpy(remap)  # the kept classes' labels 0..k-1 (the identity without data.subset)
+    parts = ds.take(idx, to_input, new_label) if isinstance(ds, FolderStream) else {
+        name: TensorData(x, new_label[y], transform=to_input) for name, (x, y) in take_splits(ds, idx).items()
     }
     digest = hashlib.sha256()
     for name in ("train", "val", "test"):
@@ -130,7 +136,7 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
     info = {
         "dataset": ds.name,
         "source": ds.source,
-        "classes": list(ds.classes),
+        "classes": classes,
         "input_shape": list(ds.input_shape),
         "features": ds.features,
         "mean": mean,
@@ -139,14 +145,30 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
         "pixels": {"dtype": "uint8", "scale": ds.scale},
         "loading": ds.loading or {"path": "memory", "estimate_bytes": int(ds.x.numel() + (0 if ds.test_x is None else ds.test_x.numel()))},
         "sizes": {name: len(parts[name]) for name in ("train", "val", "test")},
-        "class_counts": _class_counts({name: parts[name].y for name in ("train", "val", "test")}, len(ds.classes)),
+        "class_counts": _class_counts({name: parts[name].y for name in ("train", "val", "test")}, len(classes)),
         "official_test": official,
         "split_fingerprint": digest.hexdigest(),
         "duplicates": duplicates,
+        **_subset_record(config, classes),
     }
-    task = Classification(ds.classes)
+    task = Classification(classes)
     info["task"] = task.record()
-    return PreparedData(parts["train"], parts["val"], parts["test"], list(ds.classes), ds.input_shape, info, task)
+    return PreparedData(parts["train"], parts["val"], parts["test"], classes, ds.input_shape, info, task)
+
+
+def _data_seed(config: Config) -> int:
+    """The seed of the splits and folds: data.subset.seed with a subset (its samples then do not
+    depend on the run's seed), else the run's seed."""
+    return config.data.subset.seed if config.data.subset is not None else config.seed
+
+
+def _subset_record(config: Config, classes: list[str]) -> dict[str, Any]:
+    """data.json's ``subset``: what data.subset kept (nothing without one)."""
+    sub = config.data.subset
+    if sub is None:
+        return {}
+    return {"subset": {"classes": classes if sub.classes is not None else None,
+                       "train_per_class": sub.train_per_class, "val_per_class": sub.val_per_class, "seed": sub.seed}}
 
 
 def _new_model(
@@ -211,13 +233,22 @@ def _prepare_table(config: Config, fold: tuple[int, int] | None = None) -> Prepa
     table = load_table(d.path, d.target, features=d.features, group_by=d.group_by)
     y, classes, task_name = table_target(table, d.task)
     where = str(table.path)
+    if d.subset is not None and task_name == "regression":
+        raise ConfigError(
+            f"data.subset: {where} has a numeric target {table.target_name!r} (a regression run), but a subset keeps "
+            "classes and samples per class. Fix: remove data.subset, or set data.task: classification."
+        )
     groups = np.asarray(table.groups) if table.groups else None
+    seed = _data_seed(config)
     idx = split_indices(
         y, stratify=task_name == "classification", groups=groups,
-        val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=config.seed, what=where,
+        val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=seed, what=where,
     )
     if fold is not None:
-        idx.update(_apply_fold(idx, y, fold, task_name == "classification", groups, config.seed, where))
+        idx.update(_apply_fold(idx, y, fold, task_name == "classification", groups, seed, where))
+    if d.subset is not None:
+        idx, classes, remap = apply_subset(idx, y, d.subset, classes, where=where)
+        y = remap[y]  # the kept classes' labels 0..k-1; the rows left out are indexed no more
     # exact duplicate rows (the parsed input cells) within and across splits
     keyed = np.array(["\x1f".join(cells) for cells in zip(*table.columns.values())]).reshape(-1, 1)
     duplicates = find_duplicates(sample_hashes(keyed), idx)
@@ -276,6 +307,7 @@ def _prepare_table(config: Config, fold: tuple[int, int] | None = None) -> Prepa
         "split_fingerprint": digest.hexdigest(),
         "task": task.record(),
         "duplicates": duplicates.to_dict(d.on_duplicates),
+        **_subset_record(config, classes),
     }
     return PreparedData(
         TensorData(xs["train"], ys["train"]), TensorData(xs["val"], ys["val"]), TensorData(xs["test"], ys["test"]),
@@ -296,10 +328,14 @@ def _prepare_text(config: Config, fold: tuple[int, int] | None = None) -> Prepar
     target = Table(Path(where), {texts.text_column: texts.texts}, texts.target_name, texts.target, texts.lines)
     y, classes, _ = table_target(target, "classification")
     groups = np.asarray(texts.groups) if texts.groups else None
+    seed = _data_seed(config)
     idx = split_indices(y, stratify=True, groups=groups, val_fraction=d.val_fraction,
-                        test_fraction=d.test_fraction, seed=config.seed, what=where)
+                        test_fraction=d.test_fraction, seed=seed, what=where)
     if fold is not None:
-        idx.update(_apply_fold(idx, y, fold, True, groups, config.seed, where))
+        idx.update(_apply_fold(idx, y, fold, True, groups, seed, where))
+    if d.subset is not None:
+        idx, classes, remap = apply_subset(idx, y, d.subset, classes, where=where)
+        y = remap[y]  # the kept classes' labels 0..k-1; the texts left out are indexed no more
     # exact duplicate texts (as read: surrounding spaces stripped, case kept) within and across splits
     hashes = np.array([hashlib.blake2b(t.encode(), digest_size=16).hexdigest() for t in texts.texts])
     duplicates = find_duplicates(hashes, idx)
@@ -338,6 +374,7 @@ def _prepare_text(config: Config, fold: tuple[int, int] | None = None) -> Prepar
         "split_fingerprint": digest.hexdigest(),
         "task": task.record(),
         "duplicates": duplicates.to_dict(d.on_duplicates),
+        **_subset_record(config, classes),
     }
     parts = {name: TensorData(encoded[name].ids, ys[name]) for name in ("train", "val", "test")}
     return PreparedData(parts["train"], parts["val"], parts["test"], classes, (d.max_length,), info, task, raw=raw)

@@ -388,12 +388,18 @@ class FolderSource:
 
 class StreamedImages:
     """One split (positions into a :class:`FolderSource`) of a folder streamed from disk; the
-    trainer batches it like in-memory data (``iterate_batches`` calls :meth:`stream`)."""
+    trainer batches it like in-memory data (``iterate_batches`` calls :meth:`stream`).
 
-    def __init__(self, source: FolderSource, indices: np.ndarray, transform: Any = None):
+    ``label_map`` (one entry per class of the folder) turns the folder's labels into the run's
+    (``data.subset`` keeps some classes and numbers them 0..k-1)."""
+
+    def __init__(
+        self, source: FolderSource, indices: np.ndarray, transform: Any = None, label_map: torch.Tensor | None = None
+    ):
         self.source = source
         self.indices = np.asarray(indices, dtype=np.int64)
-        self.y = source.labels[torch.from_numpy(self.indices)]
+        self.label_map = label_map
+        self.y = self._labels(torch.from_numpy(self.indices))
         self.transform = transform
         self.weights: torch.Tensor | None = None  # data.sampler: balanced sets it
 
@@ -406,8 +412,13 @@ class StreamedImages:
         files = self.indices[order.cpu().numpy()]
         batches = [files[s : s + batch_size].tolist() for s in range(0, len(files), batch_size)]
         for decoded, xb in self.source.batches(batches, device, num_workers):
-            yb = self.source.labels[torch.tensor(decoded, dtype=torch.int64)].to(device, non_blocking=True)
+            yb = self._labels(torch.tensor(decoded, dtype=torch.int64)).to(device, non_blocking=True)
             yield (self.transform(xb) if self.transform is not None else xb), yb
+
+    def _labels(self, files: torch.Tensor) -> torch.Tensor:
+        """The run's labels of the folder's files at positions ``files``."""
+        labels = self.source.labels[files]
+        return labels if self.label_map is None else self.label_map[labels]
 
     def inputs(self, idx: torch.Tensor | None = None) -> torch.Tensor:
         """Model input for the samples at ``idx`` (all when None), decoded now."""
@@ -454,8 +465,11 @@ class FolderStream:
     def pixel_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.sums, self.sqs
 
-    def take(self, idx: dict[str, np.ndarray], transform: Any) -> dict[str, StreamedImages]:
-        return {name: StreamedImages(self.files, rows, transform) for name, rows in idx.items()}
+    def take(
+        self, idx: dict[str, np.ndarray], transform: Any, label_map: torch.Tensor | None = None
+    ) -> dict[str, StreamedImages]:
+        """The splits at positions ``idx``; ``label_map`` as in :class:`StreamedImages`."""
+        return {name: StreamedImages(self.files, rows, transform, label_map) for name, rows in idx.items()}
 
 
 # ----------------------------------------------------------------------------- the public scan

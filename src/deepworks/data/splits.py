@@ -19,15 +19,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from deepworks.data._values import as_numpy, factorize
 from deepworks.data.datasets import ImageDataset
-from deepworks.errors import DataError
+from deepworks.errors import ConfigError, DataError, close_matches
 
 __all__ = [
+    "apply_subset",
+    "subset_classes",
     "dataset_split_indices",
     "take_splits",
     "Splits",
@@ -484,6 +487,122 @@ def _fold_class_error(what: str, name: str, count: int, k: int, unit: str) -> Da
         f"data.cv (--cv): class {name!r} of {what} has {count} {unit}, fewer than the {k} folds, so some validation "
         f"fold would have none of it. Fix: {fix} samples of {name!r}, or remove that class."
     )
+
+
+def subset_classes(items: Sequence[str | int] | None, class_names: Sequence[str]) -> list[int]:
+    """The indices, in the dataset's order, of the classes ``data.subset.classes`` names (class
+    names as the dataset lists them, or integer indices); all classes when ``items`` is None.
+
+    >>> subset_classes(["cat", 0], ["bird", "cat", "dog"])
+    [0, 1]
+    """
+    names = [str(c) for c in class_names]
+    if items is None:
+        return list(range(len(names)))
+    shown = ", ".join(map(repr, names)) if len(names) <= 30 else ", ".join(map(repr, names[:30])) + ", ..."
+    found: list[int] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, np.integer, str)):
+            raise ConfigError(
+                f"data.subset.classes: expected class names or indices, got {item!r}. Classes: {shown}."
+            )
+        if isinstance(item, str):
+            if item not in names:
+                hint = close_matches(item, names)
+                guess = f" Did you mean {' or '.join(map(repr, hint))}?" if hint else ""
+                raise ConfigError(f"data.subset.classes: unknown class {item!r}.{guess} Classes: {shown}.")
+            found.append(names.index(item))
+            continue
+        index = int(item)
+        if not 0 <= index < len(names):
+            raise ConfigError(
+                f"data.subset.classes: class index {index} is out of range; the data has {len(names)} classes "
+                f"(indices 0..{len(names) - 1}): {shown}. Fix: name the class, or give an index in range."
+            )
+        if str(index) in names and names.index(str(index)) != index:
+            raise ConfigError(
+                f"data.subset.classes: {index} is the index of class {names[index]!r} but also the name of class "
+                f"{str(index)!r} (index {names.index(str(index))}). Fix: write the class you mean by its name, "
+                f"quoted: '{names[index]}' or '{index}'."
+            )
+        found.append(index)
+    repeated = [names[i] for n, i in enumerate(found) if i in found[:n]]
+    if repeated:
+        raise ConfigError(
+            f"data.subset.classes: class {repeated[0]!r} is listed twice (by name and by index?). Fix: name each "
+            "class once."
+        )
+    if len(found) < 2:
+        raise ConfigError("data.subset.classes: a classifier needs at least 2 classes. Fix: name 2 or more.")
+    return sorted(found)
+
+
+def apply_subset(
+    idx: dict[str, np.ndarray],
+    labels: np.ndarray,
+    subset: Any,
+    class_names: Sequence[str],
+    *,
+    test_labels: np.ndarray | None = None,
+    where: str = "dataset",
+) -> tuple[dict[str, np.ndarray], list[str], np.ndarray]:
+    """``data.subset`` applied to split positions ``idx`` ({"train", "val", "test"}) of samples with
+    class ``labels`` (indices into ``class_names``; ``test_labels`` when "test" indexes an official
+    test split of its own).
+
+    Returns the kept positions, the kept class names (in the dataset's order) and ``remap``
+    (one entry per class: its new label 0..k-1, or -1 for a class left out), so that
+    ``remap[labels[rows]]`` are the new labels. Every split keeps only the kept classes; "train"
+    keeps ``train_per_class`` samples of each and "val" ``val_per_class``: the first of each
+    class in one permutation of all positions seeded by ``subset.seed``. So 10 per class lie
+    inside 20 per class, and, the splits being drawn with ``subset.seed`` too, a subset does not
+    depend on the run's seed. "test" is never subsampled. ``subset`` None changes nothing.
+
+    >>> from types import SimpleNamespace
+    >>> sub = SimpleNamespace(classes=["b", "c"], train_per_class=2, val_per_class=None, seed=0)
+    >>> y = np.array([0, 1, 2] * 6)
+    >>> idx = {"train": np.arange(12), "val": np.arange(12, 15), "test": np.arange(15, 18)}
+    >>> kept, names, remap = apply_subset(idx, y, sub, ["a", "b", "c"])
+    >>> names, remap.tolist(), np.bincount(remap[y[kept["train"]]]).tolist(), remap[y[kept["test"]]].tolist()
+    (['b', 'c'], [-1, 0, 1], [2, 2], [0, 1])
+    """
+    names = [str(c) for c in class_names]
+    labels = np.asarray(labels, dtype=np.int64)
+    if subset is None:
+        return dict(idx), names, np.arange(len(names), dtype=np.int64)
+    kept = subset_classes(subset.classes, names)
+    remap = np.full(len(names), -1, dtype=np.int64)
+    remap[kept] = np.arange(len(kept))
+    test_y = labels if test_labels is None else np.asarray(test_labels, dtype=np.int64)
+    out = {}
+    for name, rows in idx.items():
+        rows = np.asarray(rows, dtype=np.int64)
+        out[name] = rows[remap[(test_y if name == "test" else labels)[rows]] >= 0]
+    # one seeded order of all positions: each split keeps the first samples of each class in it
+    priority = np.random.default_rng(subset.seed).permutation(len(labels))
+    for name, per_class in (("train", subset.train_per_class), ("val", subset.val_per_class)):
+        if per_class is None or name not in out:
+            continue
+        rows = out[name]
+        if name == "val" and len(idx[name]) == 0:  # the final model of a cross-validation: no validation
+            continue
+        chosen = []
+        for c in kept:
+            members = rows[labels[rows] == c]
+            if len(members) < per_class:
+                key = f"data.subset.{name}_per_class"
+                fixes = [f"lower {key} to {len(members)} or less" if len(members) else
+                         f"remove {names[c]!r} from data.subset.classes"]
+                fixes.append("lower data.val_fraction (the training split then holds more)" if name == "train"
+                             else "raise data.val_fraction")
+                raise DataError(
+                    f"{key}: class {names[c]!r} of {where} has {len(members)} sample(s) in the {name} split, fewer "
+                    f"than the {per_class} asked for. Fix: {', '.join(fixes)}, or add samples of that class."
+                )
+            chosen.append(members[np.argsort(priority[members], kind="stable")[:per_class]])
+        # shuffled across classes (seeded like the rest), so no split is ordered by class
+        out[name] = np.random.default_rng(subset.seed).permutation(np.concatenate(chosen)).astype(np.int64)
+    return out, [names[c] for c in kept], remap
 
 
 def dataset_split_indices(

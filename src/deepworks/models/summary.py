@@ -377,6 +377,8 @@ def inspect_config(config: Config | str | Path | Mapping[str, Any], *, device: s
         dataset = str(config.data.path if config.data.path is not None else config.data.dataset)
     else:
         input_shape, num_classes, dataset = _data_shape(config)
+        if config.data.subset is not None and config.data.subset.classes is not None:
+            num_classes = len(config.data.subset.classes)  # data.subset keeps these classes
     model = model_from_config(config.model, input_shape, num_classes, vocab_size=vocab_size)
     if config.transfer is not None:  # which blocks learn (no weights are loaded to look at the structure)
         from deepworks.transfer import build
