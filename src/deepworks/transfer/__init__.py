@@ -15,7 +15,7 @@ from deepworks.config import Config, load_config
 from deepworks.errors import CheckpointError, ConfigError
 from deepworks.runs import RunDir, existing_run
 from deepworks.transfer.finetune import CachedFeatures, Transfer, TransferStages, body_blocks, cache_features
-from deepworks.transfer.weights import fit_state_dict, load_weights, read_weights_file, sha256_file
+from deepworks.transfer.weights import fit_state_dict, load_weights, read_weights_file, sha256_file, zero_head
 
 __all__ = [
     "build", "adopt_source", "check_transfer", "Transfer", "TransferStages", "CachedFeatures", "cache_features",
@@ -100,11 +100,11 @@ def _load_from_run(model: nn.Module, run_dir: str, info: dict[str, Any]) -> tupl
         state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     same_classes = list(source_info.get("classes") or []) == list(info.get("classes") or [])
     if not same_classes:  # a new head: the old one's outputs mean other classes
-        head = [k for k in state if k.startswith(_head_prefix(model))]
-        state = {k: v for k, v in state.items() if k not in head}
-        target = model.state_dict()
-        state.update({k: v for k, v in target.items() if k.startswith(_head_prefix(model))})
+        state = {k: v for k, v in state.items() if not k.startswith(_head_prefix(model))}
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith(_head_prefix(model))})
     fitted = fit_state_dict(model, state, "transfer.from")
+    if not same_classes:
+        zero_head(model)
     if not same_classes:
         fitted["head"] = f"new ({len(source_info.get('classes') or [])} source classes -> {len(info.get('classes') or [])})"
     origin = {"source": "run", "run": str(run.path.resolve()), "file": str(run.best.resolve()),

@@ -162,6 +162,8 @@ def fit_state_dict(
     head_fits = bool(head_keys) and all(k in pairs and state[pairs[k]].shape == target[k].shape for k in head_keys)
     new = {k: state[s].to(target[k].dtype) for k, s in pairs.items() if k not in head_keys or head_fits}
     model.load_state_dict({**target, **new})
+    if not head_fits:  # a new head starts at zero: every class equally likely, as a linear classifier starts
+        zero_head(model)
     out_file = next((state[pairs[k]].shape[0] for k in head_keys if k.endswith("weight") and k in pairs), None)
     out_model = getattr(model.get_submodule(head), "out_features", None)
     return {
@@ -169,6 +171,13 @@ def fit_state_dict(
         "tensors": len(new),
         "head": "loaded" if head_fits else f"new ({out_file} -> {out_model} outputs)" if out_file else "new",
     }
+
+
+@torch.no_grad()
+def zero_head(model: nn.Module) -> None:
+    """Zero the head's weights and bias (a new head on pretrained features, as in Big Transfer)."""
+    for p in model.get_submodule(head_name(model)).parameters():
+        p.zero_()
 
 
 def _arch(model: nn.Module) -> str:
