@@ -214,6 +214,10 @@ class DataConfig(Strict):
         None, description="a class filter and fixed per-class subsets: {classes: [...], train_per_class: N, "
         "val_per_class: M, seed: 0}"
     )
+    encoder: str | None = Field(
+        None, description="text: embed each text with this frozen pretrained sentence encoder (all-MiniLM-L6-v2, or a "
+        "local sentence-transformers model folder) and train the model on the embeddings; the tokenizer keys do not apply"
+    )
     # ---- time series (forecasting): a table with a time column
     time: str | None = Field(
         None, description="forecasting: the time column (dates or numbers); setting it makes the run a forecast"
@@ -288,8 +292,23 @@ class DataConfig(Strict):
             raise ValueError(f"data.text is for a CSV file, but data.dataset is {self.dataset!r}: remove one of the two")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("data.val_fraction + data.test_fraction must be below 1")
+        self._check_encoder()
         self._check_series()
         return self
+
+    def _check_encoder(self) -> None:
+        if self.encoder is None:
+            return
+        if self.time is not None:
+            raise ValueError("data.encoder embeds texts; data.time makes this a forecasting run. Remove one of the two")
+        # the tokenizer keys build the run's own vocabulary; a sentence encoder tokenizes with its own
+        tokenizer_keys = [k for k in ("tokenizer", "lowercase", "min_freq", "max_vocab", "max_length")
+                          if k in self.model_fields_set and getattr(self, k) != type(self).model_fields[k].default]
+        if tokenizer_keys:
+            raise ValueError(
+                f"data.{tokenizer_keys[0]} builds the run's own vocabulary, but data.encoder ({self.encoder!r}) "
+                f"tokenizes with the encoder's own: remove data.{', data.'.join(tokenizer_keys)} (or data.encoder)"
+            )
 
     def _check_series(self) -> None:
         series = self.time is not None or self.dataset in SERIES_DATASETS
@@ -571,12 +590,14 @@ class Config(Strict):
     @model_validator(mode="before")
     @classmethod
     def _default_model_for_tables(cls, value: Any) -> Any:
-        # the default model is a CNN for images and an MLP for tables
+        # the default model is a CNN for images and an MLP for tables (and for texts read through data.encoder)
         if isinstance(value, dict) and value.get("model") is None and isinstance(value.get("data"), dict):
             data = value["data"]
             path = str(data.get("path") or "")
             if data.get("time") is not None or data.get("dataset") in SERIES_DATASETS:
                 value = {**value, "model": {"name": "lstm"}}  # a series: windows of its past
+            elif data.get("encoder") is not None:
+                value = {**value, "model": {"name": "mlp"}}  # text as sentence embeddings: feature vectors (F,)
             elif data.get("dataset") == "csv" or path.lower().endswith((".csv", ".parquet", ".pq")):
                 value = {**value, "model": {"name": "mlp"}}
         return value

@@ -68,7 +68,7 @@ class PreparedData:
     val: TensorData | StreamedImages
     test: TensorData | StreamedImages
     classes: list[str]  # class names; empty for regression
-    input_shape: tuple[int, ...]  # (C, H, W) images, (F,) features or (L,) token ids
+    input_shape: tuple[int, ...]  # (C, H, W) images, (F,) features or sentence embeddings, or (L,) token ids
     info: dict[str, Any]
     task: Task = field(default_factory=Classification)
     # a series: per split, the window origins ("origin", steps of the series), and the baselines'
@@ -99,6 +99,11 @@ def prepare_data(config: Config, fold: tuple[int, int] | None = None) -> Prepare
     d = config.data
     if d.text is not None or is_text_dataset(d.dataset):
         return _prepare_text(config, fold)
+    if d.encoder is not None:
+        raise ConfigError(
+            f"data.encoder ({d.encoder!r}) embeds texts, but this data is not text. Fix: name the text column of a CSV "
+            "file (data.path, data.text) or a built-in text dataset (data.dataset: rotten-tomatoes), or remove data.encoder."
+        )
     if d.time is not None or d.dataset in SERIES_DATASETS:
         return _prepare_series(config, fold)
     if d.path is not None and (d.dataset == "csv" or _is_table_path(d.path)):
@@ -317,7 +322,8 @@ def _prepare_table(config: Config, fold: tuple[int, int] | None = None) -> Prepa
 
 def _prepare_text(config: Config, fold: tuple[int, int] | None = None) -> PreparedData:
     """Texts: raw strings -> split -> tokenizer and vocabulary fitted on the training texts ->
-    int64 token ids (N, max_length), right-padded with 0 (see :mod:`deepworks.data.text`)."""
+    int64 token ids (N, max_length), right-padded with 0 (see :mod:`deepworks.data.text`); with
+    ``data.encoder``, the same split read as float32 sentence embeddings (N, dim) instead."""
     d = config.data
     if d.task == "regression":
         raise ConfigError("data.task: regression is not available for text; texts are classified. "
@@ -341,21 +347,12 @@ def _prepare_text(config: Config, fold: tuple[int, int] | None = None) -> Prepar
     duplicates = find_duplicates(hashes, idx)
     idx = apply_policy(duplicates, idx, d.on_duplicates, what=where)
     raw = {name: [texts.texts[i] for i in rows] for name, rows in idx.items()}
-    encoder = TextEncoder.fit(raw["train"], tokenizer=d.tokenizer, lowercase=d.lowercase, min_freq=d.min_freq,
-                              max_vocab=d.max_vocab, max_length=d.max_length)
-    encoded = {name: encoder.encode(raw[name]) for name in ("train", "val", "test")}
-    ys = {name: torch.from_numpy(y[rows].astype(np.int64)) for name, rows in idx.items()}
-    stats = {name: e.stats() for name, e in encoded.items()}
-    cut = stats["train"]["truncated"]
-    if cut:
-        print(f"{where}: {cut} of {len(raw['train'])} training texts are longer than data.max_length = {d.max_length} "
-              f"tokens and keep their first {d.max_length} (the longest has {stats['train']['length']['max']}; "
-              f"95% have at most {stats['train']['length']['p95']:.0f}).", flush=True)
     digest = hashlib.sha256()
     for name in ("train", "val", "test"):
         digest.update(np.ascontiguousarray(idx[name], dtype=np.int64).tobytes())
         digest.update(np.ascontiguousarray(y[idx[name]]).tobytes())
         digest.update("".join(hashes[idx[name]]).encode())  # an edited text changes the data too
+    ys = {name: torch.from_numpy(y[rows].astype(np.int64)) for name, rows in idx.items()}
     task = Classification(classes)
     info = {
         "dataset": texts.name,
@@ -364,10 +361,6 @@ def _prepare_text(config: Config, fold: tuple[int, int] | None = None) -> Prepar
         "text_column": texts.text_column,
         "target": texts.target_name,
         "classes": classes,
-        "input_shape": [d.max_length],
-        "input": {"kind": "tokens", "vocab_size": len(encoder.vocab), "pad_index": 0, "unk_index": 1},
-        "text": encoder.to_dict(),  # tokenizer, settings and the vocabulary: predict encodes raw strings with it
-        "tokens": stats,  # per split: texts, empty, truncated, unknown_rate, length statistics (before truncation)
         "sizes": {name: len(rows) for name, rows in idx.items()},
         "class_counts": _class_counts(ys, len(classes)),
         "official_test": False,
@@ -376,8 +369,81 @@ def _prepare_text(config: Config, fold: tuple[int, int] | None = None) -> Prepar
         "duplicates": duplicates.to_dict(d.on_duplicates),
         **_subset_record(config, classes),
     }
+    if d.encoder is not None:
+        return _embedded_text(config, texts.texts, idx, raw, ys, classes, info, task)
+    encoder = TextEncoder.fit(raw["train"], tokenizer=d.tokenizer, lowercase=d.lowercase, min_freq=d.min_freq,
+                              max_vocab=d.max_vocab, max_length=d.max_length)
+    encoded = {name: encoder.encode(raw[name]) for name in ("train", "val", "test")}
+    stats = {name: e.stats() for name, e in encoded.items()}
+    cut = stats["train"]["truncated"]
+    if cut:
+        print(f"{where}: {cut} of {len(raw['train'])} training texts are longer than data.max_length = {d.max_length} "
+              f"tokens and keep their first {d.max_length} (the longest has {stats['train']['length']['max']}; "
+              f"95% have at most {stats['train']['length']['p95']:.0f}).", flush=True)
+    info.update({
+        "input_shape": [d.max_length],
+        "input": {"kind": "tokens", "vocab_size": len(encoder.vocab), "pad_index": 0, "unk_index": 1},
+        "text": encoder.to_dict(),  # tokenizer, settings and the vocabulary: predict encodes raw strings with it
+        "tokens": stats,  # per split: texts, empty, truncated, unknown_rate, length statistics (before truncation)
+    })
     parts = {name: TensorData(encoded[name].ids, ys[name]) for name in ("train", "val", "test")}
     return PreparedData(parts["train"], parts["val"], parts["test"], classes, (d.max_length,), info, task, raw=raw)
+
+
+def _check_encoder_model(config: Config) -> None:
+    """With ``data.encoder`` the model reads sentence embeddings (F,): a flat-input model."""
+    from deepworks.models.registry import MODELS, takes_flat_input
+
+    name = config.model.name
+    if name in MODELS.names() and not takes_flat_input(name):
+        flat = [n for n in MODELS.names() if takes_flat_input(n)]
+        raise ConfigError(
+            f"model.name: {name} cannot read sentence embeddings: data.encoder ({config.data.encoder}) turns each "
+            f"text into one vector (F,). Fix: model.name: {' or '.join(flat)}, or remove data.encoder to train {name} "
+            "on token ids."
+        )
+
+
+def _embedded_text(
+    config: Config, all_texts: list[str], idx: dict[str, np.ndarray], raw: dict[str, list[str]],
+    ys: dict[str, torch.Tensor], classes: list[str], info: dict[str, Any], task: Task,
+) -> PreparedData:
+    """Texts through a frozen sentence encoder (``data.encoder``): each split's inputs are float32
+    embeddings (N, dim), encoded once for the whole file (and cached on disk, see
+    :mod:`deepworks.data.encoders`); the model is a head on them."""
+    from deepworks.data.encoders import embed_texts, resolve_encoder
+
+    _check_encoder_model(config)
+    source = resolve_encoder(config.data.encoder)
+    embedded = embed_texts(source, all_texts, progress=config.train.progress != "none")
+    record = embedded.record
+    if config.train.progress != "none":
+        how = "read from the cache" if embedded.cached else f"encoded in {embedded.seconds:.1f} s"
+        print(f"{info['source']}: {len(all_texts)} texts embedded by {record['name']} ({record['source']}; "
+              f"{record['dim']} values each), {how}.", flush=True)
+    limit = int(record["max_seq_length"]) - 2  # [CLS] and [SEP] take two of the model's positions
+    stats = {}
+    for name in ("train", "val", "test"):
+        lengths = embedded.token_counts[idx[name]]
+        shown = lengths if len(lengths) else np.zeros(1, dtype=np.int64)
+        stats[name] = {
+            "texts": len(lengths), "empty": int((lengths == 0).sum()), "truncated": int((lengths > limit).sum()),
+            "length": {"min": int(shown.min()), "mean": float(shown.mean()), "median": float(np.median(shown)),
+                       "p95": float(np.percentile(shown, 95)), "max": int(shown.max())},
+        }
+    cut = stats["train"]["truncated"]
+    if cut:
+        print(f"{info['source']}: {cut} of {len(raw['train'])} training texts are longer than the encoder's "
+              f"{limit} word pieces and are read up to there.", flush=True)
+    dim = int(record["dim"])
+    info.update({
+        "input_shape": [dim],
+        # the encoder's origin (name, source, weights' SHA-256, dim, max_seq_length): predict loads the same
+        "input": {"kind": "embeddings", "dim": dim, "encoder": record},
+        "tokens": stats,  # per split: texts, empty, cut at max_seq_length, word pieces per text
+    })
+    parts = {name: TensorData(torch.from_numpy(embedded.vectors[rows]), ys[name]) for name, rows in idx.items()}
+    return PreparedData(parts["train"], parts["val"], parts["test"], classes, (dim,), info, task, raw=raw)
 
 
 def _load_series(config: Config) -> Series:
@@ -803,6 +869,8 @@ def _fit(
     if distributed_context().is_main and trainer.outputs:
         _save_predictions(run, trainer, data)
     recorded = {key: data.info[key] for key in ("duplicates", "loading") if data.info.get(key) is not None}
+    if (data.info.get("input") or {}).get("encoder"):  # texts read through a frozen sentence encoder: its origin
+        recorded["encoder"] = data.info["input"]["encoder"]
     if isinstance(data.train, StreamedImages):  # files that changed on disk since the scan
         skipped = data.train.source.skipped
         recorded["skipped_files"] = {"count": len(skipped), "files": [{"file": f, "reason": r} for f, r in skipped.items()]}
@@ -995,7 +1063,9 @@ def predict(
 
     A text run takes raw strings as ``texts`` and files as ``inputs``: a CSV file's text column
     (the run's ``data.text``), or any other file's lines, one text per line. They are encoded
-    with the run's tokenizer and vocabulary (``data.json`` -> ``text``).
+    with the run's tokenizer and vocabulary (``data.json`` -> ``text``), or, for a run trained
+    with ``data.encoder``, embedded by the same sentence encoder (its weights' SHA-256 checked
+    against ``data.json`` -> ``input.encoder``).
 
     A forecasting run takes CSV files of history (the training columns) and returns, per file,
     the next ``horizon`` values with their time stamps, and draws the history with the forecast
@@ -1011,11 +1081,11 @@ def predict(
     if out is not None:
         raise ConfigError("predict --out: writing the predictions to a file is for forecasting runs; use --json.")
     shape = info["input_shape"]
-    if texts and "text" not in info:
+    is_text = "text" in info or info.get("kind") == "text"
+    if texts and not is_text:
         raise DataError(f"predict: {run_dir} is not a text run (it reads {'images' if len(shape) == 3 else 'tables'}); "
                         "texts are for runs trained on text. Fix: give input files instead.")
-    if "text" in info:  # token ids from the run's own tokenizer and vocabulary
-        encoder = TextEncoder.from_dict(info["text"])
+    if is_text:
         strings, names = list(texts or []), [{"text": t} for t in texts or []]
         if inputs:
             more, where = read_text_inputs(inputs, info.get("text_column", "text"))
@@ -1023,7 +1093,11 @@ def predict(
             names += [{**w, "text": t} for w, t in zip(where, more)]
         if any(not isinstance(t, str) for t in strings):
             raise DataError("predict: texts must be strings, e.g. texts=['a fine film'].")
-        batch = encoder.encode(strings).ids  # int64 (N, max_length)
+        sentence_encoder = (info.get("input") or {}).get("encoder")
+        if sentence_encoder:  # embeddings by the run's frozen sentence encoder, checked to be the same weights
+            batch = _embed_for_run(run_dir, sentence_encoder, strings)  # float32 (N, dim)
+        else:  # token ids from the run's own tokenizer and vocabulary
+            batch = TextEncoder.from_dict(info["text"]).encode(strings).ids  # int64 (N, max_length)
     elif len(shape) == 3:
         # the exact pixels training saw: the run's decode, channels and resize (data.json "image")
         spec = ImageSpec.from_dict(info["image"]) if "image" in info else ImageSpec(shape[0], (shape[1], shape[2]))
@@ -1051,6 +1125,26 @@ def predict(
     with torch.no_grad():
         outputs = with_tta(loaded.model, loaded.config.train.tta)(batch).float()
     return [{**name, **result} for name, result in zip(names, loaded.task.predict(outputs, top_k))]
+
+
+def _embed_for_run(run_dir: str | Path, record: dict[str, Any], texts: list[str]) -> torch.Tensor:
+    """``texts`` embedded by the sentence encoder a run was trained on (data.json -> input.encoder),
+    after checking that the installed weights are the ones it recorded."""
+    from deepworks.data.encoders import embed_texts, resolve_encoder
+
+    source = resolve_encoder(str(record.get("name")), key=f"{run_dir}: data.encoder")
+    if record.get("sha256") and source.sha256 != record["sha256"]:
+        raise DataError(
+            f"predict: the run {run_dir} was trained on the embeddings of {record.get('name')} with weights "
+            f"sha256 {record['sha256'][:12]}... ({record.get('source')}), but {source.folder} holds weights "
+            f"sha256 {source.sha256[:12]}... ({source.source}); its embeddings would mean something else to the "
+            "trained model. Fix: install the encoder the run was trained with, or train the run again."
+        )
+    vectors = embed_texts(source, texts, cache=False, progress=False).vectors
+    if vectors.shape[1] != int(record.get("dim", vectors.shape[1])):
+        raise DataError(f"predict: {record.get('name')} gives {vectors.shape[1]} values per text; the run was trained "
+                        f"on {record['dim']}. Fix: install the encoder the run was trained with.")
+    return torch.from_numpy(vectors)
 
 
 def _predict_series(loaded: Run, info: dict[str, Any], inputs: list[Path], out: Path | None) -> list[dict[str, Any]]:

@@ -203,6 +203,9 @@ def _data(ctx: RunContext) -> str | None:
 def _text_facts(d: dict[str, Any]) -> str:
     """A text run: the tokenizer and vocabulary, and per split the token lengths, cut and empty texts."""
     text, tokens = d.get("text"), d.get("tokens")
+    encoder = (d.get("input") or {}).get("encoder")
+    if isinstance(encoder, dict) and isinstance(tokens, dict):
+        return _encoder_facts(d, encoder, tokens)
     if not isinstance(text, dict) or not isinstance(tokens, dict):
         return ""
     head = facts([
@@ -221,6 +224,26 @@ def _text_facts(d: dict[str, Any]) -> str:
     return "<h3>Texts</h3>" + head + table(
         ["split", "texts", "median tokens", "95th percentile", "longest", "cut to max length", "empty", "<unk> share"],
         rows,
+    )
+
+
+def _encoder_facts(d: dict[str, Any], encoder: dict[str, Any], tokens: dict[str, Any]) -> str:
+    """A text run read through a frozen sentence encoder: its origin, and per split the word pieces per text."""
+    sha = str(encoder.get("sha256") or "")
+    head = facts([
+        ("text column", d.get("text_column")),
+        ("sentence encoder", f"{encoder.get('name')} (frozen; {encoder.get('source')})"),
+        ("weights sha256", sha or None),
+        ("embedding", f"{encoder.get('dim')} values per text; texts cut at {encoder.get('max_seq_length')} word pieces"),
+    ])
+    rows = []
+    for split in ("train", "val", "test"):
+        t = tokens.get(split) or {}
+        length = t.get("length") or {}
+        rows.append((split, t.get("texts"), length.get("median"), length.get("p95"), length.get("max"),
+                     t.get("truncated"), t.get("empty")))
+    return "<h3>Texts</h3>" + head + table(
+        ["split", "texts", "median word pieces", "95th percentile", "longest", "cut by the encoder", "empty"], rows,
     )
 
 
