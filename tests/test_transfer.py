@@ -143,6 +143,7 @@ def test_a_weights_file_that_does_not_fit_names_the_first_missing_and_unexpected
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the hand-made pickle
 def test_a_pickle_that_is_not_a_state_dict_is_refused_without_running_its_code(tmp_path):
     marker = tmp_path / "ran"
 
@@ -211,6 +212,8 @@ def test_torchvision_pretrained_weights_come_from_the_hub_cache(tmp_path, monkey
     assert built.origin["input"]["mean"] == pytest.approx(list(weights.transforms().mean))
     start = torch.load(cached, weights_only=True)
     assert torch.equal(built.net.state_dict()["features.0.0.weight"], start["features.0.0.weight"])
+    head = built.net.classifier[3]
+    assert head.out_features == 10 and not head.weight.any() and not head.bias.any()  # a new head starts at zero
 
 
 def test_from_run_replaces_the_head_for_new_classes_and_keeps_it_for_the_same(tmp_path):

@@ -14,6 +14,7 @@ from torch import nn
 from deepworks.config import Config, load_config
 from deepworks.errors import CheckpointError, ConfigError
 from deepworks.runs import RunDir, existing_run
+from deepworks.runtime import distributed_context
 from deepworks.transfer.finetune import CachedFeatures, Transfer, TransferStages, body_blocks, cache_features
 from deepworks.transfer.weights import fit_state_dict, load_weights, read_weights_file, sha256_file, zero_head
 
@@ -70,6 +71,12 @@ def build(model: nn.Module, cfg: Config, info: dict[str, Any], load: bool = True
                 f"transfer.{changed[0]}: a fine-tuning key, but transfer.mode is feature_extraction (the body never "
                 "learns). Fix: remove it, or transfer.mode: fine_tune."
             )
+    if t.mode == "fine_tune" and t.warmup_epochs and distributed_context().enabled:
+        raise ConfigError(
+            "transfer.warmup_epochs: under torchrun the body's parameters must learn from the first step (the "
+            "distributed wrapper only synchronises gradients of parameters that learn when it is built). Fix: "
+            "transfer.warmup_epochs: 0, or one process."
+        )
     channels = int(info["input_shape"][0]) if len(info.get("input_shape") or ()) == 3 else None
     wrapped = Transfer(model, t.mode, t.unfreeze, t.warmup_epochs, t.backbone_lr_scale, channels=channels)
     if source_norm is not None:
