@@ -420,6 +420,10 @@ def _model(ctx: RunContext) -> str | None:
     with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the caller's RNG alone
         vocab_size = (ctx.data.get("input") or {}).get("vocab_size")  # text: token ids
         model = model_from_config(ctx.config.model, shape, task.output_size(), vocab_size=vocab_size)
+        if ctx.config.transfer is not None:  # which blocks learned (the structure alone: no weights loaded)
+            from deepworks.transfer import build
+
+            model = build(model, ctx.config, ctx.data, load=False)
         summary = summarize(model, shape, vocab_size=vocab_size)
     rows = []
     for row in summary["layers"]:
@@ -439,8 +443,35 @@ def _model(ctx: RunContext) -> str | None:
         ("trainable", summary["trainable_params"]),
         ("frozen", summary["frozen_params"]),
     ])
-    return head + table(["#", "name", "layer", "output shape", "params", "trainable", "receptive field"], rows,
-                        cls="compact model")
+    return head + _transfer_facts(ctx) + table(
+        ["#", "name", "layer", "output shape", "params", "trainable", "receptive field"], rows, cls="compact model")
+
+
+def _transfer_facts(ctx: RunContext) -> str:
+    """Where the starting weights came from and what learned (summary.json ``transfer``)."""
+    t = (ctx.summary or {}).get("transfer")
+    if not t:
+        return ""
+    w = t.get("weights") or {}
+    cache = t.get("feature_cache") or {}
+    tuned = t.get("tuned_blocks")
+    learning = None if tuned is None else (
+        f"{len(tuned)} of {t.get('blocks')} body blocks at lr x {t.get('backbone_lr_scale'):g}"
+        + (f" after {t['warmup_epochs']} frozen epochs" if t.get("warmup_epochs") else "") if tuned else "the head only")
+    source = w.get("run") or w.get("source")
+    return facts([
+        ("transfer", t.get("mode")),
+        ("weights", source),
+        ("file", w.get("file")),
+        ("SHA-256", w.get("sha256")),
+        ("keys matched", w.get("matched")),
+        ("head", w.get("head")),
+        ("learning", learning),
+        ("input", (lambda i: f"{i.get('channels')} channels, {i.get('resolution') or 'data'} px, mean "
+                   f"{i.get('mean')}, std {i.get('std')}")(w["input"]) if w.get("input") else None),
+        ("feature cache", f"{cache['images']} images x {cache['features']} features in {cache['seconds']} s "
+                          f"({cache['precision']}), once" if cache else None),
+    ])
 
 
 # ----------------------------------------------------------------------------- classification
