@@ -254,7 +254,8 @@ def test_from_run_end_to_end_and_predict(tmp_path):
     run = deepworks.train({"data": {"dataset": "digits"}, "transfer": {"mode": "feature_extraction",
                            "from": str(source.dir)}, "train": {"epochs": 2, **QUIET}, "report": True},
                           runs_root=tmp_path / "runs")
-    assert (run.dir / "report.html").exists()
+    page = (run.dir / "report.html").read_text()
+    assert "feature_extraction" in page and str(source.dir.resolve()) in page and "the head only" in page
     assert run.summary["transfer"]["weights"]["run"] == str(source.dir.resolve())
     written = load_config(run.dir / "config.yaml")
     assert written.transfer.from_run == str(source.dir) and written.model.params["filters"] == [8]
