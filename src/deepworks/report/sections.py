@@ -234,7 +234,8 @@ def _encoder_facts(d: dict[str, Any], encoder: dict[str, Any], tokens: dict[str,
         ("text column", d.get("text_column")),
         ("sentence encoder", f"{encoder.get('name')} (frozen; {encoder.get('source')})"),
         ("weights sha256", sha or None),
-        ("embedding", f"{encoder.get('dim')} values per text; texts cut at {encoder.get('max_seq_length')} word pieces"),
+        ("embedding", f"{encoder.get('features', 'sentence')} features, {encoder.get('dim')} values per text; "
+                      f"texts cut at {encoder.get('max_seq_length')} word pieces"),
     ])
     rows = []
     for split in ("train", "val", "test"):
