@@ -507,7 +507,8 @@ def _print_study(summary: dict) -> None:
     keys = list((summary.get("space") or {}).keys())
     table = Table(title=f"study {escape(summary['study'])}", show_header=True)
     for col in ["trial", "state", *metrics, *keys, "epochs"]:
-        table.add_column(escape(col), justify="right" if col not in ("state",) else "left", overflow="fold")
+        table.add_column(escape(col), justify="left" if col == "state" else "right", overflow="fold",
+                         no_wrap=col in ("trial", "state"))
     for r in rows:
         cells = []
         for col in ["trial", "state", *metrics, *keys, "epochs"]:
@@ -521,7 +522,7 @@ def _print_study(summary: dict) -> None:
     out.print(table)
     best = summary.get("best")
     if best:
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in best["values"].items())
+        shown = ", ".join(f"{k} {int(v):,}" if k == "parameters" else f"{k} {v:.4f}" for k, v in best["values"].items())
         out.print(f"best: trial {best['trial']} ({shown}) -> {escape(str(root / 'best.yaml'))}", highlight=False)
     for metric, found in (summary.get("importances") or {}).items():
         if "error" not in found:

@@ -63,8 +63,7 @@ def _rows(study: Any, space: SearchSpace, metrics: list[str]) -> list[dict[str, 
         for m in metrics:
             row[m] = values.get(m)
         row.update({k: v for k, v in space.decode(t.params).items()})
-        last = max(t.intermediate_values) if t.intermediate_values else None
-        row["epochs"] = last
+        row["epochs"] = t.user_attrs.get("epochs") or (max(t.intermediate_values) if t.intermediate_values else None)
         row["retries"] = RetryFailedTrialCallback.retried_trial_number(t)
         row["retried_by"] = retried_by.get(t.number)
         row["run_dir"] = t.user_attrs.get("run_dir")

@@ -65,6 +65,7 @@ def open_study(storage_url: str, name: str, directions: list[str], sampler: Any,
     from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
     shown = redact(storage_url)
+    storage_url = _driver(storage_url)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if storage_url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 60}  # several local workers wait for the file's lock
@@ -87,6 +88,11 @@ def open_study(storage_url: str, name: str, directions: list[str], sampler: Any,
         password = _password(storage_url)
         if password:
             reason = reason.replace(password, "***")
+        if "parse" in reason and "URL" in reason:
+            raise DeepworksError(
+                f"--storage {shown}: not a database URL ({reason[:200]}). Fix: e.g. "
+                "postgresql://user:password@host:5432/database or sqlite:///path/study.db."
+            ) from None
         raise DeepworksError(
             f"--storage {shown}: cannot open the study's storage ({reason[:300]}). Fix: check that the database "
             "server runs and accepts this host, and the URL's user, password and database name."
@@ -102,6 +108,17 @@ def open_study(storage_url: str, name: str, directions: list[str], sampler: Any,
             f"{directions}. Fix: choose another --study name, or the metric and direction it was created with."
         )
     return study
+
+
+def _driver(url: str) -> str:
+    """``postgresql://`` through psycopg2 when psycopg (3), SQLAlchemy 2.1's default driver, is not installed."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
 
 
 def _password(url: str) -> str | None:
@@ -324,14 +341,15 @@ def tune(
         shown = ", ".join(f"{k}={v}" for k, v in params.items())
         again = f" (retries trial {retried})" if retried is not None else ""
         print(f"trial {trial.number}{again}: {shown}", flush=True)
-        values, pruned_at, resolved = _run_trial(config, {**base, **params, "tune": None}, run_dir, trial, metrics,
+        values, pruned_at, epochs, resolved = _run_trial(config, {**base, **params, "tune": None}, run_dir, trial, metrics,
                                                  pruner != "none", cv)
         trial.set_user_attr("config", resolved)
         trial.set_user_attr("metrics", dict(zip(metrics, values, strict=True)))
+        trial.set_user_attr("epochs", epochs)
         record.update(state="pruned" if pruned_at else "complete", pruned_at_epoch=pruned_at,
                       values=dict(zip(metrics, values, strict=True)))
         (run_dir / "trial.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-        scored = ", ".join(f"{k} {v:.4g}" for k, v in zip(metrics, values, strict=True))
+        scored = ", ".join(f"{k} {_shown(v)}" for k, v in zip(metrics, values, strict=True))
         print(f"trial {trial.number}: {'pruned at epoch ' + str(pruned_at) if pruned_at else 'complete'}, {scored}",
               flush=True)
         if pruned_at:
@@ -365,8 +383,9 @@ def tune(
 
 
 def _run_trial(config: Any, overrides: dict[str, Any], run_dir: Path, trial: Any, metrics: list[str], prune: bool,
-               cv: int | None) -> tuple[list[float], int | None, str]:
-    """Train one trial in ``run_dir``; its metrics, the epoch it was pruned at, and its resolved config."""
+               cv: int | None) -> tuple[list[float], int | None, int | None, str]:
+    """Train one trial in ``run_dir``: its metrics, the epoch it was pruned at, the epochs it ran
+    (per fold with cv: None) and its resolved config."""
     import deepworks.pipeline as pipeline
 
     callback = PruneOnPlateau(trial, metrics[0]) if prune else None
@@ -393,7 +412,11 @@ def _run_trial(config: Any, overrides: dict[str, Any], run_dir: Path, trial: Any
             raise ConfigError(f"tune.metric: this run has no {m!r}. Fix: one of {known}.")
         values.append(float(scores[m]))
     resolved = (run_dir / "config.yaml").read_text()
-    return values, (callback.pruned_at if callback else None), resolved
+    return values, (callback.pruned_at if callback else None), summary.get("epochs_run"), resolved
+
+
+def _shown(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() and abs(value) >= 1 else f"{value:.4g}"
 
 
 def _worker() -> str:
