@@ -492,8 +492,12 @@ def tune(
     Writes trials.csv, best.yaml, study.json and study.html into the study directory."""
     from deepworks.tune import tune as run_study
 
-    summary = run_study(config, trials=trials, sampler=sampler, pruner=pruner, storage=storage, study=study,
-                        study_dir=study_dir, timeout=timeout, cv=cv, overrides=set_ or [])
+    try:
+        summary = run_study(config, trials=trials, sampler=sampler, pruner=pruner, storage=storage, study=study,
+                            study_dir=study_dir, timeout=timeout, cv=cv, overrides=set_ or [])
+    except KeyboardInterrupt:
+        err.print("interrupted: the running trial is marked failed; run the same command again to continue the study")
+        raise typer.Exit(130) from None
     _print_study(summary)
 
 
