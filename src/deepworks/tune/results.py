@@ -34,6 +34,8 @@ def _state(trial: Any) -> str:
     if trial.state.name == "FAIL":
         if trial.user_attrs.get("diverged"):
             return "diverged"
+        if trial.user_attrs.get("invalid"):
+            return "invalid"
         return "failed"
     return trial.state.name.lower()
 
@@ -67,6 +69,7 @@ def _rows(study: Any, space: SearchSpace, metrics: list[str]) -> list[dict[str, 
         row["retries"] = RetryFailedTrialCallback.retried_trial_number(t)
         row["retried_by"] = retried_by.get(t.number)
         row["run_dir"] = t.user_attrs.get("run_dir")
+        row["error"] = t.user_attrs.get("diverged") or t.user_attrs.get("invalid")
         row["seconds"] = round(t.duration.total_seconds(), 2) if t.duration is not None else None
         rows.append(row)
     return rows

@@ -174,6 +174,10 @@ class PruneOnPlateau(Callback):
             trainer.log(f"pruned: {self.metric} {value:.4f} at epoch {epoch} is behind the study's other trials")
 
 
+class _Unusable(Exception):
+    """A trial's values, each valid alone, do not work together: the trial fails, the study goes on."""
+
+
 class _Surplus(Exception):
     """Another worker started the study's last trial first: this one is not needed."""
 
@@ -223,14 +227,19 @@ def _counts(trial: Any) -> bool:
 
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING):
         return True
-    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get("diverged"))
+    return trial.state == TrialState.FAIL and _settled(trial)
+
+
+def _settled(trial: Any) -> bool:
+    """A failure that running the trial again would repeat: it diverged, or its values do not fit together."""
+    return bool(trial.user_attrs.get("diverged") or trial.user_attrs.get("invalid"))
 
 
 def _finished(trial: Any) -> bool:
     from optuna.trial import TrialState
 
     return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-        trial.state == TrialState.FAIL and bool(trial.user_attrs.get("diverged")))
+        trial.state == TrialState.FAIL and _settled(trial))
 
 
 def tune(
@@ -375,7 +384,7 @@ def tune(
         if done + running >= trials and not waiting:  # other workers hold the last trials: wait for them
             time.sleep(min(t.heartbeat, 5))
             continue
-        study_.optimize(objective, n_trials=1, catch=(_Surplus, TrainingError), gc_after_trial=False)
+        study_.optimize(objective, n_trials=1, catch=(_Surplus, _Unusable, TrainingError), gc_after_trial=False)
     from deepworks.tune.results import write_results
 
     return write_results(study_, root, space, metrics, directions, storage_url=redact(storage_url), sampler=sampler,
@@ -401,8 +410,12 @@ def _run_trial(config: Any, overrides: dict[str, Any], run_dir: Path, trial: Any
             scores = {f"{split}_{k}": v for split in ("train", "val") for k, v in (summary.get(split) or {}).items()}
     except TrainingError as exc:
         trial.set_user_attr("diverged", str(exc).splitlines()[0][:300])
-        print(f"trial {trial.number}: failed: {str(exc).splitlines()[0]}", flush=True)
+        print(f"trial {trial.number}: diverged: {str(exc).splitlines()[0]}", flush=True)
         raise
+    except ConfigError as exc:  # each value passed on its own, but not this combination (e.g. shapes)
+        trial.set_user_attr("invalid", " ".join(str(exc).split())[:500])
+        print(f"trial {trial.number}: invalid combination: {' '.join(str(exc).split())}", flush=True)
+        raise _Unusable() from None
     if model is not None:
         scores[PARAMETERS] = int(sum(p.numel() for p in model.parameters()))
     values = []
