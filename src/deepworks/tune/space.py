@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from deepworks.config import Config, load_config
+from deepworks.config import load_config
 from deepworks.errors import ConfigError
 
 __all__ = ["Dimension", "SearchSpace", "parse_space", "KINDS"]

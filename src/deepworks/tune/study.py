@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from deepworks.config import Config, dump_config, load_config, parse_overrides
+from deepworks.config import Config, load_config, parse_overrides
 from deepworks.errors import ConfigError, DeepworksError, TrainingError
 from deepworks.train.callbacks import Callback
 from deepworks.train.tasks import metric_mode
@@ -328,6 +328,10 @@ def tune(
             trial.set_user_attr("surplus", True)
             raise _Surplus()
         params = space.suggest(trial)
+        if sampler == "grid" and any(x.params == trial.params for x in others):
+            # two workers drew the same grid point at the same moment: the earlier trial has it
+            trial.set_user_attr("surplus", True)
+            raise _Surplus()
         run_dir = root / f"trial-{trial.number:04d}"
         try:
             run_dir.mkdir(parents=True, exist_ok=False)  # one trial, one directory, whichever worker runs it
