@@ -223,10 +223,10 @@ def postgres_url():
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _worker(config: Path, url: str, study_dir: Path, log: Path) -> subprocess.Popen:
+def _worker(config: Path, url: str, study_dir: Path, log: Path, trials: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "deepworks", "tune", str(config), "--trials", "5", "--storage", url, "--study", "shared",
+        [sys.executable, "-m", "deepworks", "tune", str(config), "--trials", str(trials), "--storage", url, "--study", "shared",
          "--study-dir", str(study_dir)], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -247,15 +247,16 @@ def test_two_workers_share_a_postgresql_study_and_a_killed_workers_trial_is_retr
     cfg = {
         "name": "shared", "seed": 0, "data": {"dataset": "digits"},
         "model": {"name": "cnn", "filters": [8], "hidden": [16]},
-        "train": {"epochs": 5, "batch_size": 32, "progress": "none"}, "report": False,
+        "train": {"epochs": 4, "batch_size": 32, "progress": "none"}, "report": False,
         "tune": {"metric": "val_accuracy", "pruner": "none", "heartbeat": 1, "sampler": "random",
                  "space": {"train.optimizer.lr": {"log_uniform": [1e-3, 1e-2]}}},
     }
     config = tmp_path / "shared.yaml"
     config.write_text(yaml.safe_dump(cfg))
     study_dir = tmp_path / "study"  # both workers write here: trial directories must never collide
-    a = _worker(config, postgres_url, study_dir, tmp_path / "a.log")
-    b = _worker(config, postgres_url, study_dir, tmp_path / "b.log")
+    asked = 8  # enough that each worker finishes a trial and b is then killed in another
+    a = _worker(config, postgres_url, study_dir, tmp_path / "a.log", asked)
+    b = _worker(config, postgres_url, study_dir, tmp_path / "b.log", asked)
     try:
         victim = None
         deadline = time.time() + 120
@@ -280,7 +281,7 @@ def test_two_workers_share_a_postgresql_study_and_a_killed_workers_trial_is_retr
     trials = study.get_trials()
     states = {t.number: t.state.name for t in trials}
     complete = [t for t in trials if t.state.name == "COMPLETE"]
-    assert len(complete) == 5  # what was asked: none lost, none extra
+    assert len(complete) == asked  # none lost, none extra
     assert states[killed] == "FAIL"
     retry = [t for t in complete if t.system_attrs.get("failed_trial") == killed]
     assert len(retry) == 1 and retry[0].params == study.trials[killed].params  # run again, with its values
@@ -291,7 +292,7 @@ def test_two_workers_share_a_postgresql_study_and_a_killed_workers_trial_is_retr
     assert len(dirs) == len(set(dirs))  # no two trials share a directory
     for t in complete:
         assert (Path(t.user_attrs["run_dir"]) / "summary.json").exists()
-    assert sum(r["state"] == "complete" for r in _rows(study_dir)) == 5
+    assert sum(r["state"] == "complete" for r in _rows(study_dir)) == asked
 
 
 def test_cv_scores_each_trial_by_the_mean_over_folds(tmp_path):

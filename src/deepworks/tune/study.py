@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import time
 import warnings
@@ -72,12 +73,21 @@ def open_study(storage_url: str, name: str, directions: list[str], sampler: Any,
     elif storage_url.startswith("postgresql"):
         kwargs["connect_args"] = {"connect_timeout": 10}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # heartbeat and the retry callback are flagged experimental
-            storage = RDBStorage(
-                storage_url, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-                failed_trial_callback=RetryFailedTrialCallback(max_retry=retries),
-            )
+        for attempt in range(6):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # heartbeat and the retry callback are flagged experimental
+                    storage = RDBStorage(
+                        storage_url, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+                        failed_trial_callback=RetryFailedTrialCallback(max_retry=retries),
+                    )
+                break
+            except Exception as exc:
+                # workers starting together on a new database race to create Optuna's tables: the
+                # loser finds them half made ("already exists") and, a moment later, complete
+                if attempt == 5 or "already exists" not in str(exc):
+                    raise
+                time.sleep(0.5 + random.random())
     except ImportError as exc:
         raise DeepworksError(
             f"--storage {shown}: the database driver is missing ({exc}). Fix: pip install 'deepworks[tune]' "
