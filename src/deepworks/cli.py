@@ -463,6 +463,78 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> 
     out.print(f"wrote {escape(str(deepworks.report(run_dir)))}", highlight=False, soft_wrap=True)
 
 
+@app.command()
+def tune(
+    config: Annotated[Path, typer.Argument(help="a YAML config with a tune section (metric, space)")],
+    trials: Annotated[
+        Optional[int], typer.Option("--trials", min=1, help="finished trials the study ends with (default: tune.trials, "
+                                    "the grid's size, or 20)")
+    ] = None,
+    sampler: Annotated[Optional[str], typer.Option("--sampler", help="grid, random, tpe (default), cmaes or nsga2")] = None,
+    pruner: Annotated[Optional[str], typer.Option("--pruner", help="none, median (default) or hyperband")] = None,
+    storage: Annotated[
+        Optional[str], typer.Option("--storage", help="database URL, e.g. postgresql://user:pw@host/db: workers running "
+                                    "the same command share the study (default: SQLite in the study directory)")
+    ] = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="the study's name (default: the config's name)")] = None,
+    study_dir: Annotated[
+        Optional[Path], typer.Option("--study-dir", help="where trials and results go (default: studies/<study>)")
+    ] = None,
+    timeout: Annotated[
+        Optional[float], typer.Option("--timeout", min=0, help="start no trial after this many seconds")
+    ] = None,
+    cv: Annotated[Optional[int], typer.Option("--cv", help="score each trial by k-fold cross-validation")] = None,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="override a key of the config: --set train.epochs=5 (repeatable)")
+    ] = None,
+) -> None:
+    """Search hyperparameters with Optuna over the config's tune.space; each trial is a run directory.
+    Writes trials.csv, best.yaml, study.json and study.html into the study directory."""
+    from deepworks.tune import tune as run_study
+
+    try:
+        summary = run_study(config, trials=trials, sampler=sampler, pruner=pruner, storage=storage, study=study,
+                            study_dir=study_dir, timeout=timeout, cv=cv, overrides=set_ or [])
+    except KeyboardInterrupt:
+        err.print("interrupted: the running trial is marked failed; run the same command again to continue the study")
+        raise typer.Exit(130) from None
+    _print_study(summary)
+
+
+def _print_study(summary: dict) -> None:
+    import csv
+
+    root = Path(summary["directory"])
+    metrics = summary["metrics"]
+    with open(root / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    keys = list((summary.get("space") or {}).keys())
+    table = Table(title=f"study {escape(summary['study'])}", show_header=True)
+    for col in ["trial", "state", *metrics, *keys, "epochs"]:
+        table.add_column(escape(col), justify="left" if col == "state" else "right", overflow="fold",
+                         no_wrap=col in ("trial", "state"))
+    for r in rows:
+        cells = []
+        for col in ["trial", "state", *metrics, *keys, "epochs"]:
+            v = r.get(col, "")
+            try:
+                v = f"{float(v):.4g}" if col in metrics or (v and "." in v and col in keys) else v
+            except ValueError:
+                pass
+            cells.append(escape(str(v)))
+        table.add_row(*cells)
+    out.print(table)
+    best = summary.get("best")
+    if best:
+        shown = ", ".join(f"{k} {int(v):,}" if k == "parameters" else f"{k} {v:.4f}" for k, v in best["values"].items())
+        out.print(f"best: trial {best['trial']} ({shown}) -> {escape(str(root / 'best.yaml'))}", highlight=False)
+    for metric, found in (summary.get("importances") or {}).items():
+        if "error" not in found:
+            out.print(f"importance for {escape(metric)}: "
+                      + ", ".join(f"{escape(k)} {v:.2f}" for k, v in found.items()), highlight=False)
+    out.print(f"wrote {escape(str(root / 'study.html'))} and {escape(str(root / 'trials.csv'))}", highlight=False)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     # warnings about the user's data or config are messages for them, not source locations
     err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)

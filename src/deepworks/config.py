@@ -40,6 +40,7 @@ __all__ = [
     "OptimizerConfig",
     "EarlyStoppingConfig",
     "GANConfig",
+    "TuneConfig",
     "GAN_MODELS",
     "load_config",
     "parse_overrides",
@@ -582,6 +583,34 @@ FAMILY_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+class TuneConfig(Strict):
+    """``deepworks tune``: what to optimise and over which keys. ``deepworks train`` ignores it."""
+
+    metric: str | list[str] | None = Field(
+        None, description="what a trial scores: a logged metric such as val_accuracy (the best model's value), or "
+        "parameters (the model's size); two for NSGA-II, e.g. [val_accuracy, parameters]; default: train.monitor"
+    )
+    direction: Literal["maximize", "minimize"] | list[Literal["maximize", "minimize"]] | None = Field(
+        None, description="default: maximize scores, minimize losses and errors (and parameters)"
+    )
+    space: dict[str, Any] = Field(
+        default_factory=dict, description="key path -> {choice: [...]}, {uniform: [low, high]}, "
+        "{log_uniform: [low, high]} or {int: [low, high]} (optional step:); checked by deepworks tune"
+    )
+    trials: int | None = Field(None, ge=1, description="trials the study finishes (default: the grid's size, else 20)")
+    sampler: Literal["grid", "random", "tpe", "cmaes", "nsga2"] | None = Field(
+        None, description="default: tpe (Bayesian), nsga2 for two metrics"
+    )
+    pruner: Literal["none", "median", "hyperband"] | None = Field(
+        None, description="stop unpromising trials early from their per-epoch metric; default: median (none for two metrics)"
+    )
+    warmup_epochs: int = Field(2, ge=0, description="epochs a trial runs before it may be pruned")
+    heartbeat: int = Field(
+        10, ge=1, description="seconds between a worker's heartbeats; a trial silent for 3 heartbeats is failed and retried"
+    )
+    retries: int = Field(2, ge=0, description="times a trial whose worker died is run again")
+
+
 class Config(Strict):
     name: str = Field("run", description="run name; the run directory is runs/<name>-<time>")
     seed: int = Field(0, ge=0, le=2**32 - 1)
@@ -593,6 +622,7 @@ class Config(Strict):
         None, description="transfer learning: feature extraction or fine-tuning of a pretrained model (model.pretrained, "
         "model.weights) or of an earlier run's model (transfer.from)"
     )
+    tune: TuneConfig | None = Field(None, description="deepworks tune: the metric and the search space")
     report: bool = Field(
         True, description="write report.html (curves, confusion matrix, calibration, ...) into the run at the end of training"
     )
