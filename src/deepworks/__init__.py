@@ -14,6 +14,7 @@ from deepworks.analysis import diagnose, importance, projection
 from deepworks.evaluate.importance import permutation_importance
 from deepworks.report.compare import compare
 from deepworks.report import write_report as report  # deepworks.report is this function, as deepworks.evaluate is
+from deepworks.export import export  # deepworks.export is this function too, as deepworks.report is
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,7 @@ __all__ = [
     "permutation_importance",
     "compare",
     "report",
+    "export",
     "DeepworksError",
     "ConfigError",
     "DataError",

@@ -464,6 +464,32 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> 
 
 
 @app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+    format_: Annotated[str, typer.Option("--format", help="the file format: onnx")] = "onnx",
+    out_path: Annotated[
+        Optional[Path], typer.Option("--out", help="where the model goes (default RUN_DIR/model.onnx; the sidecar is <out>.json)")
+    ] = None,
+    opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default 18)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the sidecar as JSON")] = False,
+) -> None:
+    """Export a run's best model (fp32, dynamic batch) with what it needs besides its weights,
+    checked against PyTorch on validation samples (fails above a max abs diff of 1e-4)."""
+    import deepworks
+
+    result = deepworks.export(run_dir, format=format_, out=out_path, opset=opset)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    parity = result["parity"]
+    batches = ", ".join(f"{k} {v:.3g}" for k, v in parity["batches"].items())
+    out.print(f"{result['path']} (opset {result['opset']}, {result['exporter']} exporter) and {result['sidecar']}",
+              soft_wrap=True)
+    out.print(f"parity on {parity['split']} samples: max abs diff {parity['max_abs_diff']:.3g} "
+              f"(allowed {parity['tolerance']:g}; per batch: {batches})", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def tune(
     config: Annotated[Path, typer.Argument(help="a YAML config with a tune section (metric, space)")],
     trials: Annotated[

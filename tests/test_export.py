@@ -1,0 +1,210 @@
+"""deepworks export --format onnx: parity of ONNX Runtime with the run's PyTorch model, checked here
+independently (fresh inputs built from the sidecar alone, batch sizes 1, 3 and 7), on a digits CNN, a
+table MLP with a categorical column, a bidirectional LSTM on texts of mixed lengths and a
+mobilenet_v3_small backbone under transfer learning; the failure path and the command line."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torchvision
+
+import deepworks
+from deepworks.export import to_onnx as onnx_export
+from deepworks.data.features import TableEncoder
+from deepworks.data.text import TextEncoder
+from deepworks.errors import DeepworksError
+from deepworks.export import ExportError
+from deepworks.pipeline import prepare_data
+
+QUIET = {"progress": "none", "batch_size": 32, "epochs": 1}
+WORDS = ["the", "film", "plot", "was", "quite", "acting", "and", "a", "story", "cast", "ending", "music"]
+
+
+def session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_vs_torch(path: Path, graph_in: np.ndarray, model: torch.nn.Module, torch_in: torch.Tensor) -> float:
+    s = session(path)
+    got = s.run(None, {s.get_inputs()[0].name: graph_in})[0]
+    with torch.no_grad():
+        want = model(torch_in).float().numpy()
+    assert got.shape == want.shape
+    return float(np.abs(got - want).max())
+
+
+def batch_is_dynamic(path: Path) -> bool:
+    dim = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0]
+    return bool(dim.dim_param) and not dim.dim_value
+
+
+@pytest.fixture(scope="module")
+def cnn_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cnn")
+    return deepworks.train({"data": {"dataset": "digits"}, "model": {"name": "cnn", "filters": [8, 16]},
+                            "train": QUIET, "report": False}, run_dir=folder / "run")
+
+
+def test_cnn_export_matches_pytorch_on_fresh_batches(cnn_run):
+    result = deepworks.export(cnn_run.dir)
+    path = cnn_run.dir / "model.onnx"
+    assert result["path"] == str(path) and path.exists() and batch_is_dynamic(path)
+    sidecar = json.loads((cnn_run.dir / "model.onnx.json").read_text())
+    assert sidecar["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sidecar["classes"] == [str(i) for i in range(10)] and sidecar["task"]["name"] == "classification"
+    assert sidecar["input"]["name"] == "pixels" and sidecar["input"]["shape"] == ["batch", 1, 8, 8]
+    pre = sidecar["preprocessing"]
+    info = json.loads((cnn_run.dir / "data.json").read_text())
+    assert pre["scale"] == pytest.approx(1 / 16) and pre["in_graph"]["mean"] == info["mean"]
+    assert pre["image"] == info["image"]
+    assert sidecar["parity"]["max_abs_diff"] <= 1e-4 and set(sidecar["parity"]["batches"]) == {"1", "7"}
+    assert sidecar["opset"] == 18 and set(sidecar["versions"]) >= {"torch", "onnx", "onnxruntime"}
+    summary = json.loads((cnn_run.dir / "summary.json").read_text())
+    assert summary["export"]["max_abs_diff"] == sidecar["parity"]["max_abs_diff"]
+    assert summary["export"]["sha256"] == sidecar["sha256"]
+
+    # the oracle: fresh validation and test images, pixels in [0, 1] as the sidecar says, against
+    # the run's model on the pipeline's own normalised input
+    run = deepworks.load_run(cnn_run.dir)
+    data = prepare_data(run.config)
+    for split, rows in [(data.val, torch.arange(1)), (data.val, torch.arange(20, 27)), (data.test, torch.arange(5, 8))]:
+        pixels = split.x[rows].numpy().astype(np.float32) * np.float32(pre["scale"])
+        assert ort_vs_torch(path, pixels, run.model, split.inputs(rows)) <= 1e-4
+
+
+def test_table_export_with_the_encoder_in_the_sidecar(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "plants.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["height", "width", "colour", "kind"])
+        for i in range(240):
+            colour = ["red", "blue", "green"][i % 3]
+            h, wd = rng.normal(5, 2), rng.normal(3, 1)
+            w.writerow([f"{h:.3f}", "" if i % 17 == 0 else f"{wd:.3f}", colour,
+                        "tall" if h + (colour == "red") > 5.5 else "short"])
+    run = deepworks.train({"data": {"path": str(path), "target": "kind"}, "model": {"name": "mlp", "hidden": [16]},
+                           "train": QUIET, "report": False}, run_dir=tmp_path / "run")
+    out = tmp_path / "exported" / "plants.onnx"
+    deepworks.export(run.dir, out=out)
+    sidecar = json.loads(Path(str(out) + ".json").read_text())
+    assert sidecar["input"]["name"] == "features" and sidecar["classes"] == run.classes
+    assert sidecar["preprocessing"]["columns"] == ["height", "width", "colour"]
+    assert any(n.startswith("colour=") for n in sidecar["preprocessing"]["feature_names"])
+    assert batch_is_dynamic(out)
+    # the oracle: raw rows (a missing width, an unseen colour) encoded from the sidecar's JSON alone
+    encoder = TableEncoder.from_dict(sidecar["preprocessing"]["encoder"])
+    loaded = deepworks.load_run(run.dir)
+    for n in (1, 3, 7):
+        cells = {"height": [f"{4 + i * 0.7:.2f}" for i in range(n)], "width": ["" if i == 1 else "2.5" for i in range(n)],
+                 "colour": [["red", "purple", "blue"][i % 3] for i in range(n)]}
+        x = encoder.transform(cells)
+        assert ort_vs_torch(out, x, loaded.model, torch.from_numpy(x)) <= 1e-4
+
+
+def sentiment_csv(path: Path, n: int = 160) -> Path:
+    rng = np.random.default_rng(1)
+    rows = [["review", "sentiment"]]
+    for i in range(n):
+        words = list(rng.choice(WORDS, size=int(rng.integers(1, 14))))
+        words.insert(int(rng.integers(0, len(words) + 1)), "good" if i % 2 else "bad")
+        rows.append([" ".join(words), "pos" if i % 2 else "neg"])
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    return path
+
+
+def test_lstm_text_export_handles_padding(tmp_path):
+    config = {
+        "data": {"path": str(sentiment_csv(tmp_path / "reviews.csv")), "text": "review", "target": "sentiment",
+                 "min_freq": 1, "max_length": 12, "on_duplicates": "keep"},
+        "model": {"name": "lstm", "embedding": 16, "hidden": 16, "bidirectional": True, "pool": "max", "layers": 2},
+        "train": {**QUIET, "batch_size": 16}, "report": False,
+    }
+    run = deepworks.train(config, run_dir=tmp_path / "run")
+    result = deepworks.export(run.dir)
+    assert result["exporter"] == "torchscript"  # packed sequences: the dynamo exporter is tried and fails
+    assert "dynamo" in result["exporters_tried"]
+    assert set(result["parity"]["batches"]) == {"1", "7", "padding"} and result["parity"]["max_abs_diff"] <= 1e-4
+    sidecar = json.loads((run.dir / "model.onnx.json").read_text())
+    assert sidecar["input"] == {**sidecar["input"], "name": "token_ids", "dtype": "int64", "shape": ["batch", 12]}
+    path = run.dir / "model.onnx"
+    assert batch_is_dynamic(path)
+    encoder = TextEncoder.from_dict(sidecar["preprocessing"]["text"])
+    loaded = deepworks.load_run(run.dir)
+    texts = ["good", "", "the film was quite bad and the acting and the story and the cast and the ending were bad",
+             "a good story", "bad", "unknownword good film", "music"]
+    for n in (1, 3, 7):
+        ids = encoder.encode(texts[:n] if n != 1 else texts[2:3]).ids
+        assert ort_vs_torch(path, ids.numpy(), loaded.model, ids) <= 1e-4
+    lengths = (encoder.encode(texts).ids != 0).sum(1)
+    assert lengths.min() == 0 and lengths.max() == 12  # an empty text and one cut at max_length were in the batch
+
+
+def test_backbone_under_transfer_exports(tmp_path):
+    weights = tmp_path / "mobilenet.pt"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.get_model("mobilenet_v3_small", weights=None, num_classes=10).state_dict(), weights)
+    run = deepworks.train({
+        "data": {"dataset": "digits"},
+        "model": {"name": "mobilenet_v3_small", "weights": str(weights), "resolution": 32},
+        "transfer": {"mode": "feature_extraction"}, "train": QUIET, "report": False,
+    }, run_dir=tmp_path / "run")
+    result = deepworks.export(run.dir)
+    assert result["parity"]["max_abs_diff"] <= 1e-4
+    loaded = deepworks.load_run(run.dir)
+    data = prepare_data(loaded.config)
+    rows = torch.arange(3, 6)
+    pixels = data.test.x[rows].numpy().astype(np.float32) / 16
+    assert ort_vs_torch(run.dir / "model.onnx", pixels, loaded.model, data.test.inputs(rows)) <= 1e-4
+
+
+def test_a_failed_parity_check_leaves_no_valid_looking_file(cnn_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_export, "TOLERANCE", -1.0)  # every difference, even 0, now exceeds it
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(ExportError) as e:
+        deepworks.export(cnn_run.dir, out=out)
+    assert "differ from PyTorch's" in str(e.value) and "bad.onnx.failed" in str(e.value)
+    assert not out.exists() and not Path(str(out) + ".json").exists()
+    assert (tmp_path / "bad.onnx.failed").exists()
+    assert not list(tmp_path.glob("*.tmp-*"))
+    summary = json.loads((cnn_run.dir / "summary.json").read_text())
+    assert summary.get("export", {}).get("path") != str(out)
+
+
+def test_bad_arguments_are_user_errors(cnn_run, tmp_path):
+    with pytest.raises(DeepworksError, match="--format: expected one of onnx"):
+        deepworks.export(cnn_run.dir, format="tflite")
+    with pytest.raises(DeepworksError, match="--opset"):
+        deepworks.export(cnn_run.dir, opset=3)
+
+
+def cli(*args):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "deepworks", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_cli_export(cnn_run, tmp_path):
+    out = tmp_path / "cli.onnx"
+    proc = cli("export", cnn_run.dir, "--format", "onnx", "--out", out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "max abs diff" in proc.stdout and out.exists() and Path(str(out) + ".json").exists()
+    proc = cli("export", cnn_run.dir, "--format", "tflite")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--format" in lines[0], proc.stderr
