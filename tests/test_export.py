@@ -19,6 +19,8 @@ import onnxruntime as ort
 import pytest
 import torch
 import torchvision
+from PIL import Image
+from sklearn.datasets import load_digits
 
 import deepworks
 from deepworks.export import to_onnx as onnx_export
@@ -69,7 +71,8 @@ def test_cnn_export_matches_pytorch_on_fresh_batches(cnn_run):
     assert sidecar["input"]["name"] == "pixels" and sidecar["input"]["shape"] == ["batch", 1, 8, 8]
     pre = sidecar["preprocessing"]
     info = json.loads((cnn_run.dir / "data.json").read_text())
-    assert pre["scale"] == pytest.approx(1 / 16) and pre["in_graph"]["mean"] == info["mean"]
+    assert pre["dataset_scale"] == pytest.approx(1 / 16) and pre["scale"] == pytest.approx(1 / 255)
+    assert pre["in_graph"]["mean"] == info["mean"]
     assert pre["image"] == info["image"]
     assert sidecar["parity"]["max_abs_diff"] <= 1e-4 and set(sidecar["parity"]["batches"]) == {"1", "7"}
     assert sidecar["opset"] == 18 and set(sidecar["versions"]) >= {"torch", "onnx", "onnxruntime"}
@@ -82,8 +85,27 @@ def test_cnn_export_matches_pytorch_on_fresh_batches(cnn_run):
     run = deepworks.load_run(cnn_run.dir)
     data = prepare_data(run.config)
     for split, rows in [(data.val, torch.arange(1)), (data.val, torch.arange(20, 27)), (data.test, torch.arange(5, 8))]:
-        pixels = split.x[rows].numpy().astype(np.float32) * np.float32(pre["scale"])
+        pixels = split.x[rows].numpy().astype(np.float32) * np.float32(pre["dataset_scale"])
         assert ort_vs_torch(path, pixels, run.model, split.inputs(rows)) <= 1e-4
+
+
+def test_cnn_export_agrees_with_predict_on_image_files(cnn_run, tmp_path):
+    """A consumer with the sidecar alone: the file decoded to uint8, times ``scale``, into the graph;
+    softmax of the logits is what deepworks.predict says."""
+    deepworks.export(cnn_run.dir, out=tmp_path / "m.onnx")
+    sidecar = json.loads((tmp_path / "m.onnx.json").read_text())
+    digits = load_digits()
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8), mode="L").save(files[-1])
+    pixels = np.stack([np.asarray(Image.open(f), dtype=np.uint8)[None] for f in files]).astype(np.float32)
+    s = session(tmp_path / "m.onnx")
+    logits = s.run(None, {"pixels": pixels * np.float32(sidecar["preprocessing"]["scale"])})[0]
+    probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
+    for p, predicted in zip(probs, deepworks.predict(cnn_run.dir, files, top_k=1)):
+        assert sidecar["classes"][int(p.argmax())] == predicted["prediction"]
+        assert float(p.max()) == pytest.approx(predicted["top_k"][0]["probability"], abs=1e-5)
 
 
 def test_table_export_with_the_encoder_in_the_sidecar(tmp_path):

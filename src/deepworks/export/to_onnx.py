@@ -304,11 +304,13 @@ def _graph_for(model: nn.Module, info: dict[str, Any], cfg: Any, split: Any) -> 
                        "the normalisation is inside the graph",
             "preprocessing": {
                 "how": "decode the file as the run did (image: channels, size, alpha over white, EXIF orientation; "
-                       "deepworks.data.images.load_pixels), then multiply the stored integers by scale; "
-                       "in the graph: (pixels - mean) / std per channel"
+                       "deepworks.data.images.load_pixels) to uint8 and multiply by scale (1/255); the run's own "
+                       "stored samples (a built-in dataset) by dataset_scale instead; in the graph: "
+                       "(pixels - mean) / std per channel"
                        + (", then the mean of the model on the image and on its mirror image (train.tta: hflip)"
                           if tta == "hflip" else ""),
-                "image": info.get("image"), "scale": scale, "in_graph": {"mean": mean, "std": std, "tta": tta},
+                "image": info.get("image"), "scale": 1 / 255, "dataset_scale": scale,
+                "in_graph": {"mean": mean, "std": std, "tta": tta},
             },
         }
     if "encoder" in info:
@@ -358,7 +360,7 @@ def _parity_cases(
     if kind == "image":
         raw = copy.copy(split)
         raw.transform = None  # the stored integers, before the pipeline's ToInput
-        scale = spec["preprocessing"]["scale"]
+        scale = spec["preprocessing"]["dataset_scale"]
         for b in PARITY_BATCHES:
             idx = _rows(b, n)
             pairs.append((str(b), raw.inputs(idx).cpu().to(torch.float32) * scale, split.inputs(idx).cpu()))
