@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.base import clone
 from sklearn.datasets import load_digits, make_regression
 from sklearn.model_selection import GridSearchCV, cross_val_score
@@ -77,8 +78,8 @@ def test_clone_round_trips_params():
 def test_cnn_reads_digit_rows_as_images(digits):
     X, y = digits
     clf = DeepClassifier(model="cnn", model_params={"filters": [8]}, input_shape=(1, 8, 8), epochs=4, lr=0.01,
-                         precision="fp32", random_state=0).fit(X[:1200] / 16, y[:1200])
-    assert clf.model_(__import__("torch").zeros(2, 1, 8, 8)).shape == (2, 10)
+                         random_state=0).fit(X[:1200] / 16, y[:1200])
+    assert clf.model_(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
     assert clf.score(X[1200:] / 16, y[1200:]) > 0.85
 
 
@@ -100,6 +101,13 @@ def test_predict_proba_agrees_with_predict(digits):
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(clf.classes_[proba.argmax(axis=1)], clf.predict(X / 16))
     np.testing.assert_allclose(np.exp(clf.predict_log_proba(X[:20] / 16)), proba[:20], rtol=1e-12)
+
+
+def test_cross_val_score_in_worker_processes(digits):
+    X, y = digits
+    pipe = make_pipeline(StandardScaler(), DeepClassifier(**fast(epochs=3)))
+    scores = cross_val_score(pipe, X, y, cv=2, n_jobs=2)  # the estimator is pickled to each worker
+    np.testing.assert_array_equal(scores, cross_val_score(pipe, X, y, cv=2))
 
 
 def test_same_random_state_same_predictions(digits):
