@@ -369,9 +369,9 @@ class DeepClassifier(ClassifierMixin, _DeepEstimator):
                 f"y holds only one class ({classes[0]!r}); a classifier needs at least two. Fix: training rows "
                 "of two or more classes."
             )
-        self.classes_ = classes
         task = Classification(classes=[str(c) for c in classes])
         self._train(X, encoder.transform(y).astype(np.int64), task, len(classes), stratify=True)
+        self.classes_ = classes  # set once training succeeded: a failed fit leaves nothing that looks fitted
         return self
 
     def _error_data(self, message: str) -> ValueError:
@@ -410,14 +410,13 @@ class DeepRegressor(RegressorMixin, _DeepEstimator):
     def fit(self, X: Any, y: Any) -> DeepRegressor:
         X, y = self._fit_data(X, y, multi_output=True)
         y = np.asarray(y, dtype=np.float64)
-        self._y_1d = y.ndim == 1
         y2 = y[:, None] if y.ndim == 1 else y
         mean, std = y2.mean(axis=0), y2.std(axis=0)
         std = np.where(std > 0, std, 1.0)  # a constant target: learn zeros, predict the constant
-        self.n_outputs_ = y2.shape[1]
-        task = Regression(targets=[f"y{i}" for i in range(self.n_outputs_)], mean=mean.tolist(), std=std.tolist())
-        self._task = task
-        self._train(X, ((y2 - mean) / std).astype(np.float32), task, self.n_outputs_, stratify=False)
+        outputs = y2.shape[1]
+        task = Regression(targets=[f"y{i}" for i in range(outputs)], mean=mean.tolist(), std=std.tolist())
+        self._train(X, ((y2 - mean) / std).astype(np.float32), task, outputs, stratify=False)
+        self.n_outputs_, self._task, self._y_1d = outputs, task, y.ndim == 1
         return self
 
     def predict(self, X: Any) -> np.ndarray:
