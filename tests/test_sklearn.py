@@ -79,7 +79,8 @@ def test_cnn_reads_digit_rows_as_images(digits):
     X, y = digits
     clf = DeepClassifier(model="cnn", model_params={"filters": [8]}, input_shape=(1, 8, 8), epochs=4, lr=0.01,
                          random_state=0).fit(X[:1200] / 16, y[:1200])
-    assert clf.model_(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    device = next(clf.model_.parameters()).device  # the GPU when there is one
+    assert clf.model_(torch.zeros(2, 1, 8, 8, device=device)).shape == (2, 10)
     assert clf.score(X[1200:] / 16, y[1200:]) > 0.85
 
 

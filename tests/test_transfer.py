@@ -52,7 +52,7 @@ def test_feature_extraction_leaves_the_body_and_its_batchnorm_statistics_alone(t
     path = _mobilenet_file(tmp_path)
     start = torch.load(path, weights_only=True)
     run = deepworks.train(_weights_config(path, mode="feature_extraction", cache=cache), runs_root=tmp_path / "runs")
-    trained = run.model.model.net.state_dict()  # Transfer -> Backbone -> torchvision network
+    trained = {k: v.cpu() for k, v in run.model.model.net.state_dict().items()}  # Transfer -> Backbone -> network
     head = "classifier.3."
     body = [k for k in trained if not k.startswith(head)]
     assert any("running_mean" in k for k in body)
@@ -102,7 +102,7 @@ def test_unfrozen_blocks_are_the_top_ones_and_the_rest_never_change(tmp_path):
     blocks = body_blocks(model)
     assert [type(m).__name__ for _, m in blocks] == ["ModuleList", "ModuleList", "Linear"]  # conv+bn, conv+bn, dense
     wrapped = Transfer(model, "fine_tune", unfreeze=1, warmup_epochs=1)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     x, y = torch.randn(48, 1, 8, 8), torch.arange(48) % 3
     seen = []
 
@@ -111,7 +111,7 @@ def test_unfrozen_blocks_are_the_top_ones_and_the_rest_never_change(tmp_path):
 
     class Watch(Callback):
         def on_epoch_end(self, trainer, epoch, logs):
-            seen.append({k: v.clone() for k, v in model.state_dict().items()})
+            seen.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
 
     trainer = Trainer(wrapped, {"epochs": 2, "optimizer": {"name": "adamw", "lr": 0.01}, **QUIET, "batch_size": 8},
                       callbacks=[TransferStages(wrapped), Watch()])
@@ -228,12 +228,12 @@ def test_from_run_replaces_the_head_for_new_classes_and_keeps_it_for_the_same(tm
     info = json.loads((source.dir / "data.json").read_text())
     model = build_transfer(create_model("cnn", input_shape=(1, 8, 8), num_classes=10, filters=[8], hidden=[16]),
                            same, info)
-    src = source.model.state_dict()
+    src = {k: v.cpu() for k, v in source.model.state_dict().items()}
     assert all(torch.equal(model.model.state_dict()[k], v) for k, v in src.items())
     assert model.origin["head"] == "loaded" and model.origin["source"] == "run"
     x = torch.randn(5, 1, 8, 8)
     model.eval()
-    torch.testing.assert_close(model(x), source.model(x))  # same normalisation: the same function
+    torch.testing.assert_close(model(x), source.model.cpu()(x))  # same normalisation: the same function
     # other classes (even as many): a new head
     other = dict(info, classes=[f"c{i}" for i in range(10)], mean=[info["mean"][0] + 0.1], std=[info["std"][0] * 2])
     fresh = build_transfer(create_model("cnn", input_shape=(1, 8, 8), num_classes=10, filters=[8], hidden=[16]),

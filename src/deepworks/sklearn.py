@@ -317,16 +317,32 @@ class _DeepEstimator(BaseEstimator):
         return _validate_data(self, X, y, dtype=(np.float64, np.float32), multi_output=multi_output, y_numeric=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled with the model's weights on the CPU, so it unpickles on machines without the GPU."""
+        """Pickled with the model's weights on the CPU, so it unpickles on machines without the GPU;
+        the device it was fitted on goes with it, and unpickling returns there when it exists."""
         state = super().__getstate__()
         if "model_" in state and next(state["model_"].parameters()).device.type != "cpu":
-            state = {**state, "model_": deepcopy(state["model_"]).to("cpu")}
+            device = next(state["model_"].parameters()).device
+            state = {**state, "model_": deepcopy(state["model_"]).to("cpu"), "_fitted_device": str(device)}
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        device = state.pop("_fitted_device", None)
+        super().__setstate__(state)
+        if device is not None and "model_" in state and _available(torch.device(device)):
+            self.model_.to(device)  # the same device, so the same predictions as before pickling
 
     def _tags_update(self, tags: Any) -> Any:
         tags.input_tags.allow_nan = False
         tags.non_deterministic = self.random_state is None
         return tags
+
+
+def _available(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    if device.type == "mps":
+        return torch.backends.mps.is_available()
+    return device.type == "cpu"
 
 
 class DeepClassifier(ClassifierMixin, _DeepEstimator):

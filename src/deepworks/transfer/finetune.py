@@ -162,7 +162,9 @@ def cache_features(model: Transfer, data: Any, *, batch_size: int, device: torch
     model.eval()
     model.reads_features = False
     try:
-        for xb, _ in iterate_batches(data, batch_size, shuffle=False, device=device):
+        source = data.to(device) if isinstance(data, TensorData) else data  # in memory: on the model's device
+        for xb, _ in iterate_batches(source, batch_size, shuffle=False, device=device):
+            xb = xb.to(device)
             if precision.channels_last and xb.ndim == 4:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with precision.autocast():
