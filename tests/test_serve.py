@@ -1,0 +1,254 @@
+"""``deepworks serve``: the HTTP server of a run (FastAPI + uvicorn), on a tiny digits CNN.
+
+Served predictions equal ``deepworks.predict`` on the same files; malformed uploads get a 4xx
+with a JSON error; 200 concurrent requests through real sockets (good and bad mixed, a small
+queue) get correct 200s, 4xx or explicit 503s with Retry-After; the page works in headless
+Chromium.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+import socket
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import deepworks
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'deepworks[serve]')")
+httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+
+from deepworks.serve import create_app  # noqa: E402
+
+QUIET = {"epochs": 2, "batch_size": 64, "progress": "none", "precision": "fp32", "optimizer": {"name": "adamw", "lr": 0.01}}
+
+
+@pytest.fixture(scope="module")
+def cnn_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve")
+    return deepworks.train({"data": {"dataset": "digits"}, "model": {"name": "cnn", "filters": [8, 16], "hidden": [32]},
+                            "train": QUIET, "report": False}, run_dir=folder / "run")
+
+
+@pytest.fixture(scope="module")
+def digit_files(tmp_path_factory):
+    from sklearn.datasets import load_digits
+
+    folder = tmp_path_factory.mktemp("digits")
+    digits = load_digits()
+    files = []
+    for i in range(6):
+        path = folder / f"digit-{i}.png"
+        Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8), mode="L").resize((32, 32)).save(path)
+        files.append(path)
+    return files
+
+
+@pytest.fixture(scope="module")
+def expected(cnn_run, digit_files):
+    return {f.name: r for f, r in zip(digit_files, deepworks.predict(cnn_run.dir, digit_files, top_k=3))}
+
+
+class Served:
+    """The app under uvicorn on a free loopback port, in a background thread."""
+
+    def __init__(self, app):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    limit_concurrency=None, backlog=1024))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("the server did not become ready within 60 s")
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def png_bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def huge_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A valid PNG signature and IHDR declaring width x height, with a tiny (wrong) IDAT."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def check_prediction(got: dict, want: dict) -> None:
+    labels = [p["label"] for p in got["predictions"]]
+    assert labels == [p["class"] for p in want["top_k"]]
+    for p, w in zip(got["predictions"], want["top_k"]):
+        assert p["probability"] == pytest.approx(w["probability"], abs=1e-4)
+
+
+def test_health_ready_and_predictions_equal_deepworks_predict(cnn_run, digit_files, expected):
+    app = create_app(cnn_run.dir, max_batch=8)
+    with Served(app) as served:
+        assert httpx.get(served.url + "/health").json() == {"status": "ok"}
+        assert httpx.get(served.url + "/ready").json()["kind"] == "image"
+        for f in digit_files:
+            r = httpx.post(served.url + "/predict", files={"file": (f.name, png_bytes(f), "image/png")})
+            assert r.status_code == 200, r.text
+            check_prediction(r.json(), expected[f.name])
+        r = httpx.post(served.url + "/predict?top_k=1", files={"file": ("a.png", png_bytes(digit_files[0]), "image/png")})
+        assert len(r.json()["predictions"]) == 1
+        assert "/predict" in httpx.get(served.url + "/openapi.json").json()["paths"]
+
+
+def test_malformed_uploads_get_4xx_with_a_json_error(cnn_run, digit_files):
+    app = create_app(cnn_run.dir, max_body_bytes=64 * 1024, max_pixels=4_000_000)
+    good = png_bytes(digit_files[0])
+    cases = {
+        "not an image": (b"hello, this is text", 400),
+        "truncated png": (good[: len(good) // 2], 400),
+        "png header + garbage": (good[:16] + b"\x00garbage" * 50, 400),
+        "huge dimensions": (huge_png(), 413),
+        "oversized body": (b"\x89PNG" + b"\x00" * (200 * 1024), 413),
+        "empty file": (b"", 400),
+    }
+    with Served(app) as served:
+        for name, (data, status) in cases.items():
+            r = httpx.post(served.url + "/predict", files={"file": ("x.png", data, "image/png")})
+            assert r.status_code == status, (name, r.status_code, r.text)
+            assert r.json()["error"], name
+        r = httpx.post(served.url + "/predict", files={"other": ("x.png", good, "image/png")})
+        assert r.status_code == 422 and "`file`" in r.json()["error"]
+        r = httpx.post(served.url + "/predict", content=good, headers={"content-type": "image/png"})
+        assert r.status_code == 415 and "multipart/form-data" in r.json()["error"]
+        r = httpx.post(served.url + "/predict", json={"rows": [{"a": 1}]})
+        assert r.status_code == 415 and "reads images" in r.json()["error"]
+        assert httpx.get(served.url + "/health").status_code == 200
+
+
+def test_ready_is_503_until_the_model_is_loaded(cnn_run):
+    from fastapi.testclient import TestClient
+
+    app = create_app(cnn_run.dir)
+    with TestClient(app) as client:
+        # the lifespan has started loading in the background; /health answers whatever its state
+        assert client.get("/health").status_code == 200
+        deadline = time.monotonic() + 60
+        statuses = []
+        while time.monotonic() < deadline:
+            r = client.get("/ready")
+            statuses.append(r.status_code)
+            if r.status_code == 200:
+                break
+            assert r.status_code == 503 and r.json()["error"]
+            time.sleep(0.01)
+        assert statuses[-1] == 200
+    assert app.state.serve["ready"]
+
+
+def test_refuses_a_url_and_a_missing_run(tmp_path):
+    from deepworks.errors import CheckpointError, ConfigError
+
+    with pytest.raises(ConfigError, match="never fetches"):
+        create_app("https://example.com/run")
+    with pytest.raises(CheckpointError):
+        create_app(tmp_path / "nothing")
+
+
+def test_200_concurrent_requests_mixed_with_malformed_ones(cnn_run, digit_files, expected):
+    """Through real sockets, a small queue: good -> correct 200 or an explicit 503 with Retry-After;
+    bad -> 4xx (or 503 when refused before being read); /health answers afterwards."""
+    app = create_app(cnn_run.dir, max_batch=16, max_wait_ms=5, queue_limit=24, max_body_bytes=64 * 1024,
+                     max_pixels=4_000_000)
+    good = {f.name: png_bytes(f) for f in digit_files}
+    one = png_bytes(digit_files[0])
+    bad = [b"not an image at all", one[: len(one) // 2], one[:16] + b"\xff" * 300, huge_png(),
+           b"\x89PNG" + b"\x00" * (100 * 1024)]
+    plan = []
+    for i in range(200):
+        if i % 4 == 3:
+            plan.append(("bad", None, bad[(i // 4) % len(bad)]))
+        else:
+            name = digit_files[i % len(digit_files)].name
+            plan.append(("good", name, good[name]))
+
+    async def fire():
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=served.url, timeout=60, limits=limits) as client:
+            async def one_request(kind, name, data):
+                r = await client.post("/predict", files={"file": ("x.png", data, "image/png")})
+                return kind, name, r
+            return await asyncio.gather(*(one_request(*p) for p in plan))
+
+    with Served(app) as served:
+        responses = asyncio.run(fire())
+        counts = {"good200": 0, "bad4xx": 0, "503": 0}
+        for kind, name, r in responses:
+            if r.status_code == 503:
+                assert r.headers.get("retry-after") == "1", r.text
+                assert r.json()["error"]
+                counts["503"] += 1
+            elif kind == "good":
+                assert r.status_code == 200, r.text
+                check_prediction(r.json(), expected[name])
+                counts["good200"] += 1
+            else:
+                assert 400 <= r.status_code < 500, (r.status_code, r.text)
+                assert r.json()["error"]
+                counts["bad4xx"] += 1
+        assert counts["good200"] > 0 and counts["bad4xx"] > 0
+        assert httpx.get(served.url + "/health").status_code == 200
+        r = httpx.post(served.url + "/predict", files={"file": ("x.png", one, "image/png")})
+        assert r.status_code == 200
+        batcher = app.state.serve["batcher"]
+        assert batcher.rows == counts["good200"] + 1  # + the request above (the warm-up is not counted)
+        assert batcher.batches < batcher.rows  # concurrent requests shared model calls
+    print(counts, f"{batcher.rows} rows in {batcher.batches} model calls")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium)")
+def test_page_in_headless_chromium_shows_the_predicted_label(cnn_run, digit_files, expected):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    app = create_app(cnn_run.dir)
+    want = expected[digit_files[0].name]["prediction"]
+    requests: list[str] = []
+    with Served(app) as served, sync_api.sync_playwright() as p:
+        # --no-sandbox: CI containers run as root, where Chromium's sandbox cannot start
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(served.url + "/", wait_until="load")
+            page.set_input_files("#file", str(digit_files[0]))
+            first = page.locator(".prediction .label").first
+            first.wait_for(timeout=20_000)
+            assert first.text_content() == want
+            assert page.locator(".prediction").count() == 3
+            width = page.locator(".prediction .bar").first.evaluate("b => b.getBoundingClientRect().width")
+            assert width > 0
+        finally:
+            browser.close()
+    assert all(u.startswith(served.url) or u.startswith("blob:") for u in requests), requests
