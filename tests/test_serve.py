@@ -9,6 +9,10 @@ Chromium.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import io
 import shutil
 import socket
@@ -252,3 +256,61 @@ def test_page_in_headless_chromium_shows_the_predicted_label(cnn_run, digit_file
         finally:
             browser.close()
     assert all(u.startswith(served.url) or u.startswith("blob:") for u in requests), requests
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_cli(run_dir: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "deepworks", "serve", str(run_dir), "--port", str(port), *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"deepworks serve exited with {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"deepworks serve did not become ready:\n{proc.stdout.read()}")
+
+
+def test_cli_onnx_backend_and_sigterm_lets_the_request_in_flight_finish(cnn_run, digit_files, expected, tmp_path):
+    """`deepworks serve --backend onnx` exports the run first and answers as predict does; a SIGTERM
+    that arrives while a request waits in its batch (max wait 1.5 s) lets it finish with a 200."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(cnn_run.dir, run_dir)
+    proc, url = _serve_cli(run_dir, "--backend", "onnx", "--max-wait-ms", "1500")
+    try:
+        assert (run_dir / "model.onnx").exists()
+        f = digit_files[1]
+        result: dict = {}
+
+        def post():
+            result["r"] = httpx.post(url + "/predict", files={"file": (f.name, png_bytes(f), "image/png")}, timeout=30)
+
+        thread = threading.Thread(target=post)
+        started = time.monotonic()
+        thread.start()
+        time.sleep(0.5)  # the request is in the server, waiting for its batch to fill
+        proc.send_signal(signal.SIGTERM)
+        thread.join(timeout=30)
+        assert time.monotonic() - started >= 1.0
+        r = result["r"]
+        assert r.status_code == 200, r.text
+        check_prediction(r.json(), expected[f.name])
+        # uvicorn shuts down gracefully, then re-raises the signal: the exit status says "ended by SIGTERM"
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
