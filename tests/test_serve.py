@@ -314,3 +314,63 @@ def test_cli_onnx_backend_and_sigterm_lets_the_request_in_flight_finish(cnn_run,
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_json_rows_and_texts_equal_deepworks_predict(tmp_path):
+    """A table run takes {"rows": [...]}, a text run {"texts": [...]}; both answer as predict does."""
+    import csv
+
+    from fastapi.testclient import TestClient
+
+    penguins = ROOT / "examples" / "data" / "penguins.csv"
+    table = deepworks.train(ROOT / "examples" / "configs" / "penguins.yaml", run_dir=tmp_path / "table",
+                            data__path=str(penguins), train__progress="none", train__epochs=2, report=False)
+    with penguins.open(newline="") as f:
+        rows = list(csv.DictReader(f))[:5]
+    sample = tmp_path / "rows.csv"
+    with sample.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    want = deepworks.predict(table.dir, [sample], top_k=2)
+    with TestClient(create_app(table.dir)) as client:
+        while client.get("/ready").status_code != 200:
+            time.sleep(0.02)
+        r = client.post("/predict?top_k=2", json={"rows": rows})
+        assert r.status_code == 200, r.text
+        for got, w in zip(r.json()["results"], want):
+            check_prediction(got, w)
+        r = client.post("/predict", json={"rows": [{"nothing": 1}]})
+        assert r.status_code == 422 and "lack the column" in r.json()["error"]
+        r = client.post("/predict", json={"texts": ["x"]})
+        assert r.status_code == 422 and '"rows"' in r.json()["error"]
+        r = client.post("/predict", files={"file": ("x.png", b"\x89PNG", "image/png")})
+        assert r.status_code == 415 and "reads table rows" in r.json()["error"]
+        r = client.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+
+    reviews = tmp_path / "reviews.csv"
+    lines = [["review", "sentiment"]] + [[f"a {'good' if i % 2 else 'bad'} film number {i}", "pos" if i % 2 else "neg"]
+                                         for i in range(80)]
+    with reviews.open("w", newline="") as f:
+        csv.writer(f).writerows(lines)
+    text = deepworks.train({"data": {"path": str(reviews), "text": "review", "target": "sentiment", "min_freq": 1,
+                                     "max_length": 8, "on_duplicates": "keep"},
+                            "model": {"name": "lstm", "embedding": 8, "hidden": 8},
+                            "train": {"epochs": 2, "batch_size": 16, "progress": "none"}, "report": False},
+                           run_dir=tmp_path / "text")
+    texts = ["a good film", "a bad film", ""]
+    want = deepworks.predict(text.dir, texts=texts, top_k=2)
+    with TestClient(create_app(text.dir)) as client:
+        while client.get("/ready").status_code != 200:
+            time.sleep(0.02)
+        r = client.post("/predict?top_k=2", json={"texts": texts})
+        assert r.status_code == 200, r.text
+        for got, w in zip(r.json()["results"], want):
+            check_prediction(got, w)
+        r = client.post("/predict", json={"texts": [1, 2]})
+        assert r.status_code == 422 and "strings" in r.json()["error"]
+        assert 'placeholder' in client.get("/").text
