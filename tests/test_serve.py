@@ -374,3 +374,19 @@ def test_json_rows_and_texts_equal_deepworks_predict(tmp_path):
         r = client.post("/predict", json={"texts": [1, 2]})
         assert r.status_code == 422 and "strings" in r.json()["error"]
         assert 'placeholder' in client.get("/").text
+
+
+def test_cli_workers_each_serve_the_run(cnn_run, digit_files, expected):
+    """`--workers 2`: uvicorn's worker processes build the app from the factory and answer as predict does."""
+    proc, url = _serve_cli(cnn_run.dir, "--workers", "2")
+    try:
+        for f in digit_files[:4]:
+            r = httpx.post(url + "/predict", files={"file": (f.name, png_bytes(f), "image/png")}, timeout=30)
+            assert r.status_code == 200, r.text
+            check_prediction(r.json(), expected[f.name])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
