@@ -390,3 +390,47 @@ def test_cli_workers_each_serve_the_run(cnn_run, digit_files, expected):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_chunked_body_over_the_limit_is_counted_and_refused(cnn_run, digit_files):
+    """No Content-Length: the body is counted as it arrives and refused with 413 past the limit."""
+    app = create_app(cnn_run.dir, max_body_bytes=32 * 1024)
+    boundary = "deepworks-boundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode()
+
+    def chunks(size):
+        yield head
+        for _ in range(size // 4096):
+            yield b"\x00" * 4096
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    with Served(app) as served:
+        r = httpx.post(served.url + "/predict", content=chunks(256 * 1024),
+                       headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        assert r.status_code == 413 and "over the limit of 32768 bytes" in r.json()["error"]
+        body = b"".join(chunks(0))[:-len(f"\r\n--{boundary}--\r\n")] + png_bytes(digit_files[0]) + \
+            f"\r\n--{boundary}--\r\n".encode()
+        r = httpx.post(served.url + "/predict", content=iter([body[:100], body[100:]]),
+                       headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        assert r.status_code == 200, r.text
+
+
+def test_decode_image_bytes_equals_decoding_the_file(tmp_path, digit_files):
+    from deepworks.data.images import ImageTooLarge, decode_image, decode_image_bytes
+
+    rgb = tmp_path / "photo.jpg"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(rgb, quality=90)
+    rgba = tmp_path / "alpha.png"
+    Image.fromarray(rng.integers(0, 255, (20, 20, 4), dtype=np.uint8), mode="RGBA").save(rgba)
+    for path in (rgb, rgba, digit_files[0]):
+        assert torch_equal(decode_image_bytes(path.read_bytes(), path.name), decode_image(path))
+    with pytest.raises(ImageTooLarge, match="30x40 = 1200 pixels, more than the limit of 1000 pixels"):
+        decode_image_bytes(rgb.read_bytes(), "photo.jpg", max_pixels=1000)
+    with pytest.raises(deepworks.errors.DataError, match="cannot be decoded"):
+        decode_image_bytes(rgb.read_bytes()[:200], "photo.jpg")
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())

@@ -196,7 +196,7 @@ def decode_image_bytes(data: bytes, where: str = "image", max_pixels: int | None
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageTooLarge(
                     f"{where}: declares {width}x{height} = {width * height} pixels, more than the limit of "
-                    f"{max_pixels}. Fix: send a smaller image (resize it first)."
+                    f"{max_pixels} pixels. Fix: send a smaller image (resize it first)."
                 )
             fmt = img.format
             if fmt != "JPEG":
