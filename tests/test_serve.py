@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import io
 import shutil
 import socket
 import struct
