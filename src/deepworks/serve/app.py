@@ -412,7 +412,10 @@ def create_app(
     The run's description is checked here (a missing or unsuitable run fails at once); the model
     loads in the background when the server starts, then one warm-up batch runs: ``/ready``
     answers 503 until both are done, ``/health`` answers 200 as soon as the server is up."""
-    from fastapi import FastAPI, Request
+    try:
+        from fastapi import FastAPI, Request
+    except ImportError:
+        raise ConfigError("serving needs FastAPI and uvicorn: pip install 'deepworks[serve]'.") from None
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
