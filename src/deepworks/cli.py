@@ -490,6 +490,56 @@ def export(
 
 
 @app.command()
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory (image, table or text classification/regression)")],
+    host: Annotated[str, typer.Option("--host", help="address to bind; loopback unless you open it (0.0.0.0)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port")] = 8000,
+    backend: Annotated[str, typer.Option("--backend", help="torch (the best weights) or onnx (model.onnx, exported "
+                                         "first when missing)")] = "torch",
+    workers: Annotated[int, typer.Option("--workers", min=1, help="server processes (each loads the model)")] = 1,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="most inputs run through the model at once")] = 32,
+    max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="how long a batch waits for more "
+                                               "requests after its first")] = 5.0,
+    queue_limit: Annotated[int, typer.Option("--queue-limit", min=1, help="requests waiting beyond this get 503 "
+                                             "with Retry-After")] = 256,
+    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1, help="larger request bodies get 413")] = (
+        10 * 1024 * 1024),
+    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="images declaring more pixels get 413")] = (
+        40_000_000),
+) -> None:
+    """Serve a run over HTTP: POST /predict (an image upload in the form field `file`, or JSON rows
+    or texts), GET /health, GET /ready, GET / (a page to try it), GET /docs (OpenAPI)."""
+    try:
+        import uvicorn
+    except ImportError:
+        from deepworks.errors import ConfigError
+
+        raise ConfigError("deepworks serve needs FastAPI and uvicorn: pip install 'deepworks[serve]'.") from None
+    from deepworks.serve.app import ENV_SETTINGS, Predictor, create_app
+
+    if backend == "onnx" and not (Path(run_dir) / "model.onnx").exists():
+        import deepworks
+
+        out.print(f"exporting {escape(str(run_dir))} to ONNX first (deepworks export)", highlight=False)
+        deepworks.export(run_dir)
+    settings = {"run_dir": str(Path(run_dir).resolve()), "backend": backend, "max_batch": max_batch,
+                "max_wait_ms": max_wait_ms, "queue_limit": queue_limit, "max_body_bytes": max_body_bytes,
+                "max_pixels": max_pixels}
+    Predictor(settings["run_dir"], backend)  # a missing or unsuitable run fails here, before any worker starts
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"note: binding to {escape(host)}: the server is reachable from other machines; it has no "
+                  "authentication.", highlight=False)
+    out.print(f"serving {escape(str(run_dir))} on http://{escape(host)}:{port} (backend {backend}, "
+              f"{workers} worker{'s' if workers > 1 else ''}); docs at /docs", highlight=False, soft_wrap=True)
+    if workers > 1:
+        os.environ[ENV_SETTINGS] = json.dumps(settings)
+        uvicorn.run("deepworks.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    log_level="info", timeout_graceful_shutdown=30)
+    else:
+        uvicorn.run(create_app(**settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+
+
+@app.command()
 def tune(
     config: Annotated[Path, typer.Argument(help="a YAML config with a tune section (metric, space)")],
     trials: Annotated[

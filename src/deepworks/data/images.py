@@ -142,25 +142,86 @@ def _decode_jpeg(path: Path) -> torch.Tensor | None:
     except ImportError:  # a torchvision without its image decoders: Pillow decodes
         return None
     try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}). Check its permissions.") from None
+    return _decode_jpeg_bytes(raw, str(path))
+
+
+def _decode_jpeg_bytes(raw: bytes, where: str) -> torch.Tensor | None:
+    """:func:`_decode_jpeg` on a JPEG's bytes; ``where`` names it in errors."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:  # a torchvision without its image decoders: Pillow decodes
+        return None
+
+    try:
         with warnings.catch_warnings():
             # torchvision 0.29 announces these decoders' move to TorchCodec, whose decode_jpeg
             # cannot yet apply the EXIF orientation; Pillow takes over if they are removed
             warnings.simplefilter("ignore", DeprecationWarning)
-            data = torch.from_numpy(np.frombuffer(path.read_bytes(), dtype=np.uint8).copy())
+            data = torch.from_numpy(np.frombuffer(raw, dtype=np.uint8).copy())
             x = decode_jpeg(data, mode=ImageReadMode.UNCHANGED, apply_exif_orientation=True)
             if x.shape[0] not in (1, 3):  # CMYK and other colour models: let libjpeg convert them
                 x = decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}). Check its permissions.") from None
     except RuntimeError as exc:
         message = str(exc)
         if "not supported" in message or "Unsupported" in message:
             return None
         reason = message.strip().splitlines()[-1].split(", ")[-1] if message.strip() else "RuntimeError"
         raise DataError(
-            f"{path}: cannot be decoded as an image ({reason}). Re-export it as PNG or JPEG, or remove the file."
+            f"{where}: cannot be decoded as an image ({reason}). Re-export it as PNG or JPEG, or remove the file."
         ) from None
     return x
+
+
+class ImageTooLarge(DataError):
+    """An image whose header declares more pixels than the caller accepts (checked before decoding)."""
+
+
+def decode_image_bytes(data: bytes, where: str = "image", max_pixels: int | None = None) -> torch.Tensor:
+    """An image file's bytes (an upload) decoded to uint8 (C, H, W) exactly as :func:`decode_image`
+    decodes the same file: JPEGs by torchvision, the rest by Pillow, upright, alpha over white.
+
+    ``max_pixels`` bounds width x height as the header declares it, before any pixel is decoded
+    (:class:`ImageTooLarge`); empty, truncated or undecodable bytes raise :class:`DataError`
+    naming ``where``."""
+    import io
+
+    if not data:
+        raise DataError(f"{where}: empty (0 bytes); expected the bytes of an image file (PNG, JPEG, ...).")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageTooLarge(
+                    f"{where}: declares {width}x{height} = {width * height} pixels, more than the limit of "
+                    f"{max_pixels} pixels. Fix: send a smaller image (resize it first)."
+                )
+            fmt = img.format
+            if fmt != "JPEG":
+                img.load()  # decode now: a truncated file fails here, not later
+                upright = _upright(img)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"{where}: too many pixels to decode safely ({exc}). Fix: send a smaller image.") from None
+    except ImageTooLarge:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise _undecodable(Path(where), exc) from None
+    if fmt == "JPEG":
+        x = _decode_jpeg_bytes(data, where)
+        if x is not None:
+            return x
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                upright = _upright(img)
+        except _DECODE_ERRORS as exc:
+            raise _undecodable(Path(where), exc) from None
+    try:
+        return _pil_to_uint8(upright)
+    finally:
+        upright.close()
 
 
 def _pil_to_uint8(img: Image.Image) -> torch.Tensor:

@@ -1,0 +1,561 @@
+"""The HTTP server of a run: FastAPI app, micro-batcher and the run's preprocessing.
+
+Requests and what they become (the same functions ``deepworks.predict`` uses, so a served
+prediction equals the CLI's on the same input):
+
+- an image upload (multipart field ``file``): :func:`deepworks.data.images.decode_image_bytes`
+  (the bytes counterpart of ``load_pixels``'s decoder; the pixel count from the header is checked
+  before decoding), the run's channels and resize (data.json ``image``), then ``ToInput`` with the
+  training mean/std;
+- JSON ``{"rows": [{column: value, ...}, ...]}`` for a table run: the run's ``TableEncoder``;
+- JSON ``{"texts": ["...", ...]}`` for a text run: the run's ``TextEncoder`` (or its sentence
+  encoder, weights checked).
+
+Under load: each request's input waits in a bounded asyncio queue; one worker task takes up to
+``max_batch`` rows (waiting at most ``max_wait_ms`` for more after the first), runs the model once
+in its own thread, and hands each request its rows. A full queue answers 503 with ``Retry-After``
+at once; a body over ``max_body_bytes`` answers 413; an image over ``max_pixels`` 413; an
+undecodable or truncated one 400. Errors are JSON ``{"error": "..."}``.
+"""
+
+
+import asyncio
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepworks.data.images import ImageSpec, ImageTooLarge, decode_image_bytes, resize_pixels, to_channels
+from deepworks.data.loaders import ToInput
+from deepworks.errors import ConfigError, DataError
+from deepworks.runs import existing_run
+
+log = logging.getLogger("deepworks.serve")
+
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024  # 10 MiB: a large photo
+DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels: decoding one costs ~120 MB of RGB
+ENV_SETTINGS = "DEEPWORKS_SERVE_SETTINGS"  # JSON of create_app's arguments, for `--workers N` (app_from_env)
+BACKENDS = ("torch", "onnx")
+
+
+class RequestError(Exception):
+    """A request the server refuses: its HTTP status and a message naming what was wrong and the fix."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+class Predictor:
+    """A run's model behind one backend (``torch``: the best weights; ``onnx``: ``model.onnx`` in
+    ONNX Runtime, exported first when missing) with the run's preprocessing."""
+
+    def __init__(self, run_dir: str | Path, backend: str = "torch"):
+        if "://" in str(run_dir):
+            raise ConfigError(f"serve: {run_dir!r} looks like a URL; the server only serves a local run directory "
+                              "and never fetches a model. Fix: download the run yourself and give its folder.")
+        if backend not in BACKENDS:
+            raise ConfigError(f"serve --backend: expected one of {', '.join(BACKENDS)}, got {backend!r}.")
+        self.run = existing_run(run_dir)
+        self.run_dir, self.backend = self.run.path, backend
+        if not self.run.data.exists():
+            raise ConfigError(f"{self.run.data}: missing; {self.run.path} has not prepared its data yet. "
+                              "Fix: serve a run that has trained at least one epoch.")
+        self.info = self.run.read_json(self.run.data)
+        shape = self.info["input_shape"]
+        if self.info.get("kind") == "series":
+            raise ConfigError(f"serve: {self.run.path} is a forecasting run; the server answers image, table and text "
+                              "runs. Fix: use `deepworks predict RUN_DIR history.csv` for forecasts.")
+        if "text" in self.info or self.info.get("kind") == "text":
+            self.kind = "text"
+        elif len(shape) == 3:
+            self.kind = "image"
+        else:
+            self.kind = "table"
+        self.shape = tuple(int(v) for v in shape)
+        self.loaded = False
+
+    def load(self) -> None:
+        """Load the model (seconds); before this only the run's description is read."""
+        from deepworks.pipeline import load_run
+        from deepworks.train.step import with_tta
+
+        loaded = load_run(self.run_dir)
+        self.task, self.classes = loaded.task, loaded.classes
+        info = self.info
+        if self.kind == "image":
+            c = self.shape[0]
+            self.spec = ImageSpec.from_dict(info["image"]) if "image" in info else ImageSpec(c, self.shape[1:])
+            self.to_input = ToInput(1 / 255, info.get("mean", [0.0] * c), info.get("std", [1.0] * c))
+        elif self.kind == "table" and "encoder" in info:
+            from deepworks.data.features import TableEncoder
+
+            self.encoder = TableEncoder.from_dict(info["encoder"])
+        elif self.kind == "text" and not (info.get("input") or {}).get("encoder"):
+            from deepworks.data.text import TextEncoder
+
+            self.text_encoder = TextEncoder.from_dict(info["text"])
+        if self.backend == "torch":
+            self.model = with_tta(loaded.model, loaded.config.train.tta)
+        else:
+            self._load_onnx()
+        self.loaded = True
+
+    def _load_onnx(self) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ConfigError("serve --backend onnx needs ONNX Runtime: pip install 'deepworks[export]'.") from None
+        path = self.run_dir / "model.onnx"
+        if not path.exists() or not path.with_name("model.onnx.json").exists():
+            from deepworks.export import export
+
+            export(self.run_dir)
+        self.sidecar = json.loads(path.with_name("model.onnx.json").read_text())
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, torch.get_num_threads())
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.sidecar["input"]["name"]
+
+    # -- requests -> model input (one tensor per request, its first axis the rows) --
+
+    def image_input(self, data: bytes, max_pixels: int) -> torch.Tensor:
+        """An uploaded image file -> uint8 (1, C, H, W), the pixels ``deepworks.predict`` gives the file."""
+        if self.kind != "image":
+            raise RequestError(415, f"this run ({self.run_dir.name}) reads {self._reads()}, not images. "
+                                    f"Fix: POST JSON {self._json_example()}.")
+        try:
+            x = decode_image_bytes(data, "the uploaded file", max_pixels)
+        except ImageTooLarge as exc:
+            raise RequestError(413, str(exc)) from None
+        except DataError as exc:
+            raise RequestError(400, str(exc)) from None
+        return resize_pixels(to_channels(x, self.spec.channels), self.spec.size, self.spec.resize).unsqueeze(0)
+
+    def json_input(self, body: Any) -> torch.Tensor:
+        """JSON ``{"rows": [...]}`` (table runs) or ``{"texts": [...]}`` (text runs) -> model input rows."""
+        if self.kind == "image":
+            raise RequestError(415, f"this run ({self.run_dir.name}) reads images. Fix: upload the image file as the "
+                                    "multipart form field `file` (curl -F file=@digit.png URL/predict).")
+        key = "texts" if self.kind == "text" else "rows"
+        if not isinstance(body, dict) or not isinstance(body.get(key), list) or not body[key]:
+            raise RequestError(422, f"expected a JSON object {self._json_example()} with at least one entry in "
+                                    f"{key!r}, got {_short(body)}.")
+        items = body[key]
+        if self.kind == "text":
+            if any(not isinstance(t, str) for t in items):
+                raise RequestError(422, 'texts must be strings, e.g. {"texts": ["a fine film"]}.')
+            record = (self.info.get("input") or {}).get("encoder")
+            if record:
+                from deepworks.pipeline import _embed_for_run
+
+                return _embed_for_run(self.run_dir, record, list(items))
+            return self.text_encoder.encode(list(items)).ids
+        return self._rows(items)
+
+    def _rows(self, rows: list[Any]) -> torch.Tensor:
+        from deepworks.data import normalize
+
+        if any(not isinstance(r, dict) for r in rows):
+            raise RequestError(422, f"rows must be JSON objects of column -> value, e.g. {self._json_example()}.")
+        if hasattr(self, "encoder"):
+            names = [spec["name"] for spec in self.encoder.columns]
+        else:
+            names = list(self.info["features"])
+        missing = sorted({n for r in rows for n in names if n not in r})
+        if missing:
+            raise RequestError(422, f"rows lack the column(s) {', '.join(map(repr, missing))} the model was trained "
+                                    f"on. Fix: give every row {', '.join(map(repr, names))}.")
+        cells = {n: ["" if r[n] is None else str(r[n]) for r in rows] for n in names}
+        try:
+            if hasattr(self, "encoder"):
+                x = torch.from_numpy(self.encoder.transform(cells, lines=list(range(1, len(rows) + 1)), where="rows"))
+            else:
+                x = torch.from_numpy(np.array([[float(v) for v in cells[n]] for n in names], dtype=np.float32).T.copy())
+        except ValueError as exc:
+            raise RequestError(422, f"rows: {exc}. Fix: give numbers for numeric columns.") from None
+        except DataError as exc:
+            raise RequestError(422, str(exc)) from None
+        if "mean" in self.info:
+            x = normalize(x, self.info["mean"], self.info["std"])
+        return x
+
+    def warmup_input(self) -> torch.Tensor:
+        if self.kind == "image":
+            return torch.zeros((1, *self.spec.input_shape), dtype=torch.uint8)
+        if self.kind == "text" and hasattr(self, "text_encoder"):
+            return torch.zeros((1, *self.shape), dtype=torch.int64)
+        return torch.zeros((1, *self.shape), dtype=torch.float32)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Model outputs (float32) for a batch of inputs made by the methods above."""
+        if self.backend == "torch":
+            if self.kind == "image":
+                batch = self.to_input(batch)
+            with torch.no_grad():
+                return self.model(batch).float()
+        if self.kind == "image":
+            feed = batch.numpy().astype(np.float32) * np.float32(self.sidecar["preprocessing"]["scale"])
+        else:
+            feed = batch.numpy()
+        return torch.from_numpy(np.asarray(self.session.run(None, {self.input_name: feed})[0], dtype=np.float32))
+
+    def results(self, outputs: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
+        """One result per row: ``predictions`` (label, probability; top_k) for classification, the
+        task's own result (``prediction`` in the target's units) otherwise."""
+        out = []
+        for r in self.task.predict(outputs, top_k):
+            if "top_k" in r:
+                out.append({"predictions": [{"label": p["class"], "probability": p["probability"]} for p in r["top_k"]]})
+            else:
+                out.append(r)
+        return out
+
+    def _reads(self) -> str:
+        return {"image": "images", "table": "table rows", "text": "texts"}[self.kind]
+
+    def _json_example(self) -> str:
+        if self.kind == "text":
+            return '{"texts": ["a fine film"]}'
+        if self.kind == "table":
+            cols = [spec["name"] for spec in self.encoder.columns] if hasattr(self, "encoder") else list(
+                self.info.get("features") or [])
+            return json.dumps({"rows": [{c: "..." for c in cols[:3]}]})
+        return '{"rows": [...]}'
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)[:80] if not isinstance(value, bytes) else repr(value[:40])
+    return text
+
+
+@dataclass
+class _Job:
+    x: torch.Tensor
+    future: asyncio.Future
+
+
+class MicroBatcher:
+    """Requests' inputs in a bounded queue; one worker runs up to ``max_batch`` rows at once.
+
+    ``submit`` raises :class:`RequestError` 503 (``Retry-After``) at once when ``queue_limit``
+    requests are already waiting, so an overloaded server refuses quickly instead of slowing
+    every request down."""
+
+    def __init__(self, forward: Any, max_batch: int = 32, max_wait_ms: float = 5.0, queue_limit: int = 256):
+        if max_batch < 1 or queue_limit < 1 or max_wait_ms < 0:
+            raise ConfigError(f"serve: max_batch and queue_limit must be >= 1 and max_wait_ms >= 0, got "
+                              f"{max_batch}, {queue_limit} and {max_wait_ms}.")
+        self.forward, self.max_batch, self.max_wait = forward, max_batch, max_wait_ms / 1000
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_limit)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deepworks-model")
+        self.task: asyncio.Task | None = None
+        self.batches = 0  # how many model calls; rows / batches is the mean batch size
+        self.rows = 0
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._work())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+        self.executor.shutdown(wait=True)
+
+    def full(self) -> bool:
+        return self.queue.full()
+
+    async def submit(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's outputs for ``x``'s rows (run with other requests' rows)."""
+        job = _Job(x, asyncio.get_running_loop().create_future())
+        try:
+            self.queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise RequestError(503, f"the server is at capacity ({self.queue.maxsize} requests waiting). "
+                                    "Retry after a second.", {"Retry-After": "1"}) from None
+        return await job.future
+
+    async def run_now(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` through the model outside the queue (the warm-up batch)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.forward, x)
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        carried: _Job | None = None
+        while True:
+            first = carried or await self.queue.get()
+            carried = None
+            jobs, rows = [first], first.x.shape[0]
+            deadline = loop.time() + self.max_wait
+            while rows < self.max_batch:
+                left = deadline - loop.time()
+                try:
+                    job = self.queue.get_nowait() if left <= 0 else await asyncio.wait_for(self.queue.get(), left)
+                except (asyncio.QueueEmpty, asyncio.TimeoutError):
+                    break
+                if rows + job.x.shape[0] > self.max_batch:
+                    carried = job  # first of the next batch
+                    break
+                jobs.append(job)
+                rows += job.x.shape[0]
+            jobs = [j for j in jobs if not j.future.done()]  # a client that went away
+            if not jobs:
+                continue
+            try:
+                batch = torch.cat([j.x for j in jobs]) if len(jobs) > 1 else jobs[0].x
+                outputs = await loop.run_in_executor(self.executor, self.forward, batch)
+            except Exception as exc:  # every request of the batch learns why
+                for j in jobs:
+                    if not j.future.done():
+                        j.future.set_exception(exc)
+                continue
+            self.batches += 1
+            self.rows += int(batch.shape[0])
+            start = 0
+            for j in jobs:
+                n = j.x.shape[0]
+                if not j.future.done():
+                    j.future.set_result(outputs[start:start + n])
+                start += n
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets 413 (JSON) before the app reads it.
+
+    The declared ``Content-Length`` is checked first; a body without one is counted as it
+    arrives. The rest of an oversized body is read and dropped (up to 16x the limit), so that
+    the client, still sending, receives the 413 instead of a reset connection."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._drain(receive)
+            return await self._refuse(send, int(declared))
+        seen = 0
+        started = False
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+            return message
+
+        async def tracked(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except _TooLarge:
+            if started:
+                raise
+            await self._drain(receive)
+            await self._refuse(send, seen)
+
+    async def _drain(self, receive: Any) -> None:
+        read = 0
+        while read <= 16 * self.limit:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            read += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+    async def _refuse(self, send: Any, size: int) -> None:
+        body = json.dumps({"error": f"the request body is {size} bytes or more, over the limit of {self.limit} "
+                                    "bytes. Fix: send a smaller file (or start the server with a larger "
+                                    "--max-body-bytes)."}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(
+    run_dir: str | Path,
+    backend: str = "torch",
+    max_batch: int = 32,
+    max_wait_ms: float = 5.0,
+    queue_limit: int = 256,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    default_top_k: int = 3,
+) -> Any:
+    """The FastAPI app serving ``run_dir``'s best model (see the module's description).
+
+    The run's description is checked here (a missing or unsuitable run fails at once); the model
+    loads in the background when the server starts, then one warm-up batch runs: ``/ready``
+    answers 503 until both are done, ``/health`` answers 200 as soon as the server is up."""
+    try:
+        from fastapi import FastAPI, Request
+    except ImportError:
+        raise ConfigError("serving needs FastAPI and uvicorn: pip install 'deepworks[serve]'.") from None
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from deepworks.serve.page import page_html
+
+    predictor = Predictor(run_dir, backend)
+    for name, value in (("max_body_bytes", max_body_bytes), ("max_pixels", max_pixels)):
+        if value < 1:
+            raise ConfigError(f"serve: {name} must be >= 1, got {value}.")
+    state: dict[str, Any] = {"ready": False, "error": None, "batcher": None}
+
+    async def load_and_warm(batcher: MicroBatcher) -> None:
+        try:
+            started = time.perf_counter()
+            await asyncio.get_running_loop().run_in_executor(batcher.executor, predictor.load)
+            await batcher.run_now(predictor.warmup_input())
+            state["ready"] = True
+            log.info("deepworks serve: %s loaded and warmed up in %.2f s (backend %s)", predictor.run_dir,
+                     time.perf_counter() - started, backend)
+        except Exception as exc:  # /ready tells why; the process stays up for /health and the logs
+            state["error"] = f"{type(exc).__name__}: {exc}"
+            log.error("deepworks serve: loading %s failed: %s", predictor.run_dir, state["error"])
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher = MicroBatcher(predictor.forward, max_batch, max_wait_ms, queue_limit)
+        state["batcher"] = batcher
+        loading = asyncio.get_running_loop().create_task(load_and_warm(batcher))
+        batcher.start()
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await batcher.stop()
+
+    app = FastAPI(
+        title=f"deepworks: {predictor.run_dir.name}",
+        description=f"Predictions of the run {predictor.run_dir.name} ({predictor.kind} input, backend {backend}).",
+        lifespan=lifespan,
+    )
+    app.state.predictor, app.state.serve = predictor, state
+
+    def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
+        return error(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error(422, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.get("/health", summary="Liveness: 200 while the process serves HTTP")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Readiness: 200 once the model is loaded and warmed up, 503 before")
+    async def ready() -> JSONResponse:
+        if state["ready"]:
+            return JSONResponse({"status": "ready", "run": predictor.run_dir.name, "backend": backend,
+                                 "kind": predictor.kind})
+        if state["error"]:
+            return error(503, f"the model failed to load: {state['error']}")
+        return error(503, "the model is loading; retry shortly.", {"Retry-After": "1"})
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page_html(predictor.run_dir.name, predictor.kind, default_top_k), headers={
+            "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                                       "connect-src 'self'; img-src data: blob:"})
+
+    body_doc = {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                           "properties": {"file": {"type": "string", "format": "binary"}}}},
+        "application/json": {"schema": {"type": "object", "properties": {
+            "rows": {"type": "array", "items": {"type": "object"}, "description": "table runs: column -> value"},
+            "texts": {"type": "array", "items": {"type": "string"}, "description": "text runs"}}}},
+    }}}
+
+    @app.post("/predict", summary="Top-k labels with probabilities for an image upload, table rows or texts",
+              openapi_extra=body_doc)
+    async def predict(request: Request, top_k: int = default_top_k) -> JSONResponse:
+        if top_k < 1:
+            raise RequestError(422, f"top_k must be >= 1, got {top_k}.")
+        if not state["ready"]:
+            if state["error"]:
+                raise RequestError(503, f"the model failed to load: {state['error']}")
+            raise RequestError(503, "the model is loading; retry shortly.", {"Retry-After": "1"})
+        batcher: MicroBatcher = state["batcher"]
+        if batcher.full():  # refuse before spending time on decoding
+            raise RequestError(503, f"the server is at capacity ({batcher.queue.maxsize} requests waiting). "
+                                    "Retry after a second.", {"Retry-After": "1"})
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "multipart/form-data":
+            try:
+                form = await request.form(max_files=1, max_fields=8)
+            except _TooLarge:
+                raise
+            except Exception as exc:
+                raise RequestError(400, f"the multipart body cannot be parsed ({exc}). Fix: send the image as "
+                                        "the form field `file` (curl -F file=@digit.png URL/predict).") from None
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise RequestError(422, "expected the image file in the multipart form field `file` "
+                                        "(curl -F file=@digit.png URL/predict).")
+            data = await upload.read()
+            await form.close()
+            x = await asyncio.to_thread(predictor.image_input, data, max_pixels)
+        elif ctype == "application/json":
+            raw = await request.body()
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise RequestError(400, f"the body is not valid JSON ({exc}).") from None
+            x = await asyncio.to_thread(predictor.json_input, body)
+        else:
+            raise RequestError(415, f"Content-Type {ctype or '(none)'} is not accepted: send multipart/form-data "
+                                    "with the image in the field `file`, or application/json with rows or texts.")
+        outputs = await batcher.submit(x)
+        results = predictor.results(outputs, top_k)
+        if predictor.kind == "image":
+            return JSONResponse(results[0])
+        return JSONResponse({"results": results})
+
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    return app
+
+
+def app_from_env() -> Any:
+    """``create_app`` with the arguments in the environment variable ``DEEPWORKS_SERVE_SETTINGS``
+    (JSON): the factory uvicorn imports in each worker process of ``deepworks serve --workers N``."""
+    raw = os.environ.get(ENV_SETTINGS)
+    if not raw:
+        raise ConfigError(f"{ENV_SETTINGS} is not set; it holds create_app's arguments as JSON, e.g. "
+                          '{"run_dir": "runs/digits"}. Start the server with `deepworks serve RUN_DIR`.')
+    return create_app(**json.loads(raw))
+

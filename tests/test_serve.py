@@ -1,0 +1,435 @@
+"""``deepworks serve``: the HTTP server of a run (FastAPI + uvicorn), on a tiny digits CNN.
+
+Served predictions equal ``deepworks.predict`` on the same files; malformed uploads get a 4xx
+with a JSON error; 200 concurrent requests through real sockets (good and bad mixed, a small
+queue) get correct 200s, 4xx or explicit 503s with Retry-After; the page works in headless
+Chromium.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import shutil
+import socket
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import deepworks
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'deepworks[serve]')")
+httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+
+from deepworks.serve import create_app  # noqa: E402
+
+QUIET = {"epochs": 2, "batch_size": 64, "progress": "none", "precision": "fp32", "optimizer": {"name": "adamw", "lr": 0.01}}
+
+
+@pytest.fixture(scope="module")
+def cnn_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve")
+    return deepworks.train({"data": {"dataset": "digits"}, "model": {"name": "cnn", "filters": [8, 16], "hidden": [32]},
+                            "train": QUIET, "report": False}, run_dir=folder / "run")
+
+
+@pytest.fixture(scope="module")
+def digit_files(tmp_path_factory):
+    from sklearn.datasets import load_digits
+
+    folder = tmp_path_factory.mktemp("digits")
+    digits = load_digits()
+    files = []
+    for i in range(6):
+        path = folder / f"digit-{i}.png"
+        Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8), mode="L").resize((32, 32)).save(path)
+        files.append(path)
+    return files
+
+
+@pytest.fixture(scope="module")
+def expected(cnn_run, digit_files):
+    return {f.name: r for f, r in zip(digit_files, deepworks.predict(cnn_run.dir, digit_files, top_k=3))}
+
+
+class Served:
+    """The app under uvicorn on a free loopback port, in a background thread."""
+
+    def __init__(self, app):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    limit_concurrency=None, backlog=1024))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("the server did not become ready within 60 s")
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def png_bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def huge_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A valid PNG signature and IHDR declaring width x height, with a tiny (wrong) IDAT."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def check_prediction(got: dict, want: dict) -> None:
+    labels = [p["label"] for p in got["predictions"]]
+    assert labels == [p["class"] for p in want["top_k"]]
+    for p, w in zip(got["predictions"], want["top_k"]):
+        assert p["probability"] == pytest.approx(w["probability"], abs=1e-4)
+
+
+def test_health_ready_and_predictions_equal_deepworks_predict(cnn_run, digit_files, expected):
+    app = create_app(cnn_run.dir, max_batch=8)
+    with Served(app) as served:
+        assert httpx.get(served.url + "/health").json() == {"status": "ok"}
+        assert httpx.get(served.url + "/ready").json()["kind"] == "image"
+        for f in digit_files:
+            r = httpx.post(served.url + "/predict", files={"file": (f.name, png_bytes(f), "image/png")})
+            assert r.status_code == 200, r.text
+            check_prediction(r.json(), expected[f.name])
+        r = httpx.post(served.url + "/predict?top_k=1", files={"file": ("a.png", png_bytes(digit_files[0]), "image/png")})
+        assert len(r.json()["predictions"]) == 1
+        assert "/predict" in httpx.get(served.url + "/openapi.json").json()["paths"]
+
+
+def test_malformed_uploads_get_4xx_with_a_json_error(cnn_run, digit_files):
+    app = create_app(cnn_run.dir, max_body_bytes=64 * 1024, max_pixels=4_000_000)
+    good = png_bytes(digit_files[0])
+    cases = {
+        "not an image": (b"hello, this is text", 400),
+        "truncated png": (good[: len(good) // 2], 400),
+        "png header + garbage": (good[:16] + b"\x00garbage" * 50, 400),
+        "huge dimensions": (huge_png(), 413),
+        "oversized body": (b"\x89PNG" + b"\x00" * (200 * 1024), 413),
+        "empty file": (b"", 400),
+    }
+    with Served(app) as served:
+        for name, (data, status) in cases.items():
+            r = httpx.post(served.url + "/predict", files={"file": ("x.png", data, "image/png")})
+            assert r.status_code == status, (name, r.status_code, r.text)
+            assert r.json()["error"], name
+        r = httpx.post(served.url + "/predict", files={"other": ("x.png", good, "image/png")})
+        assert r.status_code == 422 and "`file`" in r.json()["error"]
+        r = httpx.post(served.url + "/predict", content=good, headers={"content-type": "image/png"})
+        assert r.status_code == 415 and "multipart/form-data" in r.json()["error"]
+        r = httpx.post(served.url + "/predict", json={"rows": [{"a": 1}]})
+        assert r.status_code == 415 and "reads images" in r.json()["error"]
+        assert httpx.get(served.url + "/health").status_code == 200
+
+
+def test_ready_is_503_until_the_model_is_loaded(cnn_run):
+    from fastapi.testclient import TestClient
+
+    app = create_app(cnn_run.dir)
+    with TestClient(app) as client:
+        # the lifespan has started loading in the background; /health answers whatever its state
+        assert client.get("/health").status_code == 200
+        deadline = time.monotonic() + 60
+        statuses = []
+        while time.monotonic() < deadline:
+            r = client.get("/ready")
+            statuses.append(r.status_code)
+            if r.status_code == 200:
+                break
+            assert r.status_code == 503 and r.json()["error"]
+            time.sleep(0.01)
+        assert statuses[-1] == 200
+    assert app.state.serve["ready"]
+
+
+def test_refuses_a_url_and_a_missing_run(tmp_path):
+    from deepworks.errors import CheckpointError, ConfigError
+
+    with pytest.raises(ConfigError, match="never fetches"):
+        create_app("https://example.com/run")
+    with pytest.raises(CheckpointError):
+        create_app(tmp_path / "nothing")
+
+
+def test_200_concurrent_requests_mixed_with_malformed_ones(cnn_run, digit_files, expected):
+    """Through real sockets, a small queue: good -> correct 200 or an explicit 503 with Retry-After;
+    bad -> 4xx (or 503 when refused before being read); /health answers afterwards."""
+    app = create_app(cnn_run.dir, max_batch=16, max_wait_ms=5, queue_limit=24, max_body_bytes=64 * 1024,
+                     max_pixels=4_000_000)
+    good = {f.name: png_bytes(f) for f in digit_files}
+    one = png_bytes(digit_files[0])
+    bad = [b"not an image at all", one[: len(one) // 2], one[:16] + b"\xff" * 300, huge_png(),
+           b"\x89PNG" + b"\x00" * (100 * 1024)]
+    plan = []
+    for i in range(200):
+        if i % 4 == 3:
+            plan.append(("bad", None, bad[(i // 4) % len(bad)]))
+        else:
+            name = digit_files[i % len(digit_files)].name
+            plan.append(("good", name, good[name]))
+
+    async def fire():
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=served.url, timeout=60, limits=limits) as client:
+            async def one_request(kind, name, data):
+                r = await client.post("/predict", files={"file": ("x.png", data, "image/png")})
+                return kind, name, r
+            return await asyncio.gather(*(one_request(*p) for p in plan))
+
+    with Served(app) as served:
+        responses = asyncio.run(fire())
+        counts = {"good200": 0, "bad4xx": 0, "503": 0}
+        for kind, name, r in responses:
+            if r.status_code == 503:
+                assert r.headers.get("retry-after") == "1", r.text
+                assert r.json()["error"]
+                counts["503"] += 1
+            elif kind == "good":
+                assert r.status_code == 200, r.text
+                check_prediction(r.json(), expected[name])
+                counts["good200"] += 1
+            else:
+                assert 400 <= r.status_code < 500, (r.status_code, r.text)
+                assert r.json()["error"]
+                counts["bad4xx"] += 1
+        assert counts["good200"] > 0 and counts["bad4xx"] > 0
+        assert httpx.get(served.url + "/health").status_code == 200
+        r = httpx.post(served.url + "/predict", files={"file": ("x.png", one, "image/png")})
+        assert r.status_code == 200
+        batcher = app.state.serve["batcher"]
+        assert batcher.rows == counts["good200"] + 1  # + the request above (the warm-up is not counted)
+        assert batcher.batches < batcher.rows  # concurrent requests shared model calls
+    print(counts, f"{batcher.rows} rows in {batcher.batches} model calls")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium)")
+def test_page_in_headless_chromium_shows_the_predicted_label(cnn_run, digit_files, expected):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    app = create_app(cnn_run.dir)
+    want = expected[digit_files[0].name]["prediction"]
+    requests: list[str] = []
+    with Served(app) as served, sync_api.sync_playwright() as p:
+        # --no-sandbox: CI containers run as root, where Chromium's sandbox cannot start
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(served.url + "/", wait_until="load")
+            page.set_input_files("#file", str(digit_files[0]))
+            first = page.locator(".prediction .label").first
+            first.wait_for(timeout=20_000)
+            assert first.text_content() == want
+            assert page.locator(".prediction").count() == 3
+            width = page.locator(".prediction .bar").first.evaluate("b => b.getBoundingClientRect().width")
+            assert width > 0
+        finally:
+            browser.close()
+    assert all(u.startswith(served.url) or u.startswith("blob:") for u in requests), requests
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_cli(run_dir: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "deepworks", "serve", str(run_dir), "--port", str(port), *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"deepworks serve exited with {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"deepworks serve did not become ready:\n{proc.stdout.read()}")
+
+
+def test_cli_onnx_backend_and_sigterm_lets_the_request_in_flight_finish(cnn_run, digit_files, expected, tmp_path):
+    """`deepworks serve --backend onnx` exports the run first and answers as predict does; a SIGTERM
+    that arrives while a request waits in its batch (max wait 3 s) lets it finish with a 200."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(cnn_run.dir, run_dir)
+    proc, url = _serve_cli(run_dir, "--backend", "onnx", "--max-wait-ms", "3000")
+    try:
+        assert (run_dir / "model.onnx").exists()
+        f = digit_files[1]
+        result: dict = {}
+
+        def post():
+            result["r"] = httpx.post(url + "/predict", files={"file": (f.name, png_bytes(f), "image/png")}, timeout=30)
+
+        thread = threading.Thread(target=post)
+        started = time.monotonic()
+        thread.start()
+        time.sleep(1.0)  # the request is in the server, waiting for its batch to fill
+        proc.send_signal(signal.SIGTERM)
+        thread.join(timeout=30)
+        assert time.monotonic() - started >= 2.0
+        r = result["r"]
+        assert r.status_code == 200, r.text
+        check_prediction(r.json(), expected[f.name])
+        # uvicorn shuts down gracefully, then re-raises the signal: the exit status says "ended by SIGTERM"
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_json_rows_and_texts_equal_deepworks_predict(tmp_path):
+    """A table run takes {"rows": [...]}, a text run {"texts": [...]}; both answer as predict does."""
+    import csv
+
+    from fastapi.testclient import TestClient
+
+    penguins = ROOT / "examples" / "data" / "penguins.csv"
+    table = deepworks.train(ROOT / "examples" / "configs" / "penguins.yaml", run_dir=tmp_path / "table",
+                            data__path=str(penguins), train__progress="none", train__epochs=2, report=False)
+    with penguins.open(newline="") as f:
+        rows = list(csv.DictReader(f))[:5]
+    sample = tmp_path / "rows.csv"
+    with sample.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    want = deepworks.predict(table.dir, [sample], top_k=2)
+    with TestClient(create_app(table.dir)) as client:
+        while client.get("/ready").status_code != 200:
+            time.sleep(0.02)
+        r = client.post("/predict?top_k=2", json={"rows": rows})
+        assert r.status_code == 200, r.text
+        for got, w in zip(r.json()["results"], want):
+            check_prediction(got, w)
+        r = client.post("/predict", json={"rows": [{"nothing": 1}]})
+        assert r.status_code == 422 and "lack the column" in r.json()["error"]
+        r = client.post("/predict", json={"texts": ["x"]})
+        assert r.status_code == 422 and '"rows"' in r.json()["error"]
+        r = client.post("/predict", files={"file": ("x.png", b"\x89PNG", "image/png")})
+        assert r.status_code == 415 and "reads table rows" in r.json()["error"]
+        r = client.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+
+    reviews = tmp_path / "reviews.csv"
+    lines = [["review", "sentiment"]] + [[f"a {'good' if i % 2 else 'bad'} film number {i}", "pos" if i % 2 else "neg"]
+                                         for i in range(80)]
+    with reviews.open("w", newline="") as f:
+        csv.writer(f).writerows(lines)
+    text = deepworks.train({"data": {"path": str(reviews), "text": "review", "target": "sentiment", "min_freq": 1,
+                                     "max_length": 8, "on_duplicates": "keep"},
+                            "model": {"name": "lstm", "embedding": 8, "hidden": 8},
+                            "train": {"epochs": 2, "batch_size": 16, "progress": "none"}, "report": False},
+                           run_dir=tmp_path / "text")
+    texts = ["a good film", "a bad film", ""]
+    want = deepworks.predict(text.dir, texts=texts, top_k=2)
+    with TestClient(create_app(text.dir)) as client:
+        while client.get("/ready").status_code != 200:
+            time.sleep(0.02)
+        r = client.post("/predict?top_k=2", json={"texts": texts})
+        assert r.status_code == 200, r.text
+        for got, w in zip(r.json()["results"], want):
+            check_prediction(got, w)
+        r = client.post("/predict", json={"texts": [1, 2]})
+        assert r.status_code == 422 and "strings" in r.json()["error"]
+        assert 'placeholder' in client.get("/").text
+
+
+def test_cli_workers_each_serve_the_run(cnn_run, digit_files, expected):
+    """`--workers 2`: uvicorn's worker processes build the app from the factory and answer as predict does."""
+    proc, url = _serve_cli(cnn_run.dir, "--workers", "2")
+    try:
+        for f in digit_files[:4]:
+            r = httpx.post(url + "/predict", files={"file": (f.name, png_bytes(f), "image/png")}, timeout=30)
+            assert r.status_code == 200, r.text
+            check_prediction(r.json(), expected[f.name])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_chunked_body_over_the_limit_is_counted_and_refused(cnn_run, digit_files):
+    """No Content-Length: the body is counted as it arrives and refused with 413 past the limit."""
+    app = create_app(cnn_run.dir, max_body_bytes=32 * 1024)
+    boundary = "deepworks-boundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode()
+
+    def chunks(size):
+        yield head
+        for _ in range(size // 4096):
+            yield b"\x00" * 4096
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    with Served(app) as served:
+        r = httpx.post(served.url + "/predict", content=chunks(256 * 1024),
+                       headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        assert r.status_code == 413 and "over the limit of 32768 bytes" in r.json()["error"]
+        body = b"".join(chunks(0))[:-len(f"\r\n--{boundary}--\r\n")] + png_bytes(digit_files[0]) + \
+            f"\r\n--{boundary}--\r\n".encode()
+        r = httpx.post(served.url + "/predict", content=iter([body[:100], body[100:]]),
+                       headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+        assert r.status_code == 200, r.text
+
+
+def test_decode_image_bytes_equals_decoding_the_file(tmp_path, digit_files):
+    from deepworks.data.images import ImageTooLarge, decode_image, decode_image_bytes
+
+    rgb = tmp_path / "photo.jpg"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(rgb, quality=90)
+    rgba = tmp_path / "alpha.png"
+    Image.fromarray(rng.integers(0, 255, (20, 20, 4), dtype=np.uint8), mode="RGBA").save(rgba)
+    for path in (rgb, rgba, digit_files[0]):
+        assert torch_equal(decode_image_bytes(path.read_bytes(), path.name), decode_image(path))
+    with pytest.raises(ImageTooLarge, match="30x40 = 1200 pixels, more than the limit of 1000 pixels"):
+        decode_image_bytes(rgb.read_bytes(), "photo.jpg", max_pixels=1000)
+    with pytest.raises(deepworks.errors.DataError, match="cannot be decoded"):
+        decode_image_bytes(rgb.read_bytes()[:200], "photo.jpg")
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())
