@@ -2,9 +2,11 @@
 uploads at a given concurrency, micro-batched (``max_batch`` 32) against unbatched (``max_batch``
 1), on the torch and the onnx backend.
 
-A digits CNN (``filters: [16, 32]``, 2 epochs) is trained once; each setting serves it with
+The Fashion-MNIST reference CNN (``configs/reference-cnn.yaml``: 32/64 filters, a 128-unit head; one
+epoch, fp32) is trained once (or ``--run RUN_DIR`` serves an existing run); each setting serves it with
 uvicorn on a loopback port in this process (a background thread) and httpx sends ``--requests``
-uploads of real digit PNGs from ``--concurrency`` clients at once, after 20 warm-up requests.
+uploads of real Fashion-MNIST test images (28x28 PNG) from ``--concurrency`` clients at once, after
+20 warm-up requests.
 The queue limit is above the concurrency, so every request is answered (503s are counted).
 Client and server share the machine's cores, so the figures are this machine's, not a limit.
 
@@ -36,14 +38,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 
-def digit_pngs(n: int) -> list[bytes]:
-    from sklearn.datasets import load_digits
+def fashion_pngs(n: int) -> list[bytes]:
+    """The first ``n`` Fashion-MNIST test images as PNG files' bytes."""
+    from deepworks.data.datasets import load_dataset
 
-    digits = load_digits()
+    ds = load_dataset("fashion-mnist", root=str(common.prepare_data_root()))
     out = []
     for i in range(n):
         buf = io.BytesIO()
-        Image.fromarray((digits.images[i] * 255 / 16).astype(np.uint8), mode="L").save(buf, format="PNG")
+        Image.fromarray(ds.test_x[i, 0].numpy(), mode="L").save(buf, format="PNG")
         out.append(buf.getvalue())
     return out
 
@@ -107,16 +110,21 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--backends", default="torch,onnx")
+    parser.add_argument("--run", type=Path, default=None, help="serve this run instead of training one")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        run = deepworks.train({"data": {"dataset": "digits"}, "model": {"name": "cnn", "filters": [16, 32]},
-                               "train": {"epochs": 2, "progress": "none", "precision": "fp32"}, "report": False},
-                              run_dir=Path(tmp) / "run")
-        pngs = digit_pngs(64)
+        if args.run is not None:
+            run_dir = args.run
+        else:
+            config = Path(__file__).resolve().parent / "configs" / "reference-cnn.yaml"
+            run_dir = deepworks.train(str(config), run_dir=Path(tmp) / "run", overrides={
+                "train.epochs": 1, "train.progress": "none", "train.precision": "fp32", "report": False,
+                "data.root": str(common.prepare_data_root())}).dir
+        pngs = fashion_pngs(256)
         results = []
         for backend in args.backends.split(","):
             for max_batch in (32, 1):
-                app = create_app(run.dir, backend=backend, max_batch=max_batch, max_wait_ms=2,
+                app = create_app(run_dir, backend=backend, max_batch=max_batch, max_wait_ms=2,
                                  queue_limit=4 * args.concurrency)
                 server, thread, url = serve_in_thread(app)
                 try:
@@ -129,7 +137,7 @@ def main() -> None:
                 print(r, flush=True)
                 results.append(r)
     common.write_json(args.out, {
-        "benchmark": "serve_load", "model": "digits CNN filters [16, 32], 8x8 grayscale PNG uploads",
+        "benchmark": "serve_load", "model": "the Fashion-MNIST reference CNN (421,738 parameters), 28x28 grayscale PNG uploads",
         "note": "client and server in one process (one GIL) on the same cores; measured on a 2-core machine "
                 "shared with other jobs, so the figures are this machine's, not the server's limit",
         "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
