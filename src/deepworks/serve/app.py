@@ -122,6 +122,9 @@ class Predictor:
         self.sidecar = json.loads(path.with_name("model.onnx.json").read_text())
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, torch.get_num_threads())
+        # idle intra-op threads sleep instead of spinning: spinning threads take the cores that the
+        # event loop (and, on one machine, the clients) need between batches
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.sidecar["input"]["name"]
 
