@@ -16,7 +16,7 @@ from deepworks.errors import CheckpointError, ConfigError
 from deepworks.runs import RunDir, existing_run
 from deepworks.runtime import distributed_context
 from deepworks.transfer.finetune import CachedFeatures, Transfer, TransferStages, body_blocks, cache_features
-from deepworks.transfer.weights import fit_state_dict, load_weights, read_weights_file, sha256_file, zero_head
+from deepworks.transfer.weights import fit_state_dict, load_weights, read_weights_file, sha256_file
 
 __all__ = [
     "build", "adopt_source", "check_transfer", "Transfer", "TransferStages", "CachedFeatures", "cache_features",
@@ -106,12 +106,8 @@ def _load_from_run(model: nn.Module, run_dir: str, info: dict[str, Any]) -> tupl
     if state and all(k.startswith("model.") or k.startswith("input.") for k in state):  # itself a transfer run
         state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     same_classes = list(source_info.get("classes") or []) == list(info.get("classes") or [])
-    if not same_classes:  # a new head: the old one's outputs mean other classes
-        state = {k: v for k, v in state.items() if not k.startswith(_head_prefix(model))}
-        state.update({k: v for k, v in model.state_dict().items() if k.startswith(_head_prefix(model))})
-    fitted = fit_state_dict(model, state, "transfer.from")
-    if not same_classes:
-        zero_head(model)
+    # other classes (even as many): a new head, since the old one's outputs mean other things
+    fitted = fit_state_dict(model, state, "transfer.from", keep_head=same_classes)
     if not same_classes:
         fitted["head"] = f"new ({len(source_info.get('classes') or [])} source classes -> {len(info.get('classes') or [])})"
     origin = {"source": "run", "run": str(run.path.resolve()), "file": str(run.best.resolve()),
@@ -124,12 +120,6 @@ def _source_run(path: str) -> RunDir:
         return existing_run(path)
     except CheckpointError as exc:
         raise ConfigError(f"transfer.from: {exc} Fix: the directory of a deepworks run (runs/NAME-TIME).") from None
-
-
-def _head_prefix(model: nn.Module) -> str:
-    from deepworks.transfer.weights import head_name
-
-    return head_name(model) + "."
 
 
 def check_transfer(cfg: Config, augment: Any) -> None:

@@ -16,7 +16,6 @@ and runs the head alone. Its state dict is the wrapped model's under ``model.``.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -190,8 +189,3 @@ class TransferStages(Callback):
             trainer.log(f"epoch {epoch}: unfreezing {len(self.model.tunable)} blocks of the body "
                         f"(lr x {self.model.backbone_lr_scale:g})")
 
-
-def timed(fn, *args, **kwargs) -> tuple[Any, float]:
-    started = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - started

