@@ -51,7 +51,7 @@ def build(model: nn.Module, cfg: Config, info: dict[str, Any], load: bool = True
     origin = None
     if load:
         origin = load_weights(model, cfg.model.pretrained, cfg.model.weights, info.get("mean"), info.get("std"),
-                              mean=params.get("mean"), std=params.get("std"))
+                              mean=params.get("mean"), std=params.get("std"), name=cfg.model.name)
     source_norm = None
     if t is not None and t.from_run is not None:
         if len(info.get("input_shape") or ()) != 3:

@@ -268,7 +268,7 @@ def _timm_pretrained(model: Backbone) -> tuple[dict[str, torch.Tensor], dict[str
 
 def load_weights(
     model: nn.Module, pretrained: bool, weights: str | None, data_mean: Any = None, data_std: Any = None,
-    mean: list[float] | None = None, std: list[float] | None = None,
+    mean: list[float] | None = None, std: list[float] | None = None, name: str | None = None,
 ) -> dict[str, Any] | None:
     """``model.pretrained`` / ``model.weights`` for a freshly built model; returns the origin
     record (None when neither is set). A backbone's input adapter then maps the data's
@@ -279,7 +279,7 @@ def load_weights(
         raise ConfigError("model.pretrained and model.weights: choose one (weights is a local file of its own).")
     if pretrained and not isinstance(model, Backbone):
         raise ConfigError(
-            f"model.pretrained: {type(model).__name__} has no published weights; pretrained weights are for the "
+            f"model.pretrained: {name or type(model).__name__} has no published weights; pretrained weights are for the "
             "backbones (deepworks models: resnet18, tf_efficientnet_lite0, timm, ...). Fix: remove it, or start from a "
             "run of your own with transfer.from: RUN_DIR."
         )
