@@ -611,6 +611,32 @@ def _print_study(summary: dict) -> None:
     out.print(f"wrote {escape(str(root / 'study.html'))} and {escape(str(root / 'trials.csv'))}", highlight=False)
 
 
+@app.command()
+def lab(
+    concept: Annotated[Optional[str], typer.Argument(help="the concept (no argument: list the labs)")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="where the PNGs and lab.json go (default labs/CONCEPT)")] = None,
+    fast: Annotated[bool, typer.Option("--fast", help="a smaller experiment, in a few seconds")] = False,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="seed of the lab's data splits and models")] = 0,
+) -> None:
+    """A concept lab: a small, real experiment that shows one idea, with numbers measured on the spot."""
+    from deepworks.labs import get_lab, list_labs, run_lab
+
+    if concept is None:
+        table = Table(title="concept labs: deepworks lab CONCEPT [--out DIR] [--fast]", show_header=True)
+        table.add_column("concept")
+        table.add_column("what it shows", overflow="fold")
+        for row in list_labs():
+            table.add_row(row["name"], row["summary"])
+        out.print(table)
+        out.print("Each lab is explained in docs/concepts.md, with the config keys behind it.", highlight=False)
+        return
+    out.print(f"[bold]lab {escape(get_lab(concept).name)}[/bold]" + (" (fast)" if fast else ""), highlight=False)
+    result = run_lab(concept, out_dir, fast=fast, seed=seed, echo=lambda line: out.print(escape(line), highlight=False))
+    where = Path(out_dir) if out_dir is not None else Path("labs") / concept
+    files = ", ".join(result["figures"] + ["lab.json"])
+    out.print(f"wrote {escape(files)} in {escape(str(where))} ({result['seconds']:.1f} s)", highlight=False)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     # warnings about the user's data or config are messages for them, not source locations
     err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
