@@ -109,3 +109,11 @@ def test_concepts_guide_config_snippets_validate(section, snippet):
 
     cfg = load_config(yaml.safe_load(snippet))
     assert cfg.model.name
+
+
+def test_a_lab_run_again_into_the_same_out_replaces_its_training_runs(tmp_path):
+    ctx = labs.LabContext(name="t", out=tmp_path, fast=True)
+    cfg = {"data": {"dataset": "digits"}, "model": {"name": "softmax"}, "train": {"epochs": 1}}
+    first = ctx.train(cfg, "again")
+    second = ctx.train(cfg, "again")  # was: "a run already lives there"
+    assert first.dir == second.dir and (second.dir / "summary.json").is_file()

@@ -94,7 +94,12 @@ class LabContext:
 
         train_over = dict(overrides.pop("train", {}) or {})
         train_over.setdefault("progress", "none")
-        return deepworks.train(config, run_dir=self.runs / run_name, train=train_over, **overrides)
+        run_dir = self.runs / run_name
+        if run_dir.is_dir():  # a rerun of the lab into the same --out replaces its own earlier run
+            import shutil
+
+            shutil.rmtree(run_dir)
+        return deepworks.train(config, run_dir=run_dir, train=train_over, **overrides)
 
     def figure(self, *args: Any, **kwargs: Any):
         """A new matplotlib figure on the Agg canvas (no display needed): ``fig, ax = lab.figure(1, 2)``."""
