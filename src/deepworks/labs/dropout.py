@@ -3,6 +3,7 @@ in train and eval mode (random masks, 1/(1-p) scaling of the kept units, identit
 
 from __future__ import annotations
 
+import json
 import torch
 from torch import nn
 
@@ -40,8 +41,6 @@ def dropout(lab: LabContext) -> None:
 
     # the trained dropout model on the same digit: train mode (dropout on) vs eval mode (off)
     lab.step("the same digit through the trained model, in train mode and in eval mode")
-    import json
-
     info = json.loads((run_dir / "data.json").read_text())
     data = load_dataset("digits")
     x = data.x[:64].float().flatten(1) * data.scale  # the run's inputs: pixels in [0, 1], then its normalisation

@@ -3,6 +3,7 @@ same outputs as PyTorch), a PyTorch state dict, and a scikit-learn estimator."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -47,8 +48,6 @@ def frameworks(lab: LabContext) -> None:
     data = load_dataset("digits")
     n = lab.pick(300, len(data.y))
     pixels = (data.x[:n].float() * data.scale).numpy().astype(np.float32)
-    import json
-
     info = json.loads((run.dir / "data.json").read_text())
     session = ort.InferenceSession(exported["path"], providers=["CPUExecutionProvider"])
     start = time.perf_counter()
