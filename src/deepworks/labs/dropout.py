@@ -4,6 +4,7 @@ in train and eval mode (random masks, 1/(1-p) scaling of the kept units, identit
 from __future__ import annotations
 
 import json
+
 import torch
 from torch import nn
 
