@@ -124,8 +124,8 @@ def gan(lab: LabContext) -> None:
             f"{losses['collapsed']['d_loss'][-1]:.3f}, just as balanced: a GAN's losses do not show collapse, its "
             f"samples and their variety do.")
     lab.say(f"The same GAN with the generator's learning rate at {g_lrs['collapsed']:g} instead of "
-            f"{g_lrs['healthy']:g} (train.optimizer.lr; gan.d_optimizer.lr kept) draws {c['classes_covered']} "
-            f"digit(s), {c['largest_share']:.0%} of its samples are a '{c['largest_class']}', entropy "
+            f"{g_lrs['healthy']:g} (train.optimizer.lr; gan.d_optimizer.lr kept) draws {c['classes_covered']} of 10 "
+            f"digits, {c['largest_share']:.0%} of its samples are the digit {c['largest_class']}, entropy "
             f"{c['entropy_normalized']:.2f}, spread {c['spread_ratio']:.2f} of the real images' (healthy "
             f"{h['spread_ratio']:.2f}).")
     flagged = {k: ("flagged as mode collapse" if q["collapse"]["collapsed"] else "not flagged") for k, q in quality.items()}
