@@ -31,7 +31,6 @@ def _grid(path) -> np.ndarray:
 
 @lab("gan", "a tiny DCGAN on digits: samples over training, G and D losses, and a collapsed run flagged by the judge")
 def gan(lab: LabContext) -> None:
-    import torch
     from torchvision.utils import make_grid
 
     import deepworks
