@@ -315,6 +315,18 @@ def _fashion_download(target: Path, looked: list[Path]) -> tuple[np.ndarray, ...
     return train.data.numpy(), train.targets.numpy(), test.data.numpy(), test.targets.numpy()
 
 
+def _fashion_places(root: Path | None = None) -> list[Path]:
+    """Where Fashion-MNIST's files are looked for, in order (data.root first)."""
+    cache = data_cache_dir()
+    places = [root / "FashionMNIST" / "raw", root] if root is not None else []
+    return places + [DEBIAN_FASHION_MNIST, cache / "FashionMNIST" / "raw", cache]
+
+
+def fashion_mnist_on_disk(root: str | Path | None = None) -> bool:
+    """Whether Fashion-MNIST's files are already on this machine (so loading it downloads nothing)."""
+    return any(_idx_files_in(folder) is not None for folder in _fashion_places(Path(root).expanduser() if root else None))
+
+
 @DATASETS.register(
     "fashion-mnist",
     description="28x28 grayscale clothing images, 60,000 train + 10,000 official test (Zalando)",
@@ -324,11 +336,9 @@ def _load_fashion_mnist(
     **_: Any,
 ) -> ImageDataset:
     cache = data_cache_dir()
-    candidates: list[Path] = []
     if root is not None:
         root = Path(root).expanduser()
-        candidates += [root / "FashionMNIST" / "raw", root]
-    candidates += [DEBIAN_FASHION_MNIST, cache / "FashionMNIST" / "raw", cache]
+    candidates = _fashion_places(root)
     for folder in candidates:
         files = _idx_files_in(folder)
         if files is not None:

@@ -124,6 +124,21 @@ class LabContext:
         return path
 
 
+SPLIT_COLOURS = {"train": "tab:gray", "val": "tab:orange", "test": "tab:blue"}
+
+
+def split_bars(ax: Any, per_split: Mapping[str, Sequence[float]], labels: Mapping[str, str], ylabel: str) -> None:
+    """Grouped bars, one group per class and one bar per split (train, val, test)."""
+    import numpy as np
+
+    for j, split in enumerate(("train", "val", "test")):
+        values = np.asarray(per_split[split], dtype=float)
+        ax.bar(np.arange(len(values)) + (j - 1) * 0.27, values, width=0.27, color=SPLIT_COLOURS[split], label=labels[split])
+    ax.set_xticks(range(len(per_split["train"])))
+    ax.set_xlabel("class")
+    ax.set_ylabel(ylabel)
+
+
 def _plain(value: Any) -> Any:
     """Numbers as JSON-ready Python values (tensors and numpy arrays included)."""
     if hasattr(value, "tolist"):

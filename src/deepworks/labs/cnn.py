@@ -6,16 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from deepworks.data.datasets import fashion_mnist_on_disk
 from deepworks.labs import LabContext, lab
 from deepworks.train import Callback
-
-
-def _fashion_here() -> bool:
-    """Whether Fashion-MNIST is on disk already (nothing is downloaded)."""
-    from deepworks.data.datasets import DEBIAN_FASHION_MNIST, _idx_files_in, data_cache_dir
-
-    cache = data_cache_dir()
-    return any(_idx_files_in(f) is not None for f in (DEBIAN_FASHION_MNIST, cache / "FashionMNIST" / "raw", cache))
 
 
 class _Snapshot(Callback):
@@ -33,7 +26,7 @@ def cnn(lab: LabContext) -> None:
     from deepworks.models.summary import inspect_config
     from deepworks.pipeline import prepare_data
 
-    fashion = not lab.fast and _fashion_here()
+    fashion = not lab.fast and fashion_mnist_on_disk()
     if fashion:
         data = {"dataset": "fashion-mnist", "subset": {"train_per_class": 300, "val_per_class": 100, "seed": lab.seed}}
         shown = "Fashion-MNIST (28x28, 300 training images per class)"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepworks.labs import LabContext, lab
+from deepworks.labs import LabContext, lab, split_bars
 
 COPIES = 3  # each digit image appears this many times in the table
 
@@ -97,12 +97,8 @@ def datasets(lab: LabContext) -> None:
     ax = axes[1]
     counts = clean["class_counts"]
     share = {split: np.array(counts[split]) / max(sum(counts[split]), 1) for split in ("train", "val", "test")}
-    for j, (split, colour) in enumerate(zip(("train", "val", "test"), ("tab:gray", "tab:orange", "tab:blue"))):
-        ax.bar(np.arange(10) + (j - 1) * 0.27, share[split], width=0.27, color=colour,
-               label=f"{split} ({clean['sizes'][split]} rows)")
-    ax.set_xticks(range(10))
+    split_bars(ax, share, {split: f"{split} ({clean['sizes'][split]} rows)" for split in share}, "share of the split")
     ax.set_xlabel("digit")
-    ax.set_ylabel("share of the split")
     ax.set_title("class shares per split (clean run): stratified, about equal", fontsize=10)
     ax.legend(fontsize=8, loc="lower center", ncol=3)
     lab.save(fig, "leakage")

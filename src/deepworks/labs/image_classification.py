@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepworks.labs import LabContext, lab
+from deepworks.labs import LabContext, lab, split_bars
 
 AUGMENT = [{"random_crop": {"padding": 1}}, {"rotate": {"degrees": 8}}]
 
@@ -111,12 +111,8 @@ def _figures(lab, data, counts, originals, views, hist, best_epoch, confusion, r
     for ax in axes[1]:
         ax.remove()
     ax = fig.add_subplot(grid[1, :])
-    for j, (split, colour) in enumerate(zip(("train", "val", "test"), ("tab:gray", "tab:orange", "tab:blue"))):
-        ax.bar(np.arange(10) + (j - 1) * 0.27, counts[split], width=0.27, color=colour,
-               label=f"{split}: {sum(counts[split])} images")
-    ax.set_xticks(range(10))
+    split_bars(ax, counts, {split: f"{split}: {sum(counts[split])} images" for split in counts}, "images")
     ax.set_xlabel("digit")
-    ax.set_ylabel("images")
     ax.set_title("1. data: the stratified split (each digit in every split)", fontsize=10)
     ax.set_ylim(0, 1.3 * max(counts["train"]))
     ax.legend(fontsize=8, ncol=3, loc="upper center")

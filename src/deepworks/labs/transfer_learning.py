@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import time
 
+from deepworks.data.datasets import fashion_mnist_on_disk
 from deepworks.labs import LabContext, lab
 
 INSTALL = "pip install 'deepworks[transfer]'"
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Bag"]  # 5 of 10: a 5,000-image test split
 
-
-def _fashion_present() -> bool:
-    from deepworks.data.datasets import DEBIAN_FASHION_MNIST, _idx_files_in, data_cache_dir
-
-    cache = data_cache_dir()
-    return any(_idx_files_in(folder) for folder in (DEBIAN_FASHION_MNIST, cache / "FashionMNIST" / "raw", cache))
 
 
 @lab("transfer-learning", "pretrained EfficientNet features versus the same net from scratch (and a small cnn) on a few images per class",
@@ -23,7 +18,7 @@ def _fashion_present() -> bool:
 def transfer_learning(lab: LabContext) -> None:
     import numpy as np
 
-    fashion = not lab.fast and _fashion_present()
+    fashion = not lab.fast and fashion_mnist_on_disk()
     per_class = lab.pick(10, 20)
     resolution = 32  # EfficientNet-Lite0 is made for 224; 32 keeps the body's pass over every image short
     data = {"dataset": "fashion-mnist" if fashion else "digits",
