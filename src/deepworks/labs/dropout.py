@@ -3,8 +3,6 @@ in train and eval mode (random masks, 1/(1-p) scaling of the kept units, identit
 
 from __future__ import annotations
 
-import json
-
 import torch
 from torch import nn
 
@@ -22,7 +20,7 @@ def _config(lab: LabContext, hidden: list[int], epochs: int, dropout: float) -> 
 
 @lab("dropout", "the train/validation gap with and without dropout; train vs eval mode and the 1/(1-p) scaling")
 def dropout(lab: LabContext) -> None:
-    from deepworks.data import load_dataset
+    from deepworks.pipeline import prepare_data
 
     p = 0.5
     hidden = lab.pick([512, 512], [1024, 1024])
@@ -38,14 +36,12 @@ def dropout(lab: LabContext) -> None:
                      "val_loss": s["val"]["loss"], "loss_gap": s["val"]["loss"] - s["train"]["loss"],
                      "accuracy_gap": s["train"]["accuracy"] - s["val"]["accuracy"]}
         if rate:
-            model, run_dir = run.model, run.dir
+            model, dropout_run = run.model, run
 
     # the trained dropout model on the same digit: train mode (dropout on) vs eval mode (off)
     lab.step("the same digit through the trained model, in train mode and in eval mode")
-    info = json.loads((run_dir / "data.json").read_text())
-    data = load_dataset("digits")
-    x = data.x[:64].float().flatten(1) * data.scale  # the run's inputs: pixels in [0, 1], then its normalisation
-    x = (x - info["mean"][0]) / info["std"][0]
+    val = prepare_data(dropout_run.config).val  # the run's own validation split, normalised as in training
+    x = val.inputs(torch.arange(min(64, len(val.y)))).float().flatten(1)
     passes = lab.pick(20, 50)
     torch.manual_seed(lab.seed)
     with torch.no_grad():
@@ -95,7 +91,7 @@ def dropout(lab: LabContext) -> None:
     axes[1].set_xticks(range(10))
     axes[1].set_xlabel("class")
     axes[1].set_ylabel("class score (logit)")
-    axes[1].set_title(f"one digit (a {data.classes[int(data.y[pick])]}), many forward passes")
+    axes[1].set_title(f"one digit (a {dropout_run.classes[int(val.y[pick])]}), many forward passes")
     axes[1].legend(fontsize=8)
     hv, ov = h[0].numpy(), out[0].numpy()
     n = min(40, len(hv))
@@ -111,10 +107,13 @@ def dropout(lab: LabContext) -> None:
     lab.say(f"Without dropout the MLP ends with training loss {a['train_loss']:.3f} and validation loss "
             f"{a['val_loss']:.3f} (gap {a['loss_gap']:.3f}, test accuracy {a['test_accuracy']:.1%}); with model.dropout "
             f"{p} the gap is {b['loss_gap']:.3f} (test accuracy {b['test_accuracy']:.1%}).")
-    lab.say(f"In train mode the same digit gave different outputs on each of {passes} passes (largest std of a class "
-            f"score (logit) {train_spread:.3f}; {train_agree:.0%} of passes chose the eval-mode class); in eval mode "
-            f"the {passes} passes were identical (largest difference {eval_spread:.1g}). deepworks evaluates and "
-            "predicts in eval mode.")
+    lab.say(f"In train mode the same digit gave {'different outputs' if train_spread > 0 else 'the same output'} "
+            f"over {passes} passes (largest std of a class score (logit) {train_spread:.3f}; {train_agree:.0%} of "
+            f"passes chose the eval-mode class); in eval mode the {passes} passes "
+            f"{'were identical' if eval_spread == 0 else 'differed'} (largest difference {eval_spread:.1g}). deepworks "
+            "evaluates and predicts in eval mode.")
+    same = abs(mean_out - mean_in) <= 0.1 * abs(mean_in)
     lab.say(f"Dropout kept {kept_share:.1%} of the active units (expected {1 - p:.0%}) and multiplied them by "
-            f"{ratio:.3f} = 1/(1-{p}), so the mean activation stays about the same ({mean_in:.3f} before, "
-            f"{mean_out:.3f} after): no rescaling is needed at evaluation.")
+            f"{ratio:.3f} = 1/(1-{p}); the mean activation is {mean_in:.3f} before and {mean_out:.3f} after"
+            + (": about the same, so no rescaling is needed at evaluation." if same else
+               ", {:.0%} apart on these {} samples.".format(abs(mean_out - mean_in) / max(abs(mean_in), 1e-12), len(h))))
