@@ -34,7 +34,7 @@ def _formula(module: nn.Module) -> tuple[int, str]:
 
 
 def _kind(name: str, module: nn.Module) -> str:
-    if isinstance(module, nn.modules.batchnorm._NormBase):
+    if isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
         return "batch-norm scale" if name.endswith("weight") else "batch-norm shift"
     return "weights" if name.endswith("weight") else "biases"
 
@@ -90,8 +90,10 @@ def parameters(lab: LabContext) -> None:
     _plot(lab, rows, kinds, model, before.state, changes)
 
     listing = "; ".join(f"{r['layer']}: {r['params']} = {r['formula']}" for r in rows)
-    lab.say(f"The CNN has {total:,} learned parameters: {listing}. All {len(rows)} counts from `deepworks inspect` "
-            f"match the formulas (conv k*k*in*out + out bias, linear in*out + out; {mismatches} mismatches).")
+    lab.say(f"The CNN has {total:,} learned parameters: {listing}. "
+            + (f"All {len(rows)} counts from `deepworks inspect` match" if not mismatches else
+               f"{mismatches} of the {len(rows)} counts from `deepworks inspect` do NOT match")
+            + " the formulas (conv k*k*in*out + out bias, linear in*out + out, batch norm 2*channels).")
     lab.say(f"By kind: {kinds.get('weights', 0):,} weights, {kinds.get('biases', 0):,} biases, "
             f"{kinds.get('batch-norm scale', 0)} batch-norm scales and {kinds.get('batch-norm shift', 0)} shifts; the "
             f"{buffers} batch-norm running means and variances are statistics, not learned by gradients, and a conv "
@@ -100,9 +102,10 @@ def parameters(lab: LabContext) -> None:
     relative = {k: v["relative_change"] for k, v in changes.items() if v["norm_before"] > 0}
     biggest, smallest = max(relative, key=relative.get), min(relative, key=relative.get)
     zero = [k for k, v in changes.items() if v["norm_before"] == 0]
-    lab.say(f"{epochs} epochs of training (val accuracy {run.summary['val']['accuracy']:.3f}) moved every tensor: "
-            f"most {biggest} (by {relative[biggest]:.0%} of its starting norm), least {smallest} "
-            f"({relative[smallest]:.0%}); what starts at zero ({', '.join(zero) or 'nothing'}: a batch-norm shift) moved "
+    moved = sum(v["norm_change"] > 0 for v in changes.values())
+    lab.say(f"{epochs} epochs of training (val accuracy {run.summary['val']['accuracy']:.3f}) moved {moved} of the "
+            f"{len(changes)} tensors: most {biggest} (by {relative[biggest]:.0%} of its starting norm), least {smallest} "
+            f"({relative[smallest]:.0%}); what starts at zero ({', '.join(zero) or 'nothing'}) moved "
             f"by a norm of up to {max((changes[k]['norm_change'] for k in zero), default=0.0):.3f}. weights.png shows "
             "the histograms before and after.")
     lab.say(f"Hyperparameters are set, not learned: train.optimizer.lr = {hyper['lr']}, train.batch_size = "
