@@ -55,6 +55,7 @@ def datasets(lab: LabContext) -> None:
         lab.step(f"deepworks.train, {label}")
         cfg = {**base, "data": {**base["data"], **change["data"]}}
         run = lab.train(cfg, key)
+        split_cfg = run.config  # the fractions the runs split with (the same in every run)
         info = json.loads((run.dir / "data.json").read_text())
         dup = info["duplicates"]
         results[key] = {
@@ -108,15 +109,23 @@ def datasets(lab: LabContext) -> None:
     lab.say(f"The table holds {originals} digit images {COPIES} times each ({len(copied)} rows). Split row by row and "
             f"kept as is (data.on_duplicates: keep), {leaky['test_rows_copying_training']} of the {leaky['sizes']['test']} "
             f"test rows are copies of training rows, and the test accuracy is {leaky['test_accuracy']:.1%}.")
+    if inflation > 0:
+        effect = (f"the leaky score was inflated by {100 * inflation:.1f} points (its training accuracy is "
+                  f"{leaky['train_accuracy']:.1%}; leaked rows are scored on memory)")
+    else:
+        effect = (f"the leaky score was not higher here ({100 * inflation:+.1f} points; its training accuracy is "
+                  f"{leaky['train_accuracy']:.1%})")
     lab.say(f"Split so that every copy of an image stays in one split (data.group_by: source), the same model scores "
-            f"{clean['test_accuracy']:.1%} on {clean['sizes']['test']} unseen images: the leaky score was inflated by "
-            f"{100 * inflation:.1f} points (its training accuracy is {leaky['train_accuracy']:.1%}; leaked rows are "
-            f"scored on memory).")
+            f"{clean['test_accuracy']:.1%} on {clean['sizes']['test']} unseen images: {effect}.")
     said = message.split(": ", 1)[-1].split(";")[0]  # the counts, without the file's path
-    lab.say(f"deepworks finds the copies by hashing every row: data.on_duplicates: error stopped before training "
-            f"({'yes' if stopped else 'no'}: \"{said}\"), and the default, drop, removed {dropped['dropped_test']} "
-            f"copied test rows, leaving {dropped['sizes']['test']} (too few to score: {dropped['test_accuracy']:.1%}); "
-            f"with copies this common, splitting by group (data.group_by) is the fix.")
+    check = (f"data.on_duplicates: error stopped before training (\"{said}\")" if stopped else
+             "data.on_duplicates: error did not stop (no copies across splits found)")
+    lab.say(f"deepworks finds the copies by hashing every row: {check}, and the default, drop, removed "
+            f"{dropped['dropped_test']} copied test rows, leaving {dropped['sizes']['test']} (test accuracy "
+            f"{dropped['test_accuracy']:.1%} on them); splitting by group (data.group_by) instead leaves "
+            f"{clean['test_rows_copying_training']} copied rows in a test split of {clean['sizes']['test']}.")
+    fractions = split_cfg.data
     lab.say(f"Sizes of the clean split: train {clean['sizes']['train']}, validation {clean['sizes']['val']}, test "
-            f"{clean['sizes']['test']} rows (data.val_fraction, data.test_fraction: 0.15 each); stratification keeps "
-            f"each digit's share within {100 * spread:.1f} points of the training split's.")
+            f"{clean['sizes']['test']} rows (data.val_fraction {fractions.val_fraction:g}, data.test_fraction "
+            f"{fractions.test_fraction:g}); stratification keeps each digit's share within {100 * spread:.1f} points "
+            "of the training split's.")
