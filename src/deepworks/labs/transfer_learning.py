@@ -89,7 +89,9 @@ def transfer_learning(lab: LabContext) -> None:
             f"{trainable['same net, from scratch']:,} weights must be learned from {per_class * k} images, while the "
             f"head trains {trainable['pretrained features']:,}. The body ran once over {cache['images']:,} images "
             f"({cache['seconds']:.1f} s, transfer.cache), and each epoch then trained the head alone.")
+    verdict = ("pretraining rescues a network far too big for the data" if f > s else
+               "here the pretrained features did not beat the same network from scratch")
     lab.say(f"A small cnn made for such small images, from scratch for {cnn_epochs} epochs, reaches {c:.3f}, "
-            f"{'above' if c > f else 'below'} the pretrained features: pretraining rescues a network far too big for "
-            f"the data, but is not the only way to do well. Config keys: model.pretrained, "
+            f"{'above' if c > f else 'not above'} the pretrained features: {verdict}"
+            f"{', but is not the only way to do well' if f > s and c >= f else ''}. Config keys: model.pretrained, "
             f"transfer.mode (feature_extraction or fine_tune), transfer.cache, model.resolution, data.subset.")
