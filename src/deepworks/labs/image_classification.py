@@ -79,7 +79,7 @@ def image_classification(lab: LabContext) -> None:
     _figures(lab, data, counts, originals, views, hist, best_epoch, confusion, report, files, predictions, truths)
 
     worst = max(((i, j) for i in range(10) for j in range(10) if i != j), key=lambda ij: confusion[ij])
-    lab.say(f"Data: the 1,797 digits split by deepworks into train {sizes['train']}, validation {sizes['val']} and test "
+    lab.say(f"Data: {sum(sizes.values()):,} digits split by deepworks into train {sizes['train']}, validation {sizes['val']} and test "
             f"{sizes['test']} images, stratified (every digit {min(counts['test'])}-{max(counts['test'])} times in test); "
             f"keys data.val_fraction, data.test_fraction.")
     lab.say(f"Preprocessing: pixels are scaled to [0, 1] and standardised with the training split's mean {mean:.3f} "
