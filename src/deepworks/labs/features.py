@@ -128,9 +128,14 @@ def features(lab: LabContext) -> None:
     lab.say(f"The MLP predicts spend with test R2 {r2:.3f}. Shuffling a column's values lowers the validation R2 by "
             + ", ".join(f"{drops[c]:.3f} ({c})" for c in ranking)
             + f": the top three, {', '.join(ranking[:3])}, "
-            + ("are" if ranking[:3] == ["income", "size", "city"] else "are not")
-            + " the columns spend was built from, in the order of their weight (income, size, city); age and noise "
-            "were not used, so their drops are noise.")
-    lab.say(f"PCA and t-SNE of the last hidden layer ({proj['pca']['dims']} values per row) put rows of similar "
-            f"spend together: the best axis correlates with spend at {order_kept['pca']:.2f} (PCA) and "
-            f"{order_kept['tsne']:.2f} (t-SNE).")
+            + ("are the columns spend was built from, in the order of their weight (income, size, city)"
+               if ranking[:3] == ["income", "size", "city"] else
+               "are the columns spend was built from, but not in the order of their weight (income, size, city)"
+               if set(ranking[:3]) == {"income", "size", "city"} else
+               "are not just the columns spend was built from (income, size, city, in the order of their weight)")
+            + "; age and noise were not used, so any drop they show is noise.")
+    together = min(order_kept.values()) >= 0.7
+    lab.say(f"PCA and t-SNE of the last hidden layer ({proj['pca']['dims']} values per row): the best axis "
+            f"correlates with spend at {order_kept['pca']:.2f} (PCA) and {order_kept['tsne']:.2f} (t-SNE)"
+            + (", so both maps put rows of similar spend together." if together else
+               "; a map whose best axis correlates weakly does not line rows up by spend."))
