@@ -45,7 +45,7 @@ def gan(lab: LabContext) -> None:
     runs, warned = {}, {}
     g_lrs = {"healthy": 2e-4, "collapsed": 1e-2}  # the collapsed run: a generator learning rate 50x too high
     for kind, g_lr in g_lrs.items():
-        lab.step(f"{kind} DCGAN: {epochs} epochs on 1,257 digits, generator lr {g_lr:g}, discriminator lr 2e-4")
+        lab.step(f"{kind} DCGAN: {epochs} epochs on the digits' training split, generator lr {g_lr:g}, discriminator lr 2e-4")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ModeCollapseWarning)
             runs[kind] = lab.train(_config(lab, f"gan-{kind}", epochs, g_lr, str(judge.run_dir)), f"gan-{kind}")
@@ -117,11 +117,17 @@ def gan(lab: LabContext) -> None:
             f"classifier judge sees them (judge test accuracy {judge.accuracy:.3f}); the most common digit takes "
             f"{h['largest_share']:.0%} of {h['samples']} samples and the class entropy is "
             f"{h['entropy_normalized']:.2f} of its maximum.")
+    # "near balance": within 35% of log 2 (generator) and log 4 (discriminator), where D = 0.5 everywhere
+    near = {k: abs(l["g_loss"][-1] / np.log(2) - 1) < 0.35 and abs(l["d_loss"][-1] / np.log(4) - 1) < 0.35
+            for k, l in losses.items()}
+    where = {k: "near" if near[k] else "away from" for k in near}
     lab.say(f"Its losses end at generator {losses['healthy']['g_loss'][-1]:.3f} and discriminator "
-            f"{losses['healthy']['d_loss'][-1]:.3f}, near log 2 = 0.693 and log 4 = 1.386 where the discriminator "
-            f"cannot tell real from fake; the collapsed run's end at {losses['collapsed']['g_loss'][-1]:.3f} and "
-            f"{losses['collapsed']['d_loss'][-1]:.3f}, just as balanced: a GAN's losses do not show collapse, its "
-            f"samples and their variety do.")
+            f"{losses['healthy']['d_loss'][-1]:.3f}, {where['healthy']} log 2 = 0.693 and log 4 = 1.386 where the "
+            f"discriminator cannot tell real from fake; the collapsed run's end at {losses['collapsed']['g_loss'][-1]:.3f} "
+            f"and {losses['collapsed']['d_loss'][-1]:.3f}, {where['collapsed']} them"
+            + (": both look balanced, so a GAN's losses do not show collapse, its samples and their variety do."
+               if near["healthy"] and near["collapsed"] else
+               ": a GAN's losses say little about sample quality either way; its samples and their variety do."))
     lab.say(f"The same GAN with the generator's learning rate at {g_lrs['collapsed']:g} instead of "
             f"{g_lrs['healthy']:g} (train.optimizer.lr; gan.d_optimizer.lr kept) draws {c['classes_covered']} of 10 "
             f"digits, {c['largest_share']:.0%} of its samples are the digit {c['largest_class']}, entropy "
