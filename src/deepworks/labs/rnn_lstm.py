@@ -133,11 +133,16 @@ def rnn_lstm(lab: LabContext) -> None:
             f"{epochs} epochs the LSTM is right on {far_acc['lstm']:.0%} of new texts with {gaps[far[0]]} or more "
             f"filler words, the plain RNN on {far_acc['rnn']:.0%} (chance {1 / MARKERS:.0%}); with no filler they "
             f"get {accuracy['lstm'][0]:.0%} and {accuracy['rnn'][0]:.0%}.")
+    ratio = first_word["lstm"] / first_word["rnn"] if first_word["rnn"] > 0 else float("inf")
+    if ratio > 1:
+        compared = (f"{ratio:.2g} times more for the LSTM: more of the LSTM's gradient crosses the filler, the "
+                    "RNN's shrinks more with every step back")
+    else:
+        compared = f"the RNN's is {1 / ratio:.2g} times the LSTM's here: in this run the RNN's gradient crosses the filler better"
     lab.say(f"After training, on texts with {back} filler words, the gradient of the right class's score with "
             f"respect to the first word is {first_word['lstm']:.3g} times that of the last word for the LSTM and "
-            f"{first_word['rnn']:.3g} for the RNN ({first_word['lstm'] / first_word['rnn']:.2g} times more for the LSTM): the LSTM's "
-            f"gradient levels off across the filler, the RNN's keeps shrinking with every step back. At the first training step (untrained) the loss's gradient {back} steps "
-            f"back was {untrained['lstm']:.2g} (LSTM) and {untrained['rnn']:.2g} (RNN) of the last step's.")
+            f"{first_word['rnn']:.3g} for the RNN ({compared}). At the first training step (untrained) the loss's "
+            f"gradient {back} steps back was {untrained['lstm']:.2g} (LSTM) and {untrained['rnn']:.2g} (RNN) of the last step's.")
     lab.say(f"The RNN's state passes through tanh and the same weights at every step, so what the first word "
             f"left in it shrinks step by step; the LSTM adds to its cell state through gates it learns to keep "
             f"open. Config keys: model.name (rnn, lstm, gru), model.hidden, and train.log_gradients (gradient norms "
