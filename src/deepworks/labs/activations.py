@@ -95,20 +95,28 @@ def activations(lab: LabContext) -> None:
             f"to {worst_numeric:.1e}; sigmoid's derivative peaks at {maxd['sigmoid']:.3f} and tanh's at {maxd['tanh']:.3f} "
             "(both at x = 0).")
     lab.say(f"Saturation: at x = 5 the derivative is {at5['sigmoid']:.4f} for sigmoid and {at5['tanh']:.5f} for tanh "
-            f"(relu {at5['relu']:.0f}, gelu {at5['gelu']:.3f}); through {depth} sigmoid layers the gradient is multiplied by "
-            f"at most {maxd['sigmoid']:.2f}^{depth} = {maxd['sigmoid'] ** depth:.1e}: the vanishing gradient.")
+            f"(relu {at5['relu']:.0f}, gelu {at5['gelu']:.3f}); through {depth} sigmoid layers their derivatives alone multiply "
+            f"the gradient by at most {maxd['sigmoid']:.2f}^{depth} = {maxd['sigmoid'] ** depth:.1e}: the vanishing gradient.")
     slope = nn.LeakyReLU().negative_slope  # make_activation's default for leaky_relu (torch's)
     low, high, leaky = (results[f"{a}_lr{lr:g}"] for a, lr in settings)
     total = sum(low["units"])
+    dead_low, dead_high = sum(low["dead"]), sum(high["dead"])
+    if dead_high:
+        grad = max(high["dead_grad"])
+        fate = (f"; their incoming weights get a gradient of {grad:g} (summed |dL/dW| on the validation set)"
+                + (", so these samples cannot revive them." if grad == 0 else "."))
+    else:
+        fate = "."
     lab.say(f"Dead ReLUs (hidden units never positive on the validation set) after "
-            f"{epochs} epochs on digits: {sum(low['dead'])} of {total} with Adam lr 0.001 (val accuracy "
-            f"{low['val_accuracy']:.3f}) but {sum(high['dead'])} of {total} with lr 0.1 (val accuracy "
-            f"{high['val_accuracy']:.3f}); their incoming weights get a gradient of "
-            f"{max(high['dead_grad']):g} (summed |dL/dW| on the validation set), so they never recover.")
-    lab.say(f"leaky_relu at lr 0.1 has {sum(leaky['dead'])} of {total} units never positive, but they still pass "
-            f"{slope:g} of the gradient (largest |dL/dW| of such a unit {max(leaky['dead_grad']):.1e}) and it reaches val "
-            f"accuracy {leaky['val_accuracy']:.3f} (config keys: model.activation, e.g. {{name: leaky_relu, "
-            "negative_slope: 0.01}, and train.optimizer.lr).")
+            f"{epochs} epochs on digits: {dead_low} of {total} with Adam lr 0.001 (val accuracy "
+            f"{low['val_accuracy']:.3f}) {'but' if dead_high > dead_low else 'and'} {dead_high} of {total} with lr 0.1 "
+            f"(val accuracy {high['val_accuracy']:.3f}){fate}")
+    lab.say(f"leaky_relu at lr 0.1 has {sum(leaky['dead'])} of {total} units never positive"
+            + (f", but they still pass {slope:g} of the gradient (largest |dL/dW| of such a unit "
+               f"{max(leaky['dead_grad']):.1e})" if sum(leaky["dead"]) else
+               f" (for negative inputs a unit still passes {slope:g} of the gradient)")
+            + f", and it reaches val accuracy {leaky['val_accuracy']:.3f} (config keys: model.activation, e.g. "
+            "{name: leaky_relu, negative_slope: 0.01}, and train.optimizer.lr).")
 
 
 def _plot_curves(lab: LabContext, curves: dict) -> None:
