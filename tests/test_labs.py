@@ -71,12 +71,9 @@ def test_lab_lists_every_lab_and_unknown_lab_is_a_clear_error(capsys):
     assert "unknown lab 'paddin'" in err and "Did you mean 'padding'" in err
 
 
-def test_a_lab_whose_optional_piece_is_missing_says_what_to_install(monkeypatch, tmp_path, capsys):
-    needing = [x for x in labs.LABS.values() if x.needs]
-    if not needing:
-        pytest.skip("no lab has an optional piece yet")
-    spec = needing[0]
-    hidden = spec.needs[0][0]
+@pytest.mark.parametrize("name,hidden", [(x.name, module) for x in labs.LABS.values() for module, _ in x.needs])
+def test_a_lab_whose_optional_piece_is_missing_says_what_to_install(name, hidden, monkeypatch, tmp_path, capsys):
+    spec = labs.LABS[name]
     real = labs.importlib.util.find_spec
     monkeypatch.setattr(labs.importlib.util, "find_spec", lambda n, *a: None if n == hidden else real(n, *a))
     assert main(["lab", spec.name, "--out", str(tmp_path / "x"), "--fast"]) == 2
