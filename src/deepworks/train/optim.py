@@ -117,14 +117,19 @@ FULL_BATCH = {"lbfgs"}  # optimizers that take the whole training set as one bat
 
 
 def build_optimizer(name: str, params: Iterable, device: torch.device | str = "cpu", **kw) -> torch.optim.Optimizer:
-    """The optimizer ``name`` with its validated params; fused kernels on CUDA where torch has them."""
+    """The optimizer ``name`` with its validated params; fused kernels on CUDA where torch has them,
+    and elsewhere the multi-tensor (foreach) update, which torch uses by default only on CUDA."""
     entry = OPTIMIZERS.entry(name, where="train.optimizer.name")
     if entry.params is not None:
         kw = entry.params.model_validate(kw).model_dump()
     if torch.device(device).type == "cuda" and name in FUSED:
         kw["fused"] = True  # one kernel for the whole update instead of one per tensor
+    elif name in FOREACH:
+        kw["foreach"] = True  # one op per step for all tensors instead of a Python loop over them
     return entry.factory(params, **kw)
 
 
 # optimizers whose torch implementation has a fused CUDA kernel
 FUSED = {"adamw", "adam", "sgd"}
+# optimizers whose torch implementation has a multi-tensor (foreach) update
+FOREACH = {"adamw", "adam", "sgd", "rmsprop"}
