@@ -318,3 +318,36 @@ def test_inspect_shows_what_is_frozen(tmp_path):
     assert head < out["trainable_params"] < out["total_params"] and out["frozen_params"] > 0
     frozen = inspect_config(_weights_config(path, mode="feature_extraction"))
     assert frozen["trainable_params"] == head
+
+
+class _StopAt(deepworks.Callback):
+    """Interrupt training after the given global step, as a kill would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_batch_end(self, trainer, step):
+        if step == self.step:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stop_step", [7, 19])  # in the frozen warm-up epoch, and after the unfreezing
+def test_a_run_resumed_across_the_warmup_unfreezing_ends_bitwise_equal(tmp_path, stop_step):
+    from safetensors.torch import load_file
+
+    source = deepworks.train({"data": {"dataset": "digits"}, "model": {"name": "cnn", "filters": [8, 16], "hidden": [16]},
+                              "train": {"epochs": 1, **QUIET}}, run_dir=tmp_path / "source")
+    # 1,257 training digits at batch 128: 10 steps an epoch; warm-up epoch 1 trains the head only,
+    # epochs 2-3 the top body block too
+    cfg = {"data": {"dataset": "digits"},
+           "transfer": {"mode": "fine_tune", "unfreeze": 1, "warmup_epochs": 1, "from": str(source.dir)},
+           "train": {"epochs": 3, "checkpoint_every_steps": 5, **QUIET, "batch_size": 128,
+                     "optimizer": {"name": "adamw", "lr": 0.01}}}
+    full = deepworks.train(cfg, run_dir=tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        deepworks.train(cfg, run_dir=tmp_path / "cut", callbacks=[_StopAt(stop_step)])
+    resumed = deepworks.resume(tmp_path / "cut")
+    for name in ("model.safetensors", "checkpoints/last.safetensors"):
+        a, b = load_file(full.dir / name), load_file(resumed.dir / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
