@@ -150,11 +150,16 @@ def sentiment_csv(path: Path, n: int = 160) -> Path:
     return path
 
 
-def test_lstm_text_export_handles_padding(tmp_path):
+@pytest.mark.parametrize("model", [
+    {"name": "lstm", "embedding": 16, "hidden": 16, "bidirectional": True, "pool": "max", "layers": 2},
+    {"name": "lstm", "embedding": 16, "hidden": 16},  # the defaults: one layer, one direction, the last state
+    {"name": "gru", "embedding": 16, "hidden": 16, "bidirectional": True},  # the last state of both directions
+], ids=["bilstm-max", "lstm-last", "bigru-last"])
+def test_lstm_text_export_handles_padding(tmp_path, model):
     config = {
         "data": {"path": str(sentiment_csv(tmp_path / "reviews.csv")), "text": "review", "target": "sentiment",
                  "min_freq": 1, "max_length": 12, "on_duplicates": "keep"},
-        "model": {"name": "lstm", "embedding": 16, "hidden": 16, "bidirectional": True, "pool": "max", "layers": 2},
+        "model": model,
         "train": {**QUIET, "batch_size": 16}, "report": False,
     }
     run = deepworks.train(config, run_dir=tmp_path / "run")

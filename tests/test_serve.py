@@ -375,6 +375,47 @@ def test_json_rows_and_texts_equal_deepworks_predict(tmp_path):
         assert 'placeholder' in client.get("/").text
 
 
+def test_onnx_backend_serves_table_rows_and_texts_as_predict_does(tmp_path):
+    """backend="onnx" exports a table run and a text (LSTM) run first, then answers from ONNX Runtime
+    with predict's labels and probabilities."""
+    import csv
+
+    from fastapi.testclient import TestClient
+
+    penguins = ROOT / "examples" / "data" / "penguins.csv"
+    table = deepworks.train(ROOT / "examples" / "configs" / "penguins.yaml", run_dir=tmp_path / "table",
+                            data__path=str(penguins), train__progress="none", train__epochs=2, report=False)
+    with penguins.open(newline="") as f:
+        rows = list(csv.DictReader(f))[:6]
+    sample = tmp_path / "rows.csv"
+    with sample.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    reviews = tmp_path / "reviews.csv"
+    with reviews.open("w", newline="") as f:
+        csv.writer(f).writerows([["review", "sentiment"]] + [
+            [f"a {'good' if i % 2 else 'bad'} film number {i}", "pos" if i % 2 else "neg"] for i in range(80)])
+    text = deepworks.train({"data": {"path": str(reviews), "text": "review", "target": "sentiment", "min_freq": 1,
+                                     "max_length": 8, "on_duplicates": "keep"},
+                            "model": {"name": "lstm", "embedding": 8, "hidden": 8},
+                            "train": {"epochs": 2, "batch_size": 16, "progress": "none"}, "report": False},
+                           run_dir=tmp_path / "text")
+    texts = ["a good film", "a bad film number 3", ""]
+    for run, body, want in [(table, {"rows": rows}, deepworks.predict(table.dir, [sample], top_k=2)),
+                            (text, {"texts": texts}, deepworks.predict(text.dir, texts=texts, top_k=2))]:
+        with TestClient(create_app(run.dir, backend="onnx")) as client:
+            while client.get("/ready").status_code != 200:
+                time.sleep(0.02)
+            assert (run.dir / "model.onnx").exists()
+            r = client.post("/predict?top_k=2", json=body)
+            assert r.status_code == 200, r.text
+            got = r.json()["results"]
+            assert len(got) == len(want)
+            for g, w in zip(got, want):
+                check_prediction(g, w)
+
+
 def test_cli_workers_each_serve_the_run(cnn_run, digit_files, expected):
     """`--workers 2`: uvicorn's worker processes build the app from the factory and answer as predict does."""
     proc, url = _serve_cli(cnn_run.dir, "--workers", "2")

@@ -159,10 +159,16 @@ class SequenceModel(nn.Module):
                 out, _ = pad_packed_sequence(out, batch_first=True, total_length=steps)
             else:
                 out, state = self.rnn(h)
-        h_n = state[0] if isinstance(state, tuple) else state  # LSTM: (h_n, c_n)
-        # h_n: (layers * directions, B, hidden), in the batch's own order; the last layer's are the
-        # last `directions` rows: forward after its last valid step, backward after the first step
-        last = torch.cat(list(h_n[-self.directions:]), dim=-1)
+        # the last layer's final states, read from its outputs (the same values as h_n, which the
+        # ONNX exporter cannot take from a packed sequence): forward after each sequence's last
+        # valid step, backward (bidirectional) after the first step
+        hidden = out.shape[-1] // self.directions
+        if lengths is None:
+            end = out[:, -1, :hidden]
+        else:
+            at = (lengths.to(out.device) - 1).view(-1, 1, 1).expand(-1, 1, hidden)
+            end = out[..., :hidden].gather(1, at).squeeze(1)
+        last = end if self.directions == 1 else torch.cat([end, out[:, 0, hidden:]], dim=-1)
         return out, last
 
     def _pooled(self, out: torch.Tensor, last: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
