@@ -103,6 +103,14 @@ def huge_png(width: int = 100_000, height: int = 100_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
+def wait_ready(client, seconds: float = 120.0) -> None:
+    """Until /ready answers 200; a model that failed to load fails the test with /ready's error."""
+    deadline = time.monotonic() + seconds
+    while (r := client.get("/ready")).status_code != 200:
+        assert "failed" not in r.text and time.monotonic() < deadline, r.text
+        time.sleep(0.02)
+
+
 def check_prediction(got: dict, want: dict) -> None:
     labels = [p["label"] for p in got["predictions"]]
     assert labels == [p["class"] for p in want["top_k"]]
@@ -336,8 +344,7 @@ def test_json_rows_and_texts_equal_deepworks_predict(tmp_path):
         writer.writerows(rows)
     want = deepworks.predict(table.dir, [sample], top_k=2)
     with TestClient(create_app(table.dir)) as client:
-        while client.get("/ready").status_code != 200:
-            time.sleep(0.02)
+        wait_ready(client)
         r = client.post("/predict?top_k=2", json={"rows": rows})
         assert r.status_code == 200, r.text
         for got, w in zip(r.json()["results"], want):
@@ -364,8 +371,7 @@ def test_json_rows_and_texts_equal_deepworks_predict(tmp_path):
     texts = ["a good film", "a bad film", ""]
     want = deepworks.predict(text.dir, texts=texts, top_k=2)
     with TestClient(create_app(text.dir)) as client:
-        while client.get("/ready").status_code != 200:
-            time.sleep(0.02)
+        wait_ready(client)
         r = client.post("/predict?top_k=2", json={"texts": texts})
         assert r.status_code == 200, r.text
         for got, w in zip(r.json()["results"], want):
@@ -405,8 +411,7 @@ def test_onnx_backend_serves_table_rows_and_texts_as_predict_does(tmp_path):
     for run, body, want in [(table, {"rows": rows}, deepworks.predict(table.dir, [sample], top_k=2)),
                             (text, {"texts": texts}, deepworks.predict(text.dir, texts=texts, top_k=2))]:
         with TestClient(create_app(run.dir, backend="onnx")) as client:
-            while client.get("/ready").status_code != 200:
-                time.sleep(0.02)
+            wait_ready(client)
             assert (run.dir / "model.onnx").exists()
             r = client.post("/predict?top_k=2", json=body)
             assert r.status_code == 200, r.text
