@@ -206,7 +206,7 @@ def run_lab(
 
 
 def _numbers(value: Any, key: str = "") -> list[tuple[str, float]]:
-    """Every number inside ``value`` with its dotted key (strings and None are skipped)."""
+    """Every number inside ``value`` with its dotted key; None stands for a non-finite number (strings are skipped)."""
     if isinstance(value, Mapping):
         return [pair for k, v in value.items() for pair in _numbers(v, f"{key}.{k}" if key else str(k))]
     if isinstance(value, list):
