@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -214,6 +215,66 @@ def test_torchvision_pretrained_weights_come_from_the_hub_cache(tmp_path, monkey
     assert torch.equal(built.net.state_dict()["features.0.0.weight"], start["features.0.0.weight"])
     head = built.net.classifier[3]
     assert head.out_features == 10 and not head.weight.any() and not head.bias.any()  # a new head starts at zero
+
+
+_TIMM_FROM_CACHE = """
+import json, os, sys, torch, timm
+from safetensors.torch import save_file
+arch = "resnet10t"
+repo = timm.create_model(arch, pretrained=False).pretrained_cfg["hf_hub_id"]
+rev = "0" * 40
+snap = os.path.join(os.environ["HF_HOME"], "hub", "models--" + repo.replace("/", "--"))
+os.makedirs(os.path.join(snap, "refs"))
+os.makedirs(os.path.join(snap, "snapshots", rev))
+open(os.path.join(snap, "refs", "main"), "w").write(rev)
+torch.manual_seed(1)  # weights no initialisation would give: what a download would have left in the cache
+state = {k: (torch.randn_like(v) if v.is_floating_point() else v).contiguous()
+         for k, v in timm.create_model(arch, pretrained=False).state_dict().items()}
+save_file(state, os.path.join(snap, "snapshots", rev, "model.safetensors"))
+import deepworks
+from deepworks.models import create_model
+from deepworks.config import load_config
+from deepworks.transfer import build
+cfg = load_config({"data": {"dataset": "digits"}, "model": {"name": "timm", "arch": arch, "pretrained": True,
+                   "resolution": 32}})
+model = create_model("timm", input_shape=(1, 8, 8), num_classes=10, arch=arch, resolution=32)
+built = build(model, cfg, {"input_shape": [1, 8, 8], "mean": [0.3], "std": [0.4]})
+got = built.net.state_dict()
+head = [k for k in state if k.startswith("fc.")]
+same = all(torch.equal(got[k], state[k]) for k in state if k not in head)
+print(json.dumps({"origin": built.origin["source"], "hub": built.origin.get("hub"), "body_equal": same,
+                  "head_zero": all(not got[k].any() for k in head), "head_shape": list(got["fc.weight"].shape)}))
+"""
+
+
+def test_timm_pretrained_weights_come_from_the_hugging_face_cache(tmp_path):
+    """model.pretrained on a timm architecture goes through timm's own download, which reads the
+    Hugging Face cache; offline, a file left there by an earlier download is what loads."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", _TIMM_FROM_CACHE], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["origin"] == "timm resnet10t" and got["hub"].startswith("timm/resnet10t")
+    assert got["body_equal"] and got["head_zero"] and got["head_shape"] == [10, 512]
+
+
+def test_timm_pretrained_offline_without_the_file_names_the_fix(tmp_path, capsys):
+    """No weights in the cache and no internet: one error naming model.weights as the way out."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    config = tmp_path / "timm.yaml"
+    config.write_text("data: {dataset: digits}\nmodel: {name: timm, arch: resnet10t, pretrained: true, resolution: 32}\n"
+                      "transfer: {mode: feature_extraction}\ntrain: {epochs: 1, progress: none}\n")
+    proc = subprocess.run([sys.executable, "-m", "deepworks", "train", str(config), "--run-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "model.pretrained: timm could not fetch the weights of resnet10t" in proc.stderr
+    assert "model.weights: PATH" in proc.stderr
 
 
 def test_from_run_replaces_the_head_for_new_classes_and_keeps_it_for_the_same(tmp_path):
