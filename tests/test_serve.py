@@ -326,22 +326,47 @@ def test_cli_onnx_backend_and_sigterm_lets_the_request_in_flight_finish(cnn_run,
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_json_rows_and_texts_equal_deepworks_predict(tmp_path):
-    """A table run takes {"rows": [...]}, a text run {"texts": [...]}; both answer as predict does."""
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory):
+    """A tiny run on the penguins table, six of its rows, and those rows as a CSV file."""
     import csv
 
-    from fastapi.testclient import TestClient
-
+    folder = tmp_path_factory.mktemp("table")
     penguins = ROOT / "examples" / "data" / "penguins.csv"
-    table = deepworks.train(ROOT / "examples" / "configs" / "penguins.yaml", run_dir=tmp_path / "table",
-                            data__path=str(penguins), train__progress="none", train__epochs=2, report=False)
+    run = deepworks.train(ROOT / "examples" / "configs" / "penguins.yaml", run_dir=folder / "table",
+                          data__path=str(penguins), train__progress="none", train__epochs=2, report=False)
     with penguins.open(newline="") as f:
-        rows = list(csv.DictReader(f))[:5]
-    sample = tmp_path / "rows.csv"
+        rows = list(csv.DictReader(f))[:6]
+    sample = folder / "rows.csv"
     with sample.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    return run, rows, sample
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    """A tiny LSTM run on texts whose class is the word good or bad."""
+    import csv
+
+    folder = tmp_path_factory.mktemp("text")
+    reviews = folder / "reviews.csv"
+    with reviews.open("w", newline="") as f:
+        csv.writer(f).writerows([["review", "sentiment"]] + [
+            [f"a {'good' if i % 2 else 'bad'} film number {i}", "pos" if i % 2 else "neg"] for i in range(80)])
+    return deepworks.train({"data": {"path": str(reviews), "text": "review", "target": "sentiment", "min_freq": 1,
+                                     "max_length": 8, "on_duplicates": "keep"},
+                            "model": {"name": "lstm", "embedding": 8, "hidden": 8},
+                            "train": {"epochs": 2, "batch_size": 16, "progress": "none"}, "report": False},
+                           run_dir=folder / "text")
+
+
+def test_json_rows_and_texts_equal_deepworks_predict(table_run, text_run):
+    """A table run takes {"rows": [...]}, a text run {"texts": [...]}; both answer as predict does."""
+    from fastapi.testclient import TestClient
+
+    table, rows, sample = table_run
     want = deepworks.predict(table.dir, [sample], top_k=2)
     with TestClient(create_app(table.dir)) as client:
         wait_ready(client)
@@ -358,19 +383,9 @@ def test_json_rows_and_texts_equal_deepworks_predict(tmp_path):
         r = client.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
         assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
 
-    reviews = tmp_path / "reviews.csv"
-    lines = [["review", "sentiment"]] + [[f"a {'good' if i % 2 else 'bad'} film number {i}", "pos" if i % 2 else "neg"]
-                                         for i in range(80)]
-    with reviews.open("w", newline="") as f:
-        csv.writer(f).writerows(lines)
-    text = deepworks.train({"data": {"path": str(reviews), "text": "review", "target": "sentiment", "min_freq": 1,
-                                     "max_length": 8, "on_duplicates": "keep"},
-                            "model": {"name": "lstm", "embedding": 8, "hidden": 8},
-                            "train": {"epochs": 2, "batch_size": 16, "progress": "none"}, "report": False},
-                           run_dir=tmp_path / "text")
     texts = ["a good film", "a bad film", ""]
-    want = deepworks.predict(text.dir, texts=texts, top_k=2)
-    with TestClient(create_app(text.dir)) as client:
+    want = deepworks.predict(text_run.dir, texts=texts, top_k=2)
+    with TestClient(create_app(text_run.dir)) as client:
         wait_ready(client)
         r = client.post("/predict?top_k=2", json={"texts": texts})
         assert r.status_code == 200, r.text
@@ -381,35 +396,15 @@ def test_json_rows_and_texts_equal_deepworks_predict(tmp_path):
         assert 'placeholder' in client.get("/").text
 
 
-def test_onnx_backend_serves_table_rows_and_texts_as_predict_does(tmp_path):
+def test_onnx_backend_serves_table_rows_and_texts_as_predict_does(table_run, text_run):
     """backend="onnx" exports a table run and a text (LSTM) run first, then answers from ONNX Runtime
     with predict's labels and probabilities."""
-    import csv
-
     from fastapi.testclient import TestClient
 
-    penguins = ROOT / "examples" / "data" / "penguins.csv"
-    table = deepworks.train(ROOT / "examples" / "configs" / "penguins.yaml", run_dir=tmp_path / "table",
-                            data__path=str(penguins), train__progress="none", train__epochs=2, report=False)
-    with penguins.open(newline="") as f:
-        rows = list(csv.DictReader(f))[:6]
-    sample = tmp_path / "rows.csv"
-    with sample.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    reviews = tmp_path / "reviews.csv"
-    with reviews.open("w", newline="") as f:
-        csv.writer(f).writerows([["review", "sentiment"]] + [
-            [f"a {'good' if i % 2 else 'bad'} film number {i}", "pos" if i % 2 else "neg"] for i in range(80)])
-    text = deepworks.train({"data": {"path": str(reviews), "text": "review", "target": "sentiment", "min_freq": 1,
-                                     "max_length": 8, "on_duplicates": "keep"},
-                            "model": {"name": "lstm", "embedding": 8, "hidden": 8},
-                            "train": {"epochs": 2, "batch_size": 16, "progress": "none"}, "report": False},
-                           run_dir=tmp_path / "text")
+    table, rows, sample = table_run
     texts = ["a good film", "a bad film number 3", ""]
     for run, body, want in [(table, {"rows": rows}, deepworks.predict(table.dir, [sample], top_k=2)),
-                            (text, {"texts": texts}, deepworks.predict(text.dir, texts=texts, top_k=2))]:
+                            (text_run, {"texts": texts}, deepworks.predict(text_run.dir, texts=texts, top_k=2))]:
         with TestClient(create_app(run.dir, backend="onnx")) as client:
             wait_ready(client)
             assert (run.dir / "model.onnx").exists()
