@@ -111,6 +111,16 @@ def wait_ready(client, seconds: float = 120.0) -> None:
         time.sleep(0.02)
 
 
+def check_served(client, body: dict, want: list[dict]) -> None:
+    """POST body (JSON rows or texts) for the top 2 and check every answer against predict's."""
+    r = client.post("/predict?top_k=2", json=body)
+    assert r.status_code == 200, r.text
+    got = r.json()["results"]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        check_prediction(g, w)
+
+
 def check_prediction(got: dict, want: dict) -> None:
     labels = [p["label"] for p in got["predictions"]]
     assert labels == [p["class"] for p in want["top_k"]]
@@ -370,10 +380,7 @@ def test_json_rows_and_texts_equal_deepworks_predict(table_run, text_run):
     want = deepworks.predict(table.dir, [sample], top_k=2)
     with TestClient(create_app(table.dir)) as client:
         wait_ready(client)
-        r = client.post("/predict?top_k=2", json={"rows": rows})
-        assert r.status_code == 200, r.text
-        for got, w in zip(r.json()["results"], want):
-            check_prediction(got, w)
+        check_served(client, {"rows": rows}, want)
         r = client.post("/predict", json={"rows": [{"nothing": 1}]})
         assert r.status_code == 422 and "lack the column" in r.json()["error"]
         r = client.post("/predict", json={"texts": ["x"]})
@@ -387,10 +394,7 @@ def test_json_rows_and_texts_equal_deepworks_predict(table_run, text_run):
     want = deepworks.predict(text_run.dir, texts=texts, top_k=2)
     with TestClient(create_app(text_run.dir)) as client:
         wait_ready(client)
-        r = client.post("/predict?top_k=2", json={"texts": texts})
-        assert r.status_code == 200, r.text
-        for got, w in zip(r.json()["results"], want):
-            check_prediction(got, w)
+        check_served(client, {"texts": texts}, want)
         r = client.post("/predict", json={"texts": [1, 2]})
         assert r.status_code == 422 and "strings" in r.json()["error"]
         assert 'placeholder' in client.get("/").text
@@ -408,12 +412,7 @@ def test_onnx_backend_serves_table_rows_and_texts_as_predict_does(table_run, tex
         with TestClient(create_app(run.dir, backend="onnx")) as client:
             wait_ready(client)
             assert (run.dir / "model.onnx").exists()
-            r = client.post("/predict?top_k=2", json=body)
-            assert r.status_code == 200, r.text
-            got = r.json()["results"]
-            assert len(got) == len(want)
-            for g, w in zip(got, want):
-                check_prediction(g, w)
+            check_served(client, body, want)
 
 
 def test_cli_workers_each_serve_the_run(cnn_run, digit_files, expected):
