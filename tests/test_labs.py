@@ -71,6 +71,15 @@ def test_lab_lists_every_lab_and_unknown_lab_is_a_clear_error(capsys):
     assert "unknown lab 'paddin'" in err and "Did you mean 'padding'" in err
 
 
+def test_an_out_that_is_a_file_is_a_clear_error(tmp_path, capsys):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    assert main(["lab", "padding", "--fast", "--out", str(taken)]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "notes.txt" in err and "Traceback" not in err
+    assert taken.read_text() == "mine"
+
+
 @pytest.mark.parametrize("name,hidden", [(x.name, module) for x in labs.LABS.values() for module, _ in x.needs])
 def test_a_lab_whose_optional_piece_is_missing_says_what_to_install(name, hidden, monkeypatch, tmp_path, capsys):
     spec = labs.LABS[name]

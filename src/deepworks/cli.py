@@ -619,7 +619,7 @@ def lab(
     seed: Annotated[int, typer.Option("--seed", min=0, help="seed of the lab's data splits and models")] = 0,
 ) -> None:
     """A concept lab: a small, real experiment that shows one idea, with numbers measured on the spot."""
-    from deepworks.labs import get_lab, list_labs, run_lab
+    from deepworks.labs import get_lab, lab_dir, list_labs, run_lab
 
     if concept is None:
         table = Table(title="concept labs: deepworks lab CONCEPT [--out DIR] [--fast]", show_header=True)
@@ -632,7 +632,7 @@ def lab(
         return
     out.print(f"[bold]lab {escape(get_lab(concept).name)}[/bold]" + (" (fast)" if fast else ""), highlight=False)
     result = run_lab(concept, out_dir, fast=fast, seed=seed, echo=lambda line: out.print(escape(line), highlight=False))
-    where = Path(out_dir) if out_dir is not None else Path("labs") / concept
+    where = lab_dir(concept, out_dir)
     files = ", ".join(result["figures"] + ["lab.json"])
     out.print(f"wrote {escape(files)} in {escape(str(where))} ({result['seconds']:.1f} s)", highlight=False)
 

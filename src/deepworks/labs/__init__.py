@@ -171,6 +171,11 @@ def get_lab(name: str) -> Lab:
     return LABS[name]
 
 
+def lab_dir(name: str, out: str | Path | None = None) -> Path:
+    """Where the lab writes: ``out``, or ``labs/<name>`` under the working directory."""
+    return Path(out) if out is not None else Path("labs") / name
+
+
 def run_lab(
     name: str, out: str | Path | None = None, *, fast: bool = False, seed: int = 0, echo: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -181,8 +186,12 @@ def run_lab(
     if missing:
         fixes = "; ".join(f"{module} ({fix})" for module, fix in missing)
         raise MissingPiece(f"lab {name} needs what is not installed: {fixes}. Install it and run the lab again.")
-    path = Path(out) if out is not None else Path("labs") / name
-    path.mkdir(parents=True, exist_ok=True)
+    path = lab_dir(name, out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DeepworksError(f"--out {path}: cannot be the lab's folder ({exc.strerror}). Fix: give a folder "
+                             "that is new or already a folder, e.g. --out labs/{name}.".replace("{name}", name)) from None
     ctx = LabContext(name=name, out=path, fast=fast, seed=seed, echo=echo)
     start = time.perf_counter()
     spec.run(ctx)
