@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -316,3 +317,33 @@ def test_encoder_features_errors(tmp_path):
         load_config_dict(config_for(path, encoder_features="pooled"))
     with pytest.raises(ConfigError, match=r"data.encoder_features: expected one of sentence, layers, got 'pooled'"):
         embed_texts(resolve_encoder(MINILM), ["a film"], cache=False, progress=False, features="pooled")
+
+
+def test_serving_an_encoder_run_equals_predict_and_loads_the_encoder_once(encoder_run, monkeypatch):
+    """deepworks serve on a run trained on sentence embeddings: texts in, predict's answers out;
+    the encoder is checked and loaded when the server starts, not on every request."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from fastapi.testclient import TestClient
+
+    from deepworks.data import encoders
+    from deepworks.serve import create_app
+
+    loads = []
+    real_load = encoders.SentenceEncoder.load
+    monkeypatch.setattr(encoders.SentenceEncoder, "load", staticmethod(lambda *a, **k: loads.append(1) or real_load(*a, **k)))
+    texts = ["A superb story, truly superb.", "What a dull movie; so dull."]
+    want = deepworks.predict(encoder_run.dir, texts=texts, top_k=2)
+    loads.clear()
+    with TestClient(create_app(encoder_run.dir)) as client:
+        for _ in range(100):
+            if client.get("/ready").status_code == 200:
+                break
+            time.sleep(0.05)
+        for _ in range(2):
+            r = client.post("/predict?top_k=2", json={"texts": texts})
+            assert r.status_code == 200, r.text
+            for got, w in zip(r.json()["results"], want):
+                assert [p["label"] for p in got["predictions"]] == [p["class"] for p in w["top_k"]]
+                for p, q in zip(got["predictions"], w["top_k"]):
+                    assert p["probability"] == pytest.approx(q["probability"], abs=1e-4)
+    assert len(loads) == 1

@@ -1129,10 +1129,10 @@ def predict(
     return [{**name, **result} for name, result in zip(names, loaded.task.predict(outputs, top_k))]
 
 
-def _embed_for_run(run_dir: str | Path, record: dict[str, Any], texts: list[str]) -> torch.Tensor:
-    """``texts`` embedded by the sentence encoder a run was trained on (data.json -> input.encoder),
-    after checking that the installed weights are the ones it recorded."""
-    from deepworks.data.encoders import embed_texts, resolve_encoder
+def run_encoder(run_dir: str | Path, record: dict[str, Any]) -> tuple[Any, str]:
+    """The installed sentence encoder a run was trained on (data.json -> input.encoder) and the
+    feature kind it used, after checking that the weights are the ones the run recorded."""
+    from deepworks.data.encoders import FEATURE_KINDS, resolve_encoder
 
     source = resolve_encoder(str(record.get("name")), key=f"{run_dir}: data.encoder")
     if record.get("sha256") and source.sha256 != record["sha256"]:
@@ -1143,13 +1143,24 @@ def _embed_for_run(run_dir: str | Path, record: dict[str, Any], texts: list[str]
             "trained model. Fix: install the encoder the run was trained with, or train the run again."
         )
     features = str(record.get("features", "sentence"))  # a run from before feature kinds: the sentence embedding
-    from deepworks.data.encoders import FEATURE_KINDS
-
     if features not in FEATURE_KINDS:
         raise DataError(f"predict: the run {run_dir} was trained on {features!r} features of {record.get('name')}, "
                         f"which this deepworks does not compute (it knows {', '.join(FEATURE_KINDS)}). "
                         "Fix: predict with the deepworks version that trained the run, or train the run again.")
-    vectors = embed_texts(source, texts, cache=False, progress=False, features=features).vectors
+    return source, features
+
+
+def _embed_for_run(
+    run_dir: str | Path, record: dict[str, Any], texts: list[str], *, checked: tuple[Any, str] | None = None,
+    encoder: Any = None,
+) -> torch.Tensor:
+    """``texts`` embedded by the sentence encoder a run was trained on. ``checked`` is
+    :func:`run_encoder`'s answer and ``encoder`` the loaded encoder, when a caller keeps them
+    (the server: once at start, not per request)."""
+    from deepworks.data.encoders import embed_texts
+
+    source, features = checked or run_encoder(run_dir, record)
+    vectors = embed_texts(source, texts, cache=False, progress=False, features=features, encoder=encoder).vectors
     if vectors.shape[1] != int(record.get("dim", vectors.shape[1])):
         raise DataError(f"predict: {record.get('name')} gives {vectors.shape[1]} values per text; the run was trained "
                         f"on {record['dim']}. Fix: install the encoder the run was trained with.")

@@ -386,10 +386,11 @@ def embed_texts(
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
         raise DataError(f"data.encoder: every text must be a string; text {bad} is {type(texts[bad]).__name__}.")
-    keys = {"encoder": source.config_digest(), "texts": _texts_sha256(texts), "features": features}
-    kind = "" if features == "sentence" else f"-{features}"  # the sentence embedding keeps its earlier file name
-    path = embedding_cache_dir() / f"{keys['encoder'][:16]}-{keys['texts'][:32]}{kind}.safetensors"
     base = {"name": source.name, "source": source.source, "sha256": source.sha256, "features": features}
+    if cache:  # the cache's key: the encoder's files, the texts and the feature kind (hashed only when caching)
+        keys = {"encoder": source.config_digest(), "texts": _texts_sha256(texts), "features": features}
+        kind = "" if features == "sentence" else f"-{features}"  # the sentence embedding keeps its earlier file name
+        path = embedding_cache_dir() / f"{keys['encoder'][:16]}-{keys['texts'][:32]}{kind}.safetensors"
     if cache and path.is_file():
         hit = _read_cache(path, len(texts), keys)
         if hit is not None:

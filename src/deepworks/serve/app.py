@@ -99,7 +99,14 @@ class Predictor:
             from deepworks.data.features import TableEncoder
 
             self.encoder = TableEncoder.from_dict(info["encoder"])
-        elif self.kind == "text" and not (info.get("input") or {}).get("encoder"):
+        elif self.kind == "text" and (info.get("input") or {}).get("encoder"):
+            # the sentence encoder: checked against the run's record and loaded once, not per request
+            from deepworks.data.encoders import SentenceEncoder
+            from deepworks.pipeline import run_encoder
+
+            self.sentence_checked = run_encoder(self.run_dir, info["input"]["encoder"])
+            self.sentence_encoder = SentenceEncoder.load(self.sentence_checked[0])
+        elif self.kind == "text":
             from deepworks.data.text import TextEncoder
 
             self.text_encoder = TextEncoder.from_dict(info["text"])
@@ -160,7 +167,8 @@ class Predictor:
             if record:
                 from deepworks.pipeline import _embed_for_run
 
-                return _embed_for_run(self.run_dir, record, list(items))
+                return _embed_for_run(self.run_dir, record, list(items), checked=self.sentence_checked,
+                                      encoder=self.sentence_encoder)
             return self.text_encoder.encode(list(items)).ids
         return self._rows(items)
 
