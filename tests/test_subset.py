@@ -18,7 +18,7 @@ from deepworks.cli import app
 from deepworks.config import load_config
 from deepworks.data.splits import apply_subset, subset_classes
 from deepworks.errors import ConfigError, DataError
-from deepworks.pipeline import _check_same_data, prepare_data
+from deepworks.pipeline import check_same_data, prepare_data
 from deepworks.runs import RunDir
 
 
@@ -197,9 +197,9 @@ def test_a_changed_subset_changes_the_split_fingerprint(tmp_path):
     run.write_json(run.data, first.info)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _check_same_data(run, prepare_data(digits({"train_per_class": 10}, seed=3)))  # same data: no warning
+        check_same_data(run, prepare_data(digits({"train_per_class": 10}, seed=3)))  # same data: no warning
     with pytest.warns(UserWarning, match="the data has changed"):
-        _check_same_data(run, prepare_data(digits({"train_per_class": 20})))
+        check_same_data(run, prepare_data(digits({"train_per_class": 20})))
 
 
 def test_set_reaches_into_the_subset_section_and_inspect_sees_the_classes(tmp_path):

@@ -8,7 +8,9 @@ from deepworks.config import Config, load_config
 from deepworks.errors import CheckpointError, ConfigError, DataError, DeepworksError, ShapeError, UnknownNameError
 from deepworks.models import create_model, list_models
 from deepworks.train import Callback, EarlyStopping, Trainer
-from deepworks.pipeline import Run, cross_validate, evaluate, load_run, lr_find, predict, resume, train
+from deepworks.pipeline import Run, cross_validate, evaluate, load_run, lr_find, predict
+from deepworks.front import resume, train
+from deepworks.predictor import Predictor
 from deepworks.generation import generate
 from deepworks.analysis import diagnose, importance, projection
 from deepworks.evaluate.importance import permutation_importance
@@ -32,6 +34,7 @@ __all__ = [
     "resume",
     "evaluate",
     "predict",
+    "Predictor",
     "generate",
     "load_run",
     "lr_find",

@@ -46,7 +46,7 @@ from deepworks.evaluate.projection import (
     project_2d,
     subsample,
 )
-from deepworks.pipeline import PreparedData, Run, _check_same_data, load_run, prepare_data
+from deepworks.pipeline import PreparedData, Run, check_same_data, load_run, prepare_data
 from deepworks.runs import RunDir, atomic_write
 from deepworks.runtime import resolve_device
 from deepworks.train import Trainer
@@ -77,7 +77,7 @@ def _data(loaded: Run, run: RunDir) -> PreparedData:
     """The run's splits again, as :func:`deepworks.evaluate` rebuilds them."""
     torch.manual_seed(loaded.config.seed)
     data = prepare_data(loaded.config)
-    _check_same_data(run, data)
+    check_same_data(run, data)
     return data
 
 

@@ -215,8 +215,9 @@ def predict(
     run_dir: Annotated[Path, typer.Argument(help="a run directory")],
     images: Annotated[
         Optional[list[Path]],
-        typer.Argument(help="image files (PNG, JPEG, ...); CSV files for a tabular run; for a text run, "
-                            "CSV files (its text column) or text files, one text per line"),
+        typer.Argument(help="image files, folders of images or glob patterns ('photos/*.jpg'); CSV or Parquet files "
+                            "for a table run; for a text run, CSV files (its text column) or text files, one text per "
+                            "line; for a forecasting run, CSV files of history"),
     ] = None,
     text: Annotated[
         Optional[list[str]], typer.Option("--text", help="a text to classify (text runs; repeatable)")
@@ -225,19 +226,47 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     out_path: Annotated[
         Optional[Path],
-        typer.Option("--out", help="forecasting: write the forecast to this .csv or .json file (the PNG goes beside it)"),
+        typer.Option("--out", help="write the predictions to this .csv, .parquet or .jsonl file, one row per input "
+                                   "(forecasting: the forecast as .csv or .json, the PNG beside it)"),
+    ] = None,
+    probabilities: Annotated[
+        bool, typer.Option("--probabilities", help="with --out: one column per class with its probability")
+    ] = False,
+    on_error: Annotated[
+        str, typer.Option("--on-error", help="raise: a bad input stops the command; skip: report it and go on")
+    ] = "raise",
+    batch_size: Annotated[
+        Optional[int], typer.Option("--batch-size", min=1, help="inputs per forward pass (default: up to 256)")
     ] = None,
 ) -> None:
-    """Classify image files, a tabular run's CSV rows or texts with a run's best model; for a
-    forecasting run, forecast the steps after each CSV file of history."""
+    """Predict with a run's best model: image files or folders, a table run's CSV or Parquet rows,
+    or texts; for a forecasting run, forecast the steps after each CSV file of history. Inputs
+    are read and predicted a batch at a time, with a progress bar on long inputs."""
     import deepworks
+    from deepworks.errors import ConfigError
+    from deepworks.predictor import check_out_suffix
 
-    results = deepworks.predict(run_dir, images or [], top_k=top_k, texts=text, out=out_path)
+    if on_error not in ("raise", "skip"):
+        raise ConfigError(f"--on-error: expected raise or skip, got {on_error!r}.")
+    predictor = deepworks.Predictor(run_dir, batch_size=batch_size)
+    items: list = list(text or []) + list(images or [])
+    if not items:
+        raise ConfigError("predict: give at least one input (a file, a folder, a glob pattern, or --text).")
+    if text and predictor.inputs.json_key != "texts":
+        raise ConfigError(f"predict --text: {run_dir} is not a text run (it reads {predictor.inputs.reads}). "
+                          "Fix: give input files instead.")
+    if predictor.kind == "series":
+        _print_forecasts(predictor.predict(items, out=out_path), as_json)
+        return
+    if out_path is not None:
+        check_out_suffix(out_path)
+        done = predictor.predict_to(items, out_path, top_k, probabilities=probabilities, on_error=on_error)
+        skipped = f"; {done['skipped']} skipped (see the error column)" if done["skipped"] else ""
+        out.print(f"wrote {done['rows']} prediction(s) to {escape(str(out_path))}{skipped}", highlight=False)
+        return
+    results = predictor.predict(items, top_k=top_k, on_error=on_error)
     if as_json:
         print(json.dumps(results, indent=2))
-        return
-    if results and "forecast" in results[0]:
-        _print_forecasts(results)
         return
     table = Table(show_header=True)
     table.add_column("input", overflow="fold")
@@ -246,8 +275,9 @@ def predict(
     if ranked:
         table.add_column(f"top {top_k}")
     for r in results:
-        if "file" not in r:  # a text given on the command line
-            where = r["text"] if len(r["text"]) <= 60 else r["text"][:57] + "..."
+        if "file" not in r:  # a text given on the command line, or a row of an array
+            shown = str(r.get("text", r.get("index", r.get("row", ""))))
+            where = shown if len(shown) <= 60 else shown[:57] + "..."
         else:
             where = f"{r['file']}:{r['line']}" if "line" in r else r["file"]
         if ranked:
@@ -257,9 +287,14 @@ def predict(
             shown = ", ".join(f"{k} {v:.6g}" for k, v in value.items()) if isinstance(value, dict) else f"{value:.6g}"
             table.add_row(where, shown)
     out.print(table)
+    for s in predictor.skipped:
+        err.print(f"skipped: {escape(s['error'])}", highlight=False)
 
 
-def _print_forecasts(results: list[dict]) -> None:
+def _print_forecasts(results: list[dict], as_json: bool = False) -> None:
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
     for r in results:
         rows = r["forecast"]
         table = Table(title=f"{r['file']}: after {r['last']}", show_header=True)
@@ -515,7 +550,7 @@ def serve(
         from deepworks.errors import ConfigError
 
         raise ConfigError("deepworks serve needs FastAPI and uvicorn: pip install 'deepworks[serve]'.") from None
-    from deepworks.serve.app import ENV_SETTINGS, Predictor, create_app
+    from deepworks.serve.app import ENV_SETTINGS, ServedModel, create_app
 
     if backend == "onnx" and not (Path(run_dir) / "model.onnx").exists():
         import deepworks
@@ -525,7 +560,7 @@ def serve(
     settings = {"run_dir": str(Path(run_dir).resolve()), "backend": backend, "max_batch": max_batch,
                 "max_wait_ms": max_wait_ms, "queue_limit": queue_limit, "max_body_bytes": max_body_bytes,
                 "max_pixels": max_pixels}
-    Predictor(settings["run_dir"], backend)  # a missing or unsuitable run fails here, before any worker starts
+    ServedModel(settings["run_dir"], backend)  # a missing or unsuitable run fails here, before any worker starts
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"note: binding to {escape(host)}: the server is reachable from other machines; it has no "
                   "authentication.", highlight=False)

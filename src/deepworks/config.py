@@ -355,8 +355,40 @@ class DataConfig(Strict):
             raise ValueError("data.sampler: balanced draws classes; a forecasting run has none. Remove it")
 
 
-# built-in datasets that are series (data.time is implied)
+# built-in datasets that are series (data.time is implied) and those that are texts (data.text is implied)
 SERIES_DATASETS = ("co2",)
+TEXT_DATASETS = ("rotten-tomatoes",)
+# a data.path with one of these suffixes is a table (CSV or Parquet); any other path is an image folder
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+# the kinds of data a run trains on; each has one module in deepworks.kinds (GANs are a kind of run, not of data)
+DATA_KINDS = ("image", "table", "text", "embeddings", "series")
+
+
+def is_table_path(path: Any) -> bool:
+    """Whether ``path`` names a table file (CSV or Parquet) by its suffix."""
+    return Path(str(path)).suffix.lower() in TABLE_SUFFIXES
+
+
+def data_kind(data: Any) -> str:
+    """The kind of data a config's ``data`` section describes: ``text`` (token ids), ``embeddings``
+    (texts through data.encoder), ``series``, ``table`` or ``image``. ``data`` is a
+    :class:`DataConfig` or its raw mapping (before validation). This is the one place the kind is
+    decided from a config; a trained run's kind is read from its data.json."""
+    get = data.get if isinstance(data, Mapping) else (lambda key: getattr(data, key, None))
+    dataset, path = get("dataset"), get("path")
+    if get("text") is not None or dataset in TEXT_DATASETS:
+        return "embeddings" if get("encoder") is not None else "text"
+    if get("encoder") is not None:
+        raise ConfigError(
+            f"data.encoder ({get('encoder')!r}) embeds texts, but this data is not text. Fix: name the text column of a "
+            "CSV file (data.path, data.text) or a built-in text dataset (data.dataset: rotten-tomatoes), or remove "
+            "data.encoder."
+        )
+    if get("time") is not None or dataset in SERIES_DATASETS:
+        return "series"
+    if path is not None and (dataset == "csv" or is_table_path(path)):
+        return "table"
+    return "image"
 
 
 class ModelConfig(Component):
@@ -633,12 +665,15 @@ class Config(Strict):
         # the default model is a CNN for images and an MLP for tables (and for texts read through data.encoder)
         if isinstance(value, dict) and value.get("model") is None and isinstance(value.get("data"), dict):
             data = value["data"]
-            path = str(data.get("path") or "")
-            if data.get("time") is not None or data.get("dataset") in SERIES_DATASETS:
+            try:
+                kind = data_kind(data)
+            except ConfigError:  # data.encoder on data that is not text: refused with its message when prepared
+                kind = "embeddings"
+            if kind == "series":
                 value = {**value, "model": {"name": "lstm"}}  # a series: windows of its past
-            elif data.get("encoder") is not None:
+            elif kind == "embeddings":
                 value = {**value, "model": {"name": "mlp"}}  # text as sentence embeddings: feature vectors (F,)
-            elif data.get("dataset") == "csv" or path.lower().endswith((".csv", ".parquet", ".pq")):
+            elif kind == "table" or (data.get("path") is not None and is_table_path(data["path"])):
                 value = {**value, "model": {"name": "mlp"}}
         return value
 
@@ -1120,3 +1155,23 @@ def _model_types(annotation: Any):
         return
     for arg in getattr(annotation, "__args__", ()) or ():
         yield from _model_types(arg)
+
+
+def merge_overrides(overrides: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``train__epochs=3`` and ``train={"epochs": 3}`` keyword overrides as key paths."""
+    pairs: list[tuple[str, Any]] = []
+    if isinstance(overrides, dict):
+        pairs += list(overrides.items())
+    elif overrides:
+        pairs += parse_overrides(list(overrides))
+
+    def flatten(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                flatten(f"{prefix}.{k}", v)
+        else:
+            pairs.append((prefix, value))
+
+    for key, value in kwargs.items():
+        flatten(key.replace("__", "."), value)
+    return dict(pairs)

@@ -19,11 +19,13 @@ from typing import Any
 import torch
 
 from deepworks.config import Config, dump_config, load_config
-from deepworks.data.folders import StreamedImages
-from deepworks.data.loaders import TensorData, ToInput
 from deepworks.errors import CheckpointError, ConfigError, DataError
+from deepworks.kinds import kind_of_config, prepare_data
+from deepworks.kinds.common import balance_classes
+from deepworks.kinds.image import signed_pixels
 from deepworks.models.gan import is_adversarial
 from deepworks.models.registry import model_from_config
+from deepworks.predictor import Run
 from deepworks.runs import RunDir, atomic_write, existing_run, new_run_dir
 from deepworks.runtime import distributed_context
 from deepworks.train.adversarial import GENERATOR_FILE, AdversarialTrainer, sample_grid
@@ -32,33 +34,19 @@ from deepworks.train.trainer import load_model_weights
 __all__ = ["train_gan", "resume_gan", "generate", "load_generator"]
 
 
-def _gan_input(split: Any, scale: float, channels: int) -> Any:
-    """The split with its transform replaced: stored pixels -> [-1, 1] (``2 * x * scale - 1``)."""
-    to_input = ToInput(scale, [0.5] * channels, [0.5] * channels)
-    if isinstance(split, TensorData):
-        return TensorData(split.x, split.y, split.weights, to_input)
-    if isinstance(split, StreamedImages):
-        streamed = StreamedImages(split.source, split.indices, to_input, split.label_map)
-        streamed.weights = split.weights
-        return streamed
-    raise DataError(f"GAN training reads images; got {type(split).__name__}.")
-
-
 def _prepare(cfg: Config) -> tuple[Any, Any, dict[str, Any]]:
     """The training images in [-1, 1], the data record, and the GAN built for them."""
-    from deepworks.pipeline import _balance, prepare_data
-
     if distributed_context().enabled:
         raise ConfigError("GAN training runs in one process; launch it without --nproc or torchrun.")
     if cfg.data.augment:
         raise ConfigError("data.augment: GAN training does not augment its images (the generator would learn the "
                           "augmentations). Fix: remove data.augment.")
     AdversarialTrainer.check_keys(cfg.train, cfg.gan)  # before any data is read or any folder written
+    if kind_of_config(cfg) != "image":  # refused before the data is read
+        raise DataError(f"model.name: {cfg.model.name} generates images, but data describes {kind_of_config(cfg)} "
+                        "data. Fix: an image dataset or folder.")
     data = prepare_data(cfg)
-    if len(data.input_shape) != 3:
-        raise DataError(f"model.name: {cfg.model.name} generates images, but the data has shape {data.input_shape} "
-                        "(a table, text or series). Fix: an image dataset or folder.")
-    _balance(cfg, data)  # data.sampler: balanced draws every class equally often
+    balance_classes(cfg, data)  # data.sampler: balanced draws every class equally often
     info = dict(data.info)
     scale = float(info["pixels"]["scale"])
     info["task"] = {"name": "generation"}
@@ -66,7 +54,7 @@ def _prepare(cfg: Config) -> tuple[Any, Any, dict[str, Any]]:
                           "trained_on": "train"}
     torch.manual_seed(cfg.seed)  # the initial weights
     gan = model_from_config(cfg.model, data.input_shape, len(data.classes))
-    return _gan_input(data.train, scale, data.input_shape[0]), gan, info
+    return signed_pixels(data.train, scale, data.input_shape[0]), gan, info
 
 
 def train_gan(cfg: Config, run_dir: str | Path | None = None, runs_root: str | Path = "runs") -> Any:
@@ -87,8 +75,6 @@ def resume_gan(run: RunDir, cfg: Config) -> Any:
     """Continue an interrupted GAN run from its checkpoint (exactly where it stopped)."""
     if run.summary.exists() and "epochs_run" in run.read_json(run.summary):
         print(f"{run.path}: the run is already complete; nothing to resume.", flush=True)
-        from deepworks.pipeline import Run
-
         gan = load_generator(run.path)[0]
         return Run(run.path, cfg, gan, list(run.read_json(run.data)["classes"]), run.read_metrics(),
                    run.read_json(run.summary))
@@ -104,17 +90,15 @@ def resume_gan(run: RunDir, cfg: Config) -> Any:
 
 
 def _fit(cfg: Config, train: Any, gan: Any, info: dict[str, Any], run: RunDir, resume: bool) -> Any:
-    from deepworks.pipeline import Run
-
     trainer = AdversarialTrainer(gan, cfg.train, cfg.gan, run_dir=run.path, seed=cfg.seed)
     history = trainer.fit(train, resume=resume)
     if cfg.gan.quality:
         trainer.summary["quality"] = _judge(cfg, run, info, trainer)
         run.write_json(run.summary, trainer.summary)
     if cfg.report and distributed_context().is_main:
-        from deepworks.pipeline import _write_report
+        from deepworks.pipeline import write_run_report
 
-        _write_report(run)  # losses, sample grids and the quality measures
+        write_run_report(run)  # losses, sample grids and the quality measures
     return Run(run.path, cfg, gan, list(info["classes"]), history, trainer.summary)
 
 

@@ -413,12 +413,12 @@ def co2_file(root: str | Path | None = None) -> Path:
 def _load_co2(*, root: str | Path | None = None, **_: Any) -> Any:
     """The series (:class:`~deepworks.data.series.Series`): time ``date``, target ``co2``."""
     from deepworks.data.series import series_from_columns
-    from deepworks.data.tabular import _check_column, read_table
+    from deepworks.data.tabular import check_column, read_table
 
     path = co2_file(root)
     header, rows, lines = read_table(path)
     for name in ("date", "co2"):
-        _check_column(path, header, name, "co2 file")
+        check_column(path, header, name, "co2 file")
     dates = [row[header.index("date")] for row in rows]
     bad = next((i for i, d in enumerate(dates) if not (len(d) == 8 and d.isdigit())), None)
     if bad is not None:

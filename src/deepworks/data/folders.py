@@ -130,7 +130,7 @@ def plan_folder(
 # ----------------------------------------------------------------------------- decoding in worker processes
 
 
-class _Decode(Dataset):
+class DecodeFiles(Dataset):
     """Decode files with :func:`load_pixels` in DataLoader workers; a file that fails gives its
     reason instead of pixels, never an exception.
 
@@ -162,7 +162,7 @@ class _Decode(Dataset):
         return out
 
 
-def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+def collate_decoded(items: list[dict[str, Any]]) -> dict[str, Any]:
     """One batch of decoded files, stacked in the worker (one shared-memory tensor to pass back)."""
     good = [it for it in items if it["bad"] is None]
     out: dict[str, Any] = {
@@ -278,7 +278,7 @@ def scan_files(
     ok = np.zeros(n, dtype=bool)
     bad: list[tuple[int, str]] = []
     loader = DataLoader(
-        _Decode(paths, spec, stats=stats, keep=keep), batch_size=16, num_workers=workers, collate_fn=_collate,
+        DecodeFiles(paths, spec, stats=stats, keep=keep), batch_size=16, num_workers=workers, collate_fn=collate_decoded,
         prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(0),
     )
     try:
@@ -351,8 +351,8 @@ class FolderSource:
     def _get_loader(self, workers: int, pin: bool) -> DataLoader:
         if self._loader is None or self._loader_key != (workers, pin):
             self._loader = DataLoader(
-                _Decode(self.paths, self.spec), batch_sampler=self._plan, num_workers=workers,
-                collate_fn=_collate, pin_memory=pin, persistent_workers=True, prefetch_factor=4,
+                DecodeFiles(self.paths, self.spec), batch_sampler=self._plan, num_workers=workers,
+                collate_fn=collate_decoded, pin_memory=pin, persistent_workers=True, prefetch_factor=4,
                 # a private generator: starting a pass must not draw from the global RNG, which
                 # drives dropout and augmentation and is restored exactly on resume
                 generator=torch.Generator().manual_seed(0),
@@ -366,9 +366,9 @@ class FolderSource:
         """``(positions that decoded, uint8 batch on device)`` for each list of file positions."""
         workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
         if workers == 0:
-            decoder = _Decode(self.paths, self.spec)
+            decoder = DecodeFiles(self.paths, self.spec)
             for batch in index_batches:
-                out = _collate([decoder[i] for i in batch])
+                out = collate_decoded([decoder[i] for i in batch])
                 self._skip(out["bad"])
                 if out["x"] is not None:
                     yield out["index"], out["x"].to(device)

@@ -33,6 +33,7 @@ __all__ = [
     "walk_image_folder",
 ]
 
+JPEG_MAGIC = b"\xff\xd8\xff"  # the first bytes of every JPEG file (start of image, then a marker)
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 ON_BAD_FILE = ("warn", "error")
 
@@ -198,7 +199,8 @@ def decode_image_bytes(data: bytes, where: str = "image", max_pixels: int | None
                     f"{where}: declares {width}x{height} = {width * height} pixels, more than the limit of "
                     f"{max_pixels} pixels. Fix: send a smaller image (resize it first)."
                 )
-            fmt = img.format
+            # JPEG by its first bytes, as decode_image decides for a file (Pillow names some camera JPEGs "MPO")
+            fmt = "JPEG" if data[:len(JPEG_MAGIC)] == JPEG_MAGIC else img.format
             if fmt != "JPEG":
                 img.load()  # decode now: a truncated file fails here, not later
                 upright = _upright(img)
@@ -249,17 +251,34 @@ def _pil_to_uint8(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.require(arr.transpose(2, 0, 1), requirements=["C", "W"]))
 
 
+def pixels_from_pil(img: Image.Image) -> torch.Tensor:
+    """An in-memory PIL image as uint8 (C, H, W), as :func:`decode_image` gives its file: upright
+    per its EXIF orientation, 1 channel for grayscale modes and 3 otherwise, alpha over white."""
+    upright = _upright(img)
+    try:
+        return _pil_to_uint8(upright)
+    finally:
+        upright.close()
+
+
 def decode_image(path: str | os.PathLike[str]) -> torch.Tensor:
     """Decode an image file to uint8 (C, H, W), upright per its EXIF orientation.
 
     C is 1 for grayscale files and 3 for everything else; transparent pixels are composited
     over white, as viewers show them. JPEGs (photos: the files that cost the time) go through
-    torchvision's decoder (libjpeg-turbo); PNG, GIF, BMP, TIFF and WebP through Pillow.
+    torchvision's decoder (libjpeg-turbo); PNG, GIF, BMP, TIFF and WebP through Pillow. The
+    decoder is chosen by the file's first bytes, whatever its name says, as
+    :func:`decode_image_bytes` chooses for an upload.
     Raises :class:`DataError` naming the file for a missing, empty or undecodable one.
     """
     path = Path(path)
     _check_file(path)
-    if path.suffix.lower() in (".jpg", ".jpeg"):
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(JPEG_MAGIC))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}). Check its permissions.") from None
+    if head == JPEG_MAGIC:  # by content, not by name: a PNG saved as .jpg decodes as the PNG it is
         x = _decode_jpeg(path)
         if x is not None:
             return x

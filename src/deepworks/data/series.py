@@ -278,16 +278,16 @@ def read_series(
 ) -> Series:
     """Read a CSV (or Parquet) file into a :class:`Series`: the ``time`` column, the ``targets``
     to forecast and the extra ``inputs`` (default: none)."""
-    from deepworks.data.tabular import _check_column, read_table
+    from deepworks.data.tabular import check_column, read_table
 
     path = Path(path).expanduser()
     header, rows, lines = read_table(path)
     where = where or str(path)
-    _check_column(path, header, time, "data.time")
+    check_column(path, header, time, "data.time")
     for name in targets:
-        _check_column(path, header, name, "data.target")
+        check_column(path, header, name, "data.target")
     for name in inputs or []:
-        _check_column(path, header, name, "data.features")
+        check_column(path, header, name, "data.features")
     columns = {name: [row[header.index(name)] for row in rows] for name in header}
     return series_from_columns(columns, lines, time, targets, inputs or [], where)
 

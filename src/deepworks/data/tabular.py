@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,14 +124,21 @@ def _read_parquet(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
         ) from None
     except Exception as exc:  # pyarrow raises its own error types for damaged files
         raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0][:200]}).") from None
-    header = [str(c) for c in frame.columns]
-    if not header:
+    if len(frame.columns) == 0:
         raise DataError(f"{path}: the file is empty. Fix: a table needs named columns and one row per sample.")
     if len(frame) == 0:
         raise DataError(f"{path}: the file has columns but no rows. Fix: add one row per sample.")
+    header, rows = frame_rows(frame)
+    return header, rows, list(range(1, len(rows) + 1))
+
+
+def frame_rows(frame: Any) -> tuple[list[str], list[list[str]]]:
+    """A pandas DataFrame's header and rows as text cells (missing -> ""), as a Parquet file's are
+    read: the one conversion of in-memory table values to the cells an encoder takes."""
+    header = [str(c) for c in frame.columns]
     cells = frame.astype(object).where(frame.notna(), "")
     rows = [["" if v is None else str(v) for v in row] for row in cells.itertuples(index=False, name=None)]
-    return header, rows, list(range(1, len(rows) + 1))
+    return header, rows
 
 
 def read_table(path: str | Path) -> tuple[list[str], list[list[str]], list[int]]:
@@ -171,7 +179,7 @@ class Table:
         return {name: [cells[i] for i in index] for name, cells in self.columns.items()}
 
 
-def _check_column(path: Path, header: list[str], name: str, key: str) -> None:
+def check_column(path: Path, header: list[str], name: str, key: str) -> None:
     if name not in header:
         hint = _suggest(name, header)
         sep = next((s for s in (";", "\t", "|") if len(header) == 1 and s in header[0]), None)
@@ -233,9 +241,9 @@ def load_table(
             f"{path}: a table needs a target column: set data.target to its name (e.g. data.target: label)."
         )
     header, rows, lines = read_table(path)
-    _check_column(path, header, target, "data.target")
+    check_column(path, header, target, "data.target")
     if group_by is not None:
-        _check_column(path, header, group_by, "data.group_by")
+        check_column(path, header, group_by, "data.group_by")
         if group_by == target:
             raise DataError(f"{path}: data.group_by is the target column {target!r}. Fix: group by another column.")
     if features is None:
@@ -342,6 +350,26 @@ def load_csv(
         features=encoder.feature_names,
     )
 
+def feature_matrix(columns: dict[str, Sequence[str]], features: Sequence[str], lines: Sequence[int], where: str) -> np.ndarray:
+    """The ``features`` columns' cells as float32 (N, F); a cell that is not a finite number
+    (empty, text, nan, inf) is an error naming ``where``, its line and column."""
+    n = len(lines)
+    x = np.empty((n, len(features)), dtype=np.float32)
+    for j, name in enumerate(features):
+        for i, cell in enumerate(columns[name]):
+            try:
+                value = float(cell)
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value):
+                raise DataError(
+                    f"{where}: line {lines[i]}, column {name!r}: {cell!r} is not a finite number. "
+                    "Fix: give every feature a numeric value."
+                )
+            x[i, j] = value
+    return x
+
+
 def read_feature_rows(path: str | Path, features: Sequence[str]) -> tuple[np.ndarray, list[int]]:
     """The ``features`` columns of a CSV as float32 (N, F), with each row's line number.
 
@@ -358,19 +386,6 @@ def read_feature_rows(path: str | Path, features: Sequence[str]) -> tuple[np.nda
             f"{path}: the model was trained on column(s) {', '.join(map(repr, missing))}, which this file lacks. "
             f"Columns here: {_column_list(header)}."
         )
-    position = [header.index(c) for c in features]
-    x = np.empty((len(rows), len(features)), dtype=np.float32)
-    for i, row in enumerate(rows):
-        for j, k in enumerate(position):
-            cell = row[k]
-            try:
-                value = float(cell)
-            except ValueError:
-                value = math.nan
-            if not math.isfinite(value):
-                raise DataError(
-                    f"{path}: line {lines[i]}, column {features[j]!r}: {cell!r} is not a finite number. "
-                    "Fix: give every feature a numeric value."
-                )
-            x[i, j] = value
+    columns = {name: [row[header.index(name)] for row in rows] for name in features}
+    x = feature_matrix(columns, features, lines, str(path))
     return x, lines

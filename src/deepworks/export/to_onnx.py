@@ -39,7 +39,6 @@ absolute difference must be at most :data:`TOLERANCE`; otherwise the file is lef
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import io
 import os
@@ -56,9 +55,10 @@ import torch
 from torch import nn
 
 from deepworks.config import load_config
-from deepworks.errors import ConfigError, DeepworksError
+from deepworks.errors import ConfigError, DataError, DeepworksError
+from deepworks.kinds.image import PixelInput  # noqa: F401  (re-exported: the graph's wrapper of image runs)
 from deepworks.models.gan import is_adversarial
-from deepworks.runs import RunDir, atomic_write, existing_run
+from deepworks.runs import existing_run
 from deepworks.train.step import with_tta
 from deepworks.transfer import Transfer
 
@@ -73,20 +73,6 @@ FORMATS = ("onnx",)
 
 class ExportError(DeepworksError):
     """The exported model does not compute what the run's model computes (or cannot be exported)."""
-
-
-class PixelInput(nn.Module):
-    """float32 pixels in [0, 1] -> the run's per-channel normalisation ``(x - mean) / std`` -> model."""
-
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
-        super().__init__()
-        self.model = model
-        c = len(mean)
-        self.register_buffer("mul", torch.tensor([1.0 / s for s in std], dtype=torch.float32).view(1, c, 1, 1))
-        self.register_buffer("add", torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32).view(1, c, 1, 1))
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model(pixels * self.mul + self.add)
 
 
 def _require_runtime() -> tuple[Any, Any]:
@@ -109,7 +95,8 @@ def export(
     on validation samples (batch sizes 1 and 7) and raise :class:`ExportError` when the largest
     absolute difference exceeds :data:`TOLERANCE`. Returns the sidecar's content, which is also
     stored in ``summary.json`` (``export``, in short)."""
-    from deepworks.pipeline import load_run, prepare_data
+    from deepworks.kinds import inputs_for_run, prepare_data
+    from deepworks.predictor import load_run
 
     if format not in FORMATS:
         raise ConfigError(f"export --format: expected one of {', '.join(FORMATS)}, got {format!r}. Fix: --format onnx.")
@@ -138,10 +125,14 @@ def export(
     if split_name is None:
         raise ExportError(f"{run.path}: the run's data has no samples to check the exported model on.")
     split = getattr(data, split_name)
-    kind, graph, in_name, spec = _graph_for(model, info, loaded.config, split)
+    inputs = inputs_for_run(run.path, info)
+    try:
+        kind, graph, in_name, spec = inputs.export_graph(model, loaded.config)
+    except DataError as exc:  # a run from an older deepworks whose record cannot say what the input means
+        raise ExportError(str(exc)) from None
     out_name = "logits" if loaded.task.name == "classification" else "prediction"
-    reference = with_tta(model, loaded.config.train.tta) if kind == "image" else model  # as predict runs it
-    cases = _parity_cases(split, kind, spec, reference)
+    reference = with_tta(model, loaded.config.train.tta)  # as predict runs it (train.tta flips images only)
+    cases = _parity_cases(split, inputs, reference)
 
     out_path = Path(out) if out is not None else run.path / "model.onnx"
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,82 +246,6 @@ def _quiet_native_stderr():
         os.close(saved)
 
 
-def _graph_for(model: nn.Module, info: dict[str, Any], cfg: Any, split: Any) -> tuple[str, nn.Module, str, dict[str, Any]]:
-    """(input kind, the module to export, its input's name, what the input means and how it is made)."""
-    source = info.get("input") or {}
-    shape = info["input_shape"]
-    if source.get("kind") == "tokens":
-        return "tokens", model, "token_ids", {
-            "meaning": f"token ids of each text, right-padded with {source.get('pad_index', 0)} to "
-                       f"{shape[0]} (data.max_length); longer texts keep their first {shape[0]} tokens",
-            "preprocessing": {
-                "how": "TextEncoder.from_dict(preprocessing['text']).encode(texts).ids (deepworks.data.text): "
-                       "tokenize (lowercased if the settings say so), look each token up in the vocabulary "
-                       "(unknown -> unk_index), cut or pad with pad_index to max_length",
-                "text": info["text"], "text_column": info.get("text_column"), "max_length": shape[0],
-                "pad_index": source.get("pad_index", 0), "unk_index": source.get("unk_index", 1),
-                "vocab_size": source.get("vocab_size"),
-            },
-        }
-    if source.get("kind") == "embeddings":
-        return "embeddings", model, "embeddings", {
-            "meaning": f"the sentence encoder's {source['encoder'].get('features', 'sentence')} features of each "
-                       f"text ({source['dim']} values); the graph is the model on them, not the encoder",
-            "preprocessing": {
-                "how": "embed each text with the sentence encoder recorded here (same weights: check its sha256), "
-                       "as deepworks.data.encoders.embed_texts does; the encoder itself is not in the graph",
-                "encoder": source["encoder"], "text_column": info.get("text_column"),
-            },
-        }
-    if source.get("kind") == "series":
-        return "series", model, "windows", {
-            "meaning": f"windows of the last {source['lookback']} steps of the columns {source['columns']}, "
-                       "each standardised with the training period's mean and std",
-            "preprocessing": {
-                "how": "put the history on the run's time grid (time_step, gaps filled from the past), take the last "
-                       "lookback steps of columns, then (value - mean) / std per column; the output is standardised: "
-                       "target value = output * task.std + task.mean, step-major (horizon x targets)",
-                "input": source,
-            },
-        }
-    if len(shape) == 3:
-        transform = getattr(split, "transform", None)
-        scale = float((info.get("pixels") or {}).get("scale", getattr(transform, "scale", 1 / 255)))
-        mean = list(info.get("mean") or getattr(transform, "mean", [0.0] * shape[0]))
-        std = list(info.get("std") or getattr(transform, "std", [1.0] * shape[0]))
-        tta = cfg.train.tta
-        return "image", PixelInput(with_tta(model, tta), mean, std), "pixels", {
-            "meaning": f"images as float32 pixels in [0, 1], shaped (batch, {shape[0]}, {shape[1]}, {shape[2]}); "
-                       "the normalisation is inside the graph",
-            "preprocessing": {
-                "how": "decode the file as the run did (image: channels, size, alpha over white, EXIF orientation; "
-                       "deepworks.data.images.load_pixels) to uint8 and multiply by scale (1/255); the run's own "
-                       "stored samples (a built-in dataset) by dataset_scale instead; in the graph: "
-                       "(pixels - mean) / std per channel"
-                       + (", then the mean of the model on the image and on its mirror image (train.tta: hflip)"
-                          if tta == "hflip" else ""),
-                "image": info.get("image"), "scale": 1 / 255, "dataset_scale": scale,
-                "in_graph": {"mean": mean, "std": std, "tta": tta},
-            },
-        }
-    if "encoder" in info:
-        return "table", model, "features", {
-            "meaning": f"the {len(info['feature_names'])} encoded features of a table row (feature_names)",
-            "preprocessing": {
-                "how": "TableEncoder.from_dict(preprocessing['encoder']).transform({column: cells}) "
-                       "(deepworks.data.features): per input column, impute missing cells with the training value, "
-                       "scale numbers, one-hot categories (plus an 'other' slot), add missing indicators",
-                "columns": info.get("features"), "feature_names": info["feature_names"],
-                "feature_groups": info.get("feature_groups"), "encoder": info["encoder"],
-            },
-        }
-    raise ExportError(
-        "export: this run's data.json has no table encoder, token, embedding, series or image description (a run "
-        "from an older deepworks?), so what the graph's input means cannot be shipped with it. Supported: image, "
-        "table, text, sentence-embedding and series runs. Fix: train the run again with this deepworks."
-    )
-
-
 def _output_record(task: Any, name: str) -> dict[str, Any]:
     record = task.record()
     if task.name == "classification":
@@ -348,32 +263,16 @@ def _rows(n: int, available: int) -> torch.Tensor:
     return torch.arange(n) % available
 
 
-def _parity_cases(
-    split: Any, kind: str, spec: dict[str, Any], reference: nn.Module,
-) -> list[tuple[str, torch.Tensor, np.ndarray]]:
+def _parity_cases(split: Any, inputs: Any, reference: nn.Module) -> list[tuple[str, torch.Tensor, np.ndarray]]:
     """[(label, graph input, PyTorch's output)]: real samples of the split at batch sizes 1 and 7
-    (repeated when the split is smaller), and for token ids a batch mixing the shortest and longest
-    texts with an empty one (padding only). PyTorch's output is the run's model in fp32 on the
-    pipeline's own input (for images: the stored integers through the run's ``ToInput``)."""
+    (repeated when the split is smaller), and the kind's extra cases (token ids: a batch mixing the
+    shortest and longest texts with an empty one). PyTorch's output is the run's model in fp32 on
+    the pipeline's own input (for images: the stored integers through the run's ``ToInput``)."""
     n = len(split)
     pairs = []
-    if kind == "image":
-        raw = copy.copy(split)
-        raw.transform = None  # the stored integers, before the pipeline's ToInput
-        scale = spec["preprocessing"]["dataset_scale"]
-        for b in PARITY_BATCHES:
-            idx = _rows(b, n)
-            pairs.append((str(b), raw.inputs(idx).cpu().to(torch.float32) * scale, split.inputs(idx).cpu()))
-    else:
-        for b in PARITY_BATCHES:
-            x = split.inputs(_rows(b, n)).cpu()
-            pairs.append((str(b), x, x))
-    if kind == "tokens":
-        ids = split.inputs().cpu()
-        order = torch.argsort((ids != 0).sum(1), stable=True)
-        picked = torch.cat([order[:3], order[-3:]])
-        mixed = torch.cat([ids[picked], torch.zeros_like(ids[:1])])
-        pairs.append(("padding", mixed, mixed))
+    for b in PARITY_BATCHES:
+        pairs.append((str(b), *inputs.parity_inputs(split, _rows(b, n))))
+    pairs += [(label, x, x) for label, x in inputs.parity_extra(split)]
     with torch.no_grad():
         return [(label, graph_in, reference(torch_in).float().numpy()) for label, graph_in, torch_in in pairs]
 

@@ -6,6 +6,6 @@ multipart field ``file``, or JSON ``{"rows": [...]}`` / ``{"texts": [...]}``), `
 see :mod:`deepworks.serve.app`.
 """
 
-from deepworks.serve.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS, MicroBatcher, Predictor, create_app
+from deepworks.serve.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PIXELS, MicroBatcher, ServedModel, create_app
 
-__all__ = ["create_app", "Predictor", "MicroBatcher", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_PIXELS"]
+__all__ = ["create_app", "ServedModel", "MicroBatcher", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_PIXELS"]

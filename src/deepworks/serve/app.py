@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepworks.data.images import ImageSpec, ImageTooLarge, decode_image_bytes, resize_pixels, to_channels
-from deepworks.data.loaders import ToInput
+from deepworks.data.images import ImageTooLarge
 from deepworks.errors import ConfigError, DataError
+from deepworks.kinds import RunInputs, inputs_for_run
 from deepworks.runs import existing_run
 
 log = logging.getLogger("deepworks.serve")
@@ -54,9 +54,12 @@ class RequestError(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
-class Predictor:
-    """A run's model behind one backend (``torch``: the best weights; ``onnx``: ``model.onnx`` in
-    ONNX Runtime, exported first when missing) with the run's preprocessing."""
+class ServedModel:
+    """A run's model behind one backend (``torch``: the best weights, through
+    :class:`deepworks.Predictor`; ``onnx``: ``model.onnx`` in ONNX Runtime, exported first when
+    missing). Requests become model inputs through the run's kind module
+    (:mod:`deepworks.kinds`), the same code ``deepworks.predict`` uses; this class adds only
+    what is HTTP's: which request fits the kind, and the status of a refusal."""
 
     def __init__(self, run_dir: str | Path, backend: str = "torch"):
         if "://" in str(run_dir):
@@ -70,49 +73,21 @@ class Predictor:
             raise ConfigError(f"{self.run.data}: missing; {self.run.path} has not prepared its data yet. "
                               "Fix: serve a run that has trained at least one epoch.")
         self.info = self.run.read_json(self.run.data)
-        shape = self.info["input_shape"]
-        if self.info.get("kind") == "series":
+        self.inputs: RunInputs = inputs_for_run(self.run_dir, self.info)
+        self.kind = self.inputs.kind
+        if self.kind == "series":
             raise ConfigError(f"serve: {self.run.path} is a forecasting run; the server answers image, table and text "
                               "runs. Fix: use `deepworks predict RUN_DIR history.csv` for forecasts.")
-        if "text" in self.info or self.info.get("kind") == "text":
-            self.kind = "text"
-        elif len(shape) == 3:
-            self.kind = "image"
-        else:
-            self.kind = "table"
-        self.shape = tuple(int(v) for v in shape)
         self.loaded = False
 
     def load(self) -> None:
         """Load the model (seconds); before this only the run's description is read."""
-        from deepworks.pipeline import load_run
-        from deepworks.train.step import with_tta
+        from deepworks.predictor import Predictor
 
-        loaded = load_run(self.run_dir)
-        self.task, self.classes = loaded.task, loaded.classes
-        info = self.info
-        if self.kind == "image":
-            c = self.shape[0]
-            self.spec = ImageSpec.from_dict(info["image"]) if "image" in info else ImageSpec(c, self.shape[1:])
-            self.to_input = ToInput(1 / 255, info.get("mean", [0.0] * c), info.get("std", [1.0] * c))
-        elif self.kind == "table" and "encoder" in info:
-            from deepworks.data.features import TableEncoder
-
-            self.encoder = TableEncoder.from_dict(info["encoder"])
-        elif self.kind == "text" and (info.get("input") or {}).get("encoder"):
-            # the sentence encoder: checked against the run's record and loaded once, not per request
-            from deepworks.data.encoders import SentenceEncoder
-            from deepworks.pipeline import run_encoder
-
-            self.sentence_checked = run_encoder(self.run_dir, info["input"]["encoder"])
-            self.sentence_encoder = SentenceEncoder.load(self.sentence_checked[0])
-        elif self.kind == "text":
-            from deepworks.data.text import TextEncoder
-
-            self.text_encoder = TextEncoder.from_dict(info["text"])
-        if self.backend == "torch":
-            self.model = with_tta(loaded.model, loaded.config.train.tta)
-        else:
+        self.predictor = Predictor(self.run_dir, device="cpu", progress=False)
+        self.inputs = self.predictor.inputs  # loaded: a sentence encoder once, not per request
+        self.task, self.classes = self.predictor.task, self.predictor.classes
+        if self.backend == "onnx":
             self._load_onnx()
         self.loaded = True
 
@@ -138,85 +113,45 @@ class Predictor:
     # -- requests -> model input (one tensor per request, its first axis the rows) --
 
     def image_input(self, data: bytes, max_pixels: int) -> torch.Tensor:
-        """An uploaded image file -> uint8 (1, C, H, W), the pixels ``deepworks.predict`` gives the file."""
-        if self.kind != "image":
-            raise RequestError(415, f"this run ({self.run_dir.name}) reads {self._reads()}, not images. "
-                                    f"Fix: POST JSON {self._json_example()}.")
+        """An uploaded file -> the kind's raw rows (for images uint8 (1, C, H, W), the pixels
+        ``deepworks.predict`` gives the same file)."""
+        if self.inputs.json_key is not None:
+            raise RequestError(415, f"this run ({self.run_dir.name}) reads {self.inputs.reads}, not images. "
+                                    f"Fix: POST JSON {self.inputs.json_example()}.")
         try:
-            x = decode_image_bytes(data, "the uploaded file", max_pixels)
+            return self.inputs.from_upload(data, max_pixels)
         except ImageTooLarge as exc:
             raise RequestError(413, str(exc)) from None
         except DataError as exc:
             raise RequestError(400, str(exc)) from None
-        return resize_pixels(to_channels(x, self.spec.channels), self.spec.size, self.spec.resize).unsqueeze(0)
 
     def json_input(self, body: Any) -> torch.Tensor:
         """JSON ``{"rows": [...]}`` (table runs) or ``{"texts": [...]}`` (text runs) -> model input rows."""
-        if self.kind == "image":
+        key = self.inputs.json_key
+        if key is None:
             raise RequestError(415, f"this run ({self.run_dir.name}) reads images. Fix: upload the image file as the "
                                     "multipart form field `file` (curl -F file=@digit.png URL/predict).")
-        key = "texts" if self.kind == "text" else "rows"
         if not isinstance(body, dict) or not isinstance(body.get(key), list) or not body[key]:
-            raise RequestError(422, f"expected a JSON object {self._json_example()} with at least one entry in "
+            raise RequestError(422, f"expected a JSON object {self.inputs.json_example()} with at least one entry in "
                                     f"{key!r}, got {_short(body)}.")
-        items = body[key]
-        if self.kind == "text":
-            if any(not isinstance(t, str) for t in items):
-                raise RequestError(422, 'texts must be strings, e.g. {"texts": ["a fine film"]}.')
-            record = (self.info.get("input") or {}).get("encoder")
-            if record:
-                from deepworks.pipeline import _embed_for_run
-
-                return _embed_for_run(self.run_dir, record, list(items), checked=self.sentence_checked,
-                                      encoder=self.sentence_encoder)
-            return self.text_encoder.encode(list(items)).ids
-        return self._rows(items)
-
-    def _rows(self, rows: list[Any]) -> torch.Tensor:
-        from deepworks.data import normalize
-
-        if any(not isinstance(r, dict) for r in rows):
-            raise RequestError(422, f"rows must be JSON objects of column -> value, e.g. {self._json_example()}.")
-        if hasattr(self, "encoder"):
-            names = [spec["name"] for spec in self.encoder.columns]
-        else:
-            names = list(self.info["features"])
-        missing = sorted({n for r in rows for n in names if n not in r})
-        if missing:
-            raise RequestError(422, f"rows lack the column(s) {', '.join(map(repr, missing))} the model was trained "
-                                    f"on. Fix: give every row {', '.join(map(repr, names))}.")
-        cells = {n: ["" if r[n] is None else str(r[n]) for r in rows] for n in names}
         try:
-            if hasattr(self, "encoder"):
-                x = torch.from_numpy(self.encoder.transform(cells, lines=list(range(1, len(rows) + 1)), where="rows"))
-            else:
-                x = torch.from_numpy(np.array([[float(v) for v in cells[n]] for n in names], dtype=np.float32).T.copy())
-        except ValueError as exc:
-            raise RequestError(422, f"rows: {exc}. Fix: give numbers for numeric columns.") from None
+            return self.inputs.from_json(body[key])
         except DataError as exc:
             raise RequestError(422, str(exc)) from None
-        if "mean" in self.info:
-            x = normalize(x, self.info["mean"], self.info["std"])
-        return x
 
     def warmup_input(self) -> torch.Tensor:
-        if self.kind == "image":
-            return torch.zeros((1, *self.spec.input_shape), dtype=torch.uint8)
-        if self.kind == "text" and hasattr(self, "text_encoder"):
-            return torch.zeros((1, *self.shape), dtype=torch.int64)
-        return torch.zeros((1, *self.shape), dtype=torch.float32)
+        return self.inputs.warmup()
+
+    @property
+    def page_kind(self) -> str:
+        """What the page at / asks for: an image upload, table rows or texts."""
+        return {None: "image", "rows": "table", "texts": "text"}[self.inputs.json_key]
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Model outputs (float32) for a batch of inputs made by the methods above."""
         if self.backend == "torch":
-            if self.kind == "image":
-                batch = self.to_input(batch)
-            with torch.no_grad():
-                return self.model(batch).float()
-        if self.kind == "image":
-            feed = batch.numpy().astype(np.float32) * np.float32(self.sidecar["preprocessing"]["scale"])
-        else:
-            feed = batch.numpy()
+            return self.predictor.forward(batch)
+        feed = self.inputs.onnx_feed(batch)
         return torch.from_numpy(np.asarray(self.session.run(None, {self.input_name: feed})[0], dtype=np.float32))
 
     def results(self, outputs: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
@@ -229,18 +164,6 @@ class Predictor:
             else:
                 out.append(r)
         return out
-
-    def _reads(self) -> str:
-        return {"image": "images", "table": "table rows", "text": "texts"}[self.kind]
-
-    def _json_example(self) -> str:
-        if self.kind == "text":
-            return '{"texts": ["a fine film"]}'
-        if self.kind == "table":
-            cols = [spec["name"] for spec in self.encoder.columns] if hasattr(self, "encoder") else list(
-                self.info.get("features") or [])
-            return json.dumps({"rows": [{c: "..." for c in cols[:3]}]})
-        return '{"rows": [...]}'
 
 
 def _short(value: Any) -> str:
@@ -433,7 +356,7 @@ def create_app(
 
     from deepworks.serve.page import page_html
 
-    predictor = Predictor(run_dir, backend)
+    predictor = ServedModel(run_dir, backend)
     for name, value in (("max_body_bytes", max_body_bytes), ("max_pixels", max_pixels)):
         if value < 1:
             raise ConfigError(f"serve: {name} must be >= 1, got {value}.")
@@ -500,7 +423,7 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
-        return HTMLResponse(page_html(predictor.run_dir.name, predictor.kind, default_top_k), headers={
+        return HTMLResponse(page_html(predictor.run_dir.name, predictor.page_kind, default_top_k), headers={
             "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
                                        "connect-src 'self'; img-src data: blob:"})
 
@@ -553,7 +476,7 @@ def create_app(
                                     "with the image in the field `file`, or application/json with rows or texts.")
         outputs = await batcher.submit(x)
         results = predictor.results(outputs, top_k)
-        if predictor.kind == "image":
+        if predictor.inputs.json_key is None:  # one uploaded file, one answer
             return JSONResponse(results[0])
         return JSONResponse({"results": results})
 

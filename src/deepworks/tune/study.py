@@ -409,6 +409,7 @@ def _run_trial(config: Any, overrides: dict[str, Any], run_dir: Path, trial: Any
                cv: int | None) -> tuple[list[float], int | None, int | None, str]:
     """Train one trial in ``run_dir``: its metrics, the epoch it was pruned at, the epochs it ran
     (per fold with cv: None) and its resolved config."""
+    import deepworks.front as front
     import deepworks.pipeline as pipeline
 
     callback = PruneOnPlateau(trial, metrics[0]) if prune else None
@@ -419,7 +420,7 @@ def _run_trial(config: Any, overrides: dict[str, Any], run_dir: Path, trial: Any
             scores = {f"val_{k}": v for k, v in summary["mean"].items()}
             scores.update({f"train_{k}": v for k, v in (summary.get("train") or {}).items()})
         else:
-            run = pipeline.train(config, run_dir=run_dir, overrides=overrides, callbacks=[callback] if callback else [])
+            run = front.train(config, run_dir=run_dir, overrides=overrides, callbacks=[callback] if callback else [])
             model, summary = run.model, run.summary
             scores = {f"{split}_{k}": v for split in ("train", "val") for k, v in (summary.get(split) or {}).items()}
     except TrainingError as exc:

@@ -1,0 +1,310 @@
+"""Images: a built-in dataset or a folder of class subfolders, prepared as uint8 pixels; a trained
+run reads image files, folders, glob patterns, arrays, tensors and PIL images, and HTTP uploads,
+always through the run's decode, channels and resize (data.json ``image``) and its normalisation
+(training mean/std). The export puts the normalisation inside the graph (:class:`PixelInput`)."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepworks.config import Config
+from deepworks.data.datasets import ImageDataset, load_from_config
+from deepworks.data.folders import DecodeFiles, FolderStream, StreamedImages, collate_decoded, pixel_stats
+from deepworks.data.images import (
+    IMAGE_EXTENSIONS, ImageSpec, decode_image, decode_image_bytes, pixels_from_pil, resize_pixels, to_channels,
+)
+from deepworks.data.leakage import apply_policy, find_duplicates, sample_hashes
+from deepworks.data.loaders import TensorData, ToInput
+from deepworks.data.splits import apply_subset, dataset_split_indices, take_splits
+from deepworks.errors import DataError
+from deepworks.kinds.common import (
+    SPLITS, Batch, PreparedData, RunInputs, apply_fold, check_on_error, class_counts, data_seed, expand_paths,
+    fingerprint, subset_record,
+)
+from deepworks.train.step import with_tta
+from deepworks.train.tasks import Classification
+
+FILE_SCALE = 1 / 255  # 8-bit image files: stored integers -> [0, 1]
+
+
+def prepare(config: Config, fold: tuple[int, int | None] | None = None) -> PreparedData:
+    """Load the images, split them (seeded, stratified) and normalise them with training statistics only."""
+    d = config.data
+    ds = load_from_config(d)  # uint8 images in memory (ImageDataset) or a folder streamed from disk (FolderStream)
+    official = ds.has_official_test
+    seed = data_seed(config)
+    # positions first, samples copied once: after folds, the subset and dropped duplicates
+    idx = dataset_split_indices(ds, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=seed)
+    if fold is not None:
+        idx.update(apply_fold(idx, ds.y.numpy(), fold, True, None, seed, ds.name))
+    idx, classes, remap = apply_subset(
+        idx, ds.y.numpy(), d.subset, ds.classes, test_labels=ds.test_y.numpy() if official else None,
+        where=f"dataset {ds.name!r}",
+    )
+    duplicates = _duplicates(ds, idx, official, d.on_duplicates)
+    channels, height, width = ds.input_shape
+    if d.normalize:  # training split only: no leakage from val/test
+        sums, sqs = ds.pixel_sums()
+        rows = torch.from_numpy(idx["train"])
+        mean, std = pixel_stats(sums[rows], sqs[rows], height * width, ds.scale)
+    else:
+        mean, std = [0.0] * channels, [1.0] * channels
+    to_input = ToInput(ds.scale, mean, std)  # uint8 -> normalised float, a batch at a time on the device
+    new_label = torch.from_numpy(remap)  # the kept classes' labels 0..k-1 (the identity without data.subset)
+    parts = ds.take(idx, to_input, new_label) if isinstance(ds, FolderStream) else {
+        name: TensorData(x, new_label[y], transform=to_input) for name, (x, y) in take_splits(ds, idx).items()
+    }
+    spec = ds.spec or ImageSpec(channels, (height, width))
+    task = Classification(classes)
+    info = {
+        "dataset": ds.name,
+        "source": ds.source,
+        "kind": "image",
+        "classes": classes,
+        "input_shape": list(ds.input_shape),
+        "features": ds.features,
+        "mean": mean,
+        "std": std,
+        "image": spec.to_dict(),  # how predict turns a file into these pixels
+        "pixels": {"dtype": "uint8", "scale": ds.scale},
+        "loading": ds.loading or {"path": "memory", "estimate_bytes": int(ds.x.numel() + (0 if ds.test_x is None else ds.test_x.numel()))},
+        "sizes": {name: len(parts[name]) for name in SPLITS},
+        "class_counts": class_counts({name: parts[name].y for name in SPLITS}, len(classes)),
+        "official_test": official,
+        "split_fingerprint": fingerprint(idx, lambda name: parts[name].y.numpy().astype(np.int64).tobytes()),
+        "duplicates": duplicates,
+        "task": task.record(),
+        **subset_record(config, classes),
+    }
+    return PreparedData(parts["train"], parts["val"], parts["test"], classes, ds.input_shape, info, task)
+
+
+def _duplicates(ds: ImageDataset | FolderStream, idx: dict[str, np.ndarray], official: bool, policy: str) -> dict[str, Any]:
+    """Find exact duplicate images (decoded pixels) within and across splits; drop, keep or refuse
+    the val/test ones that also occur in training (``idx`` is updated in place)."""
+    if official:  # hash training and official test images together; test positions follow the training ones
+        hashes = np.concatenate([ds.sample_hashes(), sample_hashes(ds.test_x)])
+        offset = {"train": 0, "val": 0, "test": len(ds.y)}
+    else:
+        hashes, offset = ds.sample_hashes(), {"train": 0, "val": 0, "test": 0}
+    shifted = {name: idx[name] + offset[name] for name in SPLITS}
+    report = find_duplicates(hashes, shifted)
+    kept = apply_policy(report, shifted, policy, what=f"dataset {ds.name!r}")
+    idx.update({name: kept[name] - offset[name] for name in SPLITS})
+    return report.to_dict(policy)
+
+
+def signed_pixels(split: Any, scale: float, channels: int) -> Any:
+    """The split with its transform replaced: stored pixels -> [-1, 1] (``2 * x * scale - 1``), what a GAN
+    generates and its discriminator reads."""
+    to_input = ToInput(scale, [0.5] * channels, [0.5] * channels)
+    if isinstance(split, TensorData):
+        return TensorData(split.x, split.y, split.weights, to_input)
+    if isinstance(split, StreamedImages):
+        streamed = StreamedImages(split.source, split.indices, to_input, split.label_map)
+        streamed.weights = split.weights
+        return streamed
+    raise DataError(f"GAN training reads images; got {type(split).__name__}.")
+
+
+class PixelInput(nn.Module):
+    """float32 pixels in [0, 1] -> the run's per-channel normalisation ``(x - mean) / std`` -> model."""
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.model = model
+        c = len(mean)
+        self.register_buffer("mul", torch.tensor([1.0 / s for s in std], dtype=torch.float32).view(1, c, 1, 1))
+        self.register_buffer("add", torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32).view(1, c, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixels * self.mul + self.add)
+
+
+class ImageInputs(RunInputs):
+    """An image run's inputs: uint8 (N, C, H, W) pixels as the run was trained on, then
+    :class:`ToInput` with the training mean/std on the device."""
+
+    kind = "image"
+    reads = "images"
+
+    def __init__(self, run_dir: Path, info: dict[str, Any]):
+        super().__init__(run_dir, info)
+        c = self.shape[0]
+        # runs from before data.json recorded the recipe: squashed to the input shape
+        self.spec = ImageSpec.from_dict(info["image"]) if "image" in info else ImageSpec(c, self.shape[1:])
+        self.mean = list(info.get("mean") or [0.0] * c)
+        self.std = list(info.get("std") or [1.0] * c)
+        self.to_input = ToInput(FILE_SCALE, self.mean, self.std)
+
+    # -- raw inputs --
+    def _items(self, inputs: Any) -> list[Any]:
+        if isinstance(inputs, (str, Path, np.ndarray, torch.Tensor)) or _is_pil(inputs):
+            inputs = [inputs]
+        items: list[Any] = []
+        for item in inputs:
+            if isinstance(item, (np.ndarray, torch.Tensor)):
+                items += [("array", x) for x in self._array_images(item)]
+            elif _is_pil(item):
+                items.append(("pil", item))
+            elif isinstance(item, (str, Path)):
+                items += [("file", p) for p in expand_paths([item], sorted(IMAGE_EXTENSIONS), "image files")]
+            else:
+                raise DataError(f"predict: an image run takes image files, folders, glob patterns, arrays, tensors or "
+                                f"PIL images; got {type(item).__name__}. Fix: give the image's file path.")
+        if not items:
+            raise DataError("predict: no images given. Fix: give image files, a folder of images or an array.")
+        return items
+
+    def _array_images(self, value: np.ndarray | torch.Tensor) -> list[torch.Tensor]:
+        """An array of images, channels first: (N, C, H, W), one (C, H, W) or one grayscale (H, W);
+        uint8 as stored in image files, or floats in [0, 1] (rounded to 8 bits, as a file holds them)."""
+        x = torch.as_tensor(value).detach().cpu()
+        expected = (f"uint8 images shaped (N, {self.spec.channels}, H, W) (channels first, as PyTorch), one image "
+                    f"(C, H, W), or floats in [0, 1]")
+        if x.ndim == 2:
+            x = x[None, None]
+        elif x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[1] not in (1, 3) or 0 in x.shape:
+            raise DataError(f"predict: an array of shape {tuple(value.shape)} is not images; expected {expected}. "
+                            "Fix: reorder an (N, H, W, C) array with array.transpose(0, 3, 1, 2).")
+        if x.dtype.is_floating_point:
+            if not bool(torch.isfinite(x).all()) or float(x.min()) < 0 or float(x.max()) > 1:
+                raise DataError(f"predict: float pixels must lie in [0, 1] (got {float(x.min()):.3g} to "
+                                f"{float(x.max()):.3g}); expected {expected}. Fix: divide 8-bit values by 255.")
+            x = torch.round(x * 255).to(torch.uint8)
+        elif x.dtype != torch.uint8:
+            raise DataError(f"predict: an array of {x.dtype} is not images; expected {expected}.")
+        return list(x)
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoded uint8 (C, H, W) -> the run's channels and size."""
+        return resize_pixels(to_channels(x, self.spec.channels), self.spec.size, self.spec.resize)
+
+    def count(self, inputs: Any) -> int | None:
+        return len(self._items(inputs))
+
+    def batches(self, inputs: Any, batch_size: int, on_error: str = "raise", workers: int = 0) -> Iterator[Batch]:
+        check_on_error(on_error)
+        listed = [inputs] if isinstance(inputs, (str, Path)) else inputs
+        if isinstance(listed, (list, tuple)) and listed and all(isinstance(i, (str, Path)) for i in listed):
+            # files only: their paths in one bytes buffer, which decoding workers read without copying pages
+            files = FileList(expand_paths(listed, sorted(IMAGE_EXTENSIONS), "image files"))
+            yield from self._file_batches(files, batch_size, on_error, workers)
+            return
+        items = self._items(inputs)
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            batch = Batch(None, [])
+            xs = []
+            for i, (how, value) in enumerate(chunk):
+                name = {"file": str(value)} if how == "file" else {"index": start + i}
+                try:
+                    if how == "file":
+                        xs.append(self._finish(decode_image(value)))
+                    elif how == "pil":
+                        xs.append(self._finish(pixels_from_pil(value)))
+                    else:
+                        xs.append(self._finish(value))
+                except DataError as exc:
+                    if on_error == "raise":
+                        raise
+                    batch.errors.append((name, str(exc)))
+                    continue
+                batch.names.append(name)
+            batch.x = torch.stack(xs) if xs else None
+            yield batch
+
+    def _file_batches(self, files: FileList, batch_size: int, on_error: str, workers: int) -> Iterator[Batch]:
+        """Files decoded in ``workers`` DataLoader processes (0: here), a batch at a time: at most
+        the batches in flight are ever in memory, whatever the number of files."""
+        from torch.utils.data import DataLoader
+
+        decoder = DecodeFiles(files, self.spec)
+        if workers > 0 and len(files) > batch_size:
+            loader = DataLoader(decoder, batch_size=batch_size, num_workers=workers, collate_fn=collate_decoded,
+                                prefetch_factor=2)
+        else:
+            loader = (collate_decoded([decoder[i] for i in range(s, min(s + batch_size, len(files)))])
+                      for s in range(0, len(files), batch_size))
+        for decoded in loader:  # positions in "index" and "bad" are positions in files
+            batch = Batch(decoded["x"], [{"file": str(files[i])} for i in decoded["index"]])
+            for i, reason in decoded["bad"]:
+                message = f"{files[i]}: {reason}"
+                if on_error == "raise":
+                    raise DataError(message)
+                batch.errors.append(({"file": str(files[i])}, message))
+            yield batch
+
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_input(x)
+
+    # -- the server --
+    def from_upload(self, data: bytes, max_pixels: int | None) -> torch.Tensor:
+        """An uploaded file's bytes -> uint8 (1, C, H, W): the pixels predict gives the same file."""
+        return self._finish(decode_image_bytes(data, "the uploaded file", max_pixels)).unsqueeze(0)
+
+    def warmup(self) -> torch.Tensor:
+        return torch.zeros((1, *self.spec.input_shape), dtype=torch.uint8)
+
+    # -- ONNX: float pixels in [0, 1]; the normalisation (and train.tta) inside the graph --
+    def onnx_feed(self, x: torch.Tensor) -> np.ndarray:
+        return x.cpu().numpy().astype(np.float32) * np.float32(FILE_SCALE)
+
+    def export_graph(self, model: nn.Module, cfg: Config) -> tuple[str, nn.Module, str, dict[str, Any]]:
+        c, h, w = self.shape
+        tta = cfg.train.tta
+        dataset_scale = float((self.info.get("pixels") or {}).get("scale", FILE_SCALE))
+        return "image", PixelInput(with_tta(model, tta), self.mean, self.std), "pixels", {
+            "meaning": f"images as float32 pixels in [0, 1], shaped (batch, {c}, {h}, {w}); "
+                       "the normalisation is inside the graph",
+            "preprocessing": {
+                "how": "decode the file as the run did (image: channels, size, alpha over white, EXIF orientation; "
+                       "deepworks.data.images.load_pixels) to uint8 and multiply by scale (1/255); the run's own "
+                       "stored samples (a built-in dataset) by dataset_scale instead; in the graph: "
+                       "(pixels - mean) / std per channel"
+                       + (", then the mean of the model on the image and on its mirror image (train.tta: hflip)"
+                          if tta == "hflip" else ""),
+                "image": self.info.get("image"), "scale": FILE_SCALE, "dataset_scale": dataset_scale,
+                "in_graph": {"mean": self.mean, "std": self.std, "tta": tta},
+            },
+        }
+
+    def parity_inputs(self, split: Any, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the graph's input, the PyTorch model's input) for stored samples of a split: the stored
+        integers times the dataset's scale, and the pipeline's own ToInput of them."""
+        raw = copy.copy(split)
+        raw.transform = None  # the stored integers, before the pipeline's ToInput
+        scale = float((self.info.get("pixels") or {}).get("scale", FILE_SCALE))
+        return raw.inputs(idx).cpu().to(torch.float32) * scale, split.inputs(idx).cpu()
+
+
+class FileList:
+    """Many file paths in one numpy bytes array: a fraction of a list of str's memory, and a
+    forked worker that indexes it touches no object's reference count, so copies no page."""
+
+    def __init__(self, paths: list[str]):
+        self.paths = np.array([os.fsencode(p) for p in paths], dtype=bytes)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> str:
+        return os.fsdecode(self.paths[i])
+
+
+def _is_pil(value: Any) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow is a dependency
+        return False
+    return isinstance(value, Image.Image)
