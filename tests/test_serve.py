@@ -167,24 +167,56 @@ def test_malformed_uploads_get_4xx_with_a_json_error(cnn_run, digit_files):
         assert httpx.get(served.url + "/health").status_code == 200
 
 
-def test_ready_is_503_until_the_model_is_loaded(cnn_run):
+def test_ready_is_503_until_the_model_is_loaded_and_warmed_up(cnn_run, digit_files, expected):
+    """The model's load and its warm-up batch are held on events: /ready (and /predict) must answer
+    503 while the load is held, still 503 once it has loaded but the warm-up has not run, and 200
+    only after both."""
     from fastapi.testclient import TestClient
 
     app = create_app(cnn_run.dir)
+    predictor = app.state.predictor
+    release_load, loaded, release_warmup = threading.Event(), threading.Event(), threading.Event()
+    load, forward = predictor.load, predictor.forward
+    calls: list[int] = []
+
+    def held_load():
+        assert release_load.wait(60), "the test never released the load"
+        load()
+        loaded.set()
+
+    def held_forward(batch):
+        calls.append(int(batch.shape[0]))
+        if len(calls) == 1:  # the warm-up batch
+            assert release_warmup.wait(60), "the test never released the warm-up"
+        return forward(batch)
+
+    # the server looks both up when it starts (the load task and the batcher), after this
+    predictor.load, predictor.forward = held_load, held_forward
+    f = digit_files[0]
     with TestClient(app) as client:
-        # the lifespan has started loading in the background; /health answers whatever its state
-        assert client.get("/health").status_code == 200
-        deadline = time.monotonic() + 60
-        statuses = []
-        while time.monotonic() < deadline:
+        try:
+            assert client.get("/health").status_code == 200
             r = client.get("/ready")
-            statuses.append(r.status_code)
-            if r.status_code == 200:
-                break
-            assert r.status_code == 503 and r.json()["error"]
-            time.sleep(0.01)
-        assert statuses[-1] == 200
-    assert app.state.serve["ready"]
+            assert r.status_code == 503 and "loading" in r.json()["error"] and r.headers["retry-after"] == "1"
+            r = client.post("/predict", files={"file": (f.name, png_bytes(f), "image/png")})
+            assert r.status_code == 503 and "loading" in r.json()["error"]
+
+            release_load.set()
+            assert loaded.wait(60)
+            r = client.get("/ready")  # loaded, but the warm-up batch is held: not ready yet
+            assert r.status_code == 503 and "loading" in r.json()["error"]
+            assert not app.state.serve["ready"]
+
+            release_warmup.set()
+            wait_ready(client)
+            assert client.get("/ready").json()["kind"] == "image"
+            r = client.post("/predict", files={"file": (f.name, png_bytes(f), "image/png")})
+            assert r.status_code == 200, r.text
+            check_prediction(r.json(), expected[f.name])
+            assert calls == [1, 1]  # the warm-up, then the request
+        finally:  # a failed assert must not leave the model's thread waiting
+            release_load.set()
+            release_warmup.set()
 
 
 def test_refuses_a_url_and_a_missing_run(tmp_path):
