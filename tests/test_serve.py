@@ -365,10 +365,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve_cli(run_dir: Path, *args: str) -> tuple[subprocess.Popen, str]:
+def _serve_cli(run_dir: Path, *args: str, launcher: list[str] | None = None, env: dict[str, str] | None = None,
+               headers: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """`deepworks serve RUN_DIR ARGS` (or ``launcher + ["serve", ...]``) on a free port, once /ready
+    answers 200 (polled with ``headers``); its stdout and stderr together in ``proc.stdout``."""
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "deepworks", "serve", str(run_dir), "--port", str(port), *args],
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1",
+           **(env or {})}
+    launcher = launcher or [sys.executable, "-m", "deepworks"]
+    proc = subprocess.Popen([*launcher, "serve", str(run_dir), "--port", str(port), *args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -376,7 +381,7 @@ def _serve_cli(run_dir: Path, *args: str) -> tuple[subprocess.Popen, str]:
         if proc.poll() is not None:
             raise AssertionError(f"deepworks serve exited with {proc.returncode}:\n{proc.stdout.read()}")
         try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+            if httpx.get(url + "/ready", headers=headers, timeout=2).status_code == 200:
                 return proc, url
         except httpx.TransportError:
             pass
@@ -385,33 +390,109 @@ def _serve_cli(run_dir: Path, *args: str) -> tuple[subprocess.Popen, str]:
     raise AssertionError(f"deepworks serve did not become ready:\n{proc.stdout.read()}")
 
 
+def wait_for(condition, what: str, seconds: float = 60.0) -> None:
+    """Until ``condition()`` is true; past the deadline the test fails naming ``what``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {seconds:g} s for {what}"
+        time.sleep(0.01)
+
+
+def refuses_connections(url: str) -> bool:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError:
+        return True
+    return False
+
+
+# `deepworks serve` whose model calls after the warm-up wait for the file GATE/release once they
+# have created GATE/entered: a test sees for sure that a request is inside the server
+GATED_SERVE = """
+import sys
+import time
+from pathlib import Path
+
+gate = Path(sys.argv.pop(1))
+from deepworks.serve import app as serve_app
+
+init = serve_app.MicroBatcher.__init__
+
+
+def gated_init(self, forward, *args, **kwargs):
+    calls = []
+
+    def gated(batch):
+        calls.append(len(batch))
+        if len(calls) > 1:  # the first call is the warm-up
+            (gate / "entered").touch()
+            deadline = time.monotonic() + 60
+            while not (gate / "release").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return forward(batch)
+
+    init(self, gated, *args, **kwargs)
+
+
+serve_app.MicroBatcher.__init__ = gated_init
+from deepworks.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_cli_onnx_backend_and_sigterm_lets_the_request_in_flight_finish(cnn_run, digit_files, expected, tmp_path):
     """`deepworks serve --backend onnx` exports the run first and answers as predict does; a SIGTERM
-    that arrives while a request waits in its batch (max wait 3 s) lets it finish with a 200."""
+    that arrives while a request is inside the server (its model call held on a file) stops the
+    server from accepting connections, and the request, released only once the server is waiting
+    for it, finishes with a 200."""
     run_dir = tmp_path / "run"
     shutil.copytree(cnn_run.dir, run_dir)
-    proc, url = _serve_cli(run_dir, "--backend", "onnx", "--max-wait-ms", "3000")
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    launcher = tmp_path / "gated_serve.py"
+    launcher.write_text(GATED_SERVE)
+    proc, url = _serve_cli(run_dir, "--backend", "onnx", launcher=[sys.executable, str(launcher), str(gate)])
     try:
         assert (run_dir / "model.onnx").exists()
         f = digit_files[1]
         result: dict = {}
 
         def post():
-            result["r"] = httpx.post(url + "/predict", files={"file": (f.name, png_bytes(f), "image/png")}, timeout=30)
+            try:
+                result["r"] = httpx.post(url + "/predict", files={"file": (f.name, png_bytes(f), "image/png")},
+                                         timeout=60)
+            except Exception as exc:  # the asserts below show it
+                result["error"] = exc
 
+        output: list[str] = []  # the server's log lines as they come
+
+        def read_output():
+            for line in proc.stdout:
+                output.append(line)
+
+        threading.Thread(target=read_output, daemon=True).start()
         thread = threading.Thread(target=post)
-        started = time.monotonic()
         thread.start()
-        time.sleep(1.0)  # the request is in the server, waiting for its batch to fill
+        wait_for((gate / "entered").exists, "the request to reach the model")
         proc.send_signal(signal.SIGTERM)
-        thread.join(timeout=30)
-        assert time.monotonic() - started >= 2.0
+        # uvicorn has stopped listening and now waits (at most the CLI's graceful timeout) for the
+        # connections in flight; its log line says so
+        wait_for(lambda: any("Waiting for connections to close" in line for line in output),
+                 "the server to wait for the request in flight after SIGTERM")
+        assert refuses_connections(url)
+        assert not result  # the request is still held in its model call
+        (gate / "release").touch()
+        thread.join(timeout=60)
+        assert "r" in result, result
         r = result["r"]
         assert r.status_code == 200, r.text
         check_prediction(r.json(), expected[f.name])
         # uvicorn shuts down gracefully, then re-raises the signal: the exit status says "ended by SIGTERM"
         assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
     finally:
+        (gate / "release").touch()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
