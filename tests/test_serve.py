@@ -63,9 +63,11 @@ def expected(cnn_run, digit_files):
 
 
 class Served:
-    """The app under uvicorn on a free loopback port, in a background thread."""
+    """The app under uvicorn on a free loopback port, in a background thread; ``headers`` go with
+    the readiness polls (the API key of a server that needs one)."""
 
-    def __init__(self, app):
+    def __init__(self, app, headers: dict[str, str] | None = None):
+        self.headers = headers or {}
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -79,7 +81,7 @@ class Served:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                if httpx.get(self.url + "/ready", headers=self.headers, timeout=2).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -103,10 +105,10 @@ def huge_png(width: int = 100_000, height: int = 100_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
-def wait_ready(client, seconds: float = 120.0) -> None:
+def wait_ready(client, seconds: float = 120.0, headers: dict[str, str] | None = None) -> None:
     """Until /ready answers 200; a model that failed to load fails the test with /ready's error."""
     deadline = time.monotonic() + seconds
-    while (r := client.get("/ready")).status_code != 200:
+    while (r := client.get("/ready", headers=headers)).status_code != 200:
         assert "failed" not in r.text and time.monotonic() < deadline, r.text
         time.sleep(0.02)
 
@@ -217,6 +219,133 @@ def test_ready_is_503_until_the_model_is_loaded_and_warmed_up(cnn_run, digit_fil
         finally:  # a failed assert must not leave the model's thread waiting
             release_load.set()
             release_warmup.set()
+
+
+KEY = "test-key-5f2b9c8e1d"  # what the servers below require; a log or an error that shows it fails
+
+
+def assert_401(r, *needles: str) -> None:
+    """A refusal that says what to send, challenges for Bearer, and repeats no key."""
+    assert r.status_code == 401, (r.status_code, r.text)
+    assert r.headers["content-type"] == "application/json"
+    assert "Bearer" in r.headers.get_list("www-authenticate")[0]
+    error = r.json()["error"]
+    assert "Authorization: Bearer KEY" in error and "X-API-Key: KEY" in error, error
+    for needle in needles:
+        assert needle in error, error
+    assert KEY not in r.text and "wrong-key" not in r.text and "Traceback" not in r.text
+
+
+def test_api_key_guards_every_request_but_health(cnn_run, digit_files, expected):
+    """With api_key, /health stays open; /ready, /predict, the page, the docs and unknown paths
+    answer 401 without the key or with a wrong one, and accept it as Bearer, X-API-Key or Basic."""
+    app = create_app(cnn_run.dir, api_key=KEY, max_body_bytes=256 * 1024)
+    f = digit_files[2]
+    upload = {"file": (f.name, png_bytes(f), "image/png")}
+    with Served(app, headers={"Authorization": f"Bearer {KEY}"}) as served:
+        url = served.url
+        assert httpx.get(url + "/health").json() == {"status": "ok"}
+        for path in ("/ready", "/", "/docs", "/openapi.json", "/nothing-here"):
+            assert_401(httpx.get(url + path), "needs an API key")
+        assert_401(httpx.post(url + "/predict", files=upload), "needs an API key")
+        # a body the server never reads (200 KB, under the limit): the client still gets the 401
+        assert_401(httpx.post(url + "/predict", content=b"\x00" * 200_000, headers={"content-type": "image/png"}))
+        for headers in ({"Authorization": "Bearer wrong-key"}, {"X-API-Key": "wrong-key"},
+                        {"Authorization": f"Bearer {KEY}x"}, {"Authorization": f"Bearer {KEY[:-1]}"},
+                        {"Authorization": "Bearer"}, {"X-API-Key": ""}):
+            assert_401(httpx.get(url + "/ready", headers=headers), "not this server's key")
+            assert_401(httpx.post(url + "/predict", files=upload, headers=headers), "not this server's key")
+        assert_401(httpx.get(url + "/ready", auth=("user", "wrong-key")), "not this server's key")
+
+        for headers in ({"Authorization": f"Bearer {KEY}"}, {"authorization": f"bearer {KEY}"}, {"X-API-Key": KEY}):
+            assert httpx.get(url + "/ready", headers=headers).json()["kind"] == "image"
+            r = httpx.post(url + "/predict", files=upload, headers=headers)
+            assert r.status_code == 200, r.text
+            check_prediction(r.json(), expected[f.name])
+        # HTTP Basic with the key as password (any user name): what a browser sends for the page
+        r = httpx.get(url + "/", auth=("anyone", KEY))
+        assert r.status_code == 200 and "<html" in r.text
+        r = httpx.post(url + "/predict", files=upload, auth=("", KEY))
+        assert r.status_code == 200, r.text
+        # the page's 401 also offers Basic, so that a browser asks its user for the key
+        assert any(c.startswith("Basic") for c in httpx.get(url + "/").headers.get_list("www-authenticate"))
+
+
+def test_an_api_key_that_cannot_travel_in_a_header_is_refused_without_quoting_it(cnn_run):
+    from deepworks.errors import ConfigError
+
+    for key in ("", "has space", "tab\tkey", "caf\u00e9-key"):
+        with pytest.raises(ConfigError, match="printable ASCII") as info:
+            create_app(cnn_run.dir, api_key=key)
+        assert not key or key not in str(info.value)
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("127.8.9.10", True), ("localhost", True), ("LOCALHOST", True), ("::1", True),
+    ("[::1]", True), ("0.0.0.0", False), ("::", False), ("192.168.1.20", False), ("10.0.0.1", False),
+    ("example.com", False), ("::ffff:127.0.0.1", True),
+])
+def test_exposure_warning_only_off_loopback_and_only_without_a_key(host, loopback):
+    from deepworks.serve.app import exposure_warning, is_loopback
+
+    assert is_loopback(host) is loopback
+    warning = exposure_warning(host, None)
+    assert (warning is None) is loopback
+    if warning:
+        assert "--api-key" in warning and "DEEPWORKS_API_KEY" in warning and host in warning
+    assert exposure_warning(host, KEY) is None
+
+
+def test_cli_serve_takes_the_key_from_api_key_or_the_environment_and_warns_off_loopback(
+        cnn_run, monkeypatch, capsys):
+    """The serve command, in process, uvicorn.run replaced by a recorder: --host 0.0.0.0 without a
+    key warns on stderr naming --api-key; DEEPWORKS_API_KEY (or --api-key, which wins) makes the
+    app require the key, through the settings the --workers factory reads too; no output shows it."""
+    import warnings
+
+    from fastapi.testclient import TestClient
+
+    from deepworks import cli
+    from deepworks.serve.app import ENV_SETTINGS, app_from_env
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # the CLI replaces it
+    monkeypatch.setenv(ENV_SETTINGS, "{}")  # the CLI sets it for --workers; restored afterwards
+    monkeypatch.delenv("DEEPWORKS_API_KEY", raising=False)
+    calls: list[tuple] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
+
+    def serve(*args: str):
+        calls.clear()
+        assert cli.main(["serve", str(cnn_run.dir), *args]) == 0
+        captured = capsys.readouterr()
+        assert KEY not in captured.out + captured.err
+        (app, kwargs), = calls
+        return (app_from_env() if kwargs.get("factory") else app), kwargs, captured
+
+    def status(app, headers=None) -> int:
+        # no lifespan: the model is not loaded, so a request past the key gets /ready's 503
+        return TestClient(app).get("/ready", headers=headers).status_code
+
+    app, kwargs, captured = serve("--host", "0.0.0.0")
+    assert "warning" in captured.err and "--api-key" in captured.err and "0.0.0.0" in captured.err
+    assert kwargs["host"] == "0.0.0.0" and kwargs["timeout_graceful_shutdown"] == 30
+    assert status(app) == 503  # no key: open
+
+    app, _, captured = serve("--host", "127.0.0.1")
+    assert "--api-key" not in captured.err
+
+    monkeypatch.setenv("DEEPWORKS_API_KEY", KEY)
+    app, _, captured = serve("--host", "0.0.0.0")
+    assert "--api-key" not in captured.err and "API key required" in captured.out
+    assert status(app) == 401 and status(app, {"X-API-Key": KEY}) == 503
+
+    app, _, _ = serve("--api-key", "from-the-option", "--workers", "2")  # the option wins over the variable
+    assert status(app, {"X-API-Key": KEY}) == 401 and status(app, {"X-API-Key": "from-the-option"}) == 503
+
+    calls.clear()
+    assert cli.main(["serve", str(cnn_run.dir), "--api-key", "two words"]) == 2
+    captured = capsys.readouterr()
+    assert "printable ASCII" in captured.err and "two words" not in captured.err and not calls
 
 
 def test_refuses_a_url_and_a_missing_run(tmp_path):
@@ -580,16 +709,27 @@ def test_onnx_backend_serves_table_rows_and_texts_as_predict_does(table_run, tex
             check_served(client, body, want)
 
 
-def test_cli_workers_each_serve_the_run(cnn_run, digit_files, expected):
-    """`--workers 2`: uvicorn's worker processes build the app from the factory and answer as predict does."""
-    proc, url = _serve_cli(cnn_run.dir, "--workers", "2")
+def test_cli_workers_each_serve_the_run_and_the_api_key_stays_out_of_the_logs(cnn_run, digit_files, expected):
+    """`--workers 2` with DEEPWORKS_API_KEY: uvicorn's worker processes build the app from the
+    factory (the key travels in its settings) and answer as predict does with the key, 401 without
+    it; nothing the server prints shows the key."""
+    headers = {"X-API-Key": KEY}
+    proc, url = _serve_cli(cnn_run.dir, "--workers", "2", env={"DEEPWORKS_API_KEY": KEY}, headers=headers)
     try:
         for f in digit_files[:4]:
-            r = httpx.post(url + "/predict", files={"file": (f.name, png_bytes(f), "image/png")}, timeout=30)
+            r = httpx.post(url + "/predict", files={"file": (f.name, png_bytes(f), "image/png")}, headers=headers,
+                           timeout=30)
             assert r.status_code == 200, r.text
             check_prediction(r.json(), expected[f.name])
+        for bad in ({}, {"Authorization": "Bearer wrong-key"}):
+            assert_401(httpx.post(url + "/predict", files={"file": ("x.png", b"x", "image/png")}, headers=bad,
+                                  timeout=30))
+        assert httpx.get(url + "/health", timeout=30).status_code == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+        output = proc.stdout.read()
+        assert "POST /predict" in output and "401" in output  # the access log was captured
+        assert KEY not in output, output
     finally:
         if proc.poll() is None:
             proc.kill()
