@@ -541,6 +541,10 @@ def serve(
         10 * 1024 * 1024),
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="images declaring more pixels get 413")] = (
         40_000_000),
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar="DEEPWORKS_API_KEY", show_envvar=True, show_default=False,
+        help="every request but /health must send it (Authorization: Bearer KEY or X-API-Key: KEY); "
+             "the environment variable keeps it out of the shell history and the process list")] = None,
 ) -> None:
     """Serve a run over HTTP: POST /predict (an image upload in the form field `file`, or JSON rows
     or texts), GET /health, GET /ready, GET / (a page to try it), GET /docs (OpenAPI)."""
@@ -550,8 +554,10 @@ def serve(
         from deepworks.errors import ConfigError
 
         raise ConfigError("deepworks serve needs FastAPI and uvicorn: pip install 'deepworks[serve]'.") from None
-    from deepworks.serve.app import ENV_SETTINGS, ServedModel, create_app
+    from deepworks.serve.app import ENV_SETTINGS, ServedModel, check_api_key, create_app, exposure_warning
 
+    if api_key is not None:
+        check_api_key(api_key)  # an unusable key fails here (without quoting it), before an export or a worker
     if backend == "onnx" and not (Path(run_dir) / "model.onnx").exists():
         import deepworks
 
@@ -560,12 +566,15 @@ def serve(
     settings = {"run_dir": str(Path(run_dir).resolve()), "backend": backend, "max_batch": max_batch,
                 "max_wait_ms": max_wait_ms, "queue_limit": queue_limit, "max_body_bytes": max_body_bytes,
                 "max_pixels": max_pixels}
+    if api_key is not None:
+        settings["api_key"] = api_key
     ServedModel(settings["run_dir"], backend)  # a missing or unsuitable run fails here, before any worker starts
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        err.print(f"note: binding to {escape(host)}: the server is reachable from other machines; it has no "
-                  "authentication.", highlight=False)
+    warning = exposure_warning(host, api_key)
+    if warning:
+        err.print(f"warning: {escape(warning)}", highlight=False, soft_wrap=True)
     out.print(f"serving {escape(str(run_dir))} on http://{escape(host)}:{port} (backend {backend}, "
-              f"{workers} worker{'s' if workers > 1 else ''}); docs at /docs", highlight=False, soft_wrap=True)
+              f"{workers} worker{'s' if workers > 1 else ''}{', API key required' if api_key else ''}); "
+              "docs at /docs", highlight=False, soft_wrap=True)
     if workers > 1:
         os.environ[ENV_SETTINGS] = json.dumps(settings)
         uvicorn.run("deepworks.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,

@@ -16,6 +16,9 @@ Under load: each request's input waits in a bounded asyncio queue; one worker ta
 in its own thread, and hands each request its rows. A full queue answers 503 with ``Retry-After``
 at once; a body over ``max_body_bytes`` answers 413; an image over ``max_pixels`` 413; an
 undecodable or truncated one 400. Errors are JSON ``{"error": "..."}``.
+
+With an API key (``create_app(api_key=...)``, ``deepworks serve --api-key`` or ``DEEPWORKS_API_KEY``)
+every request but ``/health`` needs it; a missing or wrong one answers 401 (:class:`ApiKey`).
 """
 
 
@@ -331,6 +334,112 @@ class _TooLarge(Exception):
     pass
 
 
+ENV_API_KEY = "DEEPWORKS_API_KEY"  # the key when `deepworks serve --api-key` is not given
+OPEN_PATHS = frozenset({"/health"})  # answered without the key (liveness probes)
+
+
+def check_api_key(key: str) -> bytes:
+    """The key as bytes, or :class:`ConfigError` (never quoting the key) when it cannot travel in a header."""
+    if not isinstance(key, str) or not key or any(not ("!" <= c <= "~") for c in key):
+        raise ConfigError("serve --api-key: the key must be a non-empty string of printable ASCII without spaces "
+                          "(it travels in an HTTP header). Fix: generate one with "
+                          "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`.")
+    return key.encode("ascii")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding to ``host`` keeps the server on this machine: localhost, 127.0.0.0/8 or ::1."""
+    import ipaddress
+
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False  # another host name: it may resolve to any interface
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """The warning ``deepworks serve`` prints when it binds beyond loopback without a key; None otherwise."""
+    if api_key or is_loopback(host):
+        return None
+    return (f"binding to {host}: the server is reachable from other machines and anyone who reaches it can use "
+            f"the model. Fix: start it with --api-key KEY (or set {ENV_API_KEY}), or bind to 127.0.0.1.")
+
+
+class ApiKey:
+    """ASGI middleware: every request but ``GET /health`` needs the key, sent as
+    ``Authorization: Bearer KEY``, ``X-API-Key: KEY`` or HTTP Basic with KEY as the password (what a
+    browser sends for the page at ``/`` after asking its user). The key is compared in constant time
+    (``hmac.compare_digest``); a missing or wrong one answers 401 JSON ``{"error": ...}`` with
+    ``WWW-Authenticate`` and never repeats what was sent."""
+
+    def __init__(self, app: Any, key: str, drain_limit: int = DEFAULT_MAX_BODY_BYTES):
+        self.app, self.key, self.drain_limit = app, check_api_key(key), drain_limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        verdict = self.verdict(scope.get("headers") or [])
+        if verdict == "ok":
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1008})
+        if verdict == "missing":
+            message = "this server needs an API key."
+        else:
+            message = "the API key sent is not this server's key."
+        message += (" Fix: send the header `Authorization: Bearer KEY` or `X-API-Key: KEY` with the key the server "
+                    f"was started with (deepworks serve --api-key, or {ENV_API_KEY}).")
+        await self._drain(receive)
+        body = json.dumps({"error": message}).encode()
+        # Bearer for API clients; Basic so that a browser opening the page asks its user for the key
+        await send({"type": "http.response.start", "status": 401, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"www-authenticate", b'Bearer realm="deepworks"'),
+            (b"www-authenticate", b'Basic realm="deepworks", charset="UTF-8"'), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    def verdict(self, headers: list[tuple[bytes, bytes]]) -> str:
+        """``ok``, ``wrong`` (a key was sent, none matches) or ``missing`` (no key was sent)."""
+        import base64
+        import binascii
+        import hmac
+
+        sent = []
+        for name, value in headers:
+            name = name.lower()
+            if name == b"x-api-key":
+                sent.append(value.strip())
+            elif name == b"authorization":
+                scheme, _, credentials = value.strip().partition(b" ")
+                if scheme.lower() == b"bearer":
+                    sent.append(credentials.strip())
+                elif scheme.lower() == b"basic":
+                    try:
+                        sent.append(base64.b64decode(credentials.strip(), validate=True).partition(b":")[2])
+                    except (binascii.Error, ValueError):
+                        sent.append(b"")
+        if not sent:
+            return "missing"
+        matches = [hmac.compare_digest(candidate, self.key) for candidate in sent]  # each compared in full
+        return "ok" if any(matches) else "wrong"
+
+    async def _drain(self, receive: Any) -> None:
+        """Read and drop the body (up to ``drain_limit`` bytes) so a client still sending receives the 401."""
+        read = 0
+        while read <= self.drain_limit:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            read += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+
 def create_app(
     run_dir: str | Path,
     backend: str = "torch",
@@ -340,12 +449,17 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     default_top_k: int = 3,
+    api_key: str | None = None,
 ) -> Any:
     """The FastAPI app serving ``run_dir``'s best model (see the module's description).
 
     The run's description is checked here (a missing or unsuitable run fails at once); the model
     loads in the background when the server starts, then one warm-up batch runs: ``/ready``
-    answers 503 until both are done, ``/health`` answers 200 as soon as the server is up."""
+    answers 503 until both are done, ``/health`` answers 200 as soon as the server is up.
+
+    ``api_key``: when given, every request but ``/health`` needs it (see :class:`ApiKey`); the
+    caller decides where it comes from (``deepworks serve`` takes ``--api-key`` or the environment
+    variable ``DEEPWORKS_API_KEY``)."""
     try:
         from fastapi import FastAPI, Request
     except ImportError:
@@ -356,6 +470,8 @@ def create_app(
 
     from deepworks.serve.page import page_html
 
+    if api_key is not None:
+        check_api_key(api_key)
     predictor = ServedModel(run_dir, backend)
     for name, value in (("max_body_bytes", max_body_bytes), ("max_pixels", max_pixels)):
         if value < 1:
@@ -481,12 +597,15 @@ def create_app(
         return JSONResponse({"results": results})
 
     app.add_middleware(BodyLimit, limit=max_body_bytes)
+    if api_key is not None:  # added last: the outermost layer, so a request without the key reaches nothing
+        app.add_middleware(ApiKey, key=api_key, drain_limit=max_body_bytes)
     return app
 
 
 def app_from_env() -> Any:
     """``create_app`` with the arguments in the environment variable ``DEEPWORKS_SERVE_SETTINGS``
-    (JSON): the factory uvicorn imports in each worker process of ``deepworks serve --workers N``."""
+    (JSON): the factory uvicorn imports in each worker process of ``deepworks serve --workers N``.
+    The settings may hold the API key: nothing here logs them."""
     raw = os.environ.get(ENV_SETTINGS)
     if not raw:
         raise ConfigError(f"{ENV_SETTINGS} is not set; it holds create_app's arguments as JSON, e.g. "
