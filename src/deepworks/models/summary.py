@@ -343,10 +343,10 @@ def _data_shape(config: Config) -> tuple[tuple[int, ...], int, str]:
             return (channels, int(height), int(width)), int(info["classes"]), str(d.dataset)
     if d.path is not None and d.dataset in (None, "folder") and Path(d.path).suffix.lower() not in (".csv", ".parquet", ".pq"):
         # an image folder: the files' headers give its shape, no pixel is decoded
-        from deepworks.data.datasets import _as_size
+        from deepworks.data.datasets import as_image_size
         from deepworks.data.folders import plan_folder
 
-        plan = plan_folder(d.path, image_size=_as_size(d.image_size), channels=d.channels, resize=d.resize)
+        plan = plan_folder(d.path, image_size=as_image_size(d.image_size), channels=d.channels, resize=d.resize)
         return plan.spec.input_shape, len(plan.classes), str(d.path)
     # a table (or a dataset without listed info): its shape is what it holds
     ds = load_from_config(d)
