@@ -194,7 +194,7 @@ def test_forecasting_task_record_and_smape_for_series_with_zeros(tmp_path):
 
 
 def test_inspect_a_series_config(tmp_path):
-    from deepworks.models.summary import inspect_config
+    from deepworks.inspection import inspect_config
 
     csv_path = write_series(tmp_path / "visits.csv", sine_trend())
     out = inspect_config(config(csv_path, {"name": "lstm", "hidden": 5}))

@@ -9,10 +9,11 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from deepworks import inspection
 from deepworks.errors import ShapeError
+from deepworks.inspection import inspect_config
 from deepworks.models import create_model
-from deepworks.models import summary as summary_mod
-from deepworks.models.summary import inspect_config, render_summary, summarize
+from deepworks.models.summary import render_summary, summarize
 
 
 def _total(model: nn.Module) -> int:
@@ -270,7 +271,7 @@ def test_inspect_config_on_digits_loads_no_data(monkeypatch):
     def no_loading(*args, **kwargs):
         raise AssertionError("digits' shape is known without loading it")
 
-    monkeypatch.setattr(summary_mod, "load_from_config", no_loading)
+    monkeypatch.setattr(inspection, "load_from_config", no_loading)
     s = inspect_config({"data": {"dataset": "digits"}, "model": {"name": "cnn", "filters": [8, 16]}})
     assert s["model"] == "cnn" and s["dataset"] == "digits" and s["num_classes"] == 10
     assert s["input_shape"] == [1, 8, 8] and s["output_shape"] == [10]

@@ -142,7 +142,7 @@ def test_texts_are_refused_by_an_image_run(tmp_path):
 
 
 def test_inspect_a_text_config(text_run):
-    from deepworks.models.summary import inspect_config
+    from deepworks.inspection import inspect_config
 
     summary = inspect_config(text_run.config)
     vocab = json.loads((text_run.dir / "data.json").read_text())["input"]["vocab_size"]

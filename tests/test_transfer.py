@@ -369,7 +369,7 @@ def test_feature_cache_refuses_augmentation_before_any_work(tmp_path):
 
 
 def test_inspect_shows_what_is_frozen(tmp_path):
-    from deepworks.models.summary import inspect_config
+    from deepworks.inspection import inspect_config
 
     path = _mobilenet_file(tmp_path)
     out = inspect_config(_weights_config(path, mode="fine_tune", unfreeze=2))

@@ -17,8 +17,7 @@ from deepworks.evaluate.importance import permutation_importance
 from deepworks.report.compare import compare
 from deepworks.report import write_report as report  # deepworks.report is this function, as deepworks.evaluate is
 from deepworks.export import export  # deepworks.export is this function too, as deepworks.report is
-
-__version__ = "0.1.0"
+from deepworks.version import __version__  # noqa: F401  (deepworks.__version__)
 
 __all__ = [
     "Config",

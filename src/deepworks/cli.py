@@ -316,7 +316,7 @@ def inspect(
 ) -> None:
     """The model's layers: output shape, parameters, trainable, receptive field (no training)."""
     from deepworks.config import load_config
-    from deepworks.models.summary import inspect_config, render_summary
+    from deepworks.inspection import inspect_config, render_summary
 
     summary = inspect_config(load_config(config, set_ or []))
     if as_json:

@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 from deepworks.config import load_config
 from deepworks.data.datasets import co2_file, list_datasets, load_dataset
 from deepworks.data.series import (
-    ChangeFromLast, TimeStep, fit_scaling, infer_step, last_value, make_windows, read_series, seasonal_naive,
-    split_periods, stamp_text, window_origins,
+    TimeStep, fit_scaling, infer_step, last_value, make_windows, read_series, seasonal_naive, split_periods,
+    stamp_text, window_origins,
 )
 from deepworks.errors import ConfigError, DataError
+from deepworks.models.series import ChangeFromLast  # a module: it moved from data.series to the model layer
 from deepworks.pipeline import prepare_data
 
 

@@ -12,13 +12,19 @@ and augmentation of training batches.
 
 from deepworks.config import bind_op_list
 from deepworks.data.augment import AUGMENTS, Augment, build_augment
-from deepworks.data.datasets import DATASETS, ImageDataset, list_datasets, load_dataset, read_idx
+from deepworks.data.containers import ImageDataset
+from deepworks.data.datasets import DATASETS, list_datasets, load_dataset, read_idx
 from deepworks.data.folders import FolderStream, StreamedImages, scan_image_folder
 from deepworks.data.images import IMAGE_EXTENSIONS, ImageSpec, load_pixels, read_image
 from deepworks.data.leakage import DuplicateReport, apply_policy, find_duplicates, one_to_one_columns, sample_hashes
 from deepworks.data.loaders import TensorData, ToInput
 from deepworks.data.splits import Splits, channel_stats, kfold_indices, normalize, split_dataset, split_indices
 from deepworks.data.tabular import load_csv
+
+# The modules that register the folder, csv, rotten-tomatoes and co2 loaders in DATASETS (folders and
+# tabular above, text and series here): importing any part of deepworks.data runs this file first,
+# so every dataset name is known before load_dataset looks one up.
+from deepworks.data import series, text  # noqa: E402,F401  (registration)
 
 bind_op_list(("data", "augment"), AUGMENTS)
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepworks.data.tabular import MISSING_VALUES
+from deepworks.data.features import MISSING_VALUES
 
 __all__ = ["as_numpy", "factorize"]
 

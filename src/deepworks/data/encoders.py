@@ -39,7 +39,9 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from deepworks.data.datasets import data_cache_dir
 from deepworks.errors import ConfigError, DataError
+from deepworks.runs import save_tensors
 
 __all__ = [
     "MINILM",
@@ -335,8 +337,6 @@ class Embeddings:
 
 def embedding_cache_dir() -> Path:
     """Where embeddings are kept: ``data_cache_dir() / "embeddings"`` ($DEEPWORKS_DATA)."""
-    from deepworks.data.datasets import data_cache_dir
-
     return data_cache_dir() / "embeddings"
 
 
@@ -379,8 +379,6 @@ def embed_texts(
     """The features (``features``, one of :data:`FEATURE_KINDS`) of ``texts`` by the frozen encoder
     ``source``: from the disk cache when it holds them (the model is then not loaded), else encoded
     and, with ``cache``, written there atomically (safetensors)."""
-    from deepworks.runs import save_tensors
-
     _check_features(features)
     texts = list(texts)
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)

@@ -40,6 +40,8 @@ from deepworks.data.images import (
     report_bad_files,
     walk_image_folder,
 )
+from deepworks.data.containers import ImageDataset, pixel_sums
+from deepworks.data.datasets import DATASETS
 from deepworks.data.leakage import sample_hashes
 from deepworks.data.splits import STD_FLOOR
 from deepworks.errors import ConfigError, DataError
@@ -226,19 +228,6 @@ class ScanResult:
     sums: torch.Tensor  # int64 (n_good, C): per image and channel, the sum of pixel values
     sqs: torch.Tensor  # int64 (n_good, C): the sum of squared pixel values
     x: torch.Tensor | None = None  # uint8 (n_good, C, H, W) when kept
-
-
-def pixel_sums(x: torch.Tensor, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image and channel, the exact sums of pixel values and of their squares (int64 (N, C))
-    of uint8 images (N, C, H, W), in chunks so no int64 copy of the whole set is made."""
-    sums, sqs = [], []
-    for s in range(0, len(x), chunk):
-        part = x[s : s + chunk].to(torch.int64)
-        sums.append(part.sum(dim=(2, 3)))
-        sqs.append(part.mul_(part).sum(dim=(2, 3)))
-    if not sums:
-        return torch.zeros((0, x.shape[1]), dtype=torch.int64), torch.zeros((0, x.shape[1]), dtype=torch.int64)
-    return torch.cat(sums), torch.cat(sqs)
 
 
 def pixel_stats(
@@ -510,8 +499,6 @@ def open_folder(
 ) -> Any:
     """Plan, scan and load an image folder: an ``ImageDataset`` of uint8 images when they fit
     the memory budget (or ``in_memory=True``), a :class:`FolderStream` otherwise."""
-    from deepworks.data.datasets import ImageDataset  # datasets imports this module: bind late
-
     if in_memory not in ("auto", True, False):
         raise ConfigError(f"data.in_memory: expected auto, true or false, got {in_memory!r}.")
     budget_given = parse_bytes(memory_budget)
@@ -563,4 +550,18 @@ def open_folder(
     return FolderStream(
         "folder", source, plan.classes, torch.from_numpy(labels), files, result.hashes, result.sums, result.sqs,
         spec, loading,
+    )
+
+
+@DATASETS.register("folder", description="an image folder with one subfolder per class (data.path)")
+def _load_folder(
+    *, path: str | Path | None = None, image_size: tuple[int, int] | None = None, channels: int | None = None,
+    on_bad_file: str = "warn", resize: str = "auto", in_memory: bool | str = "auto",
+    memory_budget: int | str | None = None, **_: Any,
+) -> Any:
+    if path is None:
+        raise ConfigError("data.path: the folder dataset needs a path to a folder with one subfolder per class.")
+    return open_folder(
+        path, image_size=image_size, channels=channels, resize=resize, on_bad_file=on_bad_file,
+        in_memory=in_memory, memory_budget=memory_budget,
     )

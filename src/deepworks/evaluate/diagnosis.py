@@ -11,7 +11,7 @@ the run's values when the config is given). Kinds, most serious first:
     bad_data             the loss became NaN/inf on an input batch that holds NaN/inf values
     lr_too_high          divergence (NaN/inf loss), a loss above chance, a rising or oscillating loss
     collapse             (nearly) one class predicted for (nearly) every validation sample
-    exploding_gradients  gradient norms above train/gradients.EXPLODING (or non-finite)
+    exploding_gradients  gradient norms above evaluate/gradient_flow.EXPLODING (or non-finite)
     vanishing_gradients  a layer's gradients far below the largest layer's in most records
     underfitting         training accuracy low and still rising, or validation no better than the
                          majority class (regression: R² no better than predicting the mean)
@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from deepworks.train.gradients import EXPLODING, VANISHING, flag_norms
+from deepworks.evaluate.gradient_flow import EXPLODING, VANISHING, flag_norms
 
 __all__ = ["diagnose", "diagnose_run", "render_diagnosis", "KINDS"]
 

@@ -59,6 +59,7 @@ from deepworks.errors import ConfigError, DataError, DeepworksError
 from deepworks.kinds.image import PixelInput  # noqa: F401  (re-exported: the graph's wrapper of image runs)
 from deepworks.models.gan import is_adversarial
 from deepworks.runs import existing_run
+from deepworks.version import __version__
 from deepworks.train.step import with_tta
 from deepworks.transfer import Transfer
 
@@ -179,12 +180,7 @@ def export(
     sha = hashlib.sha256(out_path.read_bytes()).hexdigest()
     versions = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
                 "python": platform.python_version()}
-    try:
-        from deepworks import __version__ as deepworks_version
-
-        versions["deepworks"] = deepworks_version
-    except ImportError:  # pragma: no cover
-        pass
+    versions["deepworks"] = __version__
     shape = [int(v) for v in cases[0][1].shape[1:]]
     sidecar = {
         "format_version": FORMAT_VERSION,

@@ -17,11 +17,13 @@ from torch import nn
 from deepworks.config import Config, is_table_path
 from deepworks.data.loaders import TensorData
 from deepworks.data.series import (
-    DEFAULT_LOOKBACK, ChangeFromLast, Series, TimeStep, fit_scaling, last_value, make_windows, read_series,
+    DEFAULT_LOOKBACK, Series, TimeStep, fit_scaling, last_value, make_windows, read_series,
     seasonal_naive, series_from_columns, split_periods, stamp_text, window_origins,
 )
 from deepworks.data.tabular import check_column, read_table
 from deepworks.errors import ConfigError, DataError
+from deepworks.evaluate.figures import figure_png, forecast_figure
+from deepworks.models.series import ChangeFromLast
 from deepworks.kinds.common import PreparedData, RunInputs, expand_paths
 from deepworks.runs import atomic_write
 from deepworks.train.tasks import Forecasting, Task
@@ -213,8 +215,6 @@ class SeriesInputs(RunInputs):
     def forecast(self, model: nn.Module, task: Task, inputs: Any, out: Path | None) -> list[dict[str, Any]]:
         """The next ``horizon`` values after each history file, with their time stamps; a PNG each
         (``out``: one input only, a ``.csv`` or ``.json`` file for the forecast, the PNG beside it)."""
-        from deepworks.report.plots import figure_png, forecast_figure
-
         src = self.src
         paths = [Path(p) for p in expand_paths(inputs if isinstance(inputs, (list, tuple)) else [inputs], None,
                                               "history files")]

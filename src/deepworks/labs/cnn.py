@@ -23,7 +23,7 @@ class _Snapshot(Callback):
 
 @lab("cnn", "a small CNN on images: its learned filters, feature maps of test images, accuracy vs an MLP")
 def cnn(lab: LabContext) -> None:
-    from deepworks.models.summary import inspect_config
+    from deepworks.inspection import inspect_config
     from deepworks.pipeline import prepare_data
 
     fashion = not lab.fast and fashion_mnist_on_disk()

@@ -21,7 +21,7 @@ def _formula(size: int, padding: str, stride: int, kernel: int) -> int:
 def padding(lab: LabContext) -> None:
     from deepworks.data import load_dataset
     from deepworks.models import create_model
-    from deepworks.models.summary import inspect_config
+    from deepworks.inspection import inspect_config
 
     size = lab.pick(16, 32)
     lab.step(f"a digit resized to {size}x{size}; one 3x3 or 5x5 convolution per setting")

@@ -42,7 +42,7 @@ def _kind(name: str, module: nn.Module) -> str:
 @lab("parameters", "parameters per layer (weights, biases, batch-norm scale/shift) checked by formula; how "
      "training changes them; hyperparameters vs parameters")
 def parameters(lab: LabContext) -> None:
-    from deepworks.models.summary import inspect_config
+    from deepworks.inspection import inspect_config
 
     epochs = lab.pick(2, 6)
     cfg = {

@@ -1,5 +1,8 @@
 """``deepworks inspect``: a model's layers, output shapes, parameters and receptive fields.
 
+This module summarizes a model it is given; building one from a config (which needs the data's
+shape, so the data layer and the pipeline) is :func:`deepworks.inspection.inspect_config`.
+
 :func:`summarize` runs one real forward pass (eval mode, no grad, a batch of two zero
 images) with hooks on every leaf module, so the shapes it reports are the shapes the model
 really produces, not a re-derivation of them::
@@ -28,19 +31,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from deepworks.config import Config, load_config
-from deepworks.data.datasets import list_datasets, load_from_config
 from deepworks.errors import ShapeError
-from deepworks.models.registry import model_from_config
 
-__all__ = ["summarize", "inspect_config", "render_summary"]
+__all__ = ["summarize", "render_summary"]
 
 _PADS: tuple[type[nn.Module], ...] = tuple(
     cls
@@ -324,82 +323,6 @@ def _detail(module: nn.Module) -> str:
             parts.append(f"dropout {_num(m.dropout)}")
         return ", ".join(parts)
     return ""
-
-
-# ----------------------------------------------------------------------------- from a config
-
-
-def _data_shape(config: Config) -> tuple[tuple[int, ...], int, str]:
-    """(input_shape, num_classes, dataset label) as training would see them."""
-    d = config.data
-    if d.path is None:
-        info = next((row for row in list_datasets() if row["name"] == d.dataset), None)
-        if info is not None:  # built-in: known without loading
-            channels, height, width = (int(s) for s in info["input_shape"])
-            if d.image_size is not None:
-                height, width = (d.image_size, d.image_size) if isinstance(d.image_size, int) else d.image_size
-            if d.channels is not None:
-                channels = d.channels
-            return (channels, int(height), int(width)), int(info["classes"]), str(d.dataset)
-    if d.path is not None and d.dataset in (None, "folder") and Path(d.path).suffix.lower() not in (".csv", ".parquet", ".pq"):
-        # an image folder: the files' headers give its shape, no pixel is decoded
-        from deepworks.data.datasets import _as_size
-        from deepworks.data.folders import plan_folder
-
-        plan = plan_folder(d.path, image_size=_as_size(d.image_size), channels=d.channels, resize=d.resize)
-        return plan.spec.input_shape, len(plan.classes), str(d.path)
-    # a table (or a dataset without listed info): its shape is what it holds
-    ds = load_from_config(d)
-    return ds.input_shape, len(ds.classes), str(d.path if d.path is not None else d.dataset)
-
-
-def inspect_config(config: Config | str | Path | Mapping[str, Any], *, device: str = "cpu") -> dict[str, Any]:
-    """Build the model a config describes, for its data's shape, and :func:`summarize` it.
-
-    A built-in dataset's shape comes from :func:`list_datasets` (nothing is loaded); an image
-    folder is loaded to learn its shape. A model that cannot work for that shape raises
-    :class:`ShapeError` from the build, naming the block.
-    """
-    if not isinstance(config, Config):
-        config = load_config(config)
-    if config.transfer is not None:
-        from deepworks.transfer import adopt_source
-
-        config = adopt_source(config)  # transfer.from: the earlier run's model
-    vocab_size = None
-    if _is_sequence_table(config):
-        # text and series tables: the vocabulary and the windows exist only once the data is prepared
-        from deepworks.pipeline import prepare_data
-
-        data = prepare_data(config)
-        input_shape, num_classes = tuple(data.input_shape), data.task.output_size()
-        vocab_size = (data.info.get("input") or {}).get("vocab_size")
-        dataset = str(config.data.path if config.data.path is not None else config.data.dataset)
-    else:
-        input_shape, num_classes, dataset = _data_shape(config)
-        if config.data.subset is not None and config.data.subset.classes is not None:
-            num_classes = len(config.data.subset.classes)  # data.subset keeps these classes
-    model = model_from_config(config.model, input_shape, num_classes, vocab_size=vocab_size)
-    if config.transfer is not None:  # which blocks learn (no weights are loaded to look at the structure)
-        from deepworks.transfer import build
-
-        model = build(model, config, {"input_shape": list(input_shape)}, load=False)
-    summary = summarize(model, input_shape, vocab_size=vocab_size, device=device)
-    out = {"model": config.model.name, "dataset": dataset, "num_classes": num_classes, **summary}
-    if hasattr(model, "describe"):
-        out["transfer"] = model.describe()
-    if vocab_size is not None:
-        out["vocab_size"] = int(vocab_size)
-    return out
-
-
-def _is_sequence_table(config: Config) -> bool:
-    """A table read as text (``data.text``), a built-in text dataset, or a time series (``data.time``)."""
-    from deepworks.config import SERIES_DATASETS
-    from deepworks.data.datasets import is_text_dataset
-
-    d = config.data
-    return d.text is not None or d.time is not None or is_text_dataset(d.dataset) or d.dataset in SERIES_DATASETS
 
 
 # ----------------------------------------------------------------------------- rendering

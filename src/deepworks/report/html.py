@@ -20,6 +20,7 @@ from pathlib import Path
 from deepworks.report.context import RunContext, load_context
 from deepworks.report.sections import Section, sections_for
 from deepworks.runs import atomic_write
+from deepworks.version import __version__
 
 __all__ = ["write_report", "render_page"]
 
@@ -74,8 +75,6 @@ def _render_section(section: Section, ctx: RunContext) -> str | None:
 
 def render_page(ctx: RunContext) -> str:
     """The whole page for a loaded run context."""
-    from deepworks import __version__
-
     rendered = [(s, _render_section(s, ctx)) for s in sections_for(ctx.task)]
     rendered = [(s, body) for s, body in rendered if body is not None]
     name = ctx.config.name if ctx.config is not None else ctx.path.name

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "new_figure",
+    "figure_png",
     "data_uri",
     "learning_curves",
     "confusion_matrix",
@@ -33,34 +35,12 @@ __all__ = [
     "error_per_step",
 ]
 
-DPI = 96
-TRAIN, VAL, TEST = "#1f77b4", "#ff7f0e", "#2ca02c"  # one colour per split across figures
+from deepworks.evaluate.figures import DPI, TEST, TRAIN, VAL, figure_png, forecast_figure, new_figure  # noqa: F401
 
 
 def data_uri(png: bytes) -> str:
     """``data:image/png;base64,...`` for an ``<img src>``: the page carries its images."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def _figure(width: float, height: float, *, left: float = 0.65, right: float = 0.2, bottom: float = 0.55,
-            top: float = 0.35, wspace: float = 0.3, hspace: float = 0.2):
-    """A figure of ``width`` x ``height`` inches with fixed margins in inches (a layout engine
-    would draw every figure twice: half the report's time)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
-                        wspace=wspace, hspace=hspace)
-    return fig
-
-
-def figure_png(fig, dpi: int = DPI) -> bytes:
-    """A matplotlib figure as PNG bytes."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
 
 
 def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -84,7 +64,7 @@ def learning_curves(
 ) -> bytes:
     """Loss (train vs val), ``metric`` (train vs val) and the learning rate per epoch, with the
     best epoch and the early-stopping point marked."""
-    fig = _figure(11, 3.4, wspace=0.25)
+    fig = new_figure(11, 3.4, wspace=0.25)
     axes = fig.subplots(1, 3)
     for ax, name in zip(axes[:2], ("loss", metric)):
         for split, colour in (("train", TRAIN), ("val", VAL)):
@@ -139,7 +119,7 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], ti
     longest = max(map(len, names), default=1) if k <= 40 else 2
     label = min(2.5, 0.3 + 0.075 * longest)  # inches for the tick labels
     side = min(12.0, max(4.0, 0.45 * k + 1.5))
-    fig = _figure(side + label + 1.3, side + label, left=label + 0.35, bottom=label + 0.35, right=0.3)
+    fig = new_figure(side + label + 1.3, side + label, left=label + 0.35, bottom=label + 0.35, right=0.3)
     ax = fig.subplots()
     # colour by the share of the true class's samples, so rare classes read as well as common ones
     share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -164,7 +144,7 @@ def reliability(results: Mapping[str, Mapping[str, Any]]) -> bytes:
     """Reliability diagrams side by side, one per split (``split -> calibration(...)`` result):
     accuracy per confidence bin against the diagonal of perfect calibration, and how many
     samples each bin holds."""
-    fig = _figure(4.6 * max(1, len(results)), 4.4, right=0.6, wspace=0.5)
+    fig = new_figure(4.6 * max(1, len(results)), 4.4, right=0.6, wspace=0.5)
     axes = np.atleast_1d(fig.subplots(1, max(1, len(results))))
     for ax, (split, result) in zip(axes, results.items()):
         bins = result["bins"]
@@ -228,7 +208,7 @@ def gradient_flow(records: Sequence[Mapping[str, Any]], flagged: Mapping[str, st
             if isinstance(v, (int, float)) and math.isfinite(v) and v > 0:
                 values[i, j] = v
     longest = max(map(len, layers), default=1) if len(layers) <= 40 else 1
-    fig = _figure(11, 3.4 + min(2.0, 0.08 * longest), bottom=0.45 + min(2.0, 0.08 * longest), top=0.5, wspace=0.25)
+    fig = new_figure(11, 3.4 + min(2.0, 0.08 * longest), bottom=0.45 + min(2.0, 0.08 * longest), top=0.5, wspace=0.25)
     over_steps, per_layer = fig.subplots(1, 2, width_ratios=[3, 2])
     from matplotlib import colormaps
 
@@ -273,7 +253,7 @@ def gradient_through_time(records: Sequence[Mapping[str, Any]], threshold: float
     timed = [r for r in records if isinstance(r.get("time_steps"), list) and r["time_steps"]]
     picks = [timed[0], timed[len(timed) // 2], timed[-1]] if len(timed) >= 3 else timed
     picks = list({id(r): r for r in picks}.values())  # a record picked twice is drawn once
-    fig = _figure(7.5, 3.6)
+    fig = new_figure(7.5, 3.6)
     ax = fig.subplots()
     from matplotlib import colormaps
 
@@ -296,7 +276,7 @@ def gradient_through_time(records: Sequence[Mapping[str, Any]], threshold: float
 def predicted_vs_actual(splits: Mapping[str, tuple[np.ndarray, np.ndarray]], target: str) -> bytes:
     """Predicted against actual values per split (``split -> (predicted, actual)``, in the
     target's units), with the line of perfect prediction."""
-    fig = _figure(5.2, 4.8)
+    fig = new_figure(5.2, 4.8)
     ax = fig.subplots()
     values = [v for pred, actual in splits.values() for v in (pred, actual) if len(v)]
     for split, (pred, actual) in splits.items():
@@ -315,7 +295,7 @@ def predicted_vs_actual(splits: Mapping[str, tuple[np.ndarray, np.ndarray]], tar
 
 def residuals(splits: Mapping[str, tuple[np.ndarray, np.ndarray]], target: str) -> bytes:
     """Residuals (actual - predicted) against the prediction, and their histogram, per split."""
-    fig = _figure(10, 3.8, wspace=0.25)
+    fig = new_figure(10, 3.8, wspace=0.25)
     scatter, hist = fig.subplots(1, 2)
     for split, (pred, actual) in splits.items():
         colour = VAL if split == "val" else TEST
@@ -336,31 +316,6 @@ def residuals(splits: Mapping[str, tuple[np.ndarray, np.ndarray]], target: str) 
     return figure_png(fig)
 
 
-def forecast_figure(
-    times: Any, actual: np.ndarray, forecasts: Mapping[str, tuple[Any, np.ndarray]], targets: Sequence[str],
-    title: str = "", actual_label: str = "actual",
-):
-    """A series (``times``, ``actual`` (N, T)) and forecasts ``name -> (times, values (M, T))``,
-    one panel per target (at most 4): the Figure, for :func:`figure_png`."""
-    shown = list(targets)[:4]
-    fig = _figure(10, 2.2 + 1.8 * len(shown), hspace=0.35)
-    axes = fig.subplots(len(shown), 1, squeeze=False)[:, 0]
-    colours = {"forecast": TEST, "network": TEST, "last_value": "#9467bd", "seasonal_naive": "#8c564b"}
-    actual = np.asarray(actual).reshape(len(actual), -1)
-    for j, (ax, target) in enumerate(zip(axes, shown)):
-        ax.plot(times, actual[:, j], color="#333333", linewidth=1, label=actual_label)
-        for name, (when, values) in forecasts.items():
-            values = np.asarray(values).reshape(len(values), -1)
-            ax.plot(when, values[:, j], color=colours.get(name), linewidth=1.2, marker="o" if len(values) <= 12 else None,
-                    markersize=3, label=name.replace("_", " "))
-        ax.set_ylabel(str(target))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
-    if title:
-        axes[0].set_title(title, fontsize=10)
-    return fig
-
-
 def forecast(times: Any, actual: np.ndarray, forecasts: Mapping[str, tuple[Any, np.ndarray]], targets: Sequence[str],
              title: str = "") -> bytes:
     """:func:`forecast_figure` as PNG bytes."""
@@ -369,7 +324,7 @@ def forecast(times: Any, actual: np.ndarray, forecasts: Mapping[str, tuple[Any, 
 
 def error_per_step(errors: Mapping[str, Sequence[float]], metric: str = "MAE") -> bytes:
     """How the error grows with the steps ahead: ``name -> [error at step 1, 2, ...]``."""
-    fig = _figure(6, 3.6)
+    fig = new_figure(6, 3.6)
     ax = fig.subplots()
     colours = {"network": TEST, "last_value": "#9467bd", "seasonal_naive": "#8c564b"}
     for name, values in errors.items():
@@ -388,7 +343,7 @@ def adversarial_curves(records: Sequence[Mapping[str, Any]]) -> bytes:
     """A GAN's losses per epoch (generator and discriminator, or critic) and what the
     discriminator makes of real and generated images (D(real), D(fake); the Wasserstein estimate
     and the gradient penalty for WGAN-GP)."""
-    fig = _figure(11, 3.4, wspace=0.25)
+    fig = new_figure(11, 3.4, wspace=0.25)
     losses, judged = fig.subplots(1, 2)
     for key, colour, label in (("g_loss", TRAIN, "generator"), ("d_loss", VAL, "discriminator")):
         xs, ys = _series(records, key)

@@ -9,11 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
+# What counts as vanishing or exploding is the evaluate layer's (a finished run's diagnosis judges the
+# same records by it); the Monitor below flags with it while training, and these names stay here too.
+from deepworks.evaluate.gradient_flow import EXPLODING, VANISHING, flag_norms
+
 __all__ = ["GradientMonitor", "flag_norms", "gradient_reach", "first_nonfinite_layer", "VANISHING", "EXPLODING", "REACH"]
 
-VANISHING = 1e-3  # a layer whose gradient norm is below this fraction of the largest layer's barely learns
-VANISHING_ABS = 1e-8  # ... or below this in absolute terms
-EXPLODING = 1e3  # above this (or non-finite) an update can throw the weights far off
 REACH = 1e-3  # a time step whose input gradient is under this fraction of the peak step's gets no signal
 
 
@@ -25,23 +26,6 @@ def _layer_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
             owner = name.rsplit(".", 1)[0] if "." in name else name
             groups.setdefault(owner, []).append(p)
     return groups
-
-
-def flag_norms(
-    norms: dict[str, float], vanishing: float = VANISHING, exploding: float = EXPLODING
-) -> tuple[list[str], list[str]]:
-    """The layers of one record of gradient norms (layer -> norm) that vanish and that explode:
-    exploding above ``exploding`` or non-finite; vanishing under ``vanishing`` times the
-    largest finite norm of the record (and under VANISHING_ABS in any case).
-
-    >>> flag_norms({"a": 1e-7, "b": 0.5, "c": float("inf")})
-    (['a'], ['c'])
-    """
-    finite = [n for n in norms.values() if math.isfinite(n)]
-    floor = max(vanishing * max(finite, default=0.0), VANISHING_ABS)
-    exploded = [layer for layer, n in norms.items() if not math.isfinite(n) or n > exploding]
-    vanished = [layer for layer, n in norms.items() if math.isfinite(n) and n <= exploding and n < floor]
-    return vanished, exploded
 
 
 def gradient_reach(time_steps: list[float], threshold: float = REACH) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ import numpy as np
 
 from deepworks.runs import RunDir, atomic_write
 from deepworks.tune.space import SearchSpace
+from deepworks.version import __version__
 
 __all__ = ["write_results", "trial_rows", "importances", "render_study_page"]
 
@@ -184,9 +185,9 @@ def _numeric(values: list[Any], dim: Any) -> tuple[list[float], list[str] | None
 
 
 def _history_png(rows: list[dict[str, Any]], metric: str, direction: str) -> bytes:
-    from deepworks.report.plots import _figure, figure_png
+    from deepworks.report.plots import figure_png, new_figure
 
-    fig = _figure(7.5, 3.4, left=0.8, bottom=0.55)
+    fig = new_figure(7.5, 3.4, left=0.8, bottom=0.55)
     ax = fig.add_subplot(1, 1, 1)
     done = [r for r in rows if r["state"] == "complete" and r.get(metric) is not None]
     pruned = [r for r in rows if r["state"] == "pruned" and r.get(metric) is not None]
@@ -212,9 +213,9 @@ def _history_png(rows: list[dict[str, Any]], metric: str, direction: str) -> byt
 
 
 def _pareto_png(rows: list[dict[str, Any]], metrics: list[str], front: set[int]) -> bytes:
-    from deepworks.report.plots import _figure, figure_png
+    from deepworks.report.plots import figure_png, new_figure
 
-    fig = _figure(6.5, 4.0, left=0.9, bottom=0.6)
+    fig = new_figure(6.5, 4.0, left=0.9, bottom=0.6)
     ax = fig.add_subplot(1, 1, 1)
     done = [r for r in rows if r["state"] == "complete"]
     on = [r for r in done if r["trial"] in front]
@@ -231,11 +232,11 @@ def _pareto_png(rows: list[dict[str, Any]], metrics: list[str], front: set[int])
 def _parallel_png(rows: list[dict[str, Any]], space: SearchSpace, metric: str) -> bytes:
     from matplotlib import colormaps
 
-    from deepworks.report.plots import _figure, figure_png
+    from deepworks.report.plots import figure_png, new_figure
 
     done = [r for r in rows if r["state"] == "complete" and r.get(metric) is not None]
     axes = [*space.keys, metric]
-    fig = _figure(max(6.0, 1.6 * len(axes)), 3.8, left=0.9, right=0.9, bottom=0.9)
+    fig = new_figure(max(6.0, 1.6 * len(axes)), 3.8, left=0.9, right=0.9, bottom=0.9)
     ax = fig.add_subplot(1, 1, 1)
     columns, labels = [], []
     for key in axes:
@@ -277,13 +278,13 @@ def _parallel_png(rows: list[dict[str, Any]], space: SearchSpace, metric: str) -
 
 
 def _slices_png(rows: list[dict[str, Any]], space: SearchSpace, metric: str) -> bytes:
-    from deepworks.report.plots import _figure, figure_png
+    from deepworks.report.plots import figure_png, new_figure
 
     done = [r for r in rows if r["state"] == "complete" and r.get(metric) is not None]
     n = len(space.keys)
     cols = min(3, n)
     lines = math.ceil(n / cols)
-    fig = _figure(3.3 * cols, 2.7 * lines, left=0.75, bottom=0.65, hspace=0.6, wspace=0.35)
+    fig = new_figure(3.3 * cols, 2.7 * lines, left=0.75, bottom=0.65, hspace=0.6, wspace=0.35)
     for i, key in enumerate(space.keys):
         ax = fig.add_subplot(lines, cols, i + 1)
         dim = space[key]
@@ -304,10 +305,10 @@ def _slices_png(rows: list[dict[str, Any]], space: SearchSpace, metric: str) -> 
 
 
 def _importance_png(found: dict[str, float], metric: str) -> bytes:
-    from deepworks.report.plots import _figure, figure_png
+    from deepworks.report.plots import figure_png, new_figure
 
     keys = list(found)[::-1]
-    fig = _figure(6.0, 0.5 + 0.35 * max(1, len(keys)), left=2.0, bottom=0.45, top=0.3)
+    fig = new_figure(6.0, 0.5 + 0.35 * max(1, len(keys)), left=2.0, bottom=0.45, top=0.3)
     ax = fig.add_subplot(1, 1, 1)
     ax.barh(keys, [found[k] for k in keys], color="#1f77b4")
     ax.set_xlabel(f"importance for {metric} (fANOVA, sums to 1)", fontsize=8)
@@ -318,7 +319,6 @@ def _importance_png(found: dict[str, float], metric: str) -> bytes:
 def render_study_page(study: Any, summary: dict[str, Any], rows: list[dict[str, Any]], space: SearchSpace,
                       metrics: list[str], directions: list[str]) -> str:
     """The study as one self-contained HTML page (no script, nothing fetched)."""
-    from deepworks import __version__
     from deepworks.report.html import CSP, STYLE
     from deepworks.report.sections import facts, figure, note, table
 
