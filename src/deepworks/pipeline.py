@@ -48,6 +48,7 @@ from deepworks.models.registry import model_from_config
 from deepworks.runs import RunDir, atomic_write, existing_run, new_run_dir
 from deepworks.runtime import barrier, broadcast_object, distributed_context
 from deepworks.train import Callback, Trainer, load_model_weights
+from deepworks.train.memory import check_batch_memory, counting_batch
 from deepworks.train.step import with_tta
 from deepworks.train.tasks import Classification, Forecasting, Regression, Task, task_from_record
 from deepworks.train.tensorboard import summary_writer_class
@@ -649,7 +650,11 @@ def train(
         summary_writer_class()
     dist = distributed_context()
     cfg = adopt_source(cfg)  # transfer.from: the earlier run's model section
-    data = prepare_data(cfg)
+    with counting_batch(cfg):  # memory: an image folder's budget counts a training batch (train/memory.py)
+        data = prepare_data(cfg)
+    # memory: a training batch that cannot fit is refused, train.batch_size: auto is chosen (train/memory.py)
+    cfg = check_batch_memory(cfg, lambda: _new_model(cfg, data.input_shape, data.task, data.info, load=False),
+                             data.train, world_size=dist.world_size)
     torch.manual_seed(cfg.seed)  # the model's initial weights
     model = _new_model(cfg, data.input_shape, data.task, data.info)
     augment = _augment(cfg, data)  # refuse a bad data.augment before the run directory exists
