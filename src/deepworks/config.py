@@ -469,15 +469,25 @@ MONITORS = ("auto", "last", *(f"{split}_{m}" for split in ("val", "train") for m
 
 class TrainConfig(Strict):
     epochs: int = Field(20, ge=1, le=100_000)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int | Literal["auto"] = Field(
+        64, description="samples per training step; auto: the largest power of two up to 64 whose step fits the "
+        "memory available (estimated before training, logged, and recorded in the run's config.yaml)"
+    )
     eval_batch_size: int | Literal["auto"] = Field(
-        "auto", description="batch size of evaluation passes; auto: 512, fewer for large inputs (about 64 MB of "
-        "float32 input per batch, never below batch_size)"
+        "auto", description="batch size of evaluation passes; auto: the largest up to 512 whose forward pass fits "
+        "the memory available (estimated from the model's layers), never below batch_size"
     )
 
-    @field_validator("eval_batch_size")
+    @field_validator("batch_size", "eval_batch_size", mode="before")
     @classmethod
-    def _positive_eval_batch(cls, value: Any) -> Any:
+    def _not_bool_batch(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("expected a whole number of at least 1, or auto")
+        return value
+
+    @field_validator("batch_size", "eval_batch_size")
+    @classmethod
+    def _positive_batch(cls, value: Any) -> Any:
         if value != "auto" and (isinstance(value, bool) or value < 1):
             raise ValueError("expected a whole number of at least 1, or auto")
         return value

@@ -36,6 +36,7 @@ from deepworks.runs import RunDir, atomic_write, new_run_dir
 from deepworks.runtime import barrier, broadcast_object, distributed_context
 from deepworks.train import Callback, Trainer
 from deepworks.train.tasks import Task
+from deepworks.train.memory import check_batch_memory, counting_batch
 from deepworks.train.tensorboard import summary_writer_class
 from deepworks.transfer import Transfer, TransferStages, adopt_source, cache_features, check_transfer
 
@@ -68,7 +69,11 @@ def train(
         summary_writer_class()
     dist = distributed_context()
     cfg = adopt_source(cfg)  # transfer.from: the earlier run's model section
-    data = prepare_data(cfg)
+    with counting_batch(cfg):  # memory: an image folder's budget counts a training batch (train/memory.py)
+        data = prepare_data(cfg)
+    # memory: a training batch that cannot fit is refused, train.batch_size: auto is chosen (train/memory.py)
+    cfg = check_batch_memory(cfg, lambda: new_model(cfg, data.input_shape, data.task, data.info, load=False),
+                             data.train, world_size=dist.world_size)
     torch.manual_seed(cfg.seed)  # the model's initial weights
     model = new_model(cfg, data.input_shape, data.task, data.info)
     augment = _augment(cfg, data)  # refuse a bad data.augment before the run directory exists

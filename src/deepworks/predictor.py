@@ -34,14 +34,16 @@ from deepworks.models.gan import is_adversarial
 from deepworks.runs import RunDir, existing_run
 from deepworks.runtime import resolve_device
 from deepworks.train import load_model_weights
+from deepworks.train.memory import device_memory, inference_batch_size
 from deepworks.train.step import with_tta
 from deepworks.train.tasks import Classification, Task, task_from_record
 
 __all__ = ["Predictor", "PredictionWriter", "Run", "load_run", "predict"]
 
-# the largest batch predict runs by default; smaller when one input is large (see Predictor.batch_size)
+# predict's default batch: at most MAX_BATCH inputs, and a forward pass within BATCH_BYTES (a larger
+# batch is hardly faster on a CPU, and memory stays small whatever the number of inputs)
 MAX_BATCH = 256
-BATCH_BYTES = 64 * 2**20  # default budget for one batch's float32 model input (activations scale with it)
+BATCH_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -109,11 +111,12 @@ class Predictor:
         self.skipped: list[dict[str, Any]] = []  # the inputs the last call refused (on_error="skip")
 
     def _default_batch(self) -> int:
-        numel = int(np.prod(self.inputs.shape))
-        size = MAX_BATCH
-        while size > 1 and size * numel * 4 > BATCH_BYTES:
-            size //= 2
-        return size
+        """The largest batch up to :data:`MAX_BATCH` whose forward pass (inputs and every layer's
+        activations, estimated by :mod:`deepworks.train.memory`) fits :data:`BATCH_BYTES`, and the
+        device's free memory: predicting keeps a small footprint whatever the number of inputs."""
+        available = min(device_memory(self.device), BATCH_BYTES)
+        return inference_batch_size(self.run.model, self.inputs.shape, available, cap=MAX_BATCH,
+                                    input_dtype=self.inputs.input_dtype, stored_dtype=self.inputs.stored_dtype)
 
     # -- the model --
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from deepworks.errors import ConfigError
 
 __all__ = [
     "available_memory",
+    "memory_cap",
     "format_bytes",
     "parse_bytes",
     "resolve_device",
@@ -247,14 +248,28 @@ def gather_objects(obj) -> list:
     return out
 
 
+MEMORY_ENV = "DEEPWORKS_MEMORY_AVAILABLE"
+
+
+def memory_cap() -> int | None:
+    """``$DEEPWORKS_MEMORY_AVAILABLE`` (a size such as ``2GB``) in bytes, or None when unset: the
+    most memory deepworks counts as available, on any device (tests use it to act out a smaller
+    machine; it also keeps a run to its share of a machine others use)."""
+    value = os.environ.get(MEMORY_ENV)
+    return parse_bytes(value, MEMORY_ENV) if value not in (None, "") else None
+
+
 def available_memory() -> int:
     """Bytes this process can still allocate: the least of the system's available memory
-    (``MemAvailable``), the room left under a cgroup (container) memory limit, and the
-    address-space limit (``ulimit -v``) minus what is in use. Falls back to psutil or 8 GiB
-    where none of these can be read."""
+    (``MemAvailable``), the room left under a cgroup (container) memory limit, the
+    address-space limit (``ulimit -v``) minus what is in use, and ``$DEEPWORKS_MEMORY_AVAILABLE``
+    (:func:`memory_cap`). Falls back to psutil or 8 GiB where none of these can be read."""
     import resource
 
     found: list[int] = []
+    cap = memory_cap()
+    if cap is not None:
+        found.append(cap)
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -278,7 +293,7 @@ def available_memory() -> int:
         except (OSError, ValueError, IndexError):
             in_use = 0
         found.append(max(0, soft - in_use))
-    if not found:
+    if len(found) == (cap is not None):  # nothing read from the system
         try:
             import psutil
 

@@ -150,8 +150,8 @@ def test_the_budget_switches_to_streaming(tmp_path):
     # same files, digests and sums: the scan of a streamed folder sees the in-memory pixels
     assert np.array_equal(streamed.sample_hashes(), fits.sample_hashes())
     assert all(torch.equal(a, b) for a, b in zip(streamed.pixel_sums(), fits.pixel_sums()))
-    with pytest.raises(DataError, match=r"data.in_memory: true, but .*need 2.8 MB as uint8, over data.memory_budget"
-                       r" 100.0 KB\. Fix: .*data.in_memory: auto"):
+    with pytest.raises(DataError, match=r"data.in_memory: true, but .*need 2.8 MB as uint8 \+ .* to decode them .*, "
+                       r"over data.memory_budget 100.0 KB\. Fix: .*data.in_memory: auto"):
         load_dataset(path=folder, in_memory=True, memory_budget="100KB")
     assert isinstance(load_dataset(path=folder, in_memory=False), FolderStream)
 

@@ -3,7 +3,8 @@
 A folder is planned from the files' headers alone (sizes and colour modes, no pixels): that
 fixes the training size and channels (:class:`~deepworks.data.images.ImageSpec`) and the
 bytes the in-memory path would need as uint8. Within the budget (half the memory actually
-available, or ``data.memory_budget``) every file is decoded once, spread over the cores, into
+available, or ``data.memory_budget``; the pixels, the decoding buffers and, when the trainer
+says what it needs, one training batch count in it) every file is decoded once, spread over the cores, into
 one uint8 tensor. Beyond it (or with ``data.in_memory: false``) the same scan only verifies
 the files, hashes them and sums their pixels (for duplicates and normalisation statistics);
 training then decodes each batch in persistent ``DataLoader`` worker processes
@@ -19,7 +20,9 @@ import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,9 @@ __all__ = [
     "FolderSource",
     "FolderStream",
     "StreamedImages",
+    "TrainingBatch",
+    "counting_training_batch",
+    "decoding_bytes",
     "pixel_stats",
     "plan_folder",
     "scan_image_folder",
@@ -62,6 +68,50 @@ __all__ = [
 LARGE_SIDE = 256
 DEFAULT_PHOTO_SIZE = 224
 BUDGET_SHARE = 0.5  # of the available memory, when data.memory_budget is not set
+SCAN_BATCH = 16  # files per decoding batch of a scan
+SCAN_PREFETCH = 4  # decoding batches each worker process has in flight
+
+
+@dataclass(frozen=True)
+class TrainingBatch:
+    """What one training batch needs in host memory, for a folder's memory budget. The data
+    layer builds no models: the trainer's side supplies this (``deepworks.train.memory.counting_batch``)
+    around loading, and :func:`open_folder` counts it with the pixels and decoding buffers."""
+
+    batch_size: int | None  # samples per training batch; None: the whole training split (L-BFGS)
+    key: str  # the config key that sets it, for messages
+    need: Callable[[tuple[int, ...], int, int], int]  # (input shape, classes, batch size) -> bytes
+    # (input shape, classes, batch size, bytes left for the batch) -> a change of the model that
+    # would let a batch fit them (e.g. "model.global_pool: true with train.batch_size: 4"), or None
+    model_fix: Callable[[tuple[int, ...], int, int, int], str | None] = lambda shape, classes, batch, room: None
+
+
+_TRAINING_BATCH: ContextVar[TrainingBatch | None] = ContextVar("deepworks_training_batch", default=None)
+
+
+@contextmanager
+def counting_training_batch(batch: TrainingBatch | None) -> Iterator[None]:
+    """Folders opened inside this context count ``batch`` in their memory budget."""
+    token = _TRAINING_BATCH.set(batch)
+    try:
+        yield
+    finally:
+        _TRAINING_BATCH.reset(token)
+
+
+def decoding_bytes(plan: FolderPlan, workers: int) -> int:
+    """Memory the decoding of a folder takes on top of the pixels it keeps: per decoding process
+    (``workers``, or the main process when 0) the largest file decoded at full resolution twice
+    (the decoded image and one converted or resized copy) and its output at the training size,
+    plus the batches in flight (each worker prefetches :data:`SCAN_PREFETCH` batches of
+    :data:`SCAN_BATCH` files at the training size)."""
+    if not plan.infos:
+        return 0
+    largest = max(info.size[0] * info.size[1] for info in plan.infos)
+    per_process = 2 * 4 * largest + plan.spec.nbytes()  # up to 4 channels (RGBA) while decoding
+    processes = max(1, workers)
+    in_flight = min(len(plan.infos), (workers * SCAN_PREFETCH if workers else 1) * SCAN_BATCH) * plan.spec.nbytes()
+    return processes * per_process + in_flight
 
 
 # ----------------------------------------------------------------------------- planning
@@ -267,8 +317,8 @@ def scan_files(
     ok = np.zeros(n, dtype=bool)
     bad: list[tuple[int, str]] = []
     loader = DataLoader(
-        DecodeFiles(paths, spec, stats=stats, keep=keep), batch_size=16, num_workers=workers, collate_fn=collate_decoded,
-        prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(0),
+        DecodeFiles(paths, spec, stats=stats, keep=keep), batch_size=SCAN_BATCH, num_workers=workers, collate_fn=collate_decoded,
+        prefetch_factor=SCAN_PREFETCH if workers else None, generator=torch.Generator().manual_seed(0),
     )
     try:
         for batch in loader:
@@ -492,38 +542,98 @@ def _scan_plan(
     return result, good, bad
 
 
+def _batch_need(batch: TrainingBatch | None, shape: tuple[int, ...], classes: int, size: int) -> int:
+    """Bytes of one training batch (0 without a :class:`TrainingBatch`, or when its model cannot
+    be built for ``shape``: building the model later names that problem)."""
+    if batch is None or size < 1:
+        return 0
+    try:
+        return int(batch.need(tuple(shape), classes, size))
+    except Exception:  # noqa: BLE001 - a model that does not fit the shape is refused when it is built
+        return 0
+
+
+def _loading_fixes(plan: FolderPlan, batch: TrainingBatch | None, batch_size: int, decoding: int, budget: int) -> str:
+    """``, a smaller data.image_size ([500, 750] fits), train.batch_size: 8, model.global_pool: true``:
+    the changes that would let the folder and a training batch fit ``budget``, each on its own."""
+    n, classes = len(plan.infos), len(plan.classes)
+    c, (h, w) = plan.spec.channels, plan.spec.size
+    fixes = []
+    for halvings in range(1, 8):  # the largest image size, halving both sides, that fits
+        hs, ws = max(1, h >> halvings), max(1, w >> halvings)
+        total = n * c * hs * ws + decoding + _batch_need(batch, (c, hs, ws), classes, batch_size)
+        if total <= budget:
+            fixes.append(f"a smaller data.image_size ([{hs}, {ws}] needs about {format_bytes(total)})")
+            break
+    pixels = plan.estimate_bytes()
+    if batch is not None and batch.batch_size is not None and batch_size > 1:
+        size = batch_size // 2
+        while size >= 1 and pixels + decoding + _batch_need(batch, plan.spec.input_shape, classes, size) > budget:
+            size //= 2
+        if size >= 1:
+            fixes.append(f"train.batch_size: {size}")
+    if batch is not None:
+        try:
+            fix = batch.model_fix(plan.spec.input_shape, classes, batch_size, budget - pixels - decoding)
+        except Exception:  # noqa: BLE001 - a hint only
+            fix = None
+        if fix:
+            fixes.append(fix)
+    return "".join(f", {f}" for f in fixes)
+
+
 def open_folder(
     path: str | os.PathLike[str], *, image_size: tuple[int, int] | None = None, channels: int | None = None,
     resize: str = "auto", on_bad_file: str = "warn", in_memory: bool | str = "auto",
     memory_budget: int | str | None = None, workers: int | None = None,
 ) -> Any:
     """Plan, scan and load an image folder: an ``ImageDataset`` of uint8 images when they fit
-    the memory budget (or ``in_memory=True``), a :class:`FolderStream` otherwise."""
+    the memory budget (or ``in_memory=True``), a :class:`FolderStream` otherwise.
+
+    What must fit the budget is the pixels, the decoding buffers (:func:`decoding_bytes`) and,
+    inside :func:`counting_training_batch`, one training batch; ``in_memory=True`` beyond it is
+    refused before any pixel is decoded, naming what would fit."""
     if in_memory not in ("auto", True, False):
         raise ConfigError(f"data.in_memory: expected auto, true or false, got {in_memory!r}.")
     budget_given = parse_bytes(memory_budget)
     plan = plan_folder(path, image_size=image_size, channels=channels, resize=resize, on_bad_file=on_bad_file)
     if plan.note:
         print(plan.note, flush=True)
-    need = plan.estimate_bytes()
+    pixels = plan.estimate_bytes()
+    n_workers = _workers(len(plan.infos), workers)
+    decoding = decoding_bytes(plan, n_workers)
+    batch = _TRAINING_BATCH.get()
+    batch_size = (batch.batch_size or len(plan.infos)) if batch is not None else 0
+    batch_bytes = _batch_need(batch, plan.spec.input_shape, len(plan.classes), batch_size)
+    need = pixels + decoding + batch_bytes
     available = available_memory()
     budget = budget_given if budget_given is not None else int(BUDGET_SHARE * available)
     spec = plan.spec
     shape = "x".join(str(s) for s in spec.input_shape)
-    what = f"{len(plan.infos)} images at {shape} need {format_bytes(need)} as uint8"
+    what = f"{len(plan.infos)} images at {shape} need {format_bytes(pixels)} as uint8"
+    largest = max(plan.infos, key=lambda i: i.size[0] * i.size[1]).size
+    extra = (
+        f" + {format_bytes(decoding)} to decode them ({max(1, n_workers)} process(es); the largest file, "
+        f"{largest[1]}x{largest[0]}, at full resolution)"
+        + (f" + {format_bytes(batch_bytes)} for a training batch of {batch_size} ({batch.key})" if batch_bytes else "")
+        + f" = {format_bytes(need)}"
+    )
     limit = (
         f"data.memory_budget {format_bytes(budget)}" if budget_given is not None
         else f"the budget of {format_bytes(budget)}, half the {format_bytes(available)} of memory available"
     )
     if in_memory is True and need > budget:
+        fixes = _loading_fixes(plan, batch, batch_size, decoding, budget)
         raise DataError(
-            f"data.in_memory: true, but {plan.root}: {what}, over {limit}. Fix: set data.in_memory: auto (streams the "
-            "folder from disk), a smaller data.image_size, or a larger data.memory_budget."
+            f"data.in_memory: true, but {plan.root}: {what}{extra}, over {limit}. Fix: data.in_memory: auto (streams "
+            f"the folder from disk){fixes}, or a larger data.memory_budget."
         )
     stream = in_memory is False or need > budget
     loading = {
         "path": "stream" if stream else "memory",
-        "estimate_bytes": need,
+        "estimate_bytes": pixels,
+        "decoding_bytes": decoding,
+        "batch_bytes": batch_bytes,
         "budget_bytes": budget,
         "available_bytes": available,
         "forced": in_memory != "auto",
@@ -531,7 +641,7 @@ def open_folder(
     how = "streaming from disk (data.in_memory: false)" if in_memory is False else (
         f"streaming from disk (over {limit})" if stream else "loading into memory"
     )
-    print(f"data: {what}; {how}.", flush=True)
+    print(f"data: {what}{extra}; {how}.", flush=True)
     result, infos, bad = _scan_plan(
         plan, spec, keep=not stream, on_bad_file=on_bad_file, workers=workers,
         what="checking images" if stream else "loading images",

@@ -137,6 +137,9 @@ class RunInputs:
     source_keys: tuple[str, ...] = ("file", "index")
     #: the JSON body key the server reads (None: the server takes an upload, or does not serve the kind)
     json_key: str | None = None
+    #: the model input's dtype, and the raw batches' when they are stored smaller (uint8 pixels)
+    input_dtype = torch.float32
+    stored_dtype: torch.dtype | None = None
 
     def __init__(self, run_dir: Path, info: dict[str, Any]):
         self.run_dir, self.info = Path(run_dir), info

@@ -135,6 +135,7 @@ class ImageInputs(RunInputs):
 
     kind = "image"
     reads = "images"
+    stored_dtype = torch.uint8
 
     def __init__(self, run_dir: Path, info: dict[str, Any]):
         super().__init__(run_dir, info)

@@ -170,6 +170,7 @@ class TokenInputs(TextSource):
     """A text run on token ids: the run's tokenizer and vocabulary (data.json ``text``)."""
 
     kind = "text"
+    input_dtype = torch.int64
 
     def __init__(self, run_dir: Path, info: dict[str, Any]):
         super().__init__(run_dir, info)

@@ -255,6 +255,9 @@ class AdversarialTrainer:
         if n < 2:
             raise ConfigError(f"train data: a GAN needs at least 2 training images (batch norm), got {n}.")
         # whole batches only: a last batch of one image would break batch norm, and a small one is noisy
+        if cfg.batch_size == "auto":
+            raise ConfigError("train.batch_size: auto picks a classifier's batch from its memory estimate; a GAN's two "
+                              "models train in turn. Fix: a number, e.g. train.batch_size: 64.")
         self.batch_size = min(cfg.batch_size, n)
         self.steps_per_epoch = n // self.batch_size
         self.total_steps = self.steps_per_epoch * cfg.epochs

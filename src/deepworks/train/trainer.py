@@ -41,6 +41,7 @@ from deepworks.runtime import (
 )
 from deepworks.train.callbacks import Callback, EarlyStopping, ProgressLogger, better
 from deepworks.train.gradients import GradientMonitor, first_nonfinite_layer
+from deepworks.train.memory import check_batch_memory, device_memory, inference_batch_size
 from deepworks.train.optim import FULL_BATCH, build_optimizer
 from deepworks.train.regularization import penalized_weights, weight_penalty
 from deepworks.train.schedules import build_schedule
@@ -141,6 +142,8 @@ class Trainer:
         set_deterministic(cfg.deterministic)
         train_data = self._as_data(train, "train data")
         val_data = self._as_data(val, "validation data") if val is not None else None
+        if cfg.batch_size == "auto":  # a Trainer used on its own (deepworks.train resolves it before training)
+            cfg = self.config = check_batch_memory(cfg, self.model, train_data, world_size=self.dist.world_size)
         if cfg.optimizer.params.get("lr") == "auto":
             cfg = self._find_lr(train_data)
         if val_data is None and cfg.monitor.startswith("val_"):
@@ -205,13 +208,25 @@ class Trainer:
         return report
 
     def eval_batch_size(self, sample_numel: int | None = None) -> int:
-        """``train.eval_batch_size``; for auto 512 samples, fewer when one sample is large (about
-        64 MB of float32 input per batch; a 224x224 RGB photo gives 111), never below batch_size."""
+        """``train.eval_batch_size``; for auto the largest batch up to 512 whose forward pass fits
+        the memory free on the device, estimated from the model's layers
+        (:func:`~deepworks.train.memory.inference_batch_size`), never below batch_size. Before
+        the model has seen a batch (or for inputs of another size, ``sample_numel``) about 64 MB
+        of float32 input per batch instead (a 224x224 RGB photo gives 111)."""
         size = self.config.eval_batch_size
         if size != "auto":
             return int(size)
-        numel = sample_numel or getattr(self, "_sample_numel", None) or 1
-        return max(self.config.batch_size, min(512, (64 << 20) // (4 * numel)))
+        floor = self.config.batch_size if isinstance(self.config.batch_size, int) else 1
+        shape = getattr(self, "_sample_shape", None)
+        if shape is None or (sample_numel is not None and sample_numel != math.prod(shape)):
+            numel = sample_numel or getattr(self, "_sample_numel", None) or 1
+            return max(floor, min(512, (64 << 20) // (4 * numel)))
+        key = (shape, self._sample_dtype)
+        if getattr(self, "_eval_batch", (None, 0))[0] != key:
+            found = inference_batch_size(self.model, shape, device_memory(self.device), cap=512,
+                                         input_dtype=self._sample_dtype)
+            self._eval_batch = (key, found)
+        return max(floor, self._eval_batch[1])
 
     def log(self, message: str) -> None:
         if self.config.progress != "none" and self.dist.is_main:
@@ -469,6 +484,7 @@ class Trainer:
         """One forward pass before training: the model's output must fit the task's targets."""
         xb, yb = next(iterate_batches(data, min(len(data), 8), shuffle=False, device=self.device))
         self._sample_numel = xb[0].numel()
+        self._sample_shape, self._sample_dtype = tuple(xb.shape[1:]), xb.dtype
         was_training = self.model.training
         self.model.eval()
         try:
