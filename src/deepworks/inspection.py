@@ -12,12 +12,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from deepworks.config import SERIES_DATASETS, Config, load_config
-from deepworks.data.datasets import as_image_size, is_text_dataset, list_datasets, load_from_config
+from deepworks.config import Config, data_kind, load_config
+from deepworks.data.datasets import as_image_size, list_datasets, load_from_config
 from deepworks.data.folders import plan_folder
 from deepworks.models.registry import model_from_config
 from deepworks.models.summary import render_summary, summarize
-from deepworks.pipeline import prepare_data
+from deepworks.kinds import prepare_data
 from deepworks.transfer import adopt_source, build
 
 # render_summary (defined with summarize, in the model layer) is handed out here too, so that
@@ -37,7 +37,7 @@ def _data_shape(config: Config) -> tuple[tuple[int, ...], int, str]:
             if d.channels is not None:
                 channels = d.channels
             return (channels, int(height), int(width)), int(info["classes"]), str(d.dataset)
-    if d.path is not None and d.dataset in (None, "folder") and Path(d.path).suffix.lower() not in (".csv", ".parquet", ".pq"):
+    if d.path is not None and data_kind(d) == "image":
         # an image folder: the files' headers give its shape, no pixel is decoded
         plan = plan_folder(d.path, image_size=as_image_size(d.image_size), channels=d.channels, resize=d.resize)
         return plan.spec.input_shape, len(plan.classes), str(d.path)
@@ -59,7 +59,7 @@ def inspect_config(config: Config | str | Path | Mapping[str, Any], *, device: s
     if config.transfer is not None:
         config = adopt_source(config)  # transfer.from: the earlier run's model
     vocab_size = None
-    if _is_sequence_table(config):
+    if data_kind(config.data) in ("text", "embeddings", "series"):
         # text and series tables: the vocabulary and the windows exist only once the data is prepared
         data = prepare_data(config)
         input_shape, num_classes = tuple(data.input_shape), data.task.output_size()
@@ -79,9 +79,3 @@ def inspect_config(config: Config | str | Path | Mapping[str, Any], *, device: s
     if vocab_size is not None:
         out["vocab_size"] = int(vocab_size)
     return out
-
-
-def _is_sequence_table(config: Config) -> bool:
-    """A table read as text (``data.text``), a built-in text dataset, or a time series (``data.time``)."""
-    d = config.data
-    return d.text is not None or d.time is not None or is_text_dataset(d.dataset) or d.dataset in SERIES_DATASETS

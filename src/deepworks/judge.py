@@ -35,6 +35,7 @@ from deepworks.data.datasets import data_cache_dir
 from deepworks.data.loaders import TensorData
 from deepworks.errors import CheckpointError, ConfigError, DataError
 from deepworks.evaluate.generative import Judge
+from deepworks.kinds import kind_of_record
 from deepworks.runs import RunDir
 from deepworks.runtime import resolve_device
 
@@ -119,7 +120,7 @@ def _cache_key(prepared: pipeline.PreparedData, epochs: int) -> str:
 
 
 def _check_images(prepared: pipeline.PreparedData, what: str) -> None:
-    if prepared.task.name != "classification" or len(prepared.input_shape) != 3:
+    if prepared.task.name != "classification" or kind_of_record(prepared.info) != "image":
         raise DataError(
             f"{what}: the quality measures judge images of a classification dataset; this data is "
             f"{'a ' + prepared.task.name + ' task' if prepared.task.name != 'classification' else 'not images'} "

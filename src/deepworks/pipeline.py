@@ -55,12 +55,8 @@ def train(
     callbacks: Sequence[Callback] = (),
     **kwargs: Any,
 ) -> Run:
-    """Train from a config (YAML path, mapping or :class:`Config`) and evaluate on the test split.
-
-    Keyword overrides use ``__`` between keys (``train__epochs=5``) or a section mapping
-    (``train={"epochs": 5}``). ``callbacks`` are added to the Trainer's (Keras semantics,
-    :class:`~deepworks.train.Callback`). Returns the :class:`Run` with its best model and summary.
-    """
+    """Train a (non-GAN) config and evaluate on the test split: what :func:`deepworks.train`
+    (:mod:`deepworks.front`, which documents the arguments) runs for every config but a GAN's."""
     cfg = load_config(config, merge_overrides(overrides, kwargs))
     if is_adversarial(cfg.model.name):
         raise ConfigError(f"model.name: {cfg.model.name} is a GAN, which trains in its own loop. Fix: "
@@ -379,7 +375,7 @@ def _save_predictions(run: RunDir, trainer: Trainer, data: PreparedData) -> None
     """The kept model's val/test outputs (and, for images, the most confidently wrong validation
     images) in ``predictions.safetensors``, for the report and the diagnosis."""
     wrong = None
-    if "val" in trainer.outputs and data.task.name == "classification" and len(data.input_shape) == 3:
+    if "val" in trainer.outputs and data.task.name == "classification" and kind_of_record(data.info) == "image":
         logits, targets = trainer.outputs["val"]
         index = confidently_wrong(logits, targets, k=16)
         if len(index):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from deepworks.config import Config, load_config
+from deepworks.data.folders import FileProgress
 from deepworks.errors import CheckpointError, ConfigError, DataError
 from deepworks.kinds import RunInputs, inputs_for_run, new_model
 from deepworks.models.gan import is_adversarial
@@ -128,16 +128,25 @@ class Predictor:
         """(where each row came from, the model's outputs) a batch at a time; refused inputs are
         raised (``on_error="raise"``) or collected in :attr:`skipped` (``"skip"``)."""
         self.skipped = []
-        bar = _Progress(self.inputs.count(inputs) if self._show_progress() else None, self.inputs.reads)
+        answered = 0
+        total = self.inputs.count(inputs) if self._show_progress() else None
+        # a bar on long inputs only: a few batches finish before it would be drawn
+        bar = FileProgress(total or 0, f"predicting {self.inputs.reads}", total is not None and total >= 2 * MAX_BATCH,
+                           unit=self.inputs.reads, stderr=True)
         try:
             for batch in self.inputs.batches(inputs, self.batch_size, on_error, self.workers):
                 for name, reason in batch.errors:
                     self.skipped.append({**name, "error": reason})
                 if batch.x is not None and len(batch.names):
+                    answered += len(batch.names)
                     yield batch.names, self.forward(batch.x)
                 bar.advance(len(batch.names) + len(batch.errors))
         finally:
             bar.close()
+        if self.skipped and not answered:
+            raise DataError(f"predict: none of the {len(self.skipped)} input(s) could be read (this run reads "
+                            f"{self.inputs.reads}); the first: {self.skipped[0]['error']} Fix: give readable "
+                            f"{self.inputs.reads}.")
         if self.skipped:
             first = self.skipped[0]["error"]
             warnings.warn(f"predict: {len(self.skipped)} input(s) skipped (on_error='skip'); the first: {first}",
@@ -322,32 +331,6 @@ def check_out_suffix(path: str | Path) -> None:
     if Path(path).suffix.lower() not in SUFFIXES:
         raise ConfigError(f"predict --out {path}: expected a file ending in {', '.join(SUFFIXES)}, got "
                           f"{Path(path).suffix or 'no suffix'}. Fix: e.g. --out predictions.csv.")
-
-
-class _Progress:
-    """A rich progress bar on stderr while a long call runs (nothing when ``total`` is None or small)."""
-
-    def __init__(self, total: int | None, what: str):
-        self.bar = None
-        if total is None or total < 2 * MAX_BATCH:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn(f"predicting {what}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            console=Console(stderr=True), transient=True)
-        self.bar.start()
-        self.task = self.bar.add_task(what, total=total)
-        self.started = time.perf_counter()
-
-    def advance(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task, n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
 
 
 def predict(

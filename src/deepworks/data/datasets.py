@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepworks.config import TEXT_DATASETS, is_table_path
 from deepworks.data.containers import ImageDataset
 from deepworks.data.images import ON_BAD_FILE, _check_channels, _check_size, resize_pixels, to_channels
 from deepworks.errors import ConfigError, DataError
@@ -74,8 +75,9 @@ _BUILTIN_INFO: dict[str, dict[str, Any]] = {
 
 
 def is_text_dataset(name: str | None) -> bool:
-    """Whether the built-in dataset ``name`` holds texts (token ids) rather than images."""
-    return _BUILTIN_INFO.get(name or "", {}).get("input") == "text"
+    """Whether the built-in dataset ``name`` holds texts (token ids) rather than images
+    (:data:`deepworks.config.TEXT_DATASETS`, which chooses the kind of data)."""
+    return name in TEXT_DATASETS
 
 
 # ----------------------------------------------------------------------------- common
@@ -311,10 +313,6 @@ def co2_file(root: str | Path | None = None) -> Path:
 # ----------------------------------------------------------------------------- entry points
 
 
-def _is_csv_path(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in (".csv", ".parquet", ".pq")
-
-
 def load_dataset(
     name: str | None = None,
     *,
@@ -347,7 +345,7 @@ def load_dataset(
                 "data: name a built-in dataset (data.dataset: digits), an image folder (data.path: path/to/folder) "
                 "or a CSV file (data.path: file.csv with data.target: label_column)."
             )
-        name = "csv" if _is_csv_path(path) else "folder"
+        name = "csv" if is_table_path(path) else "folder"
     factory = DATASETS.get(name, where="data.dataset")
     if path is not None and name not in ("folder", "csv"):
         raise ConfigError(

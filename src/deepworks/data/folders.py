@@ -236,26 +236,30 @@ def _workers(n_files: int, requested: int | None = None) -> int:
     return min(8, os.cpu_count() or 1)
 
 
-class _Progress:
-    """A progress bar on a terminal for long scans; a start and an end line otherwise."""
+class FileProgress:
+    """A progress bar on a terminal for long work over ``total`` files (or rows: ``unit``); a start
+    and an end line otherwise. ``stderr``: both go to stderr (a command whose stdout is its answer)."""
 
-    def __init__(self, total: int, what: str, enabled: bool):
-        self.total, self.what, self.done = total, what, 0
+    def __init__(self, total: int, what: str, enabled: bool, *, unit: str = "files", stderr: bool = False):
+        self.total, self.what, self.done, self.unit = total, what, 0, unit
         self.bar = None
         self.enabled = enabled
+        self.out = sys.stderr if stderr else sys.stdout
         self.t0 = time.perf_counter()
         if not enabled:
             return
         if sys.stderr.isatty():
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(
-                TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+                TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True,
+                console=Console(stderr=stderr),
             )
             self.bar.start()
             self.task = self.bar.add_task(what, total=total)
         else:
-            print(f"{what}: {total} files ...", flush=True)
+            print(f"{what}: {total} {unit} ...", file=self.out, flush=True)
 
     def advance(self, n: int) -> None:
         if self.bar is not None:
@@ -264,8 +268,11 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+            self.bar = None
         if self.enabled:
-            print(f"{self.what}: {self.total} files in {time.perf_counter() - self.t0:.1f} s", flush=True)
+            print(f"{self.what}: {self.total} {self.unit} in {time.perf_counter() - self.t0:.1f} s", file=self.out,
+                  flush=True)
+            self.enabled = False
 
 
 @dataclass
@@ -307,7 +314,7 @@ def scan_files(
     tensor). ``spec`` None only checks that every file decodes (no digests or sums)."""
     n = len(paths)
     workers = _workers(n, workers)
-    bar = _Progress(n, what, n >= 500 if progress is None else progress)
+    bar = FileProgress(n, what, n >= 500 if progress is None else progress)
     stats = spec is not None
     c = spec.channels if spec is not None else 0
     x = torch.empty((n, *spec.input_shape), dtype=torch.uint8) if keep and spec is not None else None

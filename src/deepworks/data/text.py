@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepworks.config import is_table_path
 from deepworks.data.datasets import DATASETS
 from deepworks.data.tabular import check_column, labelled_rows, read_table
 from deepworks.errors import ConfigError, DataError
@@ -400,7 +401,7 @@ def read_text_inputs(paths: Sequence[str | Path], text_column: str) -> tuple[lis
     where: list[dict[str, Any]] = []
     for p in paths:
         path = Path(p).expanduser()
-        if path.suffix.lower() in (".csv", ".parquet", ".pq"):
+        if is_table_path(path):
             header, rows, lines = read_table(path)
             check_column(path, header, text_column, "the run's data.text")
             i = header.index(text_column)

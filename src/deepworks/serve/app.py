@@ -267,6 +267,19 @@ class MicroBatcher:
                 start += n
 
 
+async def drain(receive: Any, limit: int) -> None:
+    """Read and drop a request's body (up to ``limit`` bytes), so that a client still sending
+    receives the refusal instead of a reset connection."""
+    read = 0
+    while read <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        read += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 class BodyLimit:
     """ASGI middleware: a request body over ``limit`` bytes gets 413 (JSON) before the app reads it.
 
@@ -282,7 +295,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._drain(receive)
+            await drain(receive, 16 * self.limit)
             return await self._refuse(send, int(declared))
         seen = 0
         started = False
@@ -307,18 +320,8 @@ class BodyLimit:
         except _TooLarge:
             if started:
                 raise
-            await self._drain(receive)
+            await drain(receive, 16 * self.limit)
             await self._refuse(send, seen)
-
-    async def _drain(self, receive: Any) -> None:
-        read = 0
-        while read <= 16 * self.limit:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            read += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                return
 
     async def _refuse(self, send: Any, size: int) -> None:
         body = json.dumps({"error": f"the request body is {size} bytes or more, over the limit of {self.limit} "
@@ -394,7 +397,7 @@ class ApiKey:
             message = "the API key sent is not this server's key."
         message += (" Fix: send the header `Authorization: Bearer KEY` or `X-API-Key: KEY` with the key the server "
                     f"was started with (deepworks serve --api-key, or {ENV_API_KEY}).")
-        await self._drain(receive)
+        await drain(receive, self.drain_limit)  # a client still sending receives the 401
         body = json.dumps({"error": message}).encode()
         # Bearer for API clients; Basic so that a browser opening the page asks its user for the key
         await send({"type": "http.response.start", "status": 401, "headers": [
@@ -427,17 +430,6 @@ class ApiKey:
             return "missing"
         matches = [hmac.compare_digest(candidate, self.key) for candidate in sent]  # each compared in full
         return "ok" if any(matches) else "wrong"
-
-    async def _drain(self, receive: Any) -> None:
-        """Read and drop the body (up to ``drain_limit`` bytes) so a client still sending receives the 401."""
-        read = 0
-        while read <= self.drain_limit:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            read += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                return
 
 
 def create_app(
