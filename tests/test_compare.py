@@ -119,15 +119,16 @@ def test_regression_runs_show_r2_and_mae(runs, tmp_path):
     assert m["val_accuracy"][1] is None and m["val_accuracy"][0] == summary(a)["val"]["accuracy"]
 
 
-def test_errors(runs, tmp_path):
+def test_errors(runs, tmp_path, monkeypatch):
     a, _ = runs
+    monkeypatch.chdir(tmp_path)  # where the default page (./compare.html) would go
     with pytest.raises(CheckpointError, match="no config.yaml"):
         deepworks.compare([a, tmp_path])
     with pytest.raises(CheckpointError, match="no such run directory"):
         deepworks.compare([a, tmp_path / "nowhere"])
     with pytest.raises(ConfigError, match="at least two"):
         deepworks.compare([a])
-    assert not (tmp_path / "compare.html").exists()
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
 
 
 def test_cli_exits_2_naming_a_path_that_is_not_a_run(runs, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -10,6 +11,8 @@ from deepworks.cli import main
 from deepworks.data import load_dataset, split_dataset
 from deepworks.data.splits import kfold_indices as fold_indices
 
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"  # not the working directory
 
 def test_five_folds_on_digits_are_disjoint_stratified_and_cover_the_non_test_data():
     ds = load_dataset("digits")
@@ -28,7 +31,7 @@ def test_five_folds_on_digits_are_disjoint_stratified_and_cover_the_non_test_dat
 
 
 def test_cli_cv_writes_fold_runs_and_mean_std(tmp_path, capsys):
-    code = main(["train", "examples/configs/quickstart.yaml", "--cv", "5", "--run-dir", str(tmp_path / "cv"),
+    code = main(["train", str(EXAMPLES / "configs" / "quickstart.yaml"), "--cv", "5", "--run-dir", str(tmp_path / "cv"),
                  "--set", "model={name: softmax}", "--set", "train.epochs=2", "--set", "train.progress=none",
                  "--set", "train.early_stopping=null"])
     assert code == 0

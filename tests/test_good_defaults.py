@@ -4,6 +4,7 @@ the penalised objective in the log, and resuming a run that stopped before its f
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,8 @@ from deepworks.train.regularization import penalized_weights, weight_penalty
 
 DIGITS_SOFTMAX = {"data": {"dataset": "digits"}, "model": {"name": "softmax"}, "train": {"progress": "none"}}
 
+
+PENGUINS = Path(__file__).resolve().parents[1] / "examples" / "data" / "penguins.csv"
 
 def sklearn_accuracy(seed: int) -> float:
     """scikit-learn's LogisticRegression (default C, standardised features) on the split deepworks draws."""
@@ -265,5 +268,5 @@ def test_tta_hflip_averages_the_outputs_on_the_mirror_image(tmp_path):
     out = deepworks.predict(run.dir, [png], top_k=10)[0]["top_k"]
     assert sum(r["probability"] for r in out) == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(ConfigError, match="train.tta"):
-        deepworks.train({**DIGITS_SOFTMAX, "data": {"path": "examples/data/penguins.csv", "target": "species"},
+        deepworks.train({**DIGITS_SOFTMAX, "data": {"path": str(PENGUINS), "target": "species"},
                          "model": {"name": "mlp"}}, run_dir=tmp_path / "t", train={"epochs": 1, "tta": "hflip"})

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +27,6 @@ def assert_png(path) -> None:
     with Image.open(path) as img:
         assert img.format == "PNG"
         img.verify()
-
-
-@pytest.fixture
-def restore_warnings():
-    """cli.main installs its own warning printer; put the original back after the test."""
-    saved = warnings.showwarning
-    yield
-    warnings.showwarning = saved
 
 
 # ----------------------------------------------------------------------------- the algorithm
@@ -235,7 +226,7 @@ def test_image_runs_are_refused_with_a_pointer_to_projection(image_run):
 # ----------------------------------------------------------------------------- the command line
 
 
-def test_cli_importance(table_run, image_run, capsys, restore_warnings):
+def test_cli_importance(table_run, image_run, capsys):
     assert main(["importance", str(table_run), "--repeats", "2", "--keep-top", "1"]) == 0
     text = capsys.readouterr().out
     assert "signal" in text and "mean accuracy drop" in text

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -41,14 +40,6 @@ def read_points(path) -> tuple[np.ndarray, list[str]]:
         rows = list(csv.reader(f))
     assert rows[0] == ["x", "y", "label"]
     return np.array([[float(r[0]), float(r[1])] for r in rows[1:]]), [r[2] for r in rows[1:]]
-
-
-@pytest.fixture
-def restore_warnings():
-    """cli.main installs its own warning printer; put the original back after the test."""
-    saved = warnings.showwarning
-    yield
-    warnings.showwarning = saved
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +168,7 @@ def test_project_2d_single_feature_and_plots(tmp_path):
 # ----------------------------------------------------------------------------- the command line
 
 
-def test_cli_projection(mlp_run, capsys, restore_warnings):
+def test_cli_projection(mlp_run, capsys):
     args = ["projection", str(mlp_run), "--method", "tsne", "--max-points", "60", "--layer", "2"]
     assert main([*args, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

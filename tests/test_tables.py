@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 from pathlib import Path
@@ -9,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score, recall_score
 
 import deepworks
 from deepworks.cli import main
@@ -35,17 +39,57 @@ def penguin_run(tmp_path_factory):
     return run
 
 
+def saved_model(run):
+    """The run's network with the weights of its model.safetensors, read here with safetensors."""
+    model = copy.deepcopy(run.model)
+    model.load_state_dict(load_file(run.dir / "model.safetensors"))
+    return model.eval()
+
+
+def split_of(run):
+    torch.manual_seed(run.config.seed)  # as deepworks.evaluate prepares it
+    return prepare_data(run.config)
+
+
 def test_penguins_species_from_mixed_columns(penguin_run):
     s = penguin_run.summary
     assert s["test"]["accuracy"] >= 0.95
-    # baselines on the same split: the majority class is far below, logistic regression close
-    assert set(s["baselines"]) == {"majority_class", "logistic_regression"}
-    assert s["baselines"]["majority_class"]["test"]["accuracy"] < 0.5
     info = json.loads((penguin_run.dir / "data.json").read_text())
     assert info["features"] == ["island", "bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g",
                                 "sex", "year"]
     assert info["feature_groups"]["island"] == [0, 1, 2, 3]  # Biscoe, Dream, Torgersen, other
     assert "sex=missing" in info["feature_names"] and "bill_length_mm=missing" in info["feature_names"]
+
+
+def test_classification_baselines_equal_scikit_learn_on_the_same_split(penguin_run):
+    """The oracle: scikit-learn's LogisticRegression fitted here on the run's encoded training
+    rows, and the majority class counted here, scored by scikit-learn's metrics."""
+    data = split_of(penguin_run)
+    baselines = penguin_run.summary["baselines"]
+    assert set(baselines) == {"majority_class", "logistic_regression"}
+    xtr, ytr = data.train.x.numpy(), data.train.y.numpy()
+    oracle = LogisticRegression(max_iter=2000, random_state=penguin_run.config.seed).fit(xtr, ytr)
+    majority = np.bincount(ytr).argmax()
+    for split in ("val", "test"):
+        x, y = getattr(data, split).x.numpy(), getattr(data, split).y.numpy()
+        pred = oracle.predict(x)
+        ours = baselines["logistic_regression"][split]
+        assert ours["accuracy"] == pytest.approx(accuracy_score(y, pred), abs=1e-12)
+        assert ours["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-12)
+        assert ours["macro_recall"] == pytest.approx(recall_score(y, pred, average="macro"), abs=1e-12)
+        assert baselines["majority_class"][split]["accuracy"] == pytest.approx(float((y == majority).mean()), abs=1e-12)
+    assert baselines["majority_class"]["test"]["accuracy"] < 0.5 < baselines["logistic_regression"]["test"]["accuracy"]
+
+
+def test_evaluate_equals_a_forward_pass_of_the_saved_weights(penguin_run):
+    data = split_of(penguin_run)
+    with torch.no_grad():
+        logits = saved_model(penguin_run)(data.test.x)
+    y, pred = data.test.y.numpy(), logits.argmax(1).numpy()
+    report = deepworks.evaluate(penguin_run.dir, split="test")
+    assert report["accuracy"] == pytest.approx(accuracy_score(y, pred), abs=1e-12)
+    assert report["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"), abs=1e-12)
+    assert report["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, data.test.y)), rel=1e-5)
 
 
 def test_predict_on_raw_rows_matches_evaluate(penguin_run, tmp_path):
@@ -81,16 +125,39 @@ def test_penguin_body_mass_regression_beats_ridge_minus_003(tmp_path):
     run = deepworks.train(cfg, run_dir=tmp_path / "r", data__path=str(PENGUINS), train__progress="none")
     s = run.summary
     assert s["task"] == "regression"
-    assert s["test"]["r2"] >= s["baselines"]["ridge"]["test"]["r2"] - 0.03
-    assert s["baselines"]["training_mean"]["test"]["r2"] < 0.05
-    # predictions come back in grams
-    header, rows = rows_of(PENGUINS)
-    path = tmp_path / "one.csv"
-    path.write_text(",".join(header) + "\n" + ",".join(rows[0]) + "\n")
-    (pred,) = deepworks.predict(run.dir, [path])
-    assert 2500 < pred["prediction"] < 6500
+    data = split_of(run)
+    mean, std = data.task.mean[0], data.task.std[0]
+    grams = lambda z: z.reshape(-1).double().numpy() * std + mean  # noqa: E731  (the model learns standardised mass)
+    ytr, yte = grams(data.train.y), grams(data.test.y)
+
+    # the baselines, against scikit-learn's Ridge fitted here on the same encoded rows, and the training mean
+    ridge = Ridge(alpha=1.0).fit(data.train.x.numpy(), data.train.y.numpy())
+    ridge_pred = grams(torch.from_numpy(ridge.predict(data.test.x.numpy())))
+    ours = s["baselines"]["ridge"]["test"]
+    assert ours["r2"] == pytest.approx(r2_score(yte, ridge_pred), abs=1e-9)
+    assert ours["mae"] == pytest.approx(mean_absolute_error(yte, ridge_pred), rel=1e-9)
+    mean_mae = mean_absolute_error(yte, np.full_like(yte, ytr.mean()))
+    assert s["baselines"]["training_mean"]["test"]["mae"] == pytest.approx(mean_mae, rel=1e-6)  # float32 targets
+    assert s["test"]["r2"] >= ours["r2"] - 0.03
+
+    # evaluate, against a plain forward pass of the saved weights scored by scikit-learn, in grams
+    with torch.no_grad():
+        pred = grams(saved_model(run)(data.test.x))
     report = deepworks.evaluate(run.dir, split="test")
-    assert report["r2"] == pytest.approx(s["test"]["r2"], abs=1e-9)
+    assert report["mae"] == pytest.approx(mean_absolute_error(yte, pred), rel=1e-6)
+    assert report["r2"] == pytest.approx(r2_score(yte, pred), abs=1e-6)
+    assert report["mae"] < 0.5 * mean_mae  # far better than always predicting the mean
+
+    # predict on raw rows comes back in grams: better than the mean by far on every row with a mass
+    header, rows = rows_of(PENGUINS)
+    mass = header.index("body_mass_g")
+    rows = [r for r in rows if r[mass] not in ("", "NA")]
+    path = tmp_path / "rows.csv"
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    preds = np.array([p["prediction"] for p in deepworks.predict(run.dir, [path])])
+    truth = np.array([float(r[mass]) for r in rows])
+    assert mean_absolute_error(truth, preds) < 0.5 * mean_absolute_error(truth, np.full_like(truth, ytr.mean()))
 
 
 def test_parquet_tables_read_like_csv(tmp_path):

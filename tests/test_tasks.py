@@ -77,33 +77,45 @@ def test_trainer_learns_a_regression_and_reports_in_the_targets_units(tmp_path):
 
 
 def test_regression_resume_is_bitwise(tmp_path):
+    from deepworks import Callback
+    from deepworks.runs import read_checkpoint
+
     x, y = linear_problem(n=200)
-    cfg = {"epochs": 4, "progress": "none", "batch_size": 16, "checkpoint_every_steps": 3}
+    cfg = {"epochs": 4, "progress": "none", "batch_size": 16, "checkpoint_every_steps": 3}  # 10 steps an epoch
 
-    def run(path, crash_at=None):
+    class Crash(Exception):
+        pass
+
+    class Steps(Callback):
+        """Records the steps run; raises Crash after step ``crash_at``."""
+
+        def __init__(self, crash_at=None):
+            self.crash_at, self.steps = crash_at, []
+
+        def on_batch_end(self, trainer, step):
+            self.steps.append(step)
+            if step == self.crash_at:
+                raise Crash
+
+    def model():
         torch.manual_seed(1)
-        model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Dropout(0.2), nn.Linear(8, 1))
+        return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Dropout(0.2), nn.Linear(8, 1))
 
-        class Crash(Exception):
-            pass
+    straight = model()
+    h1 = Trainer(straight, cfg, task="regression", run_dir=tmp_path / "a").fit((x[:150], y[:150]), (x[150:], y[150:]))
 
-        from deepworks import Callback
+    resumed, first = model(), Steps(crash_at=17)
+    with pytest.raises(Crash):
+        Trainer(resumed, cfg, task="regression", run_dir=tmp_path / "b", callbacks=[first]).fit(
+            (x[:150], y[:150]), (x[150:], y[150:]))
+    assert first.steps == list(range(1, 18))  # the crash happened, mid-epoch 2
+    _, state = read_checkpoint(tmp_path / "b" / "checkpoints" / "last.safetensors")
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 5, 15)  # the last save before it
+    second = Steps()
+    trainer = Trainer(resumed, cfg, task="regression", run_dir=tmp_path / "b", callbacks=[second])
+    h2 = trainer.fit((x[:150], y[:150]), (x[150:], y[150:]), resume=True)
+    assert second.steps == list(range(16, 41))  # from the checkpoint on, not from the start
 
-        class At(Callback):
-            def on_batch_end(self, trainer, step):
-                if step == crash_at:
-                    raise Crash
-
-        trainer = Trainer(model, cfg, task="regression", run_dir=path, callbacks=[At()] if crash_at else [])
-        try:
-            trainer.fit((x[:150], y[:150]), (x[150:], y[150:]))
-        except Crash:
-            trainer = Trainer(model, cfg, task="regression", run_dir=path)
-            trainer.fit((x[:150], y[:150]), (x[150:], y[150:]), resume=True)
-        return model, trainer.history
-
-    straight, h1 = run(tmp_path / "a")
-    resumed, h2 = run(tmp_path / "b", crash_at=17)
     for p, q in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(p, q)
     assert [{k: v for k, v in h.items() if k != "seconds"} for h in h1] == [

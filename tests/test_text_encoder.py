@@ -153,8 +153,10 @@ def test_predict_refuses_other_weights(encoder_run, tmp_path):
         deepworks.predict(run, texts=["a fine film"])
 
 
-def test_the_disk_cache_is_used_and_a_damaged_file_recomputed(encoder_run, monkeypatch):
-    first = prepare_data(encoder_run.config)  # the run's embeddings are cached: no model is loaded
+def test_the_disk_cache_is_used_and_a_damaged_file_recomputed(encoder_run, monkeypatch, tmp_path):
+    # a cache of this test's own: the module's shared one holds whatever the tests before it wrote
+    monkeypatch.setenv("DEEPWORKS_DATA", str(tmp_path / "cache"))
+    first = prepare_data(encoder_run.config)  # encoded once, and cached
     files = list(embedding_cache_dir().glob("*.safetensors"))
     assert len(files) == 1
 

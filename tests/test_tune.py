@@ -173,9 +173,10 @@ def test_the_pruning_callback_reports_each_epoch_and_stops_the_trainer():
 
 
 def test_the_example_config_trains_and_its_space_is_valid():
-    cfg = load_config("examples/configs/digits-tune.yaml")
+    example = Path(__file__).resolve().parents[1] / "examples" / "configs" / "digits-tune.yaml"
+    cfg = load_config(example)
     assert cfg.tune is not None and cfg.tune.metric == "val_accuracy"
-    assert parse_space("examples/configs/digits-tune.yaml").keys == [
+    assert parse_space(example).keys == [
         "train.optimizer.lr", "model.dropout", "model.activation", "train.batch_size", "model.filters"]
 
 

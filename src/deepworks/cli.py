@@ -702,7 +702,17 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     import warnings
 
+    # the CLI prints warnings its own way while a command runs, and puts the process's hook back
+    # afterwards (main() called from Python, a notebook or a test must not keep the CLI's printer)
+    saved = warnings.showwarning
     warnings.showwarning = _show_warning
+    try:
+        return _dispatch(argv)
+    finally:
+        warnings.showwarning = saved
+
+
+def _dispatch(argv: list[str] | None) -> int:
     try:
         code = app(args=argv, standalone_mode=False)
     except DeepworksError as exc:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from safetensors.torch import load_file
 
 import deepworks
@@ -65,7 +65,11 @@ def test_jpeg_pixels_match_pillow_and_are_upright(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # a portrait phone photo stored sideways
     Image.fromarray(arr).save(tmp_path / "phone.jpg", exif=exif)
-    assert decode_image(tmp_path / "phone.jpg").shape == (3, 200, 150)
+    turned = decode_image(tmp_path / "phone.jpg")
+    assert turned.shape == (3, 200, 150)
+    with Image.open(tmp_path / "phone.jpg") as img:  # the oracle: Pillow's EXIF transpose of the same file
+        upright = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    assert np.array_equal(turned.permute(1, 2, 0).numpy(), upright)  # turned clockwise, not mirrored or back
     assert plan_folder_size(tmp_path / "phone.jpg") == (200, 150)  # the header probe turns it too
 
     Image.new("CMYK", (4, 4), (10, 20, 30, 40)).save(tmp_path / "cmyk.jpg")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from deepworks.data import read_image, scan_image_folder
 from deepworks.errors import ConfigError, DataError
@@ -91,12 +91,30 @@ def test_palette_16bit_and_jpeg(tmp_path):
     assert x.shape == (3, 4, 6) and x.min() >= 0 and x.max() <= 1 and x[0].mean() > 0.9
 
 
-def test_exif_rotation_is_applied(tmp_path):
-    img = Image.new("RGB", (6, 4), (0, 128, 0))
+def marked(size=(24, 16)) -> Image.Image:
+    """A dark image (PIL's (W, H)) with a bright block in its stored top-left corner, so a turn
+    in the wrong direction, or a mirror, moves the block somewhere else."""
+    img = Image.new("RGB", size, (0, 40, 0))
+    img.paste((250, 250, 250), (0, 0, 8, 8))
+    return img
+
+
+@pytest.mark.parametrize("suffix", ["jpg", "png"])  # torchvision's JPEG decoder, and Pillow
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_rotation_is_applied(tmp_path, orientation, suffix):
     exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 CW to view": a portrait phone photo
-    img.save(tmp_path / "phone.jpg", exif=exif)
-    assert read_image(tmp_path / "phone.jpg").shape == (3, 6, 4)
+    exif[0x0112] = orientation  # 6: "rotate 90 CW to view", a portrait phone photo
+    path = tmp_path / f"phone.{suffix}"
+    marked().save(path, exif=exif, quality=95)
+    x = read_image(path)
+    # the oracle: Pillow's own EXIF transpose of the same file
+    with Image.open(path) as img:
+        upright = np.asarray(ImageOps.exif_transpose(img).convert("RGB"), dtype=np.float32) / 255
+    assert x.shape == (3, *upright.shape[:2])
+    np.testing.assert_allclose(x.permute(1, 2, 0).numpy(), upright, atol=1e-6)
+    if orientation == 6:  # by hand: turned clockwise, the stored top-left corner is now top-right
+        assert x.shape == (3, 24, 16)
+        assert x[:, :8, -8:].mean() > 0.9 and x[:, -8:, :8].mean() < 0.2 and x[:, :8, :8].mean() < 0.2
 
 
 def test_unreadable_files_raise_data_error_naming_the_path(tmp_path):

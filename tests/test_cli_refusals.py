@@ -1,0 +1,138 @@
+"""The CLI's contract with the shell: refusals exit 2 with one line naming the option and writing
+nothing, internal errors exit 1 with their traceback, the process's warning hook is the caller's
+again after a command, and lr-find runs from the command line.
+
+In-process through ``deepworks.cli.main`` (fast); one subprocess for the exit status of a crash."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+import deepworks
+from deepworks.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "examples" / "configs" / "quickstart.yaml"
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, " ".join(captured.err.split())
+
+
+def refused(args, capsys, *needles):
+    code, out, err = run(args, capsys)
+    assert code == 2, out + err
+    assert "Traceback" not in err and err.startswith("error:"), err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+@pytest.fixture
+def a_run_dir(tmp_path):
+    """Something --resume could point at; the refusals must come before it is read."""
+    path = tmp_path / "run"
+    path.mkdir()
+    (path / "config.yaml").write_text(QUICKSTART.read_text())
+    return path
+
+
+def test_cv_with_resume_is_refused(tmp_path, capsys, a_run_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    refused(["train", "--resume", a_run_dir, "--cv", "3"], capsys, "--cv", "cannot be resumed")
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, no runs/ folder
+
+
+def test_resume_with_a_config_or_set_is_refused(tmp_path, capsys, a_run_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    refused(["train", QUICKSTART, "--resume", a_run_dir], capsys, "--resume RUN_DIR takes no CONFIG")
+    refused(["train", "--resume", a_run_dir, "--set", "train.epochs=1"], capsys, "takes no CONFIG or --set")
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_train_without_a_config_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    refused(["train"], capsys, "give a CONFIG.yaml", "--resume RUN_DIR")
+    refused(["train", "--set", "train.epochs=1"], capsys, "give a CONFIG.yaml")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("split", ["testing", "validation", "TEST", ""])
+def test_evaluate_with_a_bad_split_is_refused(tmp_path, capsys, split):
+    # refused on the value alone, before the run directory (here: none) is looked at
+    err = refused(["evaluate", tmp_path / "no-run", "--split", split], capsys, "--split", "train, val or test")
+    assert repr(split) in err and "no-run" not in err
+
+
+def test_internal_errors_exit_1_with_their_traceback(tmp_path):
+    """A bug (not a DeepworksError) is not dressed up as a user error: exit 1, traceback shown."""
+    script = (
+        "import sys, deepworks\n"
+        "from deepworks.cli import main\n"
+        "def broken(*a, **k):\n"
+        "    raise RuntimeError('a bug in evaluate')\n"
+        "deepworks.evaluate = broken\n"
+        f"sys.exit(main(['evaluate', {str(tmp_path)!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" in proc.stderr and "RuntimeError: a bug in evaluate" in proc.stderr
+
+
+def test_the_warning_hook_is_the_callers_again_after_every_command(tmp_path, capsys, monkeypatch):
+    def mine(*args, **kwargs):
+        pass
+
+    monkeypatch.setattr(warnings, "showwarning", mine)
+    monkeypatch.chdir(tmp_path)
+    assert main(["datasets", "--json"]) == 0  # a command that succeeds
+    assert warnings.showwarning is mine
+    assert main(["train"]) == 2  # a refusal
+    assert warnings.showwarning is mine
+
+    def broken(*args, **kwargs):
+        warnings.warn("about your data")  # printed the CLI's way while the command runs
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(deepworks, "evaluate", broken)
+    with pytest.raises(RuntimeError, match="a bug"):  # an internal error
+        main(["evaluate", str(tmp_path)])
+    assert warnings.showwarning is mine
+    assert "warning: about your data" in capsys.readouterr().err
+
+
+def test_lr_find_from_the_command_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"name": "tiny", "data": {"dataset": "digits"}, "model": {"name": "softmax"},
+                                      "train": {"batch_size": 64, "optimizer": {"name": "sgd", "lr": 0.1}}}))
+    code, out, err = run(["lr-find", config, "--steps", "30", "--start-lr", "1e-5", "--end-lr", "10"], capsys)
+    assert code == 0, out + err
+    # default output: lr-find-<name>.png in the working directory, the JSON beside it, no run directory
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "lr-find-tiny.json", "lr-find-tiny.png"]
+    assert (tmp_path / "lr-find-tiny.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    result = json.loads((tmp_path / "lr-find-tiny.json").read_text())
+    lrs = result["lrs"]
+    assert lrs[0] == pytest.approx(1e-5) and result["optimizer"] == "sgd"
+    ratios = [b / a for a, b in zip(lrs, lrs[1:])]  # an exponential sweep from --start-lr towards --end-lr
+    assert ratios == pytest.approx([(10 / 1e-5) ** (1 / 29)] * len(ratios), rel=1e-6)
+    assert len(lrs) == len(result["losses"]) == len(result["smoothed"]) <= 30
+    assert all(math.isfinite(v) for v in result["smoothed"])
+    assert lrs[0] <= result["suggestion"] <= lrs[-1]
+    flat = " ".join(out.split())
+    assert f"suggested learning rate: {result['suggestion']:.3g}" in flat
+    assert f"train.optimizer.lr={result['suggestion']:.3g}" in flat
+
+    refused(["lr-find", tmp_path / "nope.yaml"], capsys, "nope.yaml")
