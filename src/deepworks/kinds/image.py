@@ -6,6 +6,7 @@ always through the run's decode, channels and resize (data.json ``image``) and i
 from __future__ import annotations
 
 import copy
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,6 +137,7 @@ class ImageInputs(RunInputs):
     kind = "image"
     reads = "images"
     stored_dtype = torch.uint8
+    channels_last = True
 
     def __init__(self, run_dir: Path, info: dict[str, Any]):
         super().__init__(run_dir, info)
@@ -231,20 +233,30 @@ class ImageInputs(RunInputs):
         from torch.utils.data import DataLoader
 
         decoder = DecodeFiles(files, self.spec)
-        if workers > 0 and len(files) > batch_size:
+        frozen = workers > 0 and len(files) > batch_size
+        if frozen:
+            # the objects that exist now are left out of garbage collection while the workers run: a
+            # forked worker's collector would otherwise write to every one of them and so copy every
+            # page of the parent's heap (about 100 MB per worker here)
+            gc.freeze()
             loader = DataLoader(decoder, batch_size=batch_size, num_workers=workers, collate_fn=collate_decoded,
                                 prefetch_factor=2)
         else:
             loader = (collate_decoded([decoder[i] for i in range(s, min(s + batch_size, len(files)))])
                       for s in range(0, len(files), batch_size))
-        for decoded in loader:  # positions in "index" and "bad" are positions in files
-            batch = Batch(decoded["x"], [{"file": str(files[i])} for i in decoded["index"]])
-            for i, reason in decoded["bad"]:
-                message = f"{files[i]}: {reason}"
-                if on_error == "raise":
-                    raise DataError(message)
-                batch.errors.append(({"file": str(files[i])}, message))
-            yield batch
+        try:
+            for decoded in loader:  # positions in "index" and "bad" are positions in files
+                batch = Batch(decoded["x"], [{"file": str(files[i])} for i in decoded["index"]])
+                for i, reason in decoded["bad"]:
+                    message = f"{files[i]}: {reason}"
+                    if on_error == "raise":
+                        raise DataError(message)
+                    batch.errors.append(({"file": str(files[i])}, message))
+                yield batch
+        finally:
+            if frozen:
+                del loader  # the workers stop before the objects are collectable again
+                gc.unfreeze()
 
     def to_model(self, x: torch.Tensor) -> torch.Tensor:
         return self.to_input(x)
