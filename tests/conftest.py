@@ -2,28 +2,60 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+# A `deepworks.train` run in its own process that stops itself at a known point and waits to be
+# killed: after epoch 1, one step past the first in-epoch checkpoint of epoch 2 (the Trainer
+# calls on_batch_end before it writes a step's checkpoint, so at step s + 1 the checkpoint of
+# step s is on disk). It says so by writing MARKER. Through the public Callback hook, not timing.
+_PAUSED_RUN = r"""
+import pathlib, signal, sys
+import deepworks
 
-def _wait_mid_epoch(proc, run_dir: Path, timeout: float = 240, poll: float = 0.002) -> None:
-    """Wait until a `deepworks train` process has logged epoch 1 and then written a fresh
-    in-epoch checkpoint: killed now, it is mid-epoch 2 with something to resume from."""
-    metrics, ckpt = Path(run_dir) / "metrics.jsonl", Path(run_dir) / "checkpoints" / "last.safetensors"
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and metrics.read_text().count("\n") >= 1:
-            stamp = ckpt.stat().st_mtime_ns
-            while proc.poll() is None and ckpt.stat().st_mtime_ns == stamp and time.time() < deadline:
-                time.sleep(poll)
-            break
-        time.sleep(poll)
-    assert proc.poll() is None, "the run finished before it could be killed"
+config, run_dir, marker, *overrides = sys.argv[1:]
+
+
+class PauseMidEpoch2(deepworks.Callback):
+    def on_batch_end(self, trainer, step):
+        every = trainer.config.checkpoint_every_steps
+        if trainer.epoch >= 1 and trainer.step_in_epoch >= 2 and (step - 1) % every == 0:
+            pathlib.Path(marker).write_text(str(step))
+            while True:
+                signal.pause()  # until killed
+
+
+deepworks.train(config, run_dir=run_dir, overrides=overrides, callbacks=[PauseMidEpoch2()])
+"""
+
+
+def _start_paused_mid_epoch(config, run_dir: Path, *overrides: str, timeout: float = 240, **popen) -> subprocess.Popen:
+    """Start ``deepworks.train(config, run_dir=run_dir, overrides=overrides)`` in a process and
+    return it once it is paused mid-epoch 2 with an in-epoch checkpoint behind it (and one step
+    done past it): killed now, it has something to resume from and something to redo. Needs
+    ``train.checkpoint_every_steps`` and at least three steps per epoch."""
+    run_dir = Path(run_dir)
+    marker = run_dir.parent / f".{run_dir.name}.paused"
+    popen = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "text": True, **popen}
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSED_RUN, str(config), str(run_dir), str(marker), *overrides],
+                            **popen)
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            pytest.fail(f"the run ended (exit {proc.returncode}) before it paused mid-epoch 2:\n{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the run did not reach mid-epoch 2 within {timeout} s")
+        time.sleep(0.01)  # polling for the marker
+    return proc
 
 
 @pytest.fixture
-def wait_mid_epoch():
-    """``wait_mid_epoch(proc, run_dir)``: see :func:`_wait_mid_epoch`."""
-    return _wait_mid_epoch
+def paused_mid_epoch():
+    """``paused_mid_epoch(config, run_dir, *overrides, **popen)``: see :func:`_start_paused_mid_epoch`."""
+    return _start_paused_mid_epoch
