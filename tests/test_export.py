@@ -9,6 +9,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -201,16 +202,23 @@ def test_backbone_under_transfer_exports(tmp_path):
 
 
 def test_a_failed_parity_check_leaves_no_valid_looking_file(cnn_run, tmp_path, monkeypatch):
+    # its own copy of the run, with a good export of its own: the module's run is shared with
+    # tests that export into it, so its summary.json says whatever ran last
+    run = tmp_path / "run"
+    shutil.copytree(cnn_run.dir, run)
+    good = deepworks.export(run)
+    before = {name: (run / name).read_bytes() for name in ("summary.json", "model.onnx", "model.onnx.json")}
     monkeypatch.setattr(onnx_export, "TOLERANCE", -1.0)  # every difference, even 0, now exceeds it
     out = tmp_path / "bad.onnx"
     with pytest.raises(ExportError) as e:
-        deepworks.export(cnn_run.dir, out=out)
+        deepworks.export(run, out=out)
     assert "differ from PyTorch's" in str(e.value) and "bad.onnx.failed" in str(e.value)
     assert not out.exists() and not Path(str(out) + ".json").exists()
     assert (tmp_path / "bad.onnx.failed").exists()
     assert not list(tmp_path.glob("*.tmp-*"))
-    summary = json.loads((cnn_run.dir / "summary.json").read_text())
-    assert summary.get("export", {}).get("path") != str(out)
+    # the run still describes the good export, byte for byte
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert json.loads(before["summary.json"])["export"]["path"] == good["path"] == str(run / "model.onnx")
 
 
 def test_bad_arguments_are_user_errors(cnn_run, tmp_path):
