@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+# The one digits CNN run of the session (report, export and serve tests read it): early
+# stopping with an impossible min_delta stops it after epoch 2, so the report shows a stop;
+# log_gradients feeds the report's gradient section.
+DIGITS_CNN = {
+    "name": "report-digits",
+    "data": {"dataset": "digits"},
+    "model": {"name": "cnn", "filters": [8, 16], "hidden": [32]},
+    "train": {
+        "epochs": 3, "batch_size": 64, "progress": "none", "precision": "fp32", "log_gradients": 5,
+        "optimizer": {"name": "adamw", "lr": 0.01}, "monitor": "val_loss",
+        "early_stopping": {"monitor": "val_loss", "patience": 1, "min_delta": 100.0},
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def digits_cnn_run(tmp_path_factory):
+    """A finished digits CNN run (:data:`DIGITS_CNN`, with its report), trained once per session.
+    Shared: read it, never write into it; a test that writes (export, report, a resume) takes
+    :func:`digits_cnn_copy`."""
+    import deepworks
+
+    return deepworks.train(DIGITS_CNN, run_dir=tmp_path_factory.mktemp("digits-cnn") / "run")
+
+
+@pytest.fixture
+def digits_cnn_copy(digits_cnn_run, tmp_path):
+    """This test's own copy of :func:`digits_cnn_run`'s directory (a Path), to write into."""
+    target = tmp_path / "digits-cnn"
+    shutil.copytree(digits_cnn_run.dir, target)
+    return target
 
 # A `deepworks.train` run in its own process that stops itself at a known point and waits to be
 # killed: after epoch 1, one step past the first in-epoch checkpoint of epoch 2 (the Trainer

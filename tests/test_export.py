@@ -9,7 +9,6 @@ import csv
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,11 +54,11 @@ def batch_is_dynamic(path: Path) -> bool:
     return bool(dim.dim_param) and not dim.dim_value
 
 
-@pytest.fixture(scope="module")
-def cnn_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cnn")
-    return deepworks.train({"data": {"dataset": "digits"}, "model": {"name": "cnn", "filters": [8, 16]},
-                            "train": QUIET, "report": False}, run_dir=folder / "run")
+@pytest.fixture
+def cnn_run(digits_cnn_copy):
+    """This test's copy of the session's digits CNN run (tests/conftest.py): an export writes
+    into the run's summary.json, so no two tests share one."""
+    return deepworks.load_run(digits_cnn_copy)
 
 
 def test_cnn_export_matches_pytorch_on_fresh_batches(cnn_run):
@@ -202,10 +201,7 @@ def test_backbone_under_transfer_exports(tmp_path):
 
 
 def test_a_failed_parity_check_leaves_no_valid_looking_file(cnn_run, tmp_path, monkeypatch):
-    # its own copy of the run, with a good export of its own: the module's run is shared with
-    # tests that export into it, so its summary.json says whatever ran last
-    run = tmp_path / "run"
-    shutil.copytree(cnn_run.dir, run)
+    run = cnn_run.dir  # this test's own copy, with a good export of its own
     good = deepworks.export(run)
     before = {name: (run / name).read_bytes() for name in ("summary.json", "model.onnx", "model.onnx.json")}
     monkeypatch.setattr(onnx_export, "TOLERANCE", -1.0)  # every difference, even 0, now exceeds it
