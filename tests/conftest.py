@@ -72,15 +72,14 @@ def _start_paused_mid_epoch(config, run_dir: Path, *overrides: str, timeout: flo
     done past it): killed now, it has something to resume from and something to redo. Needs
     ``train.checkpoint_every_steps`` and at least three steps per epoch."""
     run_dir = Path(run_dir)
-    marker = run_dir.parent / f".{run_dir.name}.paused"
-    popen = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "text": True, **popen}
-    proc = subprocess.Popen([sys.executable, "-c", _PAUSED_RUN, str(config), str(run_dir), str(marker), *overrides],
-                            **popen)
+    marker, log = (run_dir.parent / f".{run_dir.name}.{what}" for what in ("paused", "log"))
+    with log.open("w") as out:  # a file, not a pipe nobody reads while the run goes on
+        proc = subprocess.Popen([sys.executable, "-c", _PAUSED_RUN, str(config), str(run_dir), str(marker), *overrides],
+                                stdout=out, stderr=subprocess.STDOUT, **popen)
     deadline = time.monotonic() + timeout
     while not marker.exists():
         if proc.poll() is not None:
-            err = proc.stderr.read() if proc.stderr else ""
-            pytest.fail(f"the run ended (exit {proc.returncode}) before it paused mid-epoch 2:\n{err}")
+            pytest.fail(f"the run ended (exit {proc.returncode}) before it paused mid-epoch 2:\n{log.read_text()}")
         if time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"the run did not reach mid-epoch 2 within {timeout} s")
