@@ -2,28 +2,92 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+# The one digits CNN run of the session (report, export and serve tests read it): early
+# stopping with an impossible min_delta stops it after epoch 2, so the report shows a stop;
+# log_gradients feeds the report's gradient section.
+DIGITS_CNN = {
+    "name": "report-digits",
+    "data": {"dataset": "digits"},
+    "model": {"name": "cnn", "filters": [8, 16], "hidden": [32]},
+    "train": {
+        "epochs": 3, "batch_size": 64, "progress": "none", "precision": "fp32", "log_gradients": 5,
+        "optimizer": {"name": "adamw", "lr": 0.01}, "monitor": "val_loss",
+        "early_stopping": {"monitor": "val_loss", "patience": 1, "min_delta": 100.0},
+    },
+}
 
-def _wait_mid_epoch(proc, run_dir: Path, timeout: float = 240, poll: float = 0.002) -> None:
-    """Wait until a `deepworks train` process has logged epoch 1 and then written a fresh
-    in-epoch checkpoint: killed now, it is mid-epoch 2 with something to resume from."""
-    metrics, ckpt = Path(run_dir) / "metrics.jsonl", Path(run_dir) / "checkpoints" / "last.safetensors"
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and metrics.read_text().count("\n") >= 1:
-            stamp = ckpt.stat().st_mtime_ns
-            while proc.poll() is None and ckpt.stat().st_mtime_ns == stamp and time.time() < deadline:
-                time.sleep(poll)
-            break
-        time.sleep(poll)
-    assert proc.poll() is None, "the run finished before it could be killed"
+
+@pytest.fixture(scope="session")
+def digits_cnn_run(tmp_path_factory):
+    """A finished digits CNN run (:data:`DIGITS_CNN`, with its report), trained once per session.
+    Shared: read it, never write into it; a test that writes (export, report, a resume) takes
+    :func:`digits_cnn_copy`."""
+    import deepworks
+
+    return deepworks.train(DIGITS_CNN, run_dir=tmp_path_factory.mktemp("digits-cnn") / "run")
 
 
 @pytest.fixture
-def wait_mid_epoch():
-    """``wait_mid_epoch(proc, run_dir)``: see :func:`_wait_mid_epoch`."""
-    return _wait_mid_epoch
+def digits_cnn_copy(digits_cnn_run, tmp_path):
+    """This test's own copy of :func:`digits_cnn_run`'s directory (a Path), to write into."""
+    target = tmp_path / "digits-cnn"
+    shutil.copytree(digits_cnn_run.dir, target)
+    return target
+
+# A `deepworks.train` run in its own process that stops itself at a known point and waits to be
+# killed: after epoch 1, one step past the first in-epoch checkpoint of epoch 2 (the Trainer
+# calls on_batch_end before it writes a step's checkpoint, so at step s + 1 the checkpoint of
+# step s is on disk). It says so by writing MARKER. Through the public Callback hook, not timing.
+_PAUSED_RUN = r"""
+import pathlib, signal, sys
+import deepworks
+
+config, run_dir, marker, *overrides = sys.argv[1:]
+
+
+class PauseMidEpoch2(deepworks.Callback):
+    def on_batch_end(self, trainer, step):
+        every = trainer.config.checkpoint_every_steps
+        if trainer.epoch >= 1 and trainer.step_in_epoch >= 2 and (step - 1) % every == 0:
+            pathlib.Path(marker).write_text(str(step))
+            while True:
+                signal.pause()  # until killed
+
+
+deepworks.train(config, run_dir=run_dir, overrides=overrides, callbacks=[PauseMidEpoch2()])
+"""
+
+
+def _start_paused_mid_epoch(config, run_dir: Path, *overrides: str, timeout: float = 240, **popen) -> subprocess.Popen:
+    """Start ``deepworks.train(config, run_dir=run_dir, overrides=overrides)`` in a process and
+    return it once it is paused mid-epoch 2 with an in-epoch checkpoint behind it (and one step
+    done past it): killed now, it has something to resume from and something to redo. Needs
+    ``train.checkpoint_every_steps`` and at least three steps per epoch."""
+    run_dir = Path(run_dir)
+    marker, log = (run_dir.parent / f".{run_dir.name}.{what}" for what in ("paused", "log"))
+    with log.open("w") as out:  # a file, not a pipe nobody reads while the run goes on
+        proc = subprocess.Popen([sys.executable, "-c", _PAUSED_RUN, str(config), str(run_dir), str(marker), *overrides],
+                                stdout=out, stderr=subprocess.STDOUT, **popen)
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before it paused mid-epoch 2:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the run did not reach mid-epoch 2 within {timeout} s")
+        time.sleep(0.01)  # polling for the marker
+    return proc
+
+
+@pytest.fixture
+def paused_mid_epoch():
+    """``paused_mid_epoch(config, run_dir, *overrides, **popen)``: see :func:`_start_paused_mid_epoch`."""
+    return _start_paused_mid_epoch

@@ -153,18 +153,15 @@ def _weights(path):
     return load_file(path)
 
 
-def test_resume_after_kill_mid_epoch_is_bitwise_equal(tmp_path, wait_mid_epoch):
+def test_resume_after_kill_mid_epoch_is_bitwise_equal(tmp_path, paused_mid_epoch):
     config = ROOT / "examples/configs/quickstart.yaml"
-    common = ["--set", "train.epochs=3", "--set", "train.batch_size=8", "--set", "model.filters=[16,32]",
-              "--set", "train.progress=log", "--set", "train.checkpoint_every_steps=20"]
-    cli("train", config, *common, "--run-dir", tmp_path / "full", check=0)
+    sets = ["train.epochs=3", "train.batch_size=8", "model.filters=[16,32]", "train.progress=log",
+            "train.checkpoint_every_steps=20"]
+    cli("train", config, *(a for s in sets for a in ("--set", s)), "--run-dir", tmp_path / "full", check=0)
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "deepworks", "train", str(config), *common, "--run-dir", str(killed)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    # kill once epoch 1 is logged and a later in-epoch checkpoint exists: the process is mid-epoch 2
-    wait_mid_epoch(proc, killed, poll=0.005)
+    # killed mid-epoch 2, one step past an in-epoch checkpoint (the process waits there to be killed)
+    proc = paused_mid_epoch(config, killed, *sets)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "summary.json").exists()

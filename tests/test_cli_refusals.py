@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -136,3 +138,30 @@ def test_lr_find_from_the_command_line(tmp_path, capsys, monkeypatch):
     assert f"train.optimizer.lr={result['suggestion']:.3g}" in flat
 
     refused(["lr-find", tmp_path / "nope.yaml"], capsys, "nope.yaml")
+
+
+def test_ctrl_c_during_training_exits_130_and_says_how_to_resume(tmp_path):
+    """SIGINT (Ctrl-C) once an epoch is logged: exit 130 (128 + SIGINT, what shells expect), one
+    line naming `deepworks train --resume`, no traceback; the command it names finishes the run."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data": {"dataset": "digits"}, "model": {"name": "cnn", "filters": [8]},
+                                      "train": {"epochs": 15, "batch_size": 128, "progress": "log"},
+                                      "report": False}))
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "deepworks", "train", str(config), "--run-dir", str(run_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics, deadline = run_dir / "metrics.jsonl", time.monotonic() + 240
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):  # epoch 1 logged; 14 to go
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended or stalled before epoch 1"
+        time.sleep(0.01)  # polling
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and "interrupted" in err and f"deepworks train --resume {run_dir}" in err, err
+    assert not (run_dir / "summary.json").exists()
+    done = metrics.read_text().count("\n")
+    assert 1 <= done < 15
+    resumed = subprocess.run([sys.executable, "-m", "deepworks", "train", "--resume", str(run_dir)],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["epochs_run"] == 15

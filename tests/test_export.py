@@ -54,11 +54,11 @@ def batch_is_dynamic(path: Path) -> bool:
     return bool(dim.dim_param) and not dim.dim_value
 
 
-@pytest.fixture(scope="module")
-def cnn_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cnn")
-    return deepworks.train({"data": {"dataset": "digits"}, "model": {"name": "cnn", "filters": [8, 16]},
-                            "train": QUIET, "report": False}, run_dir=folder / "run")
+@pytest.fixture
+def cnn_run(digits_cnn_copy):
+    """This test's copy of the session's digits CNN run (tests/conftest.py): an export writes
+    into the run's summary.json, so no two tests share one."""
+    return deepworks.load_run(digits_cnn_copy)
 
 
 def test_cnn_export_matches_pytorch_on_fresh_batches(cnn_run):
@@ -201,16 +201,20 @@ def test_backbone_under_transfer_exports(tmp_path):
 
 
 def test_a_failed_parity_check_leaves_no_valid_looking_file(cnn_run, tmp_path, monkeypatch):
+    run = cnn_run.dir  # this test's own copy, with a good export of its own
+    good = deepworks.export(run)
+    before = {name: (run / name).read_bytes() for name in ("summary.json", "model.onnx", "model.onnx.json")}
     monkeypatch.setattr(onnx_export, "TOLERANCE", -1.0)  # every difference, even 0, now exceeds it
     out = tmp_path / "bad.onnx"
     with pytest.raises(ExportError) as e:
-        deepworks.export(cnn_run.dir, out=out)
+        deepworks.export(run, out=out)
     assert "differ from PyTorch's" in str(e.value) and "bad.onnx.failed" in str(e.value)
     assert not out.exists() and not Path(str(out) + ".json").exists()
     assert (tmp_path / "bad.onnx.failed").exists()
     assert not list(tmp_path.glob("*.tmp-*"))
-    summary = json.loads((cnn_run.dir / "summary.json").read_text())
-    assert summary.get("export", {}).get("path") != str(out)
+    # the run still describes the good export, byte for byte
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert json.loads(before["summary.json"])["export"]["path"] == good["path"] == str(run / "model.onnx")
 
 
 def test_bad_arguments_are_user_errors(cnn_run, tmp_path):

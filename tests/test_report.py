@@ -23,16 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # quickstart-like, small and quick: 3 planned epochs, early stopping after the second (min_delta
 # so large that no epoch counts as an improvement), gradient norms every 5 steps
-DIGITS = {
-    "name": "report-digits",
-    "data": {"dataset": "digits"},
-    "model": {"name": "cnn", "filters": [8, 16], "hidden": [32]},
-    "train": {
-        "epochs": 3, "batch_size": 64, "progress": "none", "precision": "fp32", "log_gradients": 5,
-        "optimizer": {"name": "adamw", "lr": 0.01}, "monitor": "val_loss",
-        "early_stopping": {"monitor": "val_loss", "patience": 1, "min_delta": 100.0},
-    },
-}
 CLASSIFICATION_SECTIONS = ["diagnosis", "config", "data", "curves", "metrics", "confusion", "per_class",
                            "calibration", "wrong", "gradients", "model"]
 
@@ -60,9 +50,10 @@ class Refs(HTMLParser):
                 self.urls.append((tag, name, value))
 
 
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    return deepworks.train(DIGITS, run_dir=tmp_path_factory.mktemp("report") / "digits")
+@pytest.fixture
+def digits_run(digits_cnn_run):
+    """The session's digits CNN run (tests/conftest.py: DIGITS_CNN), read only."""
+    return digits_cnn_run
 
 
 def copy_of(run_dir: Path, tmp_path: Path) -> Path:

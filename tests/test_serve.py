@@ -33,14 +33,10 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from deepworks.serve import create_app  # noqa: E402
 
-QUIET = {"epochs": 2, "batch_size": 64, "progress": "none", "precision": "fp32", "optimizer": {"name": "adamw", "lr": 0.01}}
-
-
 @pytest.fixture(scope="module")
-def cnn_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("serve")
-    return deepworks.train({"data": {"dataset": "digits"}, "model": {"name": "cnn", "filters": [8, 16], "hidden": [32]},
-                            "train": QUIET, "report": False}, run_dir=folder / "run")
+def cnn_run(digits_cnn_run):
+    """The session's digits CNN run (tests/conftest.py), read only: serving writes nothing into it."""
+    return digits_cnn_run
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import warnings
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from sklearn.datasets import load_digits
+from sklearn.metrics import accuracy_score
 from typer.testing import CliRunner
 
 import deepworks
@@ -215,14 +218,27 @@ def test_set_reaches_into_the_subset_section_and_inspect_sees_the_classes(tmp_pa
 def test_train_and_predict_know_only_the_kept_classes(tmp_path):
     run = deepworks.train(
         {"data": {"dataset": "digits", "subset": {"classes": [0, 1, 2], "train_per_class": 20, "val_per_class": 5}},
-         "model": {"name": "cnn", "filters": [8]}, "train": {"epochs": 1, "progress": "none"}, "report": False},
+         "model": {"name": "cnn", "filters": [8]}, "train": {"epochs": 1, "progress": "none", "precision": "fp32"},
+         "report": False},
         run_dir=tmp_path / "r",
     )
     info = json.loads((run.dir / "data.json").read_text())
     assert run.classes == info["classes"] == ["0", "1", "2"]
     assert info["sizes"]["train"] == 60 and info["sizes"]["val"] == 15
     assert info["subset"] == {"classes": ["0", "1", "2"], "train_per_class": 20, "val_per_class": 5, "seed": 0}
-    assert run.summary["test"]["accuracy"] is not None
+    # the test figures: every test image of digits 0-2 in the split without a subset (the test
+    # split is filtered, never subsampled), fed to the weights of model.safetensors with the
+    # run's own normalisation by hand, scored by scikit-learn
+    full = prepare_data(load_config({"data": {"dataset": "digits"}}))
+    rows = full.test.y < 3
+    model = copy.deepcopy(run.model)
+    model.load_state_dict(load_file(run.dir / "model.safetensors"))
+    mean, std = (torch.tensor(info[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        logits = model.eval()((full.test.x[rows].float() * info["pixels"]["scale"] - mean) / std)
+    assert run.summary["test"]["support"] == int(rows.sum()) == 80
+    assert run.summary["test"]["accuracy"] == pytest.approx(
+        accuracy_score(full.test.y[rows].numpy(), logits.argmax(1).numpy()), abs=1e-12)
     image = tmp_path / "nine.png"
     nine = load_digits().images[load_digits().target == 9][0]
     Image.fromarray((nine * 255 / 16).astype(np.uint8), mode="L").save(image)

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from deepworks import Callback, Trainer
+from deepworks.data.loaders import TensorData, iterate_batches
 from deepworks.errors import CheckpointError, ConfigError, DataError, ShapeError
 
 
@@ -71,22 +72,27 @@ def test_dataset_path_gives_same_result_as_tensor_path():
         torch.testing.assert_close(pa, pb)
 
 
-def test_matches_a_plain_pytorch_loop():
-    """Same seed, same batches, same optimizer: the trainer's weights equal a hand-written loop's."""
-    from deepworks.runtime import epoch_generator
+def hand_order(epoch, n):
+    """The hand loop's own batch order: a permutation from its own generator, one seed per epoch."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(1000 + epoch))
 
+
+def test_matches_a_plain_pytorch_loop():
+    """The oracle: a hand-written PyTorch loop (torch.optim.SGD, cross_entropy, its own batch order
+    from its own torch.Generator). The Trainer given that order (Trainer(order=...)), the same
+    initial weights and the same global seed ends with bitwise the same weights, dropout
+    included."""
     x, y = blobs()
     ours = small_model()
     Trainer(ours, {"epochs": 2, "batch_size": 50, "progress": "none", "precision": "fp32",
-                   "optimizer": {"name": "sgd", "lr": 0.05}}).fit((x, y))
+                   "optimizer": {"name": "sgd", "lr": 0.05}}, order=hand_order).fit((x, y))
 
-    torch.manual_seed(0)  # what Trainer.fit does with seed=0 before training
     ref = small_model()
     opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # Trainer(seed=0) seeds the global generator (dropout) before training
     ref.train()
     for epoch in (1, 2):
-        order = torch.randperm(len(x), generator=epoch_generator(0, epoch))
+        order = hand_order(epoch, len(x))
         for s in range(0, len(x), 50):
             idx = order[s : s + 50]
             opt.zero_grad()
@@ -94,6 +100,32 @@ def test_matches_a_plain_pytorch_loop():
             opt.step()
     for pa, pb in zip(ours.parameters(), ref.parameters()):
         torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+    # the order matters: the Trainer's own shuffle ends elsewhere
+    default = small_model()
+    Trainer(default, {"epochs": 2, "batch_size": 50, "progress": "none", "precision": "fp32",
+                      "optimizer": {"name": "sgd", "lr": 0.05}}).fit((x, y))
+    assert any(not torch.equal(pa, pb) for pa, pb in zip(default.parameters(), ref.parameters()))
+    # which reshuffles every epoch: each epoch's samples are all of them, once, in a new order
+    ids = TensorData(torch.arange(len(x)), y)
+    seen = [torch.cat([xb for xb, _ in iterate_batches(ids, 50, shuffle=True, seed=0, epoch=e)]) for e in (1, 2)]
+    assert all(torch.equal(s.sort().values, torch.arange(len(x))) for s in seen)
+    assert not torch.equal(seen[0], seen[1])
+
+
+def test_a_given_order_resumes_exactly_and_a_bad_one_is_refused(tmp_path):
+    x, y = blobs()
+    cfg = {"epochs": 3, "batch_size": 32, "progress": "none", "checkpoint_every_steps": 3}
+    Trainer(small_model(), cfg, run_dir=tmp_path / "full", order=hand_order).fit((x, y))
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(small_model(), cfg, run_dir=tmp_path / "crash", order=hand_order,
+                callbacks=[StopAt(12)]).fit((x, y))  # mid-epoch 2, after a step checkpoint
+    Trainer(small_model(seed=123), cfg, run_dir=tmp_path / "crash", order=hand_order).fit((x, y), resume=True)
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "crash" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(DataError, match=r"must lie in 0\.\.239"):
+        Trainer(small_model(), {"epochs": 1, "progress": "none"}, order=lambda e, n: torch.arange(n) + 1).fit((x, y))
+    with pytest.raises(DataError, match="integer sample indices"):
+        Trainer(small_model(), {"epochs": 1, "progress": "none"}, order=lambda e, n: torch.rand(n)).fit((x, y))
 
 
 def test_early_stopping_stops_and_keeps_best(tmp_path):

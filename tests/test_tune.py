@@ -120,7 +120,11 @@ def test_tpe_study_writes_results_resumes_and_best_yaml_retrains_to_the_same_acc
     best = summary["best"]
     complete = [float(r["val_accuracy"]) for r in rows if r["state"] == "complete"]
     assert best["values"]["val_accuracy"] == max(complete)
-    assert set(summary["importances"]["val_accuracy"]) == set(space) or "error" in summary["importances"]["val_accuracy"]
+    # four complete trials with different draws: fANOVA gives every key a share, the shares sum to 1
+    assert len(complete) == 4
+    found = summary["importances"]["val_accuracy"]
+    assert set(found) == set(space) and all(v >= 0 for v in found.values())
+    assert sum(found.values()) == pytest.approx(1.0)
     record = json.loads((study / f"trial-{best['trial']:04d}" / "trial.json").read_text())
     assert record["params"] == best["params"] and record["state"] == "complete"
     page = (study / "study.html").read_text()
@@ -317,3 +321,46 @@ def test_values_that_do_not_fit_together_fail_their_trial_and_the_study_goes_on(
     states = {r["model.filters"]: r["state"] for r in _rows(study)}
     assert states == {"[4]": "complete", "[4, 4, 4, 4]": "invalid"}
     assert json.loads((study / "study.json").read_text())["best"]["params"] == {"model.filters": [4]}
+
+
+def test_a_subprocess_study_with_cmaes_hyperband_and_a_timeout_in_the_default_sqlite_file(tmp_path):
+    """`deepworks tune` as a user runs it: a process of its own, no --storage (the study lives in
+    STUDY_DIR/study.db), --sampler cmaes, --pruner hyperband, and --timeout cutting a 50-trial
+    study short; then the same command without --timeout continues it from the file."""
+    import optuna
+
+    path = _config(tmp_path, {"train.optimizer.lr": {"log_uniform": [1e-3, 3e-2]},
+                              "model.dropout": {"uniform": [0.0, 0.3]}})
+    study = tmp_path / "study"
+    args = [sys.executable, "-m", "deepworks", "tune", str(path), "--sampler", "cmaes", "--pruner", "hyperband",
+            "--study-dir", str(study)]
+    timeout = 4
+    first = subprocess.run([*args, "--trials", "50", "--timeout", str(timeout)], capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    rows = _rows(study)
+    done = len(rows)
+    assert 1 <= done < 50
+    assert f"--timeout {timeout} s reached: {done} of 50 trials finished" in first.stdout
+    summary = json.loads((study / "study.json").read_text())
+    assert (summary["sampler"], summary["pruner"], summary["trials"]) == ("cmaes", "hyperband", 50)
+    assert summary["storage"] == f"sqlite:///{(study / 'study.db').resolve()}"
+    assert sum(summary["states"].values()) == done and set(summary["states"]) <= {"complete", "pruned"}
+    # the study in the SQLite file, read with Optuna itself: the trials of trials.csv, and none
+    # started after the timeout. The clock starts before the first trial does, so no trial may
+    # start later than `timeout` after the first (0.25 s for creating the trial after the check)
+    stored = optuna.load_study(study_name=summary["study"], storage=summary["storage"]).get_trials()
+    assert sorted(t.number for t in stored) == sorted(int(r["trial"]) for r in rows)
+    first_start = min(t.datetime_start for t in stored)
+    assert all((t.datetime_start - first_start).total_seconds() < timeout + 0.25 for t in stored)
+    # the numeric keys were drawn inside their ranges (CMA-ES, after its random start)
+    for r in rows:
+        assert 1e-3 <= float(r["train.optimizer.lr"]) <= 3e-2 and 0.0 <= float(r["model.dropout"]) <= 0.3
+
+    again = subprocess.run([*args, "--trials", str(done + 1)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert [int(r["trial"]) for r in _rows(study)] == list(range(done + 1))  # continued, not restarted
+    # and CMA-ES, not another sampler under its name, drew the last trial (after one random start
+    # in a study of done + 1 trials): it leaves its generation on the trials it samples
+    last = optuna.load_study(study_name=summary["study"], storage=summary["storage"]).get_trials()[-1]
+    assert "cma:generation" in last.system_attrs

@@ -59,6 +59,11 @@ def train(
         raise typer.Exit(_torchrun(nproc))
     try:
         _train(config, set_, run_dir, resume)
+    except KeyboardInterrupt:  # handled here: typer would turn it into a bare exit 130
+        where = resume or run_dir
+        err.print(f"interrupted: resume with `deepworks train --resume {escape(str(where)) if where else 'RUN_DIR'}`"
+                  + ("" if where else " (the run directory printed above)"), soft_wrap=True)
+        raise typer.Exit(130) from None
     finally:
         shutdown_distributed()
 

@@ -287,7 +287,7 @@ def _cli(*args, timeout=300):
                           timeout=timeout)
 
 
-def test_streamed_run_killed_mid_epoch_resumes_bitwise(tmp_path, wait_mid_epoch):
+def test_streamed_run_killed_mid_epoch_resumes_bitwise(tmp_path, paused_mid_epoch):
     folder = photo_folder(tmp_path / "photos", per_class=24)
     cfg = tmp_path / "c.yaml"
     raw = config(folder, in_memory=False)
@@ -297,10 +297,7 @@ def test_streamed_run_killed_mid_epoch_resumes_bitwise(tmp_path, wait_mid_epoch)
     assert full.returncode == 0, full.stderr
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "deepworks", "train", str(cfg), "--run-dir", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    wait_mid_epoch(proc, killed)  # past epoch 1, at a fresh in-epoch checkpoint
+    proc = paused_mid_epoch(cfg, killed, start_new_session=True)  # mid-epoch 2, past an in-epoch checkpoint
     os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its decoding workers
     proc.wait()
     assert not (killed / "summary.json").exists()

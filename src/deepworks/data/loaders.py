@@ -150,6 +150,22 @@ def num_samples(data: TensorData | Dataset) -> int:
     return len(data)
 
 
+def _given_order(order: Callable[[int, int], Any], epoch: int, n: int) -> torch.Tensor:
+    """The indices ``order(epoch, n)`` as an int64 tensor, or a DataError saying what came back."""
+    found = torch.as_tensor(order(epoch, n))
+    if found.ndim != 1 or found.dtype.is_floating_point or found.dtype == torch.bool or len(found) == 0:
+        raise DataError(
+            f"order: order(epoch={epoch}, n={n}) must give a non-empty 1-D tensor of integer sample indices, got "
+            f"dtype {found.dtype} and shape {tuple(found.shape)}. Fix: return e.g. torch.randperm(n, generator=g)."
+        )
+    if int(found.min()) < 0 or int(found.max()) >= n:
+        raise DataError(
+            f"order: order(epoch={epoch}, n={n}) gave indices {int(found.min())}..{int(found.max())}; the data has "
+            f"{n} samples, so they must lie in 0..{n - 1}."
+        )
+    return found.long().cpu()
+
+
 def iterate_batches(
     data: TensorData | Dataset,
     batch_size: int,
@@ -162,6 +178,7 @@ def iterate_batches(
     num_workers: int | None = 0,
     rank: int = 0,
     world_size: int = 1,
+    order: Callable[[int, int], Any] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(x, y)`` batches on ``device``, skipping the first ``start_batch`` batches.
 
@@ -169,10 +186,18 @@ def iterate_batches(
     order. Shuffled (training) shards are cut to equal length so every process runs the same
     number of steps; unshuffled (evaluation) shards cover every sample exactly once.
     ``num_workers`` None picks a number for the data (decoding streams use every core).
+
+    ``order``: when shuffling, ``order(epoch, n)`` gives the epoch's sample indices (1-D
+    integers in ``0..n-1``; a permutation, or draws) instead of deepworks' own (a permutation
+    from :func:`~deepworks.runtime.epoch_generator` ``(seed, epoch)``, or weighted draws). It must
+    give the same indices for the same epoch every time it is asked, so that a resumed run skips
+    exactly the batches it already trained on.
     """
     n = len(data)
     weights = getattr(data, "weights", None)
-    if shuffle and weights is not None:  # n draws with replacement, e.g. class-balanced
+    if shuffle and order is not None:
+        order = _given_order(order, epoch, n)
+    elif shuffle and weights is not None:  # n draws with replacement, e.g. class-balanced
         order = torch.multinomial(weights.double(), n, replacement=True, generator=epoch_generator(seed, epoch))
     elif shuffle:
         order = torch.randperm(n, generator=epoch_generator(seed, epoch))

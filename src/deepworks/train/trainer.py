@@ -63,6 +63,10 @@ class Trainer:
     ``task`` says what is learned (:mod:`deepworks.train.tasks`): a :class:`Task`,
     ``"classification"`` (the default, with ``classes`` as its class names) or
     ``"regression"``; it supplies the loss, the metrics and the monitored metric.
+    ``order``: ``order(epoch, n)`` gives the training samples' order for each epoch (1-based),
+    instead of deepworks' own seeded shuffle, e.g. to match a hand-written loop's batches
+    (see :func:`~deepworks.data.loaders.iterate_batches`); it must answer the same for the same
+    epoch, or a resumed run would not skip the batches it trained on.
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class Trainer:
         seed: int = 0,
         callbacks: Sequence[Callback] = (),
         augment: Callable[..., torch.Tensor] | None = None,
+        order: Callable[[int, int], Any] | None = None,
         **overrides: Any,
     ):
         if isinstance(config, TrainConfig):
@@ -113,6 +118,7 @@ class Trainer:
             self.callbacks.append(TensorBoardLogger(self.config.tensorboard_every))
         self.callbacks += list(callbacks)
         self.augment = augment  # augment(x, epoch=, step=, rank=) -> x, on training batches only
+        self.order = order  # order(epoch, n) -> sample indices of a training epoch, or None: the seeded shuffle
         self.stop_training = False
         self.history: list[dict[str, Any]] = []
         self.epoch = 0  # completed epochs
@@ -417,6 +423,7 @@ class Trainer:
         return iterate_batches(
             data, batch_size, shuffle=shuffle, seed=self.seed, epoch=epoch, start_batch=start_batch,
             device=self.device, num_workers=workers, rank=self.dist.rank, world_size=self.dist.world_size,
+            order=self.order if shuffle else None,
         )
 
     def _record_gradients(self, step: int, epoch: int) -> None:
