@@ -6,6 +6,12 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import Phase, settings
+
+# benchmarks/mutation.py runs these tests once per mutant with --hypothesis-profile=mutation: a failing
+# example is not shrunk (a killed mutant needs no minimal example; shrinking made kills time out) and no
+# example database is written into mutmut's copy of the tree
+settings.register_profile("mutation", phases=[Phase.explicit, Phase.reuse, Phase.generate], database=None)
 
 
 def _wait_mid_epoch(proc, run_dir: Path, timeout: float = 240, poll: float = 0.002) -> None:
