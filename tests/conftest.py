@@ -9,6 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import Phase, settings
+
+# benchmarks/mutation.py runs these tests once per mutant with --hypothesis-profile=mutation: a failing
+# example is not shrunk (a killed mutant needs no minimal example; shrinking made kills time out) and no
+# example database is written into mutmut's copy of the tree
+settings.register_profile("mutation", phases=[Phase.explicit, Phase.reuse, Phase.generate], database=None)
 
 # The one digits CNN run of the session (report, export and serve tests read it): early
 # stopping with an impossible min_delta stops it after epoch 2, so the report shows a stop;

@@ -210,7 +210,7 @@ def test_poor_calibration_of_an_overconfident_model():
     assert kinds(found) == ["poor_calibration"]
     evidence = found[0]["evidence"]
     assert "mean confidence is 99.0% but the accuracy 80.0%" in evidence and "0.190" in evidence
-    assert "overconfident" in evidence and "`train.label_smoothing` (now 0) to 0.1" in found[0]["advice"]
+    assert "overconfident" in evidence and "Raise `train.label_smoothing` from 0 to 0.1" in found[0]["advice"]
     good = diagnose(healthy_history(), SUMMARY, predictions=calibrated(confidence=0.95, accuracy=0.95), data_info=INFO)
     assert kinds(good) == ["healthy"]
     few = diagnose(healthy_history(), SUMMARY, predictions=calibrated(n=50, confidence=0.99, accuracy=0.8), data_info=INFO)
@@ -456,3 +456,222 @@ def test_a_rise_of_a_near_zero_validation_loss_is_not_overfitting():
     val = [0.36, 0.11, 0.083, 0.080, 0.053, 0.046, 0.034, 0.047, 0.052, 0.039, 0.045, 0.054, 0.036, 0.046, 0.043]
     history = [{"epoch": e, "train_loss": 1.3 / e, "val_loss": v} for e, v in enumerate(val, 1)]
     assert "overfitting" not in kinds(diagnose(history, {"task": "classification"}, data_info=INFO))
+
+
+# ------------------------------------------------------------------ advice follows the run's config values
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+SECTION_KEY = re.compile(r"`((?:data|model|train|transfer|gan|tune)\.[a-z_.]*[a-z_])(?::[^`]*)?`")
+BARE_KEY = re.compile(r"(?<![`\w.])(?:data|model|train)\.[a-z_]+")
+DOWN = re.compile(r"\b(lower|less|fewer|smaller|reduce|decrease|shorter)\b", re.I)
+UP = re.compile(r"\b(raise|more|longer|bigger|larger|increase|higher|add)\b", re.I)
+CLAUSE_END = re.compile(r"[;.]\s|,\s")
+
+
+def schema_field(config, path):
+    """The test's own walk of the schema: Config's pydantic fields, and under `model` and
+    `train.optimizer`/`train.schedule` the params schema registered under the block's name."""
+    import deepworks.models  # noqa: F401
+    from pydantic import BaseModel
+
+    from deepworks.config import Config
+    from deepworks.models.registry import MODELS
+    from deepworks.train.optim import OPTIMIZERS
+    from deepworks.train.schedules import SCHEDULES
+
+    registries = {("model",): MODELS, ("train", "optimizer"): OPTIMIZERS, ("train", "schedule"): SCHEDULES}
+    model, node, field = Config, config, None
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        if model is None:
+            return None
+        field = model.model_fields.get(part)
+        if field is None and tuple(parts[:i]) in registries:
+            params = registries[tuple(parts[:i])].entry(node["name"]).params
+            field = params.model_fields.get(part) if params else None
+        if field is None:
+            return None
+        node = node.get(part) if isinstance(node, dict) else None
+        model = next((t for t in _all_types(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)), None)
+    return field
+
+
+def _all_types(annotation):
+    yield annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        yield from _all_types(arg)
+
+
+def floor_and_ceiling(field):
+    """The reachable bounds: ge (a gt floor is never reached) and le, also inside unions."""
+    metadata = list(field.metadata)
+    for t in _all_types(field.annotation):
+        for m in getattr(t, "__metadata__", ()):
+            metadata += list(getattr(m, "metadata", [m]))
+    floor = next((m.ge for m in metadata if hasattr(m, "ge")), None)
+    ceiling = next((m.le for m in metadata if hasattr(m, "le")), None)
+    return floor, ceiling
+
+
+def value_at(config, path):
+    node = config
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def check_advice(advice, config):
+    """Every key the advice names exists in the schema, and none is to go below its floor or above its ceiling."""
+    assert not BARE_KEY.findall(SECTION_KEY.sub("", advice)), f"a config key outside backticks: {advice}"
+    for match in SECTION_KEY.finditer(advice):
+        key = match.group(1)
+        field = schema_field(config, key)
+        assert field is not None, f"{key} is not a key of this run's schema (model {config['model']['name']}): {advice}"
+        before = CLAUSE_END.split(advice[: match.start()])[-1]
+        verbs = [(m.start(), "down") for m in DOWN.finditer(before)] + [(m.start(), "up") for m in UP.finditer(before)]
+        if not verbs:
+            continue
+        direction = max(verbs)[1]
+        value = value_at(config, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        floor, ceiling = floor_and_ceiling(field)
+        if direction == "down":
+            assert floor is None or value > floor, f"asks to lower {key}, already at its floor {floor}: {advice}"
+        else:
+            assert ceiling is None or value < ceiling, f"asks to raise {key}, already at its ceiling {ceiling}: {advice}"
+
+
+MODEL_PARAMS = {
+    "cnn": {"filters": [8], "hidden": [16]},
+    "mlp": {"hidden": [32]},
+    "softmax": {},
+    "lstm": {"hidden": 16},
+}
+
+
+@st.composite
+def run_configs(draw):
+    from deepworks.config import load_config
+
+    name = draw(st.sampled_from(sorted(MODEL_PARAMS)))
+    model = {"name": name, **MODEL_PARAMS[name]}
+    if name in ("cnn", "mlp"):
+        model["dropout"] = draw(st.sampled_from([0.0, 0.1, 0.5, 0.7]))
+        model["activation"] = draw(st.sampled_from(["relu", "tanh", "sigmoid"]))
+        if name == "cnn":
+            model["head_dropout"] = draw(st.sampled_from([0.0, 0.3, 0.9]))
+            model["batch_norm"] = draw(st.booleans())
+    if name == "lstm":
+        model["head_dropout"] = draw(st.sampled_from([0.0, 0.2]))
+        model["embedding_dropout"] = draw(st.sampled_from([0.0, 0.3]))
+        model["pool"] = draw(st.sampled_from(["last", "max"]))
+    data = {"dataset": "rotten-tomatoes"} if name == "lstm" else {"dataset": "digits"}
+    if name == "lstm":
+        data["min_freq"] = draw(st.sampled_from([1, 2]))
+    data["sampler"] = draw(st.sampled_from(["shuffle", "balanced"]))
+    early = draw(st.sampled_from([None, 1, 8]))
+    train = {
+        "epochs": draw(st.sampled_from([1, 2, 30, 100_000])),
+        "optimizer": {"name": draw(st.sampled_from(["adamw", "sgd"])), "lr": draw(st.sampled_from([1e-4, 0.002, 0.5])),
+                      "weight_decay": draw(st.sampled_from([0.0, 0.01]))},
+        "label_smoothing": draw(st.sampled_from([0.0, 0.05, 0.1, 0.3])),
+        "l1": draw(st.sampled_from([0.0, 1e-5])),
+        "l2": draw(st.sampled_from([0.0, 1e-4])),
+        "clip_grad_norm": draw(st.sampled_from([None, 1.0])),
+        "warmup_steps": draw(st.sampled_from([0, 100])),
+        "class_weights": draw(st.sampled_from([None, "balanced"])),
+        "early_stopping": None if early is None else {"monitor": "val_loss", "patience": early},
+    }
+    return load_config({"data": data, "model": model, "train": train}).model_dump(mode="json")
+
+
+def loss_curves(draw, n):
+    shape = draw(st.sampled_from(["falling", "flat", "overfit", "rising", "oscillating", "nan"]))
+    start = draw(st.sampled_from([0.5, 2.3, 9.0]))
+    out = []
+    for e in range(1, n + 1):
+        train = {"falling": start * math.exp(-0.3 * e), "flat": start * (1 - 0.001 * e), "overfit": start * math.exp(-0.3 * e),
+                 "rising": start * (1 + 0.5 * e), "oscillating": start * (1.5 if e % 2 else 0.7),
+                 "nan": start if e < n else float("nan")}[shape]
+        val = train * 1.1 if shape != "overfit" else 0.3 + 0.01 * (e - n // 3) ** 2
+        out.append((train, val))
+    return out
+
+
+@st.composite
+def runs(draw):
+    config = draw(run_configs())
+    n = draw(st.integers(1, 12))
+    accuracy = draw(st.floats(0.05, 0.999))
+    history = []
+    for e, (tl, vl) in enumerate(loss_curves(draw, n), start=1):
+        history.append({"epoch": e, "train_loss": tl, "val_loss": vl, "train_accuracy": min(1.0, accuracy * e / n + 0.01),
+                        "val_accuracy": accuracy * e / n, "best": e == n})
+    tokens = config["model"]["name"] == "lstm"
+    k = 2 if tokens else 10
+    summary = {"task": "classification", "train": {"accuracy": draw(st.floats(0.05, 1.0))}, "val": {"accuracy": accuracy},
+               "best_epoch": n, "epochs_run": n, "stopped_early": draw(st.booleans())}
+    if draw(st.booleans()):
+        summary["baselines"] = {"majority_class": {"val": {"accuracy": 1 / k}},
+                                "logistic_regression": {"val": {"accuracy": draw(st.floats(0.1, 1.0))}}}
+    data_info = {"classes": [str(i) for i in range(k)]}
+    data_info.update({"input": {"kind": "tokens"}} if tokens else {"input_shape": [1, 8, 8]})
+    predictions = None
+    if draw(st.booleans()):
+        confidence = draw(st.floats(1 / k + 0.01, 0.999))
+        predictions = calibrated(k=k, confidence=confidence, accuracy=draw(st.floats(0.0, 1.0)), seed=draw(st.integers(0, 3)))
+    gradients = None
+    if draw(st.booleans()):
+        tiny, huge = draw(st.sampled_from([1e-9, 0.1])), draw(st.sampled_from([0.5, 1e6]))
+        gradients = [{"step": s, "norms": {"net.0": tiny, "net.2": huge}} for s in range(1, 6)]
+    error = draw(st.sampled_from([None, None, "the loss became nan at step 3. Fix: lower the learning rate"]))
+    return history, summary, predictions, gradients, data_info, config, error
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(runs())
+def test_advice_names_real_keys_and_never_pushes_one_past_its_bound(run):
+    history, summary, predictions, gradients, data_info, config, error = run
+    findings = diagnose(history, summary, predictions=predictions, gradients=gradients, data_info=data_info,
+                        config=config, error=error)
+    for finding in findings:
+        check_advice(finding["advice"], config)
+
+
+def test_the_checker_catches_what_it_looks_for():
+    # the property above is only as good as check_advice: it must fail on each kind of bad advice
+    from deepworks.config import load_config
+
+    config = load_config({"data": {"dataset": "digits"}, "model": {"name": "mlp", "hidden": [8], "dropout": 0.0},
+                          "train": {"epochs": 100_000, "label_smoothing": 0.0}}).model_dump(mode="json")
+    for bad in ("Lower `train.label_smoothing`, or train longer.",
+                "Train longer (`train.epochs`).",
+                "try a smaller model with less dropout (`model.dropout`)",
+                "use a bigger model (`model.filters`)",  # the MLP has no filters key
+                "raise `train.nonsense` from 1",
+                "set train.clip_grad_norm to 1"):
+        with pytest.raises(AssertionError):
+            check_advice(bad, config)
+    check_advice("Lower `train.optimizer.lr` (now 0.001, adamw) by 10x, or set `train.clip_grad_norm: 1.0`.", config)
+
+
+def test_underconfidence_with_no_label_smoothing_says_train_longer_not_lower_it():
+    # the quickstart after 2 epochs: underconfident, label smoothing already 0
+    from deepworks.config import load_config
+
+    config = load_config(ROOT / "examples/configs/quickstart.yaml", ["train.epochs=2"]).model_dump(mode="json")
+    assert config["train"]["label_smoothing"] == 0.0
+    found = diagnose(healthy_history(2), {**SUMMARY, "epochs_run": 2, "best_epoch": 2},
+                     predictions=calibrated(confidence=0.6, accuracy=0.95), data_info=INFO, config=config)
+    assert kinds(found) == ["poor_calibration"] and "underconfident" in found[0]["evidence"]
+    advice = found[0]["advice"]
+    assert "label_smoothing" not in advice and "raise `train.epochs` from 2" in advice, advice
+    smoothed = {**config, "train": {**config["train"], "label_smoothing": 0.2}}
+    found = diagnose(healthy_history(2), {**SUMMARY, "epochs_run": 2, "best_epoch": 2},
+                     predictions=calibrated(confidence=0.6, accuracy=0.95), data_info=INFO, config=smoothed)
+    assert "Lower `train.label_smoothing` from 0.2" in found[0]["advice"]

@@ -83,7 +83,7 @@ def test_official_test_is_kept_and_val_comes_from_train():
 @pytest.mark.parametrize(
     "vf, tf, match",
     [(0.0, 0.2, "val_fraction"), (1.0, 0.2, "val_fraction"), (0.2, -0.1, "test_fraction"),
-     (0.2, 1.5, "test_fraction"), (0.5, 0.5, "below 1"), (float("nan"), 0.2, "val_fraction")],
+     (0.2, 1.5, "test_fraction: must be between 0 and 1"), (0.5, 0.5, "below 1"), (float("nan"), 0.2, "val_fraction")],
 )
 def test_fractions_out_of_range(vf, tf, match):
     with pytest.raises(DataError, match=match):
@@ -96,6 +96,11 @@ def test_class_too_small_names_the_class():
         split_dataset(ds)
     message = str(err.value)
     assert "class 'c1' has 2 sample(s)" in message and "at least" in message and "add samples" in message.lower()
+    # 82 samples into 58/13/13: every class needs ceil(82 / 13) = 7 so that each split gets one
+    assert "splits of 56/13/13 samples" in message and "each class needs at least 7" in message, message
+    # val and test take all 4 samples: the training split is empty, so no class can be stratified
+    with pytest.raises(DataError, match=r"splits of 0/2/2 samples .* each class needs at least 4"):
+        split_indices(np.array([0, 0, 1, 1]), val_fraction=0.45, test_fraction=0.45)
 
 
 @settings(max_examples=30, deadline=None)
@@ -441,3 +446,229 @@ def test_kfold_validates_k(kwargs, match):
     with pytest.raises(DataError, match=match) as err:
         kfold_indices(y, classes=["c0", "c1"], **kwargs)
     assert "data.cv (--cv)" in str(err.value) and "Fix:" in str(err.value)
+
+
+# ----------------------------------------------------------------------------- killed mutants (benchmarks/mutation.py)
+
+
+def test_tabular_stats_and_normalize_match_sklearn_standard_scaler():
+    # features (N, F) take the tabular path: population std over N, a constant feature gets std 1
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, size=(50, 4))
+    x[:, 2] = 7.5  # constant: centred, not scaled
+    mean, std = channel_stats(torch.from_numpy(x))
+    scaler = StandardScaler().fit(x)
+    assert np.allclose(mean, scaler.mean_, rtol=0, atol=1e-12)
+    assert np.allclose(std, scaler.scale_, rtol=0, atol=1e-12) and std[2] == 1.0
+    z = normalize(torch.from_numpy(x), mean, std)
+    assert z.dtype == torch.float64  # float64 features keep float64 statistics (std not cut to float32)
+    assert np.allclose(z.numpy(), scaler.transform(x), rtol=0, atol=1e-12)
+    one = normalize(torch.from_numpy(x[3]), mean, std)  # one feature vector (F,), as predict passes it
+    assert np.allclose(one.numpy(), scaler.transform(x[3:4])[0], rtol=0, atol=1e-12)
+    with pytest.raises(DataError, match=r"4 feature\(s\) but mean/std have 4/3"):
+        normalize(torch.from_numpy(x), mean, std[:3])
+    with pytest.raises(DataError, match=r"4 feature\(s\) but mean/std have 3/4"):
+        normalize(torch.from_numpy(x), mean[:3], std)
+
+
+def test_a_feature_just_outside_the_rounding_band_is_scaled_by_its_own_std():
+    # the documented band: constant when std <= 10 * eps * max(|mean|, 1); at mean 1, a std of
+    # 1.5x that bound is a real (tiny) spread and keeps its own std
+    eps = float(np.finfo(np.float64).eps)
+    delta = 2 * 1.5 * 10 * eps  # half the rows at 1, half at 1 + delta: std = delta / 2
+    x = torch.tensor([[1.0], [1.0 + delta]] * 10, dtype=torch.float64)
+    _, std = channel_stats(x)
+    assert std[0] == pytest.approx(float(x[:, 0].std(correction=0)), rel=1e-6) and std[0] < 1e-12
+
+
+def test_uint8_images_normalize_to_float32():
+    x = torch.tensor([[[[0, 255], [10, 20]]]], dtype=torch.uint8)  # (1, 1, 2, 2)
+    z = normalize(x, [100.0], [50.0])
+    assert z.dtype == torch.float32
+    assert torch.equal(z, (x.float() - 100.0) / 50.0)
+
+
+def test_fold_errors_name_the_data_and_the_class():
+    y = np.array(["a"] * 6 + ["b"] * 2)
+    with pytest.raises(DataError, match=r"class 'b' of table 'cars.csv' has 2 sample\(s\).*Fix: --cv 2 or fewer, add"):
+        kfold_indices(y, 3, what="table 'cars.csv'")
+    groups = np.array([0, 1, 2, 3, 4, 5, 6, 6])
+    with pytest.raises(DataError, match=r"class 'b' of table 'cars.csv' has 1 group\(s\).*Fix: add samples"):
+        kfold_indices(y, 2, groups=groups, what="table 'cars.csv'")
+    with pytest.raises(DataError, match="table 'cars.csv': stratified folds needs class labels"):
+        kfold_indices(np.linspace(0, 1, 8), 2, what="table 'cars.csv'")
+
+
+def test_a_too_small_dataset_names_the_fractions():
+    with pytest.raises(DataError, match=r"3 sample\(s\) are too few .* with val_fraction=0.4, test_fraction=0.4"):
+        split_indices(np.arange(3), stratify=False, groups=np.arange(3), val_fraction=0.4, test_fraction=0.4)
+
+
+def _mismatch(split_of, counts, target, weight):
+    load = np.stack([counts[split_of == s].sum(axis=0) for s in range(len(target))])
+    return float((weight / target * (load - target) ** 2).sum())
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(1, 9), min_size=5, max_size=12), st.integers(2, 3), st.integers(0, 50), st.booleans())
+def test_group_placement_is_a_local_optimum(sizes, n_splits, seed, tiny):
+    # the contract of _place_groups: no single move of a group (that leaves no split empty) and no
+    # exchange of two groups lowers the mismatch, and every split gets a group; checked by brute force
+    from deepworks.data.splits import _place_groups
+
+    counts = np.array(sizes, dtype=np.float64)[:, None]
+    total = counts.sum()
+    # tiny: the first split's target is far below any group, so the greedy pass leaves it empty to be filled
+    shares = np.array([0.01, *[1.0] * (n_splits - 1)]) if tiny else np.linspace(0.6, 1.4, n_splits)
+    target = np.array([total / n_splits] * n_splits)[:, None] * shares[:, None]
+    target *= total / target.sum()
+    weight = np.ones((1, 1))
+    split_of = _place_groups(counts, target, weight / target, np.random.default_rng(seed))
+    assert sorted(set(split_of.tolist())) == list(range(n_splits))
+    best = _mismatch(split_of, counts, target, weight)
+    tol = 1e-9 * (1 + best)
+    for g in range(len(sizes)):
+        for s in range(n_splits):
+            moved = split_of.copy()
+            moved[g] = s
+            if len(set(moved.tolist())) == n_splits:
+                assert _mismatch(moved, counts, target, weight) >= best - tol
+        for h in range(len(sizes)):
+            swapped = split_of.copy()
+            swapped[g], swapped[h] = split_of[h], split_of[g]
+            assert _mismatch(swapped, counts, target, weight) >= best - tol
+
+
+def test_the_default_seed_is_0():
+    y = np.arange(60) % 3
+    default = split_indices(y)
+    assert all(np.array_equal(default[k], split_indices(y, seed=0)[k]) for k in default)
+    assert not np.array_equal(default["train"], split_indices(y, seed=1)["train"])
+
+
+def test_stratified_counts_take_integer_inputs_of_any_width():
+    # int32 inputs: class_count * size overflows 32 bits (60,000 * 70,000), so the products are taken in int64
+    counts, sizes = np.array([60_000, 40_000], dtype=np.int32), np.array([70_000, 30_000], dtype=np.int32)
+    table = stratified_counts(counts, sizes, np.random.default_rng(0))
+    assert table.tolist() == [[42_000, 18_000], [28_000, 12_000]] and table.dtype == np.int64
+    empty = stratified_counts(np.array([0, 0]), [0, 0, 0], np.random.default_rng(0))
+    assert empty.dtype == np.int64 and empty.shape == (2, 3) and not empty.any()
+
+
+PINNED_COUNTS = [[4, 1, 2], [3, 1, 1], [2, 0, 1], [5, 2, 2], [1, 0, 0]]
+
+
+def test_stratified_counts_for_a_seed_do_not_change():
+    # a run's split is a function of its seed: the same seed must give the same per-class counts in every
+    # version, or a re-run (or a resumed cross-validation) trains on other samples. Which of the valid
+    # roundings the seeded search picks is pinned here (computed once, with this implementation)
+    table = stratified_counts(np.array([7, 5, 3, 9, 1]), [15, 4, 6], np.random.default_rng(3))
+    assert table.tolist() == PINNED_COUNTS
+    # a case where the augmenting-path search has to move other classes between splits
+    table = stratified_counts(np.array([7, 10, 5, 9]), [3, 13, 15], np.random.default_rng(16))
+    assert table.tolist() == [[1, 3, 3], [0, 5, 5], [1, 2, 2], [1, 3, 5]]
+
+
+def test_apply_subset_keeps_int64_positions_and_says_what_to_fix():
+    from types import SimpleNamespace
+
+    from deepworks.data.splits import apply_subset
+
+    y = np.array([0, 1, 2] * 6)
+    idx = {"train": np.arange(12, dtype=np.int32), "val": np.arange(12, 15, dtype=np.int32), "test": np.arange(15, 18)}
+    sub = SimpleNamespace(classes=None, train_per_class=None, val_per_class=None, seed=0)
+    kept, _, _ = apply_subset(idx, y, sub, ["a", "b", "c"])
+    assert all(v.dtype == np.int64 for v in kept.values()) and np.array_equal(kept["train"], np.arange(12))
+    few = SimpleNamespace(classes=None, train_per_class=5, val_per_class=None, seed=0)
+    with pytest.raises(DataError, match=r"lower data.subset.train_per_class to 4 or less, lower data.val_fraction"):
+        apply_subset(idx, y, few, ["a", "b", "c"])
+    missing = {"train": np.array([0, 1, 3, 4]), "val": np.array([2, 5]), "test": np.array([], dtype=np.int64)}
+    with pytest.raises(DataError, match=r"remove 'c' from data.subset.classes, lower data.val_fraction"):
+        apply_subset(missing, y, SimpleNamespace(classes=None, train_per_class=1, val_per_class=None, seed=0), ["a", "b", "c"])
+    with pytest.raises(DataError, match=r"in the val split.*raise data.val_fraction"):
+        apply_subset(idx, y, SimpleNamespace(classes=None, train_per_class=None, val_per_class=2, seed=0), ["a", "b", "c"])
+
+
+def test_subset_class_errors_list_the_classes_and_suggest_names():
+    from deepworks.errors import ConfigError
+    from deepworks.data.splits import subset_classes
+
+    thirty = [f"class{i:02d}" for i in range(30)]
+    with pytest.raises(ConfigError) as err:
+        subset_classes(["nothing-like-it"], thirty)
+    assert str(err.value) == ("data.subset.classes: unknown class 'nothing-like-it'. Classes: "
+                              + ", ".join(map(repr, thirty)) + ".")  # no suggestion: nothing is close
+    with pytest.raises(ConfigError) as err:
+        subset_classes(["class3O"], [*thirty, "class30"])  # 31 classes: the first 30 and "..."
+    message = str(err.value)
+    assert message.endswith("'class29', ....") and "'class30'" not in message.split("Classes:")[1]
+    assert "Did you mean 'class30' or " in message
+    with pytest.raises(ConfigError, match=r"class index 3 is out of range; the data has 3 classes"):
+        subset_classes([0, 3], ["a", "b", "c"])
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 6), st.integers(0, 2)), min_size=8, max_size=16), st.integers(0, 20))
+def test_grouped_stratified_split_is_a_local_optimum_of_the_documented_mismatch(groups_spec, seed):
+    # _group_indices' docstring: sum over splits s and columns c of w_c * (count - target)**2 / target, column 0
+    # the sizes (target: the split size, weight: the number of classes), column 1 + j class j (target: the
+    # split size times the class's share, weight 1). Recomputed here from the returned split.
+    from deepworks.data.splits import _split_sizes
+
+    groups = np.concatenate([[g] * size for g, (size, _) in enumerate(groups_spec)])
+    y = np.concatenate([[label] * size for size, label in groups_spec])
+    n, n_groups = len(y), len(groups_spec)
+    sizes = _split_sizes({"val": 0.2, "test": 0.2}, n, "test")
+    try:
+        parts = split_indices(y, groups=groups, stratify=True, val_fraction=0.2, test_fraction=0.2, seed=seed)
+    except DataError:
+        return  # too few groups for three splits
+    split_of = np.empty(n_groups, dtype=np.int64)
+    for s, name in enumerate(sizes):
+        split_of[np.unique(groups[parts[name]])] = s
+    present = np.unique(y)
+    counts = np.column_stack([np.bincount(groups, minlength=n_groups)]
+                             + [np.bincount(groups[y == c], minlength=n_groups) for c in present]).astype(float)
+    share = np.array([np.mean(y == c) for c in present])
+    target = np.array(list(sizes.values()), dtype=float)[:, None] * np.concatenate([[1.0], share])[None, :]
+    weight = np.concatenate([[float(len(present))], np.ones(len(present))])[None, :]
+    best = _mismatch(split_of, counts, target, weight)
+    tol = 1e-9 * (1 + best)
+    for g in range(n_groups):
+        for s in range(3):
+            moved = split_of.copy()
+            moved[g] = s
+            if len(set(moved.tolist())) == 3:
+                assert _mismatch(moved, counts, target, weight) >= best - tol
+
+
+def test_group_placement_for_a_seed_does_not_change():
+    # as for stratified_counts: a seed's group split is part of a run's reproducibility, so which local
+    # optimum the seeded greedy pass and local search reach is pinned (computed once, with this implementation)
+    from deepworks.data.splits import _place_groups
+
+    counts = np.array([[5, 3, 2], [2, 0, 2], [7, 4, 3], [1, 1, 0], [4, 1, 3], [3, 3, 0], [6, 2, 4], [2, 1, 1],
+                       [8, 5, 3], [1, 0, 1]], dtype=float)  # per group: samples, class 0, class 1
+    share = counts[:, 1:].sum(axis=0) / counts[:, 0].sum()
+    target = np.array([27.0, 7.0, 5.0])[:, None] * np.concatenate([[1.0], share])[None, :]
+    weight = np.array([[2.0, 1.0, 1.0]])
+    split_of = _place_groups(counts, target, weight / target, np.random.default_rng(4))
+    assert split_of.tolist() == [1, 0, 0, 2, 2, 0, 0, 1, 0, 0]
+
+
+@pytest.mark.parametrize("sizes, shares, seed, expected", [
+    ([3, 1, 3, 4, 7, 4, 1, 3, 5, 7], [0.6, 1.0, 1.4], 2, [1, 0, 2, 0, 2, 1, 2, 0, 1, 2]),
+    # a split whose target is below every group: the greedy pass leaves it empty, the search fills it
+    ([1, 2, 2, 2, 7, 7, 5, 1, 1, 3], [0.01, 1.0, 1.0], 3, [0, 2, 1, 1, 1, 2, 2, 2, 1, 1]),
+    # ... filled with the group that costs least there (a group of 1, not the first group)
+    ([6, 5, 3, 3, 1, 1, 1, 2, 7, 6], [0.01, 1.0, 1.0], 0, [2, 2, 1, 2, 0, 1, 2, 2, 1, 1]),
+])
+def test_group_placement_of_sizes_for_a_seed_does_not_change(sizes, shares, seed, expected):
+    from deepworks.data.splits import _place_groups
+
+    counts = np.array(sizes, dtype=float)[:, None]
+    shares = np.array(shares)
+    target = (counts.sum() * shares / shares.sum())[:, None]
+    assert _place_groups(counts, target, 1.0 / target, np.random.default_rng(seed)).tolist() == expected

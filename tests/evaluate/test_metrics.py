@@ -233,6 +233,44 @@ def test_state_dict_round_trip_through_safetensors_continues_identically(tmp_pat
     assert int(state["count"]) == 40 and int(state["confusion"].sum()) == 40
 
 
+def test_an_empty_matrix_reports_zeros_like_zero_division_0():
+    report = classification_report(np.zeros((3, 3), dtype=int), ["a", "b", "c"])
+    assert report["accuracy"] == report["macro_f1"] == report["weighted_f1"] == 0.0 and report["support"] == 0
+
+
+def test_the_loss_is_summed_in_float64_on_the_cpu():
+    # a float32 running sum would report float32(0.1) = 0.10000000149...
+    acc = MetricAccumulator(2)
+    acc.update(torch.tensor([[1.0, 0.0]]), torch.tensor([0]), torch.tensor(0.1, dtype=torch.float64))
+    assert acc.compute()["loss"] == 0.1
+    # a float32 batch loss is widened before it is multiplied by the batch size (float32 0.1 * 3 would round)
+    acc = MetricAccumulator(2)
+    loss32 = torch.tensor(0.1, dtype=torch.float32)
+    acc.update(torch.tensor([[1.0, 0.0]] * 3), torch.tensor([0, 1, 0]), loss32)
+    assert acc.compute()["loss"] == float(loss32)
+    # a plain Python number is a loss too
+    acc = MetricAccumulator(2)
+    acc.update(torch.tensor([[1.0, 0.0]] * 2), torch.tensor([0, 1]), 0.25)
+    acc.update(torch.tensor([[0.0, 1.0]] * 2), torch.tensor([1, 1]), 0.75)
+    assert acc.compute()["loss"] == 0.5
+
+
+def test_load_state_dict_accepts_other_integer_and_float_dtypes():
+    # a state written by another tool (int32 counts, a float32 loss sum) continues like the original:
+    # the counts become int64 again, so later batches can be added to them
+    y_true, y_pred = [0, 1, 2, 2, 1], [0, 2, 2, 2, 1]
+    first = accumulate(y_true, y_pred, 3)
+    state = {k: (v.to(torch.int32) if k == "confusion" else v.to(torch.float32) if k == "loss_sum" else v)
+             for k, v in first.state_dict().items()}
+    resumed = MetricAccumulator(3)
+    resumed.load_state_dict(state)
+    assert resumed.state_dict()["confusion"].dtype == torch.int64
+    assert resumed.state_dict()["loss_sum"].dtype == torch.float64 and resumed.state_dict()["count"].dtype == torch.int64
+    more_true, more_pred = [1, 0], [1, 1]
+    resumed.update(torch.nn.functional.one_hot(torch.tensor(more_pred), 3).float(), torch.tensor(more_true))
+    assert np.array_equal(resumed.confusion(), confusion_matrix(y_true + more_true, y_pred + more_pred, labels=[0, 1, 2]))
+
+
 def test_load_state_dict_refuses_wrong_class_count_and_missing_keys():
     state = MetricAccumulator(3).state_dict()
     with pytest.raises(ValueError, match="3 classes|shape"):

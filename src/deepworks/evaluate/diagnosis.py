@@ -155,6 +155,66 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _schema_field(config: Mapping[str, Any], path: str) -> Any:
+    """The pydantic field of the key ``path`` (``train.label_smoothing``, ``model.dropout``) in the
+    schema of a run whose config is ``config``: :class:`~deepworks.config.Config`'s sections and, in a
+    component block (``model``, ``train.optimizer``, ...), the params registered under the block's
+    name. None when the schema has no such key (e.g. ``model.batch_norm`` of an LSTM)."""
+    import deepworks.models  # noqa: F401  (binds the model registry to the `model` block)
+    import deepworks.train  # noqa: F401  (binds the optimizer and schedule registries)
+    from pydantic import BaseModel
+
+    from deepworks.config import _COMPONENTS, Config
+
+    schema: Any = Config
+    field = None
+    node: Any = config
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        if schema is None:
+            return None
+        field = schema.model_fields.get(part)
+        registry = _COMPONENTS.get(tuple(parts[:i]))
+        if field is None and registry is not None:
+            name = node.get("name") if isinstance(node, Mapping) else None
+            name = name if isinstance(name, str) else schema.model_fields["name"].default
+            try:
+                params = registry.entry(name).params
+            except Exception:  # an unknown name: the config would not load, so no key is known
+                return None
+            field = params.model_fields.get(part) if params is not None else None
+        if field is None:
+            return None
+        node = node.get(part) if isinstance(node, Mapping) else None
+        schema = next((t for t in _types_in(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)), None)
+    return field
+
+
+def _types_in(annotation: Any):
+    """The annotation and every type inside it (unions, Annotated, Optional)."""
+    yield annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        yield from _types_in(arg)
+
+
+def _limits(field: Any) -> tuple[float | None, float | None]:
+    """(floor, ceiling) of a numeric field from its ge/gt/le/lt constraints (also those inside a union,
+    as in ``LR = Annotated[float, Field(gt=0)] | Literal["auto"]``); None where there is none. A value at
+    a ``ge`` floor cannot be lowered; a ``gt`` floor is never reached, so any valid value can be."""
+    import annotated_types as at
+
+    constraints = list(field.metadata)
+    for t in _types_in(field.annotation):
+        constraints += [m for m in getattr(t, "__metadata__", ()) for m in getattr(m, "metadata", [m])]
+    floor = ceiling = None
+    for c in constraints:
+        if isinstance(c, at.Ge):
+            floor = float(c.ge)
+        elif isinstance(c, at.Le):
+            ceiling = float(c.le)
+    return floor, ceiling
+
+
 def _config_dict(config: Any) -> dict[str, Any]:
     if config is None:
         return {}
@@ -197,6 +257,30 @@ class _Run:
                 return default
             node = node[part]
         return node
+
+    def has(self, path: str) -> bool:
+        """Whether advice may name the key ``path``: it is in this run's schema (any key, when the
+        config is unknown)."""
+        return not self.config or _schema_field(self.config, path) is not None
+
+    def can_lower(self, path: str) -> bool:
+        """The key exists and its value is not at its floor (label smoothing 0, dropout 0, ...)."""
+        return self._movable(path, lambda value, floor, ceiling: floor is None or value > floor)
+
+    def can_raise(self, path: str) -> bool:
+        """The key exists and its value is not at its ceiling (e.g. ``train.epochs`` at 100,000)."""
+        return self._movable(path, lambda value, floor, ceiling: ceiling is None or value < ceiling)
+
+    def _movable(self, path: str, room) -> bool:
+        if not self.config:
+            return True
+        field = _schema_field(self.config, path)
+        if field is None:
+            return False
+        value = self.cfg(path)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return True
+        return room(value, *_limits(field))
 
     def series(self, key: str) -> list[tuple[int, float]]:
         """(epoch, value) of every record that has a number under ``key`` (NaN/inf included)."""
@@ -351,7 +435,8 @@ def _unstable(run: _Run) -> list[dict[str, str]]:
     return [_finding(
         "lr_too_high", _sentence("; ".join(reasons)) + " The steps are too large to settle into a minimum.",
         f"Lower {run.lr_text()} by 3-10x (or find it with `train.optimizer.lr: auto`); "
-        + _clip_advice(run) + ", or warm up with `train.warmup_steps`.",
+        + _clip_advice(run) + (", or warm up with `train.warmup_steps`." if not run.cfg("train.warmup_steps")
+                               else f", or warm up longer (raise `train.warmup_steps` from {run.cfg('train.warmup_steps')}).")
     )]
 
 
@@ -371,14 +456,16 @@ def _collapse(run: _Run) -> list[dict[str, str]]:
     if share < COLLAPSE_SHARE or true_share >= COLLAPSE_SHARE:
         return []
     distinct = int((counts > 0).sum())
+    balance = [f"`{key}: balanced`" for key in ("train.class_weights", "data.sampler")
+               if run.has(key) and run.cfg(key) != "balanced"]
+    balance_text = f"; with imbalanced classes set {' or '.join(balance)}" if balance else ""
     return [_finding(
         "collapse",
         f"The model predicts class {run._name(top)!r} for {int(counts[top])} of {n} validation samples ({_pct(share)}; "
         f"{distinct} distinct class{'es' if distinct != 1 else ''} predicted in all), though only {_pct(true_share)} of them "
         "belong to it: its output hardly depends on the input.",
         f"Lower {run.lr_text()}: a too-large step often leaves a network predicting one class. Check that the "
-        "labels match the inputs; with imbalanced classes set `train.class_weights: balanced` or "
-        "`data.sampler: balanced`.",
+        f"labels match the inputs{balance_text}.",
     )]
 
 
@@ -435,21 +522,30 @@ def _median(values: Sequence[float]) -> float:
 
 
 def _exploding(run: _Run, evidence: str) -> dict[str, str]:
+    norm = " or normalise activations with `model.batch_norm: true`" if run.has("model.batch_norm") \
+        and run.cfg("model.batch_norm") is not True else ""
     return _finding(
         "exploding_gradients", evidence,
-        f"{_sentence(_clip_advice(run))[:-1]}, lower {run.lr_text()}, or normalise activations with `model.batch_norm: true`.",
+        f"{_sentence(_clip_advice(run))[:-1]}, {'' if norm else 'or '}lower {run.lr_text()}{',' if norm else ''}{norm}.",
     )
 
 
 def _vanishing(run: _Run, evidence: str) -> dict[str, str]:
     activation = run.cfg("model.activation")
-    act = f"`model.activation` is {activation}: use relu or gelu" if activation and activation not in ("relu", "gelu", "leaky_relu") \
-        else "keep a non-saturating `model.activation` (relu, gelu)"
-    return _finding(
-        "vanishing_gradients", evidence,
-        f"{_sentence(act)[:-1]}; add `model.batch_norm: true`; initialise with `model.init: he_normal`; or use fewer "
-        "layers (`model.hidden`).",
-    )
+    steps = []
+    if run.has("model.activation"):
+        steps.append(f"`model.activation` is {activation}: use relu or gelu"
+                     if activation and activation not in ("relu", "gelu", "leaky_relu")
+                     else "keep a non-saturating `model.activation` (relu, gelu)")
+    if run.has("model.batch_norm") and run.cfg("model.batch_norm") is not True:
+        steps.append("add `model.batch_norm: true`")
+    if run.cfg("model.init") != "he_normal":
+        steps.append("initialise with `model.init: he_normal`")
+    if run.has("model.hidden"):
+        steps.append("or use fewer layers (`model.hidden`)")
+    else:
+        steps.append("or use a shallower model")
+    return _finding("vanishing_gradients", evidence, _sentence("; ".join(steps)))
 
 
 def _underfitting(run: _Run) -> list[dict[str, str]]:
@@ -484,7 +580,7 @@ def _underfitting(run: _Run) -> list[dict[str, str]]:
     if not reasons:
         return []
     advice = []
-    if rising:
+    if rising and run.can_raise("train.epochs"):
         epochs = run.cfg("train.epochs")
         advice.append(f"train longer (raise `train.epochs`{f' from {epochs}' if epochs else ''}"
                       + (", and `train.early_stopping.patience`)" if run.summary.get("stopped_early") else ")"))
@@ -493,10 +589,13 @@ def _underfitting(run: _Run) -> list[dict[str, str]]:
         advice.append("use a bigger model (" + " or ".join(size) + ")")
     elif run.cfg("model.name") == "softmax":
         advice.append("use a model with hidden layers (`model.name: mlp` or `cnn`)")
-    else:
+    elif not run.config:
         advice.append("use a bigger model (`model.hidden`, `model.filters`)")
-    reg = [f"`model.{k}` {run.cfg(f'model.{k}'):g}" for k in ("dropout", "head_dropout") if (run.cfg(f"model.{k}") or 0) > 0]
-    reg += [f"`train.{k}` {run.cfg(f'train.{k}'):g}" for k in ("l1", "l2") if (run.cfg(f"train.{k}") or 0) > 0]
+    else:
+        advice.append("use a bigger model")
+    reg = [f"lower `{key}` from {run.cfg(key):g}"
+           for key in ("model.dropout", "model.head_dropout", "train.l1", "train.l2", "train.optimizer.weight_decay")
+           if _num(run.cfg(key)) and run.can_lower(key)]
     if reg:
         advice.append("regularise less (" + ", ".join(reg) + ")")
     advice.append(f"and check {run.lr_text()}")
@@ -566,20 +665,21 @@ def _overfitting(run: _Run) -> tuple[list[dict[str, str]], str]:
     if run.config and es is None:
         advice.append(f"set `train.early_stopping: {{monitor: val_loss, patience: 5}}` (the run went on {len(after)} "
                       "epochs past the minimum)")
-    elif isinstance(es, Mapping) and es.get("patience"):
+    elif isinstance(es, Mapping) and es.get("patience") and run.can_lower("train.early_stopping.patience"):
         advice.append(f"lower `train.early_stopping.patience` from {es['patience']}")
     elif not run.config:
         advice.append("set `train.early_stopping: {monitor: val_loss, patience: 5}`")
     for key in ("dropout", "head_dropout"):
         value = run.cfg(f"model.{key}")
-        if isinstance(value, (int, float)):
+        # past 0.5, more dropout mostly slows learning: no advice to raise it further
+        if isinstance(value, (int, float)) and value < 0.5 and run.can_raise(f"model.{key}"):
             advice.append(f"raise `model.{key}` from {value:g} (e.g. to {min(0.5, max(0.3, value + 0.2)):g})")
     if not run.config:
         advice.append("raise `model.dropout`")
     l2 = run.cfg("train.l2")
     advice.append(f"raise `train.l2` from {l2:g}" if l2 else "add `train.l2` (e.g. 1e-4)")
     hidden = run.cfg("model.hidden")
-    if hidden:
+    if hidden and (not isinstance(hidden, int) or run.can_lower("model.hidden")):
         advice.append(f"use a smaller model (`model.hidden` is {hidden})")
     if run.is_images() and not run.cfg("data.augment"):
         advice.append("augment the training images with `data.augment` (e.g. [{random_crop: {padding: 2}}, {rotate: 10}])")
@@ -632,19 +732,38 @@ def _behind_baseline(run: _Run) -> list[dict[str, str]]:
         gap = f"validation MAE {_g(val)} against {_g(best)} for the `{name}` baseline"
     evidence = (f"The network does worse than a simple model fitted on the same training data: {gap} "
                 "(summary.json `baselines`, the same validation samples).")
+    longer = "train longer (raise `train.epochs`" + (f" from {run.cfg('train.epochs')})" if run.cfg("train.epochs") else ")") \
+        if run.can_raise("train.epochs") else ""
     if run.task == "forecasting":
-        advice = ("Let the model predict the change from the last value (`data.difference: true`), "
-                  "give it more history (`data.lookback`), or train longer (`train.epochs`); "
-                  f"until it beats `{name}`, use that.")
+        steps = [] if run.cfg("data.difference") is True else \
+            ["let the model predict the change from the last value (`data.difference: true`)"]
+        steps.append("give it more history (raise `data.lookback`" + (f" from {run.cfg('data.lookback')})" if run.cfg("data.lookback") else ")"))
+        steps += [longer] if longer else []
+        advice = _sentence(", ".join(steps[:-1]) + (", or " if len(steps) > 1 else "") + steps[-1]) [:-1] + \
+            f"; until it beats `{name}`, use that."
     elif (run.data_info.get("input") or {}).get("kind") == "tokens":
-        pool = "" if run.cfg("model.pool") in ("max", "mean") else "pool over all steps (`model.pool: max`), "
-        drop = "" if run.cfg("model.embedding_dropout") else "drop parts of the embeddings (`model.embedding_dropout: 0.3`), "
-        advice = (f"Train longer (`train.epochs`) or with a tuned `train.optimizer.lr`, {pool}{drop}"
-                  "or keep more words (`data.max_vocab`, `data.min_freq`); "
-                  f"until it beats `{name}`, use that.")
+        steps = [longer] if longer else []
+        steps.append("tune `train.optimizer.lr`")
+        if run.has("model.pool") and run.cfg("model.pool") not in ("max", "mean"):
+            steps.append("pool over all steps (`model.pool: max`)")
+        if run.has("model.embedding_dropout") and not run.cfg("model.embedding_dropout"):
+            steps.append("drop parts of the embeddings (`model.embedding_dropout: 0.3`)")
+        words = (["raise `data.max_vocab`" + (f" from {run.cfg('data.max_vocab')}" if run.cfg("data.max_vocab") else "")]
+                 + ([f"lower `data.min_freq` from {run.cfg('data.min_freq')}" if run.cfg("data.min_freq") else "lower `data.min_freq`"]
+                    if run.can_lower("data.min_freq") else []))
+        steps.append("or keep more words (" + ", ".join(words) + ")")
+        advice = _sentence(", ".join(steps))[:-1] + f"; until it beats `{name}`, use that."
     else:
-        advice = (f"Train longer (`train.epochs`), tune {run.lr_text()}, or try a smaller model with less "
-                  f"dropout (`model.dropout`); on small tables `{name}` may simply be the better model.")
+        steps = [longer] if longer else []
+        steps.append(f"tune {run.lr_text()}")
+        dropout = _num(run.cfg("model.dropout"))
+        if not run.config:
+            steps.append("or try a smaller model with less dropout (`model.dropout`)")
+        elif dropout and run.can_lower("model.dropout"):
+            steps.append(f"or try a smaller model with less dropout (lower `model.dropout` from {dropout:g})")
+        else:
+            steps.append("or try a smaller model")
+        advice = _sentence(", ".join(steps))[:-1] + f"; on small tables `{name}` may simply be the better model."
     return [_finding("behind_baseline", evidence, advice)]
 
 
@@ -669,13 +788,38 @@ def _calibration(run: _Run) -> list[dict[str, str]]:
         f"expected calibration error {result['ece']:.3f} (above {ECE_THRESHOLD:g}; {len(result['bins'])} bins). The model "
         f"is {'over' if over else 'under'}confident: its probabilities should not be read as chances."
     )
+    smoothing = _num(smoothing)
+    steps = []
     if over:
-        now = f" (now {smoothing:g})" if isinstance(smoothing, (int, float)) else ""
-        advice = (f"Set `train.label_smoothing`{now} to 0.1, stop earlier (`train.early_stopping`), or regularise "
-                  "(`train.l2`); overconfidence grows as a network overfits.")
+        if smoothing is None or smoothing < 0.1:
+            steps.append(f"raise `train.label_smoothing`{f' from {smoothing:g}' if smoothing is not None else ''} to 0.1")
+        es = run.cfg("train.early_stopping")
+        if isinstance(es, Mapping) and es.get("patience"):
+            if run.can_lower("train.early_stopping.patience"):
+                steps.append(f"stop earlier (lower `train.early_stopping.patience` from {es['patience']})")
+        else:
+            steps.append("stop earlier (`train.early_stopping`)")
+        l2 = _num(run.cfg("train.l2"))
+        steps.append(f"or regularise (raise `train.l2` from {l2:g})" if l2 else "or regularise (add `train.l2`, e.g. 1e-4)")
+        advice = _sentence(", ".join(steps))[:-1] + "; overconfidence grows as a network overfits."
     else:
-        now = f" from {smoothing:g}" if isinstance(smoothing, (int, float)) and smoothing else ""
-        advice = f"Lower `train.label_smoothing`{now}, or train longer (`train.epochs`)."
+        # underconfidence: label smoothing that pulls the targets off 0/1, strong weight penalties that keep
+        # the logits small, or a network stopped before it grew sure of itself
+        if smoothing is None and not run.config:
+            steps.append("lower `train.label_smoothing`")
+        elif smoothing and run.can_lower("train.label_smoothing"):
+            steps.append(f"lower `train.label_smoothing` from {smoothing:g}")
+        l2 = _num(run.cfg("train.l2"))
+        if l2 and run.can_lower("train.l2"):
+            steps.append(f"lower `train.l2` from {l2:g}")
+        epochs = run.cfg("train.epochs")
+        if not run.summary.get("stopped_early") and run.can_raise("train.epochs"):
+            steps.append(f"train longer (raise `train.epochs`{f' from {epochs}' if epochs else ''})")
+        if steps:
+            advice = _sentence(", ".join(steps[:-1]) + (", or " if len(steps) > 1 else "") + steps[-1])
+        else:
+            advice = ("Read its probabilities as scores, not chances, or rescale them on held-out data "
+                      "(temperature scaling) before reading them as chances.")
     return [_finding("poor_calibration", evidence, advice)]
 
 
@@ -701,8 +845,9 @@ def _healthy(run: _Run, note: str) -> dict[str, str]:
     if note:
         parts.append(note)
     evidence = "No problem found: " + "; ".join(parts) + "." if parts else "No problem found."
+    size = [f"`model.{key}`" for key in ("hidden", "filters") if run.has(f"model.{key}")]
     bigger = "hidden layers (`model.name: mlp` or `cnn`)" if run.cfg("model.name") == "softmax" \
-        else "a bigger model (`model.hidden`, `model.filters`)"
+        else f"a bigger model ({', '.join(size)})" if size else "a bigger model"
     return _finding(
         "healthy", evidence,
         f"Nothing to fix. To do better, compare runs that change one thing: {bigger}, `data.augment`, or "

@@ -68,15 +68,13 @@ def _clip(optimizer: torch.optim.Optimizer, clip_grad_norm: float | None) -> Non
         )
 
 
-@torch.no_grad()
 def eval_step(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Loss, precision: Precision = FP32
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward and loss without gradients (the caller puts the model in eval mode)."""
-    with precision.autocast():
-        logits = model(precision.memory_format(x))
-    logits = logits.float()
-    return loss_fn(logits, y), logits
+    with torch.no_grad(), precision.autocast():  # a context, not a decorator: mutmut skips decorated functions
+        logits = model(precision.memory_format(x)).float()
+        return loss_fn(logits, y), logits
 
 
 def _closure_step(model, x, y, optimizer, loss_fn, precision, penalty, clip_grad_norm, inspect_grads):
