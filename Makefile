@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/deepworks train examples/configs/quickstart.yaml
 
+# the suite runs in a random order (pytest-randomly); the seed is printed at the end: replay one with
+# make test PYTEST_ARGS='--randomly-seed=N'
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 fashion: setup
 	$(VENV)/bin/deepworks train examples/configs/fashion-mnist-cnn.yaml

@@ -97,3 +97,12 @@ def _start_paused_mid_epoch(config, run_dir: Path, *overrides: str, timeout: flo
 def paused_mid_epoch():
     """``paused_mid_epoch(config, run_dir, *overrides, **popen)``: see :func:`_start_paused_mid_epoch`."""
     return _start_paused_mid_epoch
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The random order's seed at the end of every run, -q included (pytest-randomly prints it only
+    in the header, which -q hides): a failure that depends on the order can be replayed."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if seed is not None and config.pluginmanager.has_plugin("randomly"):
+        terminalreporter.write_line(f"random test order: --randomly-seed={seed} (replay: make test "
+                                    f"PYTEST_ARGS='--randomly-seed={seed}')")

@@ -713,8 +713,15 @@ def test_cli_workers_each_serve_the_run_and_the_api_key_stays_out_of_the_logs(cn
     proc, url = _serve_cli(cnn_run.dir, "--workers", "2", env={"DEEPWORKS_API_KEY": KEY}, headers=headers)
     try:
         for f in digit_files[:4]:
-            r = httpx.post(url + "/predict", files={"file": (f.name, png_bytes(f), "image/png")}, headers=headers,
-                           timeout=30)
+            # each worker loads its model on its own: one may still be loading when the other is ready
+            # (503 with Retry-After, as a client sees it), so a request is retried until it is not
+            deadline = time.monotonic() + 60
+            while True:
+                r = httpx.post(url + "/predict", files={"file": (f.name, png_bytes(f), "image/png")},
+                               headers=headers, timeout=30)
+                if r.status_code != 503 or "loading" not in r.text or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             assert r.status_code == 200, r.text
             check_prediction(r.json(), expected[f.name])
         for bad in ({}, {"Authorization": "Bearer wrong-key"}):

@@ -744,6 +744,13 @@ def bind_component(path: tuple[str, ...], registry: Registry) -> None:
     _COMPONENTS[path] = registry
 
 
+def component_registry(path: tuple[str, ...]) -> Registry | None:
+    """The registry bound to the component block at ``path`` (``("model",)``, ``("train",
+    "optimizer")``), or None: who reads the schema of a run's keys (the diagnosis) finds a block's
+    params here."""
+    return _COMPONENTS.get(tuple(path))
+
+
 _CHOICES: dict[tuple[str, ...], Registry] = {}
 
 

@@ -160,11 +160,12 @@ def _schema_field(config: Mapping[str, Any], path: str) -> Any:
     schema of a run whose config is ``config``: :class:`~deepworks.config.Config`'s sections and, in a
     component block (``model``, ``train.optimizer``, ...), the params registered under the block's
     name. None when the schema has no such key (e.g. ``model.batch_norm`` of an LSTM)."""
-    import deepworks.models  # noqa: F401  (binds the model registry to the `model` block)
-    import deepworks.train  # noqa: F401  (binds the optimizer and schedule registries)
+    # the model registry is bound to the `model` block on import; the optimizer and schedule
+    # registries are bound by deepworks.train, which every caller of the diagnosis has imported
+    import deepworks.models  # noqa: F401
     from pydantic import BaseModel
 
-    from deepworks.config import _COMPONENTS, Config
+    from deepworks.config import Config, component_registry
 
     schema: Any = Config
     field = None
@@ -174,7 +175,7 @@ def _schema_field(config: Mapping[str, Any], path: str) -> Any:
         if schema is None:
             return None
         field = schema.model_fields.get(part)
-        registry = _COMPONENTS.get(tuple(parts[:i]))
+        registry = component_registry(tuple(parts[:i]))
         if field is None and registry is not None:
             name = node.get("name") if isinstance(node, Mapping) else None
             name = name if isinstance(name, str) else schema.model_fields["name"].default
