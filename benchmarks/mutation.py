@@ -27,7 +27,6 @@ import datetime as dt
 import fnmatch
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -42,6 +41,10 @@ ALLOWLIST = ROOT / ".ci" / "mutation-allowed.txt"
 GATED = ("src/deepworks/evaluate/metrics.py", "src/deepworks/data/splits.py")  # survivors here fail --check
 MODULES = ("deepworks.evaluate.metrics", "deepworks.train.step", "deepworks.data.splits")
 SAMPLES = {10: "0", 5: "[05]", 2: "[02468]"}  # one in N: the last digits of the mutant numbers taken
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 
 def sample_patterns(every: int | None) -> list[str]:
@@ -171,16 +174,10 @@ def _natural(name: str) -> tuple[str, int]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = f", 1-minute load average {os.getloadavg()[0]:.2f} at the start" if hasattr(os, "getloadavg") else ""
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}{load}"
+    """The machine in one line, from the benchmarks' shared record (benchmarks/common.py)."""
+    m = common.machine()
+    load = m["load_average_at_start"][0]
+    return f"{m['cpu']}, {m['usable_cores']} cores, Python {m['python']}, 1-minute load average {load:.2f} at the start"
 
 
 def write_results(mutants, seconds, patterns, jobs, allowed, where) -> dict:
