@@ -14,6 +14,7 @@ Memory is bounded by the batch, not by the number of inputs::
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import warnings
@@ -164,13 +165,13 @@ class Predictor:
     def _show_progress(self) -> bool:
         return sys.stderr.isatty() if self.progress is None else bool(self.progress)
 
-    def _series_only(self, inputs: Any, out: str | Path | None) -> list[dict[str, Any]]:
+    def _forecast(self, inputs: Any, out: str | Path | None) -> list[dict[str, Any]]:
         return self.inputs.forecast(self.run.model, self.task, inputs, Path(out) if out is not None else None)
 
     def iter_predict(self, inputs: Any, top_k: int = 3, on_error: str = "raise") -> Iterator[dict[str, Any]]:
         """:meth:`predict`'s answers one at a time, as the batches finish."""
         if self.kind == "series":
-            yield from self._series_only(inputs, None)
+            yield from self._forecast(inputs, None)
             return
         for names, out in self.outputs(inputs, on_error):
             for name, result in zip(names, self.task.predict(out, top_k)):
@@ -181,7 +182,7 @@ class Predictor:
         (classification), the value in the target's units (regression), or the forecast of the
         steps after each history file (forecasting; ``out`` as :func:`deepworks.predict`'s)."""
         if self.kind == "series":
-            return self._series_only(inputs, out)
+            return self._forecast(inputs, out)
         if out is not None:
             raise ConfigError("Predictor.predict(out=...): a forecast's file; write other predictions with "
                               "`deepworks predict RUN INPUT --out preds.csv`.")
@@ -191,7 +192,7 @@ class Predictor:
         """Class probabilities (N, classes) for classification; values in the target's units (N,
         targets) for regression, (N, horizon, targets) for forecasting."""
         if self.kind == "series":
-            results = self._series_only(inputs, None)
+            results = self._forecast(inputs, None)
             targets = self.task.target_names
             return np.array([[[step[t] for t in targets] for step in r["forecast"]] for r in results])
         parts = []
@@ -263,12 +264,9 @@ class PredictionWriter:
             columns = columns[:-1] + list(task.target_names)
         if errors:
             columns.append("error")
-        if path.suffix.lower() == ".parquet":
-            try:
-                import pyarrow  # noqa: F401
-            except ImportError:
-                raise ConfigError(f"predict --out {path}: writing Parquet needs pyarrow. Fix: pip install "
-                                  "'deepworks[parquet]', or write .csv or .jsonl.") from None
+        if path.suffix.lower() == ".parquet" and importlib.util.find_spec("pyarrow") is None:
+            raise ConfigError(f"predict --out {path}: writing Parquet needs pyarrow. Fix: pip install "
+                              "'deepworks[parquet]', or write .csv or .jsonl.")
         return cls(path, columns, predictor.classes, probabilities)
 
     def write(self, name: dict[str, Any], result: dict[str, Any], probs: torch.Tensor | None) -> None:

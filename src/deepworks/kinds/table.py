@@ -181,9 +181,6 @@ class TableInputs(RunInputs):
                             f"missing here. Fix: give every row the columns {', '.join(map(repr, self.columns))}.")
         return torch.from_numpy(feature_matrix(cells, self.columns, lines, where))
 
-    def count(self, inputs: Any) -> int | None:
-        return None
-
     def batches(self, inputs: Any, batch_size: int, on_error: str = "raise", workers: int = 0) -> Iterator[Batch]:
         check_on_error(on_error)
         for where, cells, lines, origin in self._tables(inputs):

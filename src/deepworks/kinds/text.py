@@ -145,9 +145,6 @@ class TextSource(RunInputs):
             raise DataError("predict: no texts given. Fix: give strings, or files with one text per line.")
         return strings, names
 
-    def count(self, inputs: Any) -> int | None:
-        return None
-
     def encode(self, texts: list[str]) -> torch.Tensor:
         raise NotImplementedError
 
