@@ -29,6 +29,7 @@ class ImageDataset:
     8-bit images), or float32 (N, F) for tabular features; ``features`` names the F columns
     of tabular data (None for images). ``spec`` says how an image file becomes one of these
     samples (folders; predict applies it again) and ``loading`` how the data was loaded.
+    ``groups`` (image lists with ``data.group_by``) keeps samples that share a value in one split.
     """
 
     name: str
@@ -42,6 +43,7 @@ class ImageDataset:
     scale: float = 1 / 255
     spec: ImageSpec | None = None
     loading: dict[str, Any] = field(default_factory=dict)
+    groups: np.ndarray | None = None  # one data.group_by value per sample of x (an image list's column)
 
     def __post_init__(self) -> None:
         # catch a malformed dataset here, where its name is known, not as a shape error in training

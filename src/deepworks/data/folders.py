@@ -60,6 +60,8 @@ __all__ = [
     "counting_training_batch",
     "decoding_bytes",
     "pixel_stats",
+    "open_plan",
+    "plan_files",
     "plan_folder",
     "scan_image_folder",
 ]
@@ -119,15 +121,16 @@ def decoding_bytes(plan: FolderPlan, workers: int) -> int:
 
 @dataclass
 class FolderPlan:
-    """What the headers of a folder's files say: the files, classes and the training spec."""
+    """What the headers of a folder's (or an image list's) files say: the files, classes and the training spec."""
 
-    root: Path
+    root: Path  # the folder, or the table that lists the files
     infos: list[ImageInfo]  # files whose header could be read, in sorted order
     classes: list[str]
-    class_dirs: list[Path]
+    class_where: list[str]  # how messages name each class ("photos/cat: class folder 'cat'")
     bad: list[tuple[Path, str]]  # (path, reason) of files whose header could not be read
     spec: ImageSpec
     note: str | None = None  # what the log says about a size chosen by default
+    groups: np.ndarray | None = None  # one data.group_by value per entry of infos (image lists)
 
     def estimate_bytes(self) -> int:
         """Bytes of all images as uint8 at the training size: what the in-memory path holds."""
@@ -139,26 +142,43 @@ def plan_folder(
     resize: str = "auto", on_bad_file: str = "warn",
 ) -> FolderPlan:
     """Walk a folder of class subfolders and read every file's header (no pixels) to fix the
-    training size, channels and resize method.
+    training size, channels and resize method (see :func:`plan_files`)."""
+    check_on_bad_file(on_bad_file)
+    root = Path(path)
+    files, classes, class_dirs = walk_image_folder(root)
+    where = [f"{d}: class folder {d.name!r}" for d in class_dirs]
+    return plan_files(root, files, classes, where, image_size=image_size, channels=channels, resize=resize)
+
+
+def plan_files(
+    root: Path, files: list[tuple[Path, int]], classes: list[str], class_where: list[str], *,
+    bad: list[tuple[Path, str]] | None = None, groups: np.ndarray | None = None,
+    image_size: tuple[int, int] | None = None, channels: int | None = None, resize: str = "auto",
+) -> FolderPlan:
+    """Read the header of every ``(path, label)`` in ``files`` (no pixels) to fix the training
+    size, channels and resize method. ``bad`` holds files already known to be unreadable (an
+    image list's missing files); ``groups`` one group value per file.
 
     Without ``image_size`` the size is the most common one, unless its shorter side is over
     256 pixels (photos): then images are scaled so the shorter side is 224 and the centre
     224x224 is cut out (``resize: crop``), and :attr:`FolderPlan.note` says so.
     """
-    check_on_bad_file(on_bad_file)
-    root = Path(path)
-    files, classes, class_dirs = walk_image_folder(root)
     infos: list[ImageInfo] = []
-    bad: list[tuple[Path, str]] = []
-    for file, label in files:
+    bad = list(bad or [])
+    total = len(files) + len(bad)
+    kept: list[int] = []
+    for position, (file, label) in enumerate(files):
         try:
             infos.append(probe_image(file, label))
+            kept.append(position)
         except DataError as exc:
             bad.append((file, reason_of(file, exc)))
     if not infos:
+        first = sorted(bad)[0]
         raise DataError(
-            f"{root}: none of its {len(files)} image file(s) can be read (first: {bad[0][0]}, {bad[0][1].rstrip('.')}). "
-            "Check that they are PNG, JPEG, GIF, BMP, TIFF or WebP images."
+            f"{root}: none of its {total} image file(s) can be "
+            f"read (first: {first[0]}, {first[1].rstrip('.')}). Check that they are PNG, JPEG, GIF, BMP, TIFF or WebP "
+            "images."
         )
     note = None
     method = "squash" if resize == "auto" else resize
@@ -176,7 +196,9 @@ def plan_folder(
             image_size = common
     if channels is None:
         channels = 1 if all(is_grayscale_mode(info.mode) for info in infos) else 3
-    return FolderPlan(root, infos, classes, class_dirs, bad, ImageSpec(channels, tuple(image_size), method), note)
+    kept_groups = None if groups is None else np.asarray(groups)[np.asarray(kept, dtype=np.int64)]
+    return FolderPlan(root, infos, classes, class_where, bad, ImageSpec(channels, tuple(image_size), method), note,
+                      kept_groups)
 
 
 # ----------------------------------------------------------------------------- decoding in worker processes
@@ -488,6 +510,7 @@ class FolderStream:
     sqs: torch.Tensor
     spec: ImageSpec
     loading: dict[str, Any] = field(default_factory=dict)
+    groups: np.ndarray | None = None  # an image list's data.group_by value per file
     scale: float = 1 / 255
     test_x: None = None
     test_y: None = None
@@ -545,7 +568,7 @@ def _scan_plan(
     result = scan_files([i.path for i in plan.infos], spec, keep=keep, workers=workers, what=what)
     bad = sorted(plan.bad + [(plan.infos[i].path, reason) for i, reason in result.bad])
     good = [plan.infos[i] for i in result.good]
-    report_bad_files(plan.root, bad, on_bad_file, [g.label for g in good], plan.class_dirs)
+    report_bad_files(plan.root, bad, on_bad_file, [g.label for g in good], plan.class_where)
     return result, good, bad
 
 
@@ -600,10 +623,27 @@ def open_folder(
     What must fit the budget is the pixels, the decoding buffers (:func:`decoding_bytes`) and,
     inside :func:`counting_training_batch`, one training batch; ``in_memory=True`` beyond it is
     refused before any pixel is decoded, naming what would fit."""
+    check_loading(in_memory, memory_budget)
+    plan = plan_folder(path, image_size=image_size, channels=channels, resize=resize, on_bad_file=on_bad_file)
+    return open_plan(plan, on_bad_file=on_bad_file, in_memory=in_memory, memory_budget=memory_budget, workers=workers)
+
+
+def check_loading(in_memory: bool | str, memory_budget: int | str | None) -> None:
+    """Refuse bad data.in_memory and data.memory_budget values before any file is read."""
     if in_memory not in ("auto", True, False):
         raise ConfigError(f"data.in_memory: expected auto, true or false, got {in_memory!r}.")
+    parse_bytes(memory_budget)
+
+
+def open_plan(
+    plan: FolderPlan, *, on_bad_file: str = "warn", in_memory: bool | str = "auto",
+    memory_budget: int | str | None = None, workers: int | None = None, name: str = "folder",
+) -> Any:
+    """Scan and load the planned files (:func:`plan_folder`, or an image list's
+    :func:`plan_files`) as :func:`open_folder` describes; an image list's groups go with the
+    files that decoded (``groups`` of the result)."""
+    check_loading(in_memory, memory_budget)
     budget_given = parse_bytes(memory_budget)
-    plan = plan_folder(path, image_size=image_size, channels=channels, resize=resize, on_bad_file=on_bad_file)
     if plan.note:
         print(plan.note, flush=True)
     pixels = plan.estimate_bytes()
@@ -656,17 +696,18 @@ def open_folder(
     labels = np.array([i.label for i in infos], dtype=np.int64)
     source = str(plan.root.resolve())
     loading["skipped_at_scan"] = len(bad)
+    groups = None if plan.groups is None else plan.groups[result.good]
     if not stream:
         assert result.x is not None
-        ds = ImageDataset("folder", result.x, torch.from_numpy(labels), plan.classes, source=source)
+        ds = ImageDataset(name, result.x, torch.from_numpy(labels), plan.classes, source=source, groups=groups)
         ds.spec, ds.loading = spec, loading
         ds._sums = (result.sums, result.sqs)
         ds._hashes = result.hashes
         return ds
     files = FolderSource(plan.root, [i.path for i in infos], labels, spec)
     return FolderStream(
-        "folder", source, plan.classes, torch.from_numpy(labels), files, result.hashes, result.sums, result.sqs,
-        spec, loading,
+        name, source, plan.classes, torch.from_numpy(labels), files, result.hashes, result.sums, result.sqs,
+        spec, loading, groups=groups,
     )
 
 

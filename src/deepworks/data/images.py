@@ -462,14 +462,20 @@ def check_on_bad_file(on_bad_file: str) -> None:
         )
 
 
+BAD_FILES_LISTED = 10  # unreadable files a message names; the rest are counted
+
+
 def report_bad_files(
-    root: Path, bad: list[tuple[Path, str]], on_bad_file: str, good_labels: list[int], class_dirs: list[Path]
+    root: Path, bad: list[tuple[Path, str]], on_bad_file: str, good_labels: list[int], class_where: list[str]
 ) -> None:
-    """Stop on, or warn once about, the unreadable files of a folder; a class left with no
-    readable image stops in any case."""
+    """Stop on, or warn once about, the unreadable files of a folder or image list (the first
+    :data:`BAD_FILES_LISTED` named, all counted); a class left with no readable image stops in
+    any case. ``class_where`` says how a message names each class."""
     if not bad:
         return
-    listing = "; ".join(f"{p} ({reason.rstrip('.')})" for p, reason in bad)
+    listing = "; ".join(f"{p} ({reason.rstrip('.')})" for p, reason in bad[:BAD_FILES_LISTED])
+    if len(bad) > BAD_FILES_LISTED:
+        listing += f"; ... ({len(bad) - BAD_FILES_LISTED} more)"
     if on_bad_file == "error":
         raise DataError(
             f"{root}: {len(bad)} image file(s) cannot be read: {listing}. "
@@ -480,12 +486,12 @@ def report_bad_files(
         "Remove or fix them (data.on_bad_file: error stops on them instead).",
         stacklevel=4,
     )
-    counts = np.bincount(np.asarray(good_labels, dtype=np.int64), minlength=len(class_dirs))
+    counts = np.bincount(np.asarray(good_labels, dtype=np.int64), minlength=len(class_where))
     for label, n in enumerate(counts):
         if n == 0:
             raise DataError(
-                f"{class_dirs[label]}: class folder {class_dirs[label].name!r} has no readable images left after "
-                "skipping the unreadable ones above. Add readable images or remove the folder."
+                f"{class_where[label]} has no readable images left after skipping the unreadable ones above. "
+                "Add readable images of this class or remove the class."
             )
 
 
