@@ -361,6 +361,7 @@ def datasets(as_json: Annotated[bool, typer.Option("--json", help="print JSON")]
     out.print(table)
     out.print(
         "Your own data works too: an image folder with one subfolder per class (data.path: path/to/folder),\n"
+        "a CSV listing image files (data.path: labels.csv, data.image: file_column, data.target: label_column),\n"
         "a CSV table (data.path: table.csv, data.target: label_column), a CSV of texts\n"
         "(data.path: reviews.csv, data.text: text_column, data.target: label_column),\n"
         "or a time series to forecast (data.path: series.csv, data.time: time_column, data.target: column)."

@@ -151,7 +151,14 @@ class SubsetConfig(Strict):
 
 class DataConfig(Strict):
     dataset: str | None = Field(None, description="built-in dataset name (`deepworks datasets`)")
-    path: str | None = Field(None, description="a folder with one subfolder of images per class, or a .csv file")
+    path: str | None = Field(
+        None, description="a folder with one subfolder of images per class, or a .csv file (a table, texts, a series, "
+        "or an image list with data.image)"
+    )
+    image: str | None = Field(
+        None, description="image list: the column of data.path's table naming each image file (relative to the "
+        "table's folder, or absolute); data.target names the label column"
+    )
     target: str | list[str] | None = Field(
         None, description="CSV: the label column; forecasting (data.time): the column, or a list of columns, to forecast"
     )
@@ -163,7 +170,9 @@ class DataConfig(Strict):
         default_factory=dict, description="table: per-column kind (numeric, categorical, ordinal, datetime, id, ignore)"
     )
     scaling: Literal["standard", "minmax", "none"] = Field("standard", description="table: numeric feature scaling")
-    group_by: str | None = Field(None, description="table: rows sharing this column's value stay in one split")
+    group_by: str | None = Field(
+        None, description="table, text CSV or image list: rows sharing this column's value stay in one split"
+    )
     cv: int | None = Field(None, ge=2, description="k-fold cross-validation over the non-test data")
     on_duplicates: Literal["drop", "keep", "error"] = Field(
         "drop", description="val/test samples identical to a training sample: drop them, keep them, or stop"
@@ -284,7 +293,7 @@ class DataConfig(Strict):
             )
         if self.dataset == "folder" and self.path is None:
             raise ValueError("data.dataset: folder needs data.path, a folder with one subfolder of images per class")
-        if self.path is not None and self.dataset not in (None, "folder", "csv"):
+        if self.path is not None and self.dataset not in (None, "folder", "csv", "image-list"):
             raise ValueError(
                 f"data.path ({self.path!r}) is for an image folder, but data.dataset is {self.dataset!r}: "
                 "remove one of the two"
@@ -298,9 +307,44 @@ class DataConfig(Strict):
             raise ValueError(f"data.text is for a CSV file, but data.dataset is {self.dataset!r}: remove one of the two")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("data.val_fraction + data.test_fraction must be below 1")
+        self._check_image_list()
         self._check_encoder()
         self._check_series()
         return self
+
+    def _check_image_list(self) -> None:
+        if self.image is None:
+            return
+        if self.path is None or not is_table_path(self.path):
+            given = f"data.path is {self.path!r}" if self.path is not None else "data.path is not set"
+            raise ValueError(
+                f"data.image ({self.image!r}) names the column of image files in a table, but {given}. Fix: set "
+                "data.path to the CSV file that lists the images (or remove data.image to read a folder of class "
+                "subfolders)"
+            )
+        for key in ("text", "time"):
+            if getattr(self, key) is not None:
+                raise ValueError(
+                    f"data.image ({self.image!r}) makes this an image run, but data.{key} ({getattr(self, key)!r}) "
+                    f"makes it a {'text' if key == 'text' else 'forecasting'} run. Remove one of the two"
+                )
+        if self.dataset not in (None, "image-list"):
+            raise ValueError(
+                f"data.image is for an image list in data.path, but data.dataset is {self.dataset!r}: "
+                "remove data.dataset"
+            )
+        if self.target is None:
+            raise ValueError(f"data.image ({self.image!r}) needs data.target, the column of labels of {self.path}")
+        if isinstance(self.target, list):
+            raise ValueError(f"data.target: an image list has one label column, got a list ({self.target})")
+        table_keys = [k for k in ("features", "encoder") if getattr(self, k) is not None]
+        table_keys += [k for k in ("columns",) if getattr(self, k)]
+        table_keys += ["task"] if self.task == "regression" else []
+        if table_keys:
+            raise ValueError(
+                f"data.{table_keys[0]} is for tables and texts; an image list (data.image) reads image files. "
+                f"Remove data.{table_keys[0]}"
+            )
 
     def _check_encoder(self) -> None:
         if self.encoder is None:
@@ -371,7 +415,8 @@ def is_table_path(path: Any) -> bool:
 
 def data_kind(data: Any) -> str:
     """The kind of data a config's ``data`` section describes: ``text`` (token ids), ``embeddings``
-    (texts through data.encoder), ``series``, ``table`` or ``image``. ``data`` is a
+    (texts through data.encoder), ``series``, ``table`` or ``image`` (a built-in image set, a folder
+    of class subfolders, or a table listing image files: data.image). ``data`` is a
     :class:`DataConfig` or its raw mapping (before validation). This is the one place the kind is
     decided from a config; a trained run's kind is read from its data.json."""
     get = data.get if isinstance(data, Mapping) else (lambda key: getattr(data, key, None))
@@ -386,6 +431,8 @@ def data_kind(data: Any) -> str:
         )
     if get("time") is not None or dataset in SERIES_DATASETS:
         return "series"
+    if get("image") is not None:  # a table that lists image files and their labels
+        return "image"
     if path is not None and (dataset == "csv" or is_table_path(path)):
         return "table"
     return "image"
@@ -683,7 +730,7 @@ class Config(Strict):
                 value = {**value, "model": {"name": "lstm"}}  # a series: windows of its past
             elif kind == "embeddings":
                 value = {**value, "model": {"name": "mlp"}}  # text as sentence embeddings: feature vectors (F,)
-            elif kind == "table" or (data.get("path") is not None and is_table_path(data["path"])):
+            elif kind == "table" or (kind != "image" and data.get("path") is not None and is_table_path(data["path"])):
                 value = {**value, "model": {"name": "mlp"}}
         return value
 

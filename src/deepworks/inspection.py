@@ -15,6 +15,7 @@ from typing import Any
 from deepworks.config import Config, data_kind, load_config
 from deepworks.data.datasets import as_image_size, list_datasets, load_from_config
 from deepworks.data.folders import plan_folder
+from deepworks.data.imagelist import plan_image_list
 from deepworks.models.registry import model_from_config
 from deepworks.models.summary import render_summary, summarize
 from deepworks.kinds import prepare_data
@@ -38,8 +39,13 @@ def _data_shape(config: Config) -> tuple[tuple[int, ...], int, str]:
                 channels = d.channels
             return (channels, int(height), int(width)), int(info["classes"]), str(d.dataset)
     if d.path is not None and data_kind(d) == "image":
-        # an image folder: the files' headers give its shape, no pixel is decoded
-        plan = plan_folder(d.path, image_size=as_image_size(d.image_size), channels=d.channels, resize=d.resize)
+        # an image folder or list: the files' headers give its shape, no pixel is decoded
+        size = as_image_size(d.image_size)
+        plan = (
+            plan_image_list(d.path, image=d.image, target=d.target, group_by=d.group_by, image_size=size,
+                            channels=d.channels, resize=d.resize)
+            if d.image is not None else plan_folder(d.path, image_size=size, channels=d.channels, resize=d.resize)
+        )
         return plan.spec.input_shape, len(plan.classes), str(d.path)
     # a table (or a dataset without listed info): its shape is what it holds
     ds = load_from_config(d)

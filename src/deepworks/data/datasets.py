@@ -10,7 +10,8 @@ resort.
 The other loaders register themselves beside the code they call, so this module imports none of
 them (and they import it freely): ``folder`` in :mod:`deepworks.data.folders` (an image folder, or
 a :class:`~deepworks.data.folders.FolderStream` read from disk when it is over the memory budget),
-``csv`` in :mod:`deepworks.data.tabular` (float32 feature vectors (N, F)), ``rotten-tomatoes`` in
+``image-list`` in :mod:`deepworks.data.imagelist` (a table of image files and labels, loaded as a
+folder is), ``csv`` in :mod:`deepworks.data.tabular` (float32 feature vectors (N, F)), ``rotten-tomatoes`` in
 :mod:`deepworks.data.text` (raw texts and labels, a :class:`~deepworks.data.text.TextTable`; the
 pipeline tokenizes them after splitting) and ``co2`` in :mod:`deepworks.data.series`. Importing
 :mod:`deepworks.data` imports them all, so every name is registered before any lookup.
@@ -326,6 +327,8 @@ def load_dataset(
     resize: str = "auto",
     in_memory: bool | str = "auto",
     memory_budget: int | str | None = None,
+    image: str | None = None,
+    group_by: str | None = None,
 ) -> Any:
     """Load a dataset by name (``deepworks datasets`` lists them), or an image folder or CSV file given ``path``.
 
@@ -338,7 +341,16 @@ def load_dataset(
     :class:`~deepworks.data.folders.FolderStream` read from disk during training;
     ``in_memory`` True or False forces the choice. ``resize`` (auto, squash or crop) says how
     images of another shape reach ``image_size``.
+
+    With ``image`` (the column of image files), ``path`` is an image list
+    (:mod:`deepworks.data.imagelist`): a table of image files and their labels (``target``),
+    loaded as an image folder is; ``group_by`` names a column whose rows stay in one split.
     """
+    if image is not None:
+        if name not in (None, "image-list"):
+            raise ConfigError(f"data.image names a column of image files in data.path, but data.dataset is {name!r}: "
+                              "remove one of the two.")
+        name = "image-list"
     if name is None:
         if path is None:
             raise ConfigError(
@@ -347,7 +359,7 @@ def load_dataset(
             )
         name = "csv" if is_table_path(path) else "folder"
     factory = DATASETS.get(name, where="data.dataset")
-    if path is not None and name not in ("folder", "csv"):
+    if path is not None and name not in ("folder", "csv", "image-list"):
         raise ConfigError(
             f"data.path ({str(path)!r}) is for an image folder or a CSV file, but data.dataset is {name!r}: "
             "remove one of the two."
@@ -360,15 +372,17 @@ def load_dataset(
     return factory(
         path=path, root=root, image_size=as_image_size(image_size), channels=channels, on_bad_file=on_bad_file,
         target=target, features=features, resize=resize, in_memory=in_memory, memory_budget=memory_budget,
+        **({"image": image, "group_by": group_by} if image is not None else {}),
     )
 
 
 def load_from_config(data_config: Any) -> Any:
-    """The dataset a config's ``data`` section names (built-in, image folder or CSV)."""
+    """The dataset a config's ``data`` section names (built-in, image folder, image list or CSV)."""
     d = data_config
     return load_dataset(
         d.dataset, path=d.path, root=d.root, image_size=d.image_size, channels=d.channels, on_bad_file=d.on_bad_file,
         target=d.target, features=d.features, resize=d.resize, in_memory=d.in_memory, memory_budget=d.memory_budget,
+        image=d.image, group_by=d.group_by,
     )
 
 

@@ -1,4 +1,5 @@
-"""Images: a built-in dataset or a folder of class subfolders, prepared as uint8 pixels; a trained
+"""Images: a built-in dataset, a folder of class subfolders or an image list (a table of image files and
+labels, data.image), prepared as uint8 pixels; a trained
 run reads image files, folders, glob patterns, arrays, tensors and PIL images, and HTTP uploads,
 always through the run's decode, channels and resize (data.json ``image``) and its normalisation
 (training mean/std). The export puts the normalisation inside the graph (:class:`PixelInput`)."""
@@ -24,7 +25,7 @@ from deepworks.data.images import (
 )
 from deepworks.data.leakage import apply_policy, find_duplicates, sample_hashes
 from deepworks.data.loaders import TensorData, ToInput
-from deepworks.data.splits import apply_subset, dataset_split_indices, take_splits
+from deepworks.data.splits import apply_subset, dataset_split_indices, split_indices, take_splits
 from deepworks.errors import DataError
 from deepworks.kinds.common import (
     SPLITS, Batch, PreparedData, RunInputs, apply_fold, check_on_error, class_counts, data_seed, expand_paths,
@@ -39,13 +40,26 @@ FILE_SCALE = 1 / 255  # 8-bit image files: stored integers -> [0, 1]
 def prepare(config: Config, fold: tuple[int, int | None] | None = None) -> PreparedData:
     """Load the images, split them (seeded, stratified) and normalise them with training statistics only."""
     d = config.data
-    ds = load_from_config(d)  # uint8 images in memory (ImageDataset) or a folder streamed from disk (FolderStream)
+    # uint8 images in memory (ImageDataset) or files streamed from disk (FolderStream), from a built-in
+    # dataset, a folder of class subfolders or an image list (data.image)
+    ds = load_from_config(d)
     official = ds.has_official_test
     seed = data_seed(config)
+    groups = ds.groups  # an image list's data.group_by column: rows sharing a value stay in one split
+    if d.group_by is not None and groups is None:
+        raise DataError(
+            f"data.group_by ({d.group_by!r}) names a column, but {ds.source or ds.name} has no columns: only an image "
+            "list (data.path: a CSV file with data.image) has them. Fix: remove data.group_by, or list the images "
+            "in a CSV file with the group column."
+        )
     # positions first, samples copied once: after folds, the subset and dropped duplicates
-    idx = dataset_split_indices(ds, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=seed)
+    if groups is None:
+        idx = dataset_split_indices(ds, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=seed)
+    else:
+        idx = split_indices(ds.y.numpy(), classes=ds.classes, groups=groups, val_fraction=d.val_fraction,
+                            test_fraction=d.test_fraction, seed=seed, what=f"{ds.source}")
     if fold is not None:
-        idx.update(apply_fold(idx, ds.y.numpy(), fold, True, None, seed, ds.name))
+        idx.update(apply_fold(idx, ds.y.numpy(), fold, True, groups, seed, ds.name))
     idx, classes, remap = apply_subset(
         idx, ds.y.numpy(), d.subset, ds.classes, test_labels=ds.test_y.numpy() if official else None,
         where=f"dataset {ds.name!r}",
