@@ -205,6 +205,14 @@ def test_the_image_column_of_a_list(tmp_path):
     load_config({"data": data})
 
 
+def test_a_file_without_a_header_is_told_from_numbered_columns(tmp_path):
+    (tmp_path / "numbers.csv").write_text("1,2,3\n4,5,6\n7,8,9\n")
+    with pytest.raises(DataError, match=r"numbers.csv: the first row \(1, 2, 3\) looks like data.*no header row"):
+        config_for_data(tmp_path / "numbers.csv")
+    (tmp_path / "years.csv").write_text("2019,2020,label\n1.5,2.5,a\n3.5,4.5,b\n")  # names that are numbers
+    assert config_for_data(tmp_path / "years.csv")["data"]["target"] == "label"
+
+
 @pytest.mark.parametrize("frame, flags, needles", [
     ({"x": [1, 2], "score": [0, 1]}, {}, ["which column is the target?", "'x', 'score'", "--target COLUMN"]),
     ({"x": [1, 2], "label": [0, 1], "class": [1, 0]}, {}, ["'label', 'class' could each be", "--target"]),
@@ -240,4 +248,8 @@ def test_refusals_exit_2_with_one_line(tmp_path, capsys, monkeypatch):
     refused(["train", "nothing-here"], capsys, "nothing-here: no such file or folder")
     refused(["train", "unnamed.csv", "--task", "ranking"], capsys, "--task", "classification or regression")
     refused(["train", "--target", "y"], capsys, "--target", "give the file")
+    refused(["train", "--resume", "photos", "--time", "t"], capsys, "--resume RUN_DIR takes no --time")
+    (tmp_path / "run.yaml").write_text("data: {path: unnamed.csv, target: score}\n")
+    before = sorted(tmp_path.rglob("*"))
+    refused(["train", "run.yaml", "--target", "x"], capsys, "run.yaml is a config", "--set data.target=COLUMN")
     assert sorted(tmp_path.rglob("*")) == before  # refused before anything is written

@@ -301,10 +301,10 @@ def _task(column: pd.Series, where: str, name: str) -> str:
         return "regression"
     if distinct <= 2:
         return "classification"
-    shown = ", ".join(f"{v:g}" for v in sorted(set(numbers.tolist()))[:6])
+    shown = ", ".join(f"{v:g}" for v in sorted(set(numbers.tolist()))[:6]) + (", ..." if distinct > 6 else "")
     raise ConfigError(
-        f"{where}: the target {name!r} holds {distinct} distinct whole numbers ({shown}{', ...' if distinct > 6 else ''}):"
-        " classes or quantities? Fix: --task classification or --task regression."
+        f"{where}: the target {name!r} holds {distinct} distinct whole numbers ({shown}): classes or quantities? "
+        "Fix: --task classification or --task regression."
     )
 
 

@@ -95,6 +95,9 @@ def train(
 def _config_source(config: Path | None, resume: Path | None, **columns: str | None) -> Path | dict | None:
     """``config`` itself (a YAML file), or the config inferred from the data it names."""
     given = [f"--{flag}" for flag, value in columns.items() if value is not None]
+    if resume is not None and given:
+        raise DeepworksError(f"train --resume RUN_DIR takes no {', '.join(given)}: a run continues with its own "
+                             "config.")
     if config is None or resume is not None:
         if given:
             raise DeepworksError(f"train {' '.join(given)}: these name the columns of a table file; give the file "
@@ -158,7 +161,8 @@ def _cross_validate(config: Path | dict | None, set_: list[str] | None, run_dir:
     import deepworks
 
     if config is None:
-        raise DeepworksError("train --cv: give a CONFIG.yaml or the data (a folder of class subfolders, or a table file).")
+        raise DeepworksError("train --cv: give a CONFIG.yaml or the data (a folder of class subfolders, or a table "
+                             "file).")
     summary = deepworks.cross_validate(config, folds=folds, overrides=set_ or [], run_dir=run_dir)
     table = Table(title=f"{summary['folds']}-fold cross-validation (validation figures)", show_header=True)
     table.add_column("fold")
