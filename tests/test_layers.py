@@ -30,7 +30,8 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
     ("evaluate", frozenset({"evaluate"})),
     ("train", frozenset({"train"})),
     ("transfer", frozenset({"transfer"})),
-    ("kinds", frozenset({"kinds"})),
+    # autoconfig infers a config's data keys from the data itself (files or a DataFrame): beside the kinds
+    ("kinds", frozenset({"kinds", "autoconfig"})),
     # the orchestrators: what train, predict, evaluate, inspect and the GAN runs call, and what the
     # capabilities above build on
     ("pipeline", frozenset({"pipeline", "predictor", "generation", "judge", "analysis", "inspection"})),

@@ -21,7 +21,7 @@ from deepworks.errors import DeepworksError
 
 app = typer.Typer(
     name="deepworks",
-    help="A deep-learning workbench: train, evaluate and use models from a YAML config.",
+    help="A deep-learning workbench: train, evaluate and use models, from a YAML config or straight from data.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -32,7 +32,10 @@ err = Console(stderr=True)
 
 @app.command()
 def train(
-    config: Annotated[Optional[Path], typer.Argument(help="the run's YAML config")] = None,
+    config: Annotated[
+        Optional[Path], typer.Argument(help="the run's YAML config, or the data itself: a folder with one subfolder of "
+                                            "images per class, or a table file (.csv, .parquet, ...)")
+    ] = None,
     set_: Annotated[
         Optional[list[str]], typer.Option("--set", help="override a key: --set train.epochs=5 (repeatable)")
     ] = None,
@@ -44,10 +47,31 @@ def train(
     cv: Annotated[
         Optional[int], typer.Option("--cv", help="k-fold cross-validation over the non-test data (k >= 2)")
     ] = None,
+    target: Annotated[
+        Optional[str], typer.Option("--target", help="training from a table: the column to predict (default: the "
+                                    "column named label, target, class or y)")
+    ] = None,
+    text: Annotated[
+        Optional[str], typer.Option("--text", help="training from a table: the column of texts to classify (default: "
+                                    "the one text-like column, if any)")
+    ] = None,
+    time: Annotated[
+        Optional[str], typer.Option("--time", help="training from a table: the time column; forecasts --target")
+    ] = None,
+    task: Annotated[
+        Optional[str], typer.Option("--task", help="training from a table: classification or regression, where the "
+                                    "target could be either")
+    ] = None,
 ) -> None:
-    """Train a model from CONFIG, or continue a run with --resume RUN_DIR."""
+    """Train a model from CONFIG, or straight from data (a folder of class subfolders, or a table
+    file with --target, --text or --time where they cannot be inferred), or continue a run with
+    --resume RUN_DIR. Trained from data, the config is inferred, printed, and saved as the run's
+    config.yaml: `deepworks train RUN_DIR/config.yaml` repeats the run."""
     from deepworks.runtime import shutdown_distributed
 
+    config = _config_source(config, resume, target=target, text=text, time=time, task=task)
+    if isinstance(config, dict):
+        _print_inferred(config, set_)
     if cv is not None or _config_asks_for_cv(config, set_, resume):
         if resume is not None or nproc > 1:
             raise DeepworksError("train --cv: cross-validation runs in one process and cannot be resumed.")
@@ -68,7 +92,47 @@ def train(
         shutdown_distributed()
 
 
-def _train(config: Path | None, set_: list[str] | None, run_dir: Path | None, resume: Path | None) -> None:
+def _config_source(config: Path | None, resume: Path | None, **columns: str | None) -> Path | dict | None:
+    """``config`` itself (a YAML file), or the config inferred from the data it names."""
+    given = [f"--{flag}" for flag, value in columns.items() if value is not None]
+    if resume is not None and given:
+        raise DeepworksError(f"train --resume RUN_DIR takes no {', '.join(given)}: a run continues with its own "
+                             "config.")
+    if config is None or resume is not None:
+        if given:
+            raise DeepworksError(f"train {' '.join(given)}: these name the columns of a table file; give the file "
+                                 "(deepworks train TABLE.csv --target COLUMN).")
+        return config
+    from deepworks.autoconfig import config_for_data, is_data_path
+
+    if not is_data_path(config):
+        if given:
+            raise DeepworksError(
+                f"train {' '.join(given)}: {config} is a config, which names its columns itself. Fix: set them in "
+                f"the config or with --set (--set data.target=COLUMN), or give the data file instead of the config."
+            )
+        return config
+    return config_for_data(config, **columns)
+
+
+def _print_inferred(config: dict, set_: list[str] | None) -> None:
+    """The inferred keys, the model they get and the overrides, before the run starts (once, not
+    once per process): what the data implied, short; the run's config.yaml holds every key."""
+    import yaml
+
+    from deepworks.config import load_config
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    model = load_config(config, set_ or []).model.name  # a bad --set is refused here, before any work
+    lines = [f"  {key}: " + (yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+                             if isinstance(value, dict) else str(value)) for key, value in config.items()]
+    lines += [f"  model: {model}"] + [f"  --set {item}" for item in set_ or []]
+    out.print("config (inferred from the data; the run directory's config.yaml holds every key):\n" + "\n".join(lines),
+              highlight=False, soft_wrap=True, markup=False)
+
+
+def _train(config: Path | dict | None, set_: list[str] | None, run_dir: Path | None, resume: Path | None) -> None:
     import deepworks
     from deepworks.runtime import distributed_context
 
@@ -78,13 +142,14 @@ def _train(config: Path | None, set_: list[str] | None, run_dir: Path | None, re
         run = deepworks.resume(resume)
     else:
         if config is None:
-            raise DeepworksError("train: give a CONFIG.yaml (see examples/configs/) or --resume RUN_DIR.")
+            raise DeepworksError("train: give a CONFIG.yaml (see examples/configs/), the data (a folder of class "
+                                 "subfolders, or a table file), or --resume RUN_DIR.")
         run = deepworks.train(config, overrides=set_ or [], run_dir=run_dir)
     if distributed_context().is_main:
         _print_summary(run.summary, run.dir)
 
 
-def _config_asks_for_cv(config: Path | None, set_: list[str] | None, resume: Path | None) -> bool:
+def _config_asks_for_cv(config: Path | dict | None, set_: list[str] | None, resume: Path | None) -> bool:
     if config is None or resume is not None:
         return False
     from deepworks.config import load_config
@@ -92,11 +157,12 @@ def _config_asks_for_cv(config: Path | None, set_: list[str] | None, resume: Pat
     return load_config(config, set_ or []).data.cv is not None
 
 
-def _cross_validate(config: Path | None, set_: list[str] | None, run_dir: Path | None, folds: int | None) -> None:
+def _cross_validate(config: Path | dict | None, set_: list[str] | None, run_dir: Path | None, folds: int | None) -> None:
     import deepworks
 
     if config is None:
-        raise DeepworksError("train --cv: give a CONFIG.yaml.")
+        raise DeepworksError("train --cv: give a CONFIG.yaml or the data (a folder of class subfolders, or a table "
+                             "file).")
     summary = deepworks.cross_validate(config, folds=folds, overrides=set_ or [], run_dir=run_dir)
     table = Table(title=f"{summary['folds']}-fold cross-validation (validation figures)", show_header=True)
     table.add_column("fold")
@@ -111,7 +177,7 @@ def _cross_validate(config: Path | None, set_: list[str] | None, run_dir: Path |
     out.print("test (final model, all non-test data): " + ", ".join(f"{m} {test[m]:.4f}" for m in metrics if m in test))
 
 
-def _check_before_launch(config: Path | None, set_: list[str] | None, resume: Path | None) -> None:
+def _check_before_launch(config: Path | dict | None, set_: list[str] | None, resume: Path | None) -> None:
     from deepworks.config import load_config
 
     if resume is not None:

@@ -719,20 +719,30 @@ class Config(Strict):
     @model_validator(mode="before")
     @classmethod
     def _default_model_for_tables(cls, value: Any) -> Any:
-        # the default model is a CNN for images and an MLP for tables (and for texts read through data.encoder)
-        if isinstance(value, dict) and value.get("model") is None and isinstance(value.get("data"), dict):
-            data = value["data"]
-            try:
-                kind = data_kind(data)
-            except ConfigError:  # data.encoder on data that is not text: refused with its message when prepared
-                kind = "embeddings"
-            if kind == "series":
-                value = {**value, "model": {"name": "lstm"}}  # a series: windows of its past
-            elif kind == "embeddings":
-                value = {**value, "model": {"name": "mlp"}}  # text as sentence embeddings: feature vectors (F,)
-            elif kind == "table" or (kind != "image" and data.get("path") is not None and is_table_path(data["path"])):
-                value = {**value, "model": {"name": "mlp"}}
-        return value
+        # the default model is a CNN for images, an MLP for tables (and for texts read through data.encoder),
+        # an LSTM for series, and a bidirectional LSTM max-pooled over the words for texts (token ids); a model
+        # section without a name (`--set model.hidden=[32]` on a table) tunes the kind's default model
+        if not isinstance(value, dict) or not isinstance(value.get("data"), dict):
+            return value
+        model = value.get("model")
+        if not (model is None or isinstance(model, dict) and "name" not in model):
+            return value
+        data = value["data"]
+        try:
+            kind = data_kind(data)
+        except ConfigError:  # data.encoder on data that is not text: refused with its message when prepared
+            kind = "embeddings"
+        if kind == "series":
+            default = {"name": "lstm"}  # a series: windows of its past
+        elif kind == "text":  # padding never counts (packed); the max keeps the telling words wherever they are
+            default = {"name": "lstm", "bidirectional": True, "pool": "max"}
+        elif kind in ("embeddings", "table") or (
+            kind != "image" and data.get("path") is not None and is_table_path(data["path"])
+        ):
+            default = {"name": "mlp"}  # feature vectors (F,): a table's encoded row, or a text's sentence embedding
+        else:
+            return value
+        return {**value, "model": {**default, **(model or {})}}
 
     @model_validator(mode="before")
     @classmethod

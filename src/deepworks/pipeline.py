@@ -389,11 +389,13 @@ def _save_predictions(run: RunDir, trainer: Trainer, data: PreparedData) -> None
 def _record_baselines(trainer: Trainer, data: PreparedData, run: RunDir, seed: int) -> None:
     """Simple models on the same split and features (for text, the same raw training texts),
     beside the network in summary.json."""
+    # the final model of a cross-validation trains on all non-test data: its validation split is empty
+    scored = [split for split in ("val", "test") if len(getattr(data, split).y)]
     if data.raw is not None:
-        texts = {"val": (data.raw["val"], data.val.y), "test": (data.raw["test"], data.test.y)}
+        texts = {split: (data.raw[split], getattr(data, split).y) for split in scored}
         baselines = text_baselines(data.task, (data.raw["train"], data.train.y), texts, seed=seed)
     else:
-        splits = {"val": (data.val.x, data.val.y), "test": (data.test.x, data.test.y)}
+        splits = {split: (getattr(data, split).x, getattr(data, split).y) for split in scored}
         baselines = tabular_baselines(data.task, (data.train.x, data.train.y), splits, seed=seed)
     trainer.summary["baselines"] = baselines
     if distributed_context().is_main:
