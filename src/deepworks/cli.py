@@ -183,7 +183,9 @@ def _check_before_launch(config: Path | dict | None, set_: list[str] | None, res
     if resume is not None:
         if not (resume / "config.yaml").is_file():
             raise DeepworksError(f"{resume}: not a deepworks run directory (no config.yaml).")
-        load_config(resume / "config.yaml")
+        from deepworks.models.external import run_config
+
+        run_config(resume)
     elif config is not None:
         if load_config(config, set_ or []).train.tensorboard:
             from deepworks.train.tensorboard import summary_writer_class
@@ -432,6 +434,52 @@ def datasets(as_json: Annotated[bool, typer.Option("--json", help="print JSON")]
         "(data.path: reviews.csv, data.text: text_column, data.target: label_column),\n"
         "or a time series to forecast (data.path: series.csv, data.time: time_column, data.target: column)."
     )
+
+
+@app.command()
+def models(
+    name: Annotated[Optional[str], typer.Argument(help="one model: its keys with descriptions")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """List the models (built-in and added by installed packages) with their keys and defaults."""
+    from deepworks.models.registry import describe_model, describe_models
+
+    rows = [describe_model(name)] if name is not None else describe_models()
+    if as_json:
+        print(json.dumps(rows, indent=2, default=repr))
+        return
+    if name is not None:
+        row = rows[0]
+        out.print(f"[bold]{escape(row['name'])}[/bold] ({escape(row['origin'])}): {escape(row['description'])}",
+                  highlight=False, soft_wrap=True)
+        out.print(f"reads: {escape(row['inputs'])}", highlight=False)
+        table = Table(show_header=True)
+        for col in ("key", "type", "default", "description"):
+            table.add_column(col, overflow="fold")
+        for p in row["params"]:
+            table.add_row(escape(p["name"]), escape(p["type"]), "(required)" if p["required"] else escape(_yaml_value(p["default"])),
+                          escape(p["description"]))
+        out.print(table if row["params"] else "keys: none")
+        out.print("Every model also takes model.init, model.zero_bias, model.pretrained and model.weights "
+                  "(deepworks inspect CONFIG shows the layers).", highlight=False)
+        return
+    for r in rows:  # one model a paragraph: its keys are too many for a table's column
+        out.print(f"[bold]{escape(r['name'])}[/bold] ({escape(r['origin'])}; reads {escape(r['inputs'])}): "
+                  f"{escape(r['description'])}", highlight=False, soft_wrap=True)
+        keys = ", ".join(f"{p['name']}" + (" (required)" if p["required"] else f"={_yaml_value(p['default'])}")
+                         for p in r["params"])
+        out.print(f"    keys: {escape(keys) or 'none'}", highlight=False, soft_wrap=True)
+    out.print("`deepworks models NAME` describes one model's keys. A model of your own: model.name: "
+              "'package.module:factory' (README, \"Your own model\").", highlight=False)
+
+
+def _yaml_value(value: object) -> str:
+    import yaml
+
+    try:
+        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
+    except yaml.YAMLError:
+        return repr(value)
 
 
 @app.command("lr-find")

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from deepworks.errors import ConfigError, DeepworksError, UnknownNameError, close_matches
+from deepworks.errors import ConfigError, DeepworksError, ModelImportError, UnknownNameError, close_matches
 from deepworks.registry import Registry
 
 __all__ = [
@@ -1067,6 +1067,8 @@ def resolve_components(section: BaseModel, at: tuple[str, ...] = (), origin: str
         where = ".".join(path)
         try:
             entry = registry.entry(block.name, where=f"{where}.name")
+        except ModelImportError as exc:  # a model's module cannot be imported: the one problem worth saying
+            raise (exc.at(f"{origin}: {exc.where}") if origin != "config" else exc) from None
         except DeepworksError as exc:
             problems.append(str(exc))
             continue

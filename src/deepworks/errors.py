@@ -18,6 +18,7 @@ __all__ = [
     "UnknownNameError",
     "CheckpointError",
     "ShapeError",
+    "ModelImportError",
     "TrainingError",
     "close_matches",
 ]
@@ -39,6 +40,24 @@ class DataError(DeepworksError):
 
 class ShapeError(ConfigError):
     """A model cannot be built or run for the shapes of the data it was given."""
+
+
+class ModelImportError(ConfigError):
+    """A model named by import path (``package.module:factory``) or by an installed package's entry
+    point cannot be imported, or what it names is not a model factory.
+
+    ``name`` is the model's name, ``problem`` says what went wrong and ``fix`` what to do; the message
+    is ``"{where}: {problem}. Fix: {fix}"``, so a caller that knows more (the run being loaded) can say
+    it again with its own ``where``.
+    """
+
+    def __init__(self, name: str, problem: str, fix: str, where: str = "model.name"):
+        self.name, self.problem, self.fix, self.where = name, problem, fix, where
+        super().__init__(f"{where}: {problem}. Fix: {fix}")
+
+    def at(self, where: str) -> ModelImportError:
+        """The same error, said of ``where``."""
+        return ModelImportError(self.name, self.problem, self.fix, where)
 
 
 class CheckpointError(DeepworksError):

@@ -11,6 +11,7 @@ from typing import Any
 from deepworks import generation, pipeline
 from deepworks.config import Config, load_config, merge_overrides
 from deepworks.errors import CheckpointError, ConfigError
+from deepworks.models.external import run_config
 from deepworks.models.gan import is_adversarial
 from deepworks.predictor import Run
 from deepworks.runs import RunDir
@@ -48,7 +49,7 @@ def resume(run_dir: str | Path) -> Run:
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise CheckpointError(f"{run.path}: no such run directory.")
-    cfg = load_config(run.config)
+    cfg = run_config(run.path)
     if is_adversarial(cfg.model.name):
         return generation.resume_gan(run, cfg)
     return pipeline.resume(run_dir)

@@ -30,7 +30,9 @@ from deepworks.evaluate.forecasting import forecast_scores
 from deepworks.evaluate.predictions import confidently_wrong, display_pixels, save_predictions
 from deepworks.kinds import PreparedData, kind_of_record, new_model, prepare_data
 from deepworks.kinds.common import balance_classes
+from deepworks.models.external import run_config
 from deepworks.models.gan import is_adversarial
+from deepworks.models.registry import model_source
 from deepworks.predictor import Run, load_run, predict
 from deepworks.runs import RunDir, atomic_write, new_run_dir
 from deepworks.runtime import barrier, broadcast_object, distributed_context
@@ -86,7 +88,7 @@ def train(
     if dist.is_main:
         run.create()
         atomic_write(run.config, dump_config(cfg))
-        run.write_json(run.data, data.info)
+        run.write_json(run.data, _data_record(cfg, data))
         print(f"run directory: {run.path}", flush=True)
         if found is not None:
             _write_lr_find(run, found, cfg.name)
@@ -214,8 +216,15 @@ def _start(cfg: Config, data: PreparedData, path: Path) -> tuple[PreparedData, n
     model = new_model(cfg, data.input_shape, data.task, data.info)
     run = RunDir(path).create()
     atomic_write(run.config, dump_config(cfg))
-    run.write_json(run.data, data.info)
+    run.write_json(run.data, _data_record(cfg, data))
     return data, model, run
+
+
+def _data_record(cfg: Config, data: PreparedData) -> dict[str, Any]:
+    """data.json: the data's record and, for a model from outside deepworks, where it came from (its
+    module's file and SHA-256), which loading the run checks (models/external.py)."""
+    source = model_source(cfg.model.name)
+    return {**data.info, "model_source": source} if source is not None else data.info
 
 
 def resume(run_dir: str | Path) -> Run:
@@ -223,7 +232,7 @@ def resume(run_dir: str | Path) -> Run:
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise CheckpointError(f"{run.path}: no such run directory.")
-    cfg = load_config(run.config)
+    cfg = run_config(run.path)
     if is_adversarial(cfg.model.name):
         raise ConfigError(f"{run.path}: a GAN run resumes in its own loop. Fix: deepworks.resume(run_dir) (or "
                           "`deepworks train --resume RUN_DIR`) routes it there.")

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepworks.config import Config, load_config
+from deepworks.config import Config
 from deepworks.data.folders import FileProgress
 from deepworks.errors import CheckpointError, ConfigError, DataError
 from deepworks.kinds import RunInputs, inputs_for_run, new_model
+from deepworks.models.external import run_config
 from deepworks.models.gan import is_adversarial
 from deepworks.runs import RunDir, existing_run
 from deepworks.runtime import has_conv, resolve_device, return_large_blocks
@@ -63,7 +64,7 @@ class Run:
 def load_run(run_dir: str | Path) -> Run:
     """Open a finished (or interrupted) run: config, classes and the best model's weights."""
     run = existing_run(run_dir)
-    cfg = load_config(run.config)
+    cfg = run_config(run.path)  # a model from outside deepworks: imported as the run recorded it
     if is_adversarial(cfg.model.name):
         raise ConfigError(f"{run.path}: a GAN run ({cfg.model.name}) has a generator, not a classifier. "
                           f"Fix: `deepworks generate {run.path} --n 16 --out DIR`, or deepworks.generate(...).")

@@ -34,6 +34,7 @@ class Entry:
     factory: Callable[..., Any]
     params: type[BaseModel] | None
     description: str
+    origin: str = "built-in"  # or where it came from: an import path's module, a package's entry point
 
 
 class Registry(Generic[F]):
@@ -42,6 +43,7 @@ class Registry(Generic[F]):
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        self._origin = "built-in"  # what register() records as the origin of the entries it adds
 
     def register(
         self,
@@ -58,7 +60,7 @@ class Registry(Generic[F]):
             for key in (name, *aliases):
                 if key in self._entries:
                     raise ValueError(f"{self.kind} {key!r} is registered twice")
-                self._entries[key] = Entry(key, factory, params, doc)
+                self._entries[key] = Entry(key, factory, params, doc, self._origin)
             return factory
 
         return deco

@@ -54,9 +54,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepworks.config import load_config
 from deepworks.errors import ConfigError, DataError, DeepworksError
 from deepworks.kinds.image import PixelInput  # noqa: F401  (re-exported: the graph's wrapper of image runs)
+from deepworks.models.external import run_config
 from deepworks.models.gan import is_adversarial
 from deepworks.runs import existing_run
 from deepworks.version import __version__
@@ -107,7 +107,7 @@ def export(
     opset = int(opset) if opset is not None else DEFAULT_OPSET
     onnx, ort = _require_runtime()
     run = existing_run(run_dir)
-    cfg = load_config(run.config)
+    cfg = run_config(run.path)
     if is_adversarial(cfg.model.name):
         raise ConfigError(
             f"{run.path}: a GAN run ({cfg.model.name}) is not exported: export writes classifiers and regressors "

@@ -2,22 +2,121 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError
 from torch import nn
 
-from deepworks.errors import ConfigError, ShapeError
+from deepworks.errors import ConfigError, ModelImportError, ShapeError, UnknownNameError
+from deepworks.models import external
 from deepworks.models.init import apply_init
-from deepworks.registry import Registry
+from deepworks.registry import Entry, Registry
 
 __all__ = [
-    "MODELS", "create_model", "model_from_config", "list_models", "flat_input", "takes_flat_input", "sequence_input",
-    "takes_sequence_input",
+    "MODELS", "ModelRegistry", "create_model", "model_from_config", "list_models", "flat_input", "takes_flat_input",
+    "sequence_input", "takes_sequence_input", "describe_model", "describe_models", "model_source",
 ]
 
-MODELS: Registry = Registry("model")
+
+class ModelRegistry(Registry):
+    """The model registry: the built-in models, the models installed packages add through the
+    ``deepworks.models`` entry point group (loaded the first time a name is not built in), and any
+    ``package.module:factory`` import path (see :mod:`deepworks.models.external`).
+
+    Register a model of your own under a name with the decorator, giving the schema of its keys::
+
+        class TinyParams(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            width: int = Field(32, description="hidden units")
+
+        @MODELS.register("tiny", params=TinyParams, description="one hidden layer")
+        @flat_input                        # it reads feature vectors (F,) too, not only images
+        def tiny(input_shape, num_classes, width):
+            ...                            # return an nn.Module
+
+    Without ``params``, the keys are checked against the factory's signature.
+    """
+
+    def __init__(self, kind: str):
+        super().__init__(kind)
+        self._loaded_points: set[tuple[str, str]] = set()
+
+    def entry(self, name: str, where: str | None = None) -> Entry:
+        if isinstance(name, str) and name in self._entries:
+            return self._entries[name]
+        if external.is_import_path(name):
+            try:
+                factory = external.import_factory(name)
+            except ModelImportError as exc:
+                raise exc.at(where) if where else exc from None
+            return Entry(name, factory, external.params_schema(factory, name), external.factory_description(factory),
+                         f"import path ({getattr(factory, '__module__', '?')})")
+        if isinstance(name, str):
+            self.load_entry_points(name)
+            if name in self._entries:
+                return self._entries[name]
+        exc = UnknownNameError(self.kind, name, set(self._entries) | self.entry_point_names(), where)
+        exc.args = (f"{exc} A model of your own is named by import path: 'package.module:factory'.",)
+        raise exc
+
+    def entry_point_names(self) -> set[str]:
+        return {ep.name for ep in external.entry_points()}
+
+    def load_entry_points(self, name: str | None = None, *, strict: bool = True) -> None:
+        """Load the ``deepworks.models`` entry points not loaded yet: those called ``name`` first, then,
+        while ``name`` is still unknown (a module may register other names), the rest; all of them when
+        ``name`` is None. One that fails is a :class:`ModelImportError` (``strict``) or a warning."""
+        points = [ep for ep in external.entry_points() if (ep.name, ep.value) not in self._loaded_points]
+        for ep in sorted(points, key=lambda ep: ep.name != name):
+            if name is not None and name in self._entries:
+                return
+            self._loaded_points.add((ep.name, ep.value))
+            try:
+                self._load_entry_point(ep)
+            except ModelImportError as exc:
+                if strict:
+                    raise
+                import warnings
+
+                warnings.warn(str(exc), stacklevel=2)
+
+    def _load_entry_point(self, ep: Any) -> None:
+        label = external.entry_point_label(ep)
+        saved, self._origin = self._origin, label
+        try:
+            obj = ep.load()
+        except Exception as exc:
+            raise ModelImportError(ep.name, f"the {label} cannot be loaded ({type(exc).__name__}: {exc})",
+                                   "reinstall that package, or uninstall it", where=f"model {ep.name!r}") from None
+        finally:
+            self._origin = saved
+        if inspect.ismodule(obj):  # a module that registered its models when imported
+            return
+        external.check_factory(ep.name, obj)
+        if ep.name in self._entries:
+            raise ModelImportError(ep.name, f"the {label} names a model that already exists",
+                                   "rename the entry point", where=f"model {ep.name!r}")
+        saved, self._origin = self._origin, label
+        try:
+            self.register(ep.name, description=external.factory_description(obj))(obj)
+        finally:
+            self._origin = saved
+
+    def register(self, name: str, *, params: Any = None, description: str = "", aliases: tuple[str, ...] = ()):
+        """Decorator: register a model factory under ``name``; ``params`` is the pydantic model of its
+        keys (default: read from the factory's signature)."""
+
+        def deco(factory: F) -> F:
+            schema = params if params is not None else external.params_schema(factory, name)
+            return Registry.register(self, name, params=schema, description=description, aliases=aliases)(factory)
+
+        return deco
+
+
+MODELS: ModelRegistry = ModelRegistry("model")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,6 +147,10 @@ def takes_sequence_input(name: str) -> bool:
     return bool(getattr(MODELS.get(name), "sequence_input", False))
 
 
+def _a(word: str) -> str:
+    return f"an {word}" if word[:1].lower() in "aeiou" else f"a {word}"
+
+
 def _choices(names: list[str]) -> str:
     return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
@@ -59,6 +162,14 @@ def _check_input(name: str, shape: tuple[int, ...], vocab_size: int | None) -> N
             f"input_shape: expected (channels, height, width) for images, (features,) for tabular data, "
             f"(steps, features) for series windows or (length,) with a vocab_size for text, got {shape}"
         )
+    entry = MODELS.entry(name)
+    if entry.origin != "built-in" and not (takes_flat_input(name) or takes_sequence_input(name)):
+        # a model from outside deepworks without a mark reads what it is given; token ids need a vocab_size
+        if vocab_size is not None and not external.takes_keyword(entry.factory, "vocab_size"):
+            raise ShapeError(f"model.name: {name} reads token ids of length {shape[0]} here, but its factory takes "
+                             "no vocab_size keyword. Fix: add a vocab_size parameter (the vocabulary's size, for an "
+                             "nn.Embedding)")
+        return
     sequence = [n for n in MODELS.names() if takes_sequence_input(n)]
     if vocab_size is not None:
         if len(shape) != 1:
@@ -122,6 +233,9 @@ def create_model(
     if vocab_size is not None:
         params["vocab_size"] = int(vocab_size)
     model = entry.factory(shape, int(num_classes), **params)
+    if not isinstance(model, nn.Module):
+        raise ModelImportError(name, f"{name} returned {_a(type(model).__name__)}, not a torch nn.Module",
+                               "return the network (an nn.Module) from the factory")
     return apply_init(model, init, zero_bias)
 
 
@@ -139,3 +253,54 @@ def model_from_config(
 
 def list_models() -> list[str]:
     return MODELS.names()
+
+
+def model_source(name: str) -> dict[str, Any] | None:
+    """What a run records of a model from outside deepworks (import path or entry point): its name,
+    origin, module, the module's file and the file's SHA-256; None for a built-in model."""
+    entry = MODELS.entry(name, where="model.name")
+    if entry.origin == "built-in":
+        return None
+    return external.source_record(name, entry.factory, entry.origin)
+
+
+def _type_name(annotation: Any) -> str:
+    if getattr(annotation, "__origin__", None) is Literal:
+        return " | ".join(str(a) for a in annotation.__args__)
+    if isinstance(annotation, type) and not getattr(annotation, "__args__", None):
+        return annotation.__name__
+    text = re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", str(annotation))  # ConvBlock, not a.b.ConvBlock
+    return "any" if text == "Any" else text
+
+
+def _inputs(name: str, entry: Entry) -> str:
+    flat, sequence = takes_flat_input(name), takes_sequence_input(name)
+    if entry.origin != "built-in" and not (flat or sequence):
+        return "any"
+    if sequence:
+        return "token ids, series windows" + (", feature vectors" if flat else "")
+    return "images, feature vectors" if flat else "images"
+
+
+def describe_model(name: str) -> dict[str, Any]:
+    """One model as ``deepworks models NAME`` shows it: name, origin (built-in, an import path's module,
+    a package's entry point), description, the inputs it reads, and its keys with type, default and
+    description (read from its parameter schema)."""
+    entry = MODELS.entry(name, where="deepworks models NAME")
+    params = []
+    for key, field in (entry.params.model_fields.items() if entry.params is not None else ()):
+        required = field.is_required()
+        default = None if required else field.get_default(call_default_factory=True)
+        params.append({
+            "name": field.alias or key, "type": _type_name(field.annotation), "required": required,
+            "default": default, "description": field.description or "",
+        })
+    return {"name": name, "origin": entry.origin, "description": entry.description, "inputs": _inputs(name, entry),
+            "params": params}
+
+
+def describe_models() -> list[dict[str, Any]]:
+    """Every model, built-in and registered by an installed package's entry point (all loaded; one that
+    fails to load is a warning), as :func:`describe_model` describes it."""
+    MODELS.load_entry_points(strict=False)
+    return [describe_model(name) for name in MODELS.names()]
