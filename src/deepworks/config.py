@@ -233,6 +233,10 @@ class DataConfig(Strict):
         "mean over tokens of each of its last 4 layers, each normalised per text, concatenated: 4 x 384 values for "
         "all-MiniLM-L6-v2)"
     )
+    fingerprint: str | None = Field(
+        None, description="data given in Python (deepworks.train(source=...); data.dataset arrays or dataframe): the "
+        "SHA-256 of its values, written by deepworks so that a later call can check it is given the same data"
+    )
     # ---- time series (forecasting): a table with a time column
     time: str | None = Field(
         None, description="forecasting: the time column (dates or numbers); setting it makes the run a forecast"
@@ -298,15 +302,20 @@ class DataConfig(Strict):
                 f"data.path ({self.path!r}) is for an image folder, but data.dataset is {self.dataset!r}: "
                 "remove one of the two"
             )
-        if self.text is not None and self.path is None:
+        if self.text is not None and self.path is None and self.dataset != "dataframe":
             raise ValueError(
                 f"data.text ({self.text!r}) names the text column of a CSV file: set data.path to the file "
                 f"(a built-in text dataset such as rotten-tomatoes names its own columns; remove data.text)"
             )
-        if self.text is not None and self.dataset not in (None, "csv"):
+        if self.text is not None and self.dataset not in (None, "csv", "dataframe"):
             raise ValueError(f"data.text is for a CSV file, but data.dataset is {self.dataset!r}: remove one of the two")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("data.val_fraction + data.test_fraction must be below 1")
+        if (self.fingerprint is None) != (self.dataset not in MEMORY_DATASETS):
+            raise ValueError(
+                "data.fingerprint names data given in Python (data.dataset: arrays or dataframe) and goes with them "
+                "only; deepworks.train(source=...) writes both. Fix: remove data.fingerprint, or train with source="
+            )
         self._check_image_list()
         self._check_encoder()
         self._check_series()
@@ -402,6 +411,8 @@ class DataConfig(Strict):
 # built-in datasets that are series (data.time is implied) and those that are texts (data.text is implied)
 SERIES_DATASETS = ("co2",)
 TEXT_DATASETS = ("rotten-tomatoes",)
+# data given in Python (deepworks.train(source=...)): images (arrays, a Dataset of images) and tables (a DataFrame)
+MEMORY_DATASETS = ("arrays", "dataframe")
 # a data.path with one of these suffixes is a table (CSV or Parquet); any other path is an image folder
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 # the kinds of data a run trains on; each has one module in deepworks.kinds (GANs are a kind of run, not of data)
@@ -433,7 +444,7 @@ def data_kind(data: Any) -> str:
         return "series"
     if get("image") is not None:  # a table that lists image files and their labels
         return "image"
-    if path is not None and (dataset == "csv" or is_table_path(path)):
+    if dataset == "dataframe" or path is not None and (dataset == "csv" or is_table_path(path)):
         return "table"
     return "image"
 

@@ -23,6 +23,7 @@ from torch import nn
 from deepworks.config import Config, dump_config, load_config, merge_overrides
 from deepworks.data import build_augment
 from deepworks.data.folders import StreamedImages
+from deepworks.data.memory import given_again
 from deepworks.errors import CheckpointError, ConfigError, TrainingError
 from deepworks.evaluate.baselines import tabular_baselines, text_baselines
 from deepworks.evaluate.diagnosis import diagnose, render_diagnosis
@@ -447,15 +448,17 @@ def check_same_data(run: RunDir, data: PreparedData) -> None:
         )
 
 
-def evaluate(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
+def evaluate(run_dir: str | Path, split: str = "test", *, source: Any = None) -> dict[str, Any]:
     """The full report of the run's best model on ``split`` (val or test): per class for
-    classification runs, per target for regression runs."""
+    classification runs, per target for regression runs. A run trained on data given in Python
+    is given the same data again (``source``, checked against the run's fingerprint)."""
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split: expected train, val or test, got {split!r}.")
     loaded = load_run(run_dir)
     run = RunDir(run_dir)
     torch.manual_seed(loaded.config.seed)
-    data = prepare_data(loaded.config)
+    with given_again(loaded.config, source, str(run.path)):
+        data = prepare_data(loaded.config)
     check_same_data(run, data)
     trainer = Trainer(loaded.model, loaded.config.train.model_copy(update={"progress": "none"}), task=loaded.task)
     report = trainer.evaluate(getattr(data, split))

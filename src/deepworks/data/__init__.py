@@ -24,7 +24,7 @@ from deepworks.data.tabular import load_csv
 # The modules that register the folder, csv, image-list, rotten-tomatoes and co2 loaders in DATASETS (folders
 # and tabular above, imagelist, text and series here): importing any part of deepworks.data runs this file first,
 # so every dataset name is known before load_dataset looks one up.
-from deepworks.data import imagelist, series, text  # noqa: E402,F401  (registration)
+from deepworks.data import imagelist, memory, series, text  # noqa: E402,F401  (registration)
 
 bind_op_list(("data", "augment"), AUGMENTS)
 

@@ -329,6 +329,7 @@ def load_dataset(
     memory_budget: int | str | None = None,
     image: str | None = None,
     group_by: str | None = None,
+    fingerprint: str | None = None,
 ) -> Any:
     """Load a dataset by name (``deepworks datasets`` lists them), or an image folder or CSV file given ``path``.
 
@@ -373,6 +374,7 @@ def load_dataset(
         path=path, root=root, image_size=as_image_size(image_size), channels=channels, on_bad_file=on_bad_file,
         target=target, features=features, resize=resize, in_memory=in_memory, memory_budget=memory_budget,
         **({"image": image, "group_by": group_by} if image is not None else {}),
+        **({"fingerprint": fingerprint} if fingerprint is not None else {}),
     )
 
 
@@ -382,7 +384,7 @@ def load_from_config(data_config: Any) -> Any:
     return load_dataset(
         d.dataset, path=d.path, root=d.root, image_size=d.image_size, channels=d.channels, on_bad_file=d.on_bad_file,
         target=d.target, features=d.features, resize=d.resize, in_memory=d.in_memory, memory_budget=d.memory_budget,
-        image=d.image, group_by=d.group_by,
+        image=d.image, group_by=d.group_by, fingerprint=d.fingerprint,
     )
 
 

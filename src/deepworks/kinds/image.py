@@ -182,15 +182,24 @@ class ImageInputs(RunInputs):
         return items
 
     def _array_images(self, value: np.ndarray | torch.Tensor) -> list[torch.Tensor]:
-        """An array of images, channels first: (N, C, H, W), one (C, H, W) or one grayscale (H, W);
-        uint8 as stored in image files, or floats in [0, 1] (rounded to 8 bits, as a file holds them)."""
+        """An array of images: (N, C, H, W), (N, H, W, C), one (C, H, W) or one grayscale (H, W), and
+        for a grayscale run (N, H, W) at the run's size (as ``deepworks.train(source=(X, y))`` takes
+        them); uint8 or whole numbers in 0..255 as stored in image files, or floats in [0, 1]
+        (rounded to 8 bits, as a file holds them)."""
         x = torch.as_tensor(value).detach().cpu()
         expected = (f"uint8 images shaped (N, {self.spec.channels}, H, W) (channels first, as PyTorch), one image "
                     f"(C, H, W), or floats in [0, 1]")
         if x.ndim == 2:
             x = x[None, None]
+        elif x.ndim == 3 and self.spec.channels == 1 and tuple(x.shape[1:]) == tuple(self.spec.size):
+            x = x[:, None]  # N grayscale images (one image (1, H, W) reads the same)
         elif x.ndim == 3:
             x = x[None]
+        elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):
+            x = x.permute(0, 3, 1, 2)  # channels last -> first
+        if not x.dtype.is_floating_point and x.dtype not in (torch.uint8, torch.bool) and x.numel():
+            if int(x.min()) >= 0 and int(x.max()) <= 255:
+                x = x.to(torch.uint8)  # whole numbers of 8-bit range, e.g. an int64 array
         if x.ndim != 4 or x.shape[1] not in (1, 3) or 0 in x.shape:
             raise DataError(f"predict: an array of shape {tuple(value.shape)} is not images; expected {expected}. "
                             "Fix: reorder an (N, H, W, C) array with array.transpose(0, 3, 1, 2).")

@@ -1,0 +1,120 @@
+"""Data given in Python (deepworks.train(source=...)): the same figures as the same data read from
+files, the run's fingerprint checked when the data is given again, and one-line refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.datasets import load_digits
+
+import deepworks
+from deepworks.cli import main
+from deepworks.errors import ConfigError, DataError
+from deepworks.runs import RunDir
+
+FAST = {"train": {"epochs": 1}, "report": False}
+
+
+@pytest.fixture(scope="module")
+def digits_images(tmp_path_factory) -> tuple[np.ndarray, np.ndarray, Path]:
+    """300 digits images as uint8 (N, 8, 8) arrays, ordered by class then position, and the same
+    images as a folder of PNGs (class subfolders, files named in the same order)."""
+    d = load_digits()
+    keep = np.concatenate([np.flatnonzero(d.target == c)[:30] for c in range(10)])  # by class, in order
+    x, y = d.images[keep].astype(np.uint8), d.target[keep]
+    root = tmp_path_factory.mktemp("digits-png")
+    for i, (img, label) in enumerate(zip(x, y)):
+        folder = root / str(label)
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(img, "L").save(folder / f"{i:04d}.png")
+    return x, y, root
+
+
+@pytest.fixture(scope="module")
+def array_runs(digits_images, tmp_path_factory):
+    """One run on the arrays, one on the PNG folder, same seed and settings."""
+    x, y, root = digits_images
+    runs = tmp_path_factory.mktemp("runs")
+    given = deepworks.train(source=(x, y), run_dir=runs / "arrays", **FAST)
+    files = deepworks.train({"data": {"path": str(root)}, **FAST}, run_dir=runs / "folder")
+    return given, files
+
+
+def test_image_arrays_give_the_figures_of_the_same_images_as_files(array_runs):
+    given, files = array_runs
+    assert given.summary["test"] == files.summary["test"]
+    info = [RunDir(r.dir).read_json(RunDir(r.dir).data) for r in array_runs]
+    assert info[0]["split_fingerprint"] == info[1]["split_fingerprint"]
+    assert info[0]["sizes"] == info[1]["sizes"] and info[0]["mean"] == pytest.approx(info[1]["mean"])
+    assert given.config.data.dataset == "arrays" and len(given.config.data.fingerprint) == 64
+
+
+def test_a_torch_dataset_of_float_pixels_is_the_same_data(digits_images, array_runs, tmp_path):
+    x, y, _ = digits_images
+    dataset = torch.utils.data.TensorDataset(torch.from_numpy(x).float().div(255).unsqueeze(1), torch.from_numpy(y))
+    run = deepworks.train(source=dataset, run_dir=tmp_path / "ds", **FAST)
+    assert run.config.data.fingerprint == array_runs[0].config.data.fingerprint
+    assert run.summary["test"] == array_runs[0].summary["test"]
+
+
+def test_predictor_reads_arrays_and_the_folder_runs_files_alike(digits_images, array_runs):
+    x, _, root = digits_images
+    files = sorted(root.glob("*/*.png"))[:12]
+    pixels = np.stack([np.asarray(Image.open(f)) for f in files])
+    from_arrays = deepworks.Predictor(array_runs[0].dir).predict_proba(pixels)
+    from_files = deepworks.Predictor(array_runs[1].dir).predict_proba([str(f) for f in files])
+    np.testing.assert_allclose(from_arrays, from_files, atol=1e-6)
+
+
+def test_evaluate_and_resume_check_they_are_given_the_same_data(digits_images, array_runs):
+    x, y, _ = digits_images
+    run_dir = array_runs[0].dir
+    report = deepworks.evaluate(run_dir, source=(x, y))
+    assert report["accuracy"] == pytest.approx(array_runs[0].summary["test"]["accuracy"])
+    with pytest.raises(ConfigError, match=r"trained on data given in Python .*Fix: pass the same data again"):
+        deepworks.evaluate(run_dir)
+    changed = x.copy()
+    changed[0, 0, 0] += 1
+    with pytest.raises(DataError, match=r"source=: the data given .* differs from the data .* trained on"):
+        deepworks.evaluate(run_dir, source=(changed, y))
+    with pytest.raises(DataError, match="differs"):
+        deepworks.resume(run_dir, source=(x[::-1], y[::-1]))  # the same images in another order are not the same data
+    with pytest.raises(ConfigError, match=r"source=: .* trained on the data its config names"):
+        deepworks.evaluate(array_runs[1].dir, source=(x, y))
+
+
+def test_the_cli_names_the_fix_for_a_run_on_data_given_in_python(array_runs, capsys):
+    code = main(["evaluate", str(array_runs[0].dir)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "trained on data given in Python" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("source", "error", "message"),
+    [
+        ((np.zeros((5, 8, 8), np.uint8), np.arange(4)), DataError, r"X has 5 samples but y has 4 labels"),
+        ((np.zeros((5, 8, 8, 5), np.uint8), np.arange(5)), DataError, r"images must be \(N, H, W\), \(N, C, H, W\)"),
+        ((np.full((5, 8, 8), 2.0), np.arange(5)), DataError, r"float pixels must lie in \[0, 1\]"),
+        ((np.zeros((5, 8, 8), np.int64) + 300, np.arange(5)), DataError, r"integer pixels must lie in 0\.\.255"),
+        ((np.zeros((5, 8, 8), np.uint8), np.zeros((5, 2))), DataError, r"y must hold one label per sample"),
+        ("train.csv", DataError, r"expected a pandas DataFrame, arrays \(X, y\) or a torch Dataset"),
+    ],
+)
+def test_bad_sources_are_refused_with_what_to_do(source, error, message):
+    with pytest.raises(error, match=message):
+        deepworks.train(source=source, **FAST)
+
+
+def test_data_given_twice_or_columns_without_a_source_are_refused(digits_images):
+    x, y, root = digits_images
+    with pytest.raises(ConfigError, match=r"data\.path: the data comes from source=, so the config must not name it"):
+        deepworks.train({"data": {"path": str(root)}}, source=(x, y))
+    with pytest.raises(ConfigError, match=r"train\(target=\.\.\.\) names a column of the data given as source="):
+        deepworks.train({"data": {"path": str(root)}}, target="label")
+    with pytest.raises(ConfigError, match=r"target: arrays \(X, y\) carry their labels in y"):
+        deepworks.train(source=(x, y), target="label")
