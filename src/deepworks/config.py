@@ -959,7 +959,7 @@ def load_config(
         raw = _plain(source)
     elif isinstance(source, (str, Path)):
         origin = str(source)
-        raw = _read_yaml(Path(source))
+        raw = read_yaml(Path(source))
     else:
         raise ConfigError(f"config: expected a YAML file path or a mapping, got {type(source).__name__}")
     if raw is None:
@@ -998,7 +998,8 @@ def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
     return pairs
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
+    """A YAML file's contents; a ConfigError naming the file (and the line of a syntax error) when it cannot be read."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -10,7 +10,7 @@ from typing import Any
 
 from deepworks import generation, pipeline
 from deepworks.autoconfig import infer_data
-from deepworks.config import Config, _read_yaml, load_config, merge_overrides
+from deepworks.config import Config, read_yaml, load_config, merge_overrides
 from deepworks.data.memory import Source, as_source, given_again, provided
 from deepworks.errors import CheckpointError, ConfigError
 from deepworks.models.external import run_config
@@ -98,7 +98,7 @@ def with_source(config: str | Path | dict | Config | None, source: Source, colum
     elif isinstance(config, Config):
         base = config.model_dump(exclude_unset=True)
     elif isinstance(config, (str, Path)):
-        base = _read_yaml(Path(config)) or {}
+        base = read_yaml(Path(config)) or {}
     else:
         base = dict(config)
     if not isinstance(base, dict):

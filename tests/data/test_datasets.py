@@ -65,7 +65,7 @@ def test_builtin_resize_and_channels():
 
 
 def test_registry_names_and_unknown_name():
-    assert set(DATASETS.names()) == {"co2", "csv", "digits", "fashion-mnist", "folder", "image-list", "rotten-tomatoes"}
+    assert set(DATASETS.names()) == {"arrays", "co2", "csv", "digits", "fashion-mnist", "folder", "image-list", "rotten-tomatoes"}
     with pytest.raises(UnknownNameError, match="data.dataset: unknown dataset 'digit'.*'digits'"):
         load_dataset("digit")
 

@@ -132,7 +132,7 @@ def _load(path: Path, name: str) -> _Run:
     try:
         tree = load_config(run.config).model_dump(mode="json")
     except ConfigError as exc:  # e.g. a run of another deepworks version: compare it as written
-        tree = _read_yaml(run.config)
+        tree = read_yaml(run.config)
         notes.append(f"{run.config} does not validate with this version of deepworks ({_first_line(exc)}); "
                      "its keys are compared as written")
     summary = None
@@ -156,7 +156,7 @@ def _load(path: Path, name: str) -> _Run:
     return _Run(name, path, flatten(tree), summary, records, task, monitor, notes)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
