@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import Phase, settings
@@ -47,6 +50,45 @@ def digits_cnn_copy(digits_cnn_run, tmp_path):
     target = tmp_path / "digits-cnn"
     shutil.copytree(digits_cnn_run.dir, target)
     return target
+
+class CliRun(NamedTuple):
+    """A run trained by ``deepworks train`` (the CLI, in this process) and what the command printed."""
+
+    run: Any  # deepworks.load_run of the finished run directory
+    printed: str  # the command's standard output
+
+
+def _train_by_cli(*args: str, run_dir: Path) -> CliRun:
+    """``deepworks train *args --run-dir RUN_DIR`` through :func:`deepworks.cli.main`, its
+    standard output kept; a session or module fixture can call it (capsys cannot)."""
+    import deepworks
+    from deepworks.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["train", *map(str, args), "--run-dir", str(run_dir)])
+    assert code == 0, out.getvalue() + err.getvalue()
+    return CliRun(deepworks.load_run(run_dir), out.getvalue())
+
+
+@pytest.fixture(scope="session")
+def train_by_cli():
+    """``train_by_cli(*args, run_dir=...)``: see :func:`_train_by_cli` (for module fixtures)."""
+    return _train_by_cli
+
+
+ROOT = Path(__file__).resolve().parents[1]
+PENGUINS = ROOT / "examples" / "data" / "penguins.csv"
+
+
+@pytest.fixture(scope="session")
+def penguin_regression_run(tmp_path_factory) -> CliRun:
+    """examples/configs/penguins-regression.yaml (body mass in grams, with its report), trained once
+    per session by `deepworks train`, with what the command printed. Shared: read it, never write
+    into it."""
+    return _train_by_cli(ROOT / "examples" / "configs" / "penguins-regression.yaml", "--set", f"data.path={PENGUINS}",
+                        "--set", "train.progress=none", run_dir=tmp_path_factory.mktemp("penguins-mass") / "run")
+
 
 # A `deepworks.train` run in its own process that stops itself at a known point and waits to be
 # killed: after epoch 1, one step past the first in-epoch checkpoint of epoch 2 (the Trainer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -16,6 +17,7 @@ import torch
 from sklearn.metrics import mean_absolute_error, mean_absolute_percentage_error, mean_squared_error, r2_score
 
 import deepworks
+from deepworks.cli import main
 from deepworks.evaluate.forecasting import ForecastAccumulator, forecast_report
 from deepworks.evaluate.predictions import load_predictions
 from deepworks.train.tasks import Forecasting, task_from_record
@@ -57,10 +59,20 @@ def config(csv_path: Path, model: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def sine_run(tmp_path_factory):
+def sine_cli_run(tmp_path_factory, train_by_cli, one_thread):
+    """The MLP forecaster trained once by `deepworks train`: (the run, what the command printed, the CSV)."""
+    import yaml
+
     root = tmp_path_factory.mktemp("forecast")
     csv_path = write_series(root / "visits.csv", sine_trend())
-    run = deepworks.train(config(csv_path, {"name": "mlp", "hidden": [32], "dropout": 0.0}), run_dir=root / "run")
+    (root / "sine.yaml").write_text(yaml.safe_dump(config(csv_path, {"name": "mlp", "hidden": [32], "dropout": 0.0})))
+    run, printed = train_by_cli(root / "sine.yaml", run_dir=root / "run")
+    return run, printed, csv_path
+
+
+@pytest.fixture(scope="module")
+def sine_run(sine_cli_run):
+    run, _, csv_path = sine_cli_run
     return run, csv_path
 
 
@@ -100,6 +112,48 @@ def test_mlp_beats_last_value_and_records_everything(sine_run):
     np.testing.assert_allclose([r["mae"] for r in report["per_step"]], per_step, rtol=1e-5)
     page = (run.dir / "report.html").read_text()
     assert 'id="fig-forecast"' in page and 'id="fig-error-per-step"' in page
+
+
+def _cells(text: str) -> list[list[str]]:
+    return [[c.strip() for c in re.split(r"[│┃|]", line) if c.strip()] for line in text.splitlines()]
+
+
+def test_train_and_evaluate_print_the_forecast_errors(sine_cli_run, capsys):
+    """What a user reads after `deepworks train` and `deepworks evaluate` on a forecasting run: MAE,
+    RMSE and MAPE in the series' units, equal to summary.json and to numpy on the stored test
+    forecasts, below the seasonal-naive forecast's (the value one season back) on the same windows."""
+    run, printed, _ = sine_cli_run
+    s = run.summary
+    rows = {cells[0]: cells[1:] for cells in _cells(printed) if cells and cells[0] in ("split", "train", "val", "test")}
+    assert rows.get("split") == ["mae", "rmse", "mape", "loss"], printed
+    for split in ("train", "val", "test"):
+        assert rows[split] == [f"{s[split][c]:.4f}" for c in ("mae", "rmse", "mape", "loss")], (split, printed)
+
+    info = json.loads((run.dir / "data.json").read_text())
+    pred = load_predictions(run.dir / "predictions.safetensors")["test"]
+    network = task_from_record(info["task"]).unscale(pred["outputs"]).numpy()
+    values = sine_trend()
+    origins = pred["origin"].numpy()
+    actual = values[origins[:, None] + np.arange(HORIZON)]
+    seasonal = values[origins[:, None] + np.arange(HORIZON) - 7]
+    mae, rmse, mape = (float(v) for v in rows["test"][:3])
+    assert mae == pytest.approx(np.abs(network - actual).mean(), abs=5e-5, rel=1e-5)
+    assert rmse == pytest.approx(np.sqrt(((network - actual) ** 2).mean()), abs=5e-5, rel=1e-5)
+    assert mape == pytest.approx(100 * np.mean(np.abs(network - actual) / actual), abs=5e-5, rel=1e-5)
+    assert mae < np.abs(seasonal - actual).mean()  # the model reads the trend the seasonal-naive forecast misses
+
+    assert main(["evaluate", str(run.dir)]) == 0
+    shown = capsys.readouterr().out
+    line = " ".join(shown.split())
+    figures = dict(re.findall(r"(MAE|RMSE|MAPE %|R²|loss) (-?\d+\.\d{4})", line))
+    assert float(figures["MAE"]) == pytest.approx(np.abs(network - actual).mean(), abs=5e-5, rel=1e-5)
+    assert float(figures["RMSE"]) == pytest.approx(np.sqrt(((network - actual) ** 2).mean()), abs=5e-5, rel=1e-5)
+    assert float(figures["MAPE %"]) == pytest.approx(100 * np.mean(np.abs(network - actual) / actual), abs=5e-5, rel=1e-5)
+    assert f"({len(origins)} windows)" in line
+    per_step = [cells for cells in map(str.split, shown.splitlines()) if len(cells) == 4 and cells[0] in ("1", "2", "3")]
+    assert [int(c[0]) for c in per_step] == [1, 2, 3], shown
+    for h, cells in enumerate(per_step):
+        assert float(cells[1]) == pytest.approx(np.abs(network[:, h] - actual[:, h]).mean(), abs=5e-5, rel=1e-5)
 
 
 def test_lstm_beats_last_value(tmp_path):

@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from torch import nn
 
 import deepworks
 from deepworks import create_model
+from deepworks.cli import main
 from deepworks.errors import ConfigError, ShapeError
 from deepworks.models.gan import is_adversarial, upsamplings
 from deepworks.train.adversarial import AdversarialTrainer, gradient_penalty
@@ -211,22 +213,26 @@ def test_gan_config_errors_name_the_key(tmp_path, monkeypatch):
     assert cfg.train.optimizer.params["betas"] == [0.0, 0.9]
 
 
-def test_quality_is_judged_at_the_end(tmp_path, monkeypatch):
+def test_quality_is_judged_at_the_end_and_train_prints_it(tmp_path, monkeypatch, capsys):
     # the judge: a quick classifier of the same digits (its own cache), trained once here
     monkeypatch.setenv("DEEPWORKS_DATA", str(tmp_path / "cache"))
     import deepworks.judge as judge_module
 
     real_judge_for = judge_module.judge_for
     monkeypatch.setattr(judge_module, "judge_for", lambda *a, **k: real_judge_for(*a, **{**k, "epochs": 3}))
-    config = digits_gan("cgan", epochs=1)
+    config = digits_gan("cgan", epochs=1, progress="log")  # with progress, train prints the judge's figures
     config["gan"] = {"quality_samples": 100}
-    run = deepworks.train(config, run_dir=tmp_path / "q")
-    quality = json.loads((run.dir / "summary.json").read_text())["quality"]
+    (tmp_path / "gan.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", str(tmp_path / "gan.yaml"), "--run-dir", str(tmp_path / "q")]) == 0
+    printed = capsys.readouterr().out
+    run_dir = tmp_path / "q"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    quality = summary["quality"]
     assert quality["samples"] == 100
     # the oracle: the run's final generator (deepworks.generate, the classes in turn, noise from
     # seed + 1) fed by hand to the judge run's saved classifier, the pixels mapped as the judge
     # was trained ((x + 1) / 2, then its data.json mean and std), counted with numpy
-    samples = deepworks.generate(run.dir, 100, seed=run.config.seed + 1)
+    samples = deepworks.generate(run_dir, 100, seed=deepworks.load_config(run_dir / "config.yaml").seed + 1)
     labels = np.arange(100) % 10
     judge_dir = Path(quality["judge"]["run"])
     judge_info = json.loads((judge_dir / "data.json").read_text())
@@ -246,6 +252,26 @@ def test_quality_is_judged_at_the_end(tmp_path, monkeypatch):
     # collapse follows its documented rule: fewer than half the classes covered, or one class over half
     covered = int(((counts >= 0.25 * 100 / 10) & (counts > 0)).sum())
     assert quality["collapse"]["collapsed"] == (covered < 5 or counts.max() / 100 > 0.5)
+
+    # what `deepworks train` printed: the last epoch's losses as metrics.jsonl logged them, and the
+    # judge's figures as counted above (entropy of the class shares in nats, by scipy)
+    from scipy.stats import entropy
+
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    [final] = [line for line in printed.splitlines() if line.startswith("final epoch: ")]
+    shown = dict(pair.split(" ") for pair in final.removeprefix("final epoch: ").split(", "))
+    assert {"g_loss", "d_loss", "d_real", "d_fake"} <= set(shown), final
+    for key, value in shown.items():
+        assert value == f"{summary['final'][key]:.4f}" == f"{last[key]:.4f}", (key, final)
+    text = " ".join(printed.split())
+    assert f"generated samples: 100, judged by the classifier in {judge_dir}" in text
+    shares = counts / counts.sum()
+    largest = int(counts.argmax())
+    assert (f"classes covered: {covered}/10; entropy {entropy(counts):.3f} nats "
+            f"({entropy(counts) / np.log(10):.2f} of the maximum); largest class '{largest}' "
+            f"{shares[largest]:.0%}") in text, text
+    assert f"Fréchet distance on the judge's features (not FID): {quality['frechet_distance']:.4g}" in text
+    assert f"label agreement: mean {np.mean(list(agreement.values())):.3f}" in text
 
 
 def test_a_gan_run_writes_its_report_page(cgan_run):

@@ -458,7 +458,7 @@ def _cli(*args, cwd=None):
                           timeout=300, cwd=cwd)
 
 
-def test_cli_writes_predictions_as_csv_parquet_and_jsonl(runs, tmp_path):
+def test_cli_writes_predictions_as_csv_parquet_and_jsonl(runs, penguin_regression_run, tmp_path):
     import pandas as pd
 
     files = [_digit_png(tmp_path / f"d{i}.png", i) for i in range(3)]
@@ -475,8 +475,7 @@ def test_cli_writes_predictions_as_csv_parquet_and_jsonl(runs, tmp_path):
         assert np.abs(got - want).max() <= 1e-6
         assert list(frame["prediction"].astype(str)) == [str(int(i)) for i in want.argmax(1)]
         assert np.allclose(frame["probability"], want.max(1), atol=1e-6)
-    regression = deepworks.train(ROOT / "examples" / "configs" / "penguins-regression.yaml", run_dir=tmp_path / "reg",
-                                 data__path=str(ROOT / "examples" / "data" / "penguins.csv"), train=QUIET, report=False)
+    regression = penguin_regression_run.run
     rows = _input_file("table", tmp_path)
     assert _cli("predict", regression.dir, rows, "--out", tmp_path / "values.csv").returncode == 0
     values = pd.read_csv(tmp_path / "values.csv")

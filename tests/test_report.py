@@ -206,10 +206,8 @@ def test_a_new_task_registers_its_own_sections():
     assert [s.name for s in sections_for("classification")][:5] == ["diagnosis", "config", "data", "curves", "metrics"]
 
 
-def test_regression_run_gets_its_sections(tmp_path):
-    cfg = ROOT / "examples" / "configs" / "penguins-regression.yaml"
-    run = deepworks.train(cfg, run_dir=tmp_path / "mass", data__path=str(ROOT / "examples" / "data" / "penguins.csv"),
-                          train__epochs=4, train__progress="none")
+def test_regression_run_gets_its_sections(penguin_regression_run):
+    run = penguin_regression_run.run
     page = (run.dir / "report.html").read_text(encoding="utf-8")
     assert section_ids(page) == ["diagnosis", "config", "data", "curves", "metrics", "predicted_actual", "residuals",
                                  "gradients", "model"]

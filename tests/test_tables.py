@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +13,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score, recall_score
+from sklearn.metrics import (accuracy_score, f1_score, mean_absolute_error, mean_squared_error, r2_score,
+                             recall_score)
 
 import deepworks
 from deepworks.cli import main
 from deepworks.data.tabular import load_table, table_target
 from deepworks.data.splits import split_indices
+from deepworks.evaluate.predictions import load_predictions
 from deepworks.pipeline import prepare_data
+from deepworks.train.tasks import task_from_record
 
 ROOT = Path(__file__).resolve().parents[1]
 PENGUINS = ROOT / "examples" / "data" / "penguins.csv"
@@ -120,9 +124,8 @@ def test_predict_on_raw_rows_matches_evaluate(penguin_run, tmp_path):
     assert preds[-1]["line"] == len(test_rows) + 3
 
 
-def test_penguin_body_mass_regression_beats_ridge_minus_003(tmp_path):
-    cfg = ROOT / "examples" / "configs" / "penguins-regression.yaml"
-    run = deepworks.train(cfg, run_dir=tmp_path / "r", data__path=str(PENGUINS), train__progress="none")
+def test_penguin_body_mass_regression_beats_ridge_minus_003(penguin_regression_run, tmp_path):
+    run = penguin_regression_run.run
     s = run.summary
     assert s["task"] == "regression"
     data = split_of(run)
@@ -158,6 +161,58 @@ def test_penguin_body_mass_regression_beats_ridge_minus_003(tmp_path):
     preds = np.array([p["prediction"] for p in deepworks.predict(run.dir, [path])])
     truth = np.array([float(r[mass]) for r in rows])
     assert mean_absolute_error(truth, preds) < 0.5 * mean_absolute_error(truth, np.full_like(truth, ytr.mean()))
+
+
+def printed_table(text: str) -> dict[str, dict[str, str]]:
+    """The rows of the results table `deepworks train` prints: {split: {column: cell}}."""
+    header, rows = None, {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in re.split(r"[│┃|]", line) if c.strip()]
+        if cells and cells[0] == "split":
+            header = cells[1:]
+        elif header and cells and cells[0] in ("train", "val", "test"):
+            rows[cells[0]] = dict(zip(header, cells[1:]))
+    return rows
+
+
+def test_train_and_evaluate_print_the_regression_figures(penguin_regression_run, capsys):
+    """What a user reads after `deepworks train` and `deepworks evaluate` on a regression run: MAE,
+    RMSE and R² in grams, equal to summary.json and to scikit-learn's metrics on the run's stored
+    test predictions (train) and on a forward pass of the saved weights (evaluate)."""
+    run, printed = penguin_regression_run
+    s = run.summary
+    table = printed_table(printed)
+    assert set(table) == {"train", "val", "test"}, printed
+    for split, cells in table.items():
+        assert list(cells) == ["mae", "rmse", "r2", "loss"], printed
+        for column, cell in cells.items():
+            assert cell == f"{s[split][column]:.4f}", (split, column, printed)
+    assert f"run directory: {run.dir}" in printed
+    assert f"epochs run: {s['epochs_run']} (best {s['best_epoch']})" in printed
+
+    # the oracle: scikit-learn on the test outputs the run stored, un-scaled to grams
+    task = task_from_record(json.loads((run.dir / "data.json").read_text())["task"])
+    stored = load_predictions(run.dir / "predictions.safetensors")["test"]
+    pred, true = (task.unscale(stored[k]).double().numpy().ravel() for k in ("outputs", "targets"))
+    shown = {k: float(v) for k, v in table["test"].items()}
+    assert shown["mae"] == pytest.approx(mean_absolute_error(true, pred), abs=5e-5, rel=1e-6)
+    assert shown["rmse"] == pytest.approx(mean_squared_error(true, pred) ** 0.5, abs=5e-5, rel=1e-6)
+    assert shown["r2"] == pytest.approx(r2_score(true, pred), abs=1e-4)
+    assert 100 < shown["mae"] < 0.5 * s["baselines"]["training_mean"]["test"]["mae"]  # grams, far from the mean
+
+    assert main(["evaluate", str(run.dir)]) == 0
+    line = " ".join(capsys.readouterr().out.split())
+    figures = dict(re.findall(r"(MAE|RMSE|R²|loss) (-?\d+\.\d{4})", line))
+    assert set(figures) == {"MAE", "RMSE", "R²", "loss"}, line
+    data = split_of(run)
+    mean, std = data.task.mean[0], data.task.std[0]
+    with torch.no_grad():
+        forward = saved_model(run)(data.test.x).reshape(-1).double().numpy() * std + mean
+    truth = data.test.y.reshape(-1).double().numpy() * std + mean
+    assert float(figures["MAE"]) == pytest.approx(mean_absolute_error(truth, forward), abs=5e-5, rel=1e-6)
+    assert float(figures["RMSE"]) == pytest.approx(mean_squared_error(truth, forward) ** 0.5, abs=5e-5, rel=1e-6)
+    assert float(figures["R²"]) == pytest.approx(r2_score(truth, forward), abs=1e-4)
+    assert f"({len(truth)} samples)" in line
 
 
 def test_parquet_tables_read_like_csv(tmp_path):

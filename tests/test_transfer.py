@@ -38,6 +38,21 @@ def _mobilenet_file(tmp_path: Path, classes: int = 1000, suffix: str = ".pth") -
     return path
 
 
+@pytest.fixture(scope="module")
+def mobilenet_file(tmp_path_factory) -> Path:
+    """:func:`_mobilenet_file` written once for the module (read it, never write into it)."""
+    return _mobilenet_file(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory):
+    """A digits cnn (filters [8, 16], dense 16) trained one epoch, the source of the transfer.from
+    tests; trained once for the module. Shared: read it, never write into it."""
+    return deepworks.train({"data": {"dataset": "digits"}, "model": {"name": "cnn", "filters": [8, 16], "hidden": [16]},
+                            "train": {"epochs": 1, **QUIET}, "report": False},
+                           run_dir=tmp_path_factory.mktemp("source") / "run")
+
+
 def _weights_config(path: Path, **transfer) -> dict:
     return {
         "data": {"dataset": "digits"},
@@ -49,10 +64,12 @@ def _weights_config(path: Path, **transfer) -> dict:
 
 
 @pytest.mark.parametrize("cache", [True, False])
-def test_feature_extraction_leaves_the_body_and_its_batchnorm_statistics_alone(tmp_path, cache):
-    path = _mobilenet_file(tmp_path)
+def test_feature_extraction_leaves_the_body_and_its_batchnorm_statistics_alone(tmp_path, cache, mobilenet_file):
+    path = mobilenet_file
     start = torch.load(path, weights_only=True)
-    run = deepworks.train(_weights_config(path, mode="feature_extraction", cache=cache), runs_root=tmp_path / "runs")
+    config = _weights_config(path, mode="feature_extraction", cache=cache)
+    config["train"]["epochs"] = 1  # one epoch of head steps shows what moves and what stays
+    run = deepworks.train(config, runs_root=tmp_path / "runs")
     trained = {k: v.cpu() for k, v in run.model.model.net.state_dict().items()}  # Transfer -> Backbone -> network
     head = "classifier.3."
     body = [k for k in trained if not k.startswith(head)]
@@ -130,8 +147,8 @@ def test_unfrozen_blocks_are_the_top_ones_and_the_rest_never_change(tmp_path):
             assert not changed_1 and not changed_2, key  # below the unfrozen blocks: never
 
 
-def test_a_weights_file_that_does_not_fit_names_the_first_missing_and_unexpected_keys(tmp_path):
-    state = torch.load(_mobilenet_file(tmp_path), weights_only=True)
+def test_a_weights_file_that_does_not_fit_names_the_first_missing_and_unexpected_keys(tmp_path, mobilenet_file):
+    state = torch.load(mobilenet_file, weights_only=True)
     renamed = {("stem." + k if k.startswith("features.0.") else k): v for k, v in state.items()}
     renamed.pop("features.5.block.0.0.weight")
     bad = tmp_path / "bad.pth"
@@ -277,17 +294,15 @@ def test_timm_pretrained_offline_without_the_file_names_the_fix(tmp_path, capsys
     assert "model.weights: PATH" in proc.stderr
 
 
-def test_from_run_replaces_the_head_for_new_classes_and_keeps_it_for_the_same(tmp_path):
-    base = {"data": {"dataset": "digits"}, "model": {"name": "cnn", "filters": [8], "hidden": [16]},
-            "train": {"epochs": 1, **QUIET}, "report": False}
-    source = deepworks.train(base, runs_root=tmp_path / "runs")
+def test_from_run_replaces_the_head_for_new_classes_and_keeps_it_for_the_same(source_run):
+    source = source_run
     same = load_config({"data": {"dataset": "digits"}, "transfer": {"from": str(source.dir)}})
     from deepworks.transfer import adopt_source
 
     same = adopt_source(same)
-    assert same.model.params["filters"] == [8]  # the source's architecture, recorded in the new config
+    assert same.model.params["filters"] == [8, 16]  # the source's architecture, recorded in the new config
     info = json.loads((source.dir / "data.json").read_text())
-    model = build_transfer(create_model("cnn", input_shape=(1, 8, 8), num_classes=10, filters=[8], hidden=[16]),
+    model = build_transfer(create_model("cnn", input_shape=(1, 8, 8), num_classes=10, filters=[8, 16], hidden=[16]),
                            same, info)
     src = {k: v.cpu() for k, v in source.model.state_dict().items()}
     assert all(torch.equal(model.model.state_dict()[k], v) for k, v in src.items())
@@ -297,7 +312,7 @@ def test_from_run_replaces_the_head_for_new_classes_and_keeps_it_for_the_same(tm
     torch.testing.assert_close(model(x), source.model.cpu()(x))  # same normalisation: the same function
     # other classes (even as many): a new head
     other = dict(info, classes=[f"c{i}" for i in range(10)], mean=[info["mean"][0] + 0.1], std=[info["std"][0] * 2])
-    fresh = build_transfer(create_model("cnn", input_shape=(1, 8, 8), num_classes=10, filters=[8], hidden=[16]),
+    fresh = build_transfer(create_model("cnn", input_shape=(1, 8, 8), num_classes=10, filters=[8, 16], hidden=[16]),
                            same, other)
     head = fresh.head_name
     assert not torch.equal(fresh.model.state_dict()[head + ".weight"], src[head + ".weight"])
@@ -309,9 +324,8 @@ def test_from_run_replaces_the_head_for_new_classes_and_keeps_it_for_the_same(tm
     torch.testing.assert_close(fresh.input(as_new), as_source, atol=1e-5, rtol=1e-5)
 
 
-def test_from_run_end_to_end_and_predict(tmp_path):
-    source = deepworks.train({"data": {"dataset": "digits"}, "model": {"name": "cnn", "filters": [8], "hidden": [16]},
-                              "train": {"epochs": 2, **QUIET}, "report": False}, runs_root=tmp_path / "runs")
+def test_from_run_end_to_end_and_predict(tmp_path, source_run):
+    source = source_run
     run = deepworks.train({"data": {"dataset": "digits"}, "transfer": {"mode": "feature_extraction",
                            "from": str(source.dir)}, "train": {"epochs": 2, **QUIET}, "report": True},
                           runs_root=tmp_path / "runs")
@@ -319,7 +333,7 @@ def test_from_run_end_to_end_and_predict(tmp_path):
     assert "feature_extraction" in page and str(source.dir.resolve()) in page and "the head only" in page
     assert run.summary["transfer"]["weights"]["run"] == str(source.dir.resolve())
     written = load_config(run.dir / "config.yaml")
-    assert written.transfer.from_run == str(source.dir) and written.model.params["filters"] == [8]
+    assert written.transfer.from_run == str(source.dir) and written.model.params["filters"] == [8, 16]
     reopened = deepworks.load_run(run.dir)
     assert isinstance(reopened.model, Transfer) and not reopened.model.reads_features
     from PIL import Image
@@ -347,11 +361,9 @@ def test_from_run_end_to_end_and_predict(tmp_path):
         ({"transfer": {"from": "no-such-run"}}, "no-such-run"),
     ],
 )
-def test_transfer_config_errors_name_the_key(tmp_path, config, key):
+def test_transfer_config_errors_name_the_key(tmp_path, config, key, request):
     if config.get("transfer", {}).get("from") == "RUN":
-        source = deepworks.train({"data": {"dataset": "digits"}, "model": {"name": "cnn", "filters": [4]},
-                                  "train": {"epochs": 1, **QUIET}, "report": False}, runs_root=tmp_path / "src")
-        config["transfer"]["from"] = str(source.dir)
+        config["transfer"]["from"] = str(request.getfixturevalue("source_run").dir)
     with pytest.raises(ConfigError) as err:
         deepworks.train({"data": {"dataset": "digits"}, "train": {"epochs": 1, **QUIET}, **config},
                         runs_root=tmp_path / "runs")
@@ -359,8 +371,8 @@ def test_transfer_config_errors_name_the_key(tmp_path, config, key):
     assert not (tmp_path / "runs").exists()
 
 
-def test_feature_cache_refuses_augmentation_before_any_work(tmp_path):
-    path = _mobilenet_file(tmp_path)
+def test_feature_cache_refuses_augmentation_before_any_work(tmp_path, mobilenet_file):
+    path = mobilenet_file
     cfg = _weights_config(path, mode="feature_extraction")
     cfg["data"]["augment"] = ["hflip"]
     with pytest.raises(ConfigError, match="data.augment: with transfer.mode: feature_extraction"):
@@ -368,10 +380,10 @@ def test_feature_cache_refuses_augmentation_before_any_work(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_inspect_shows_what_is_frozen(tmp_path):
+def test_inspect_shows_what_is_frozen(mobilenet_file):
     from deepworks.inspection import inspect_config
 
-    path = _mobilenet_file(tmp_path)
+    path = mobilenet_file
     out = inspect_config(_weights_config(path, mode="fine_tune", unfreeze=2))
     head = 1024 * 10 + 10
     tuned = out["transfer"]["tuned_blocks"]
@@ -393,11 +405,10 @@ class _StopAt(deepworks.Callback):
 
 
 @pytest.mark.parametrize("stop_step", [7, 19])  # in the frozen warm-up epoch, and after the unfreezing
-def test_a_run_resumed_across_the_warmup_unfreezing_ends_bitwise_equal(tmp_path, stop_step):
+def test_a_run_resumed_across_the_warmup_unfreezing_ends_bitwise_equal(tmp_path, stop_step, source_run):
     from safetensors.torch import load_file
 
-    source = deepworks.train({"data": {"dataset": "digits"}, "model": {"name": "cnn", "filters": [8, 16], "hidden": [16]},
-                              "train": {"epochs": 1, **QUIET}}, run_dir=tmp_path / "source")
+    source = source_run
     # 1,257 training digits at batch 128: 10 steps an epoch; warm-up epoch 1 trains the head only,
     # epochs 2-3 the top body block too
     cfg = {"data": {"dataset": "digits"},
