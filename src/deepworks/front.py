@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from deepworks import generation, pipeline
-from deepworks.config import Config, load_config, merge_overrides
+from deepworks.config import Config, load_config, load_run_config, merge_overrides
 from deepworks.errors import CheckpointError, ConfigError
 from deepworks.models.gan import is_adversarial
 from deepworks.predictor import Run
@@ -48,7 +48,7 @@ def resume(run_dir: str | Path) -> Run:
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise CheckpointError(f"{run.path}: no such run directory.")
-    cfg = load_config(run.config)
+    cfg = load_run_config(run.config)
     if is_adversarial(cfg.model.name):
         return generation.resume_gan(run, cfg)
     return pipeline.resume(run_dir)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepworks.config import Config, load_config
+from deepworks.config import Config, load_run_config
 from deepworks.data.folders import FileProgress
 from deepworks.errors import CheckpointError, ConfigError, DataError
 from deepworks.kinds import RunInputs, inputs_for_run, new_model
@@ -63,7 +63,7 @@ class Run:
 def load_run(run_dir: str | Path) -> Run:
     """Open a finished (or interrupted) run: config, classes and the best model's weights."""
     run = existing_run(run_dir)
-    cfg = load_config(run.config)
+    cfg = load_run_config(run.config)
     if is_adversarial(cfg.model.name):
         raise ConfigError(f"{run.path}: a GAN run ({cfg.model.name}) has a generator, not a classifier. "
                           f"Fix: `deepworks generate {run.path} --n 16 --out DIR`, or deepworks.generate(...).")

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepworks.config import load_config
+from deepworks.config import load_run_config
 from deepworks.errors import ConfigError, DataError, DeepworksError
 from deepworks.kinds.image import PixelInput  # noqa: F401  (re-exported: the graph's wrapper of image runs)
 from deepworks.models.gan import is_adversarial
@@ -107,7 +107,7 @@ def export(
     opset = int(opset) if opset is not None else DEFAULT_OPSET
     onnx, ort = _require_runtime()
     run = existing_run(run_dir)
-    cfg = load_config(run.config)
+    cfg = load_run_config(run.config)
     if is_adversarial(cfg.model.name):
         raise ConfigError(
             f"{run.path}: a GAN run ({cfg.model.name}) is not exported: export writes classifiers and regressors "
