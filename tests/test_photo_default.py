@@ -8,6 +8,7 @@ run's config.yaml records the model chosen, so training again from it builds the
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -144,6 +145,20 @@ def test_from_96_px_without_the_weights_a_pooling_cnn_is_trained_and_recorded(tm
     monkeypatch.delitem(sys.modules, WEIGHTS_MODULE)  # weights installed again: the recorded cnn stays a cnn
     again = deepworks.train(run.dir / "config.yaml", run_dir=tmp_path / "b")
     assert load_run_config(again.dir / "config.yaml").model == recorded.model and pools(again.model)
+
+
+def test_inspect_shows_the_model_training_would_choose(tmp_path, monkeypatch):
+    from deepworks.inspection import inspect_config
+
+    folder = photo_folder(tmp_path / "photos", 96, per_class=2)
+    if importlib.util.find_spec(WEIGHTS_MODULE) is not None and importlib.util.find_spec("timm") is not None:
+        summary = inspect_config({"data": {"path": str(folder)}})
+        assert summary["model"] == PHOTO_BACKBONE and "transfer" in summary  # fine-tuned: its blocks learn
+    no_weights_package(monkeypatch)
+    summary = inspect_config({"data": {"path": str(folder)}})
+    assert summary["model"] == "cnn" and "transfer" not in summary
+    assert summary["total_params"] == sum(p.numel() for p in create_model(
+        "cnn", input_shape=(3, 96, 96), num_classes=2, global_pool=True).parameters())
 
 
 # ----------------------------------------------------------------------------- cnn's global_pool
