@@ -165,11 +165,13 @@ def test_a_batch_that_cannot_fit_is_one_error_naming_the_size_that_fits():
 
 
 def test_a_cnn_whose_dense_head_is_too_large_is_told_about_global_pool():
-    cfg = load_config({"data": {"dataset": "digits"}, "model": {"name": "cnn"}, "train": {"batch_size": 64}})
+    # global_pool: false, set: a cnn pools images over 64 px by default
+    cfg = load_config({"data": {"dataset": "digits"}, "model": {"name": "cnn", "global_pool": False},
+                       "train": {"batch_size": 64}})
     shape = (3, 2000, 3000)
     data = TensorData(torch.zeros((2, *shape), dtype=torch.uint8), torch.arange(2),
                       transform=ToInput(1 / 255, [0.5] * 3, [0.25] * 3))
-    build = lambda: create_model("cnn", input_shape=shape, num_classes=2)  # noqa: E731 - on meta: nothing allocated
+    build = lambda: create_model("cnn", input_shape=shape, num_classes=2, global_pool=False)  # noqa: E731 - on meta
     with pytest.raises(ConfigError) as err:
         check_batch_memory(cfg, build, data, available=16 * 10**9)
     message = str(err.value)
@@ -216,8 +218,10 @@ def jpeg_folder(root: Path, per_class: int = 3) -> Path:
 def test_a_photo_folder_in_memory_at_6_megapixels_is_refused_before_loading(tmp_path):
     folder = jpeg_folder(tmp_path / "photos")
     cfg = tmp_path / "c.yaml"
+    # global_pool: false, set: a cnn pools images over 64 px by default, and then its head would fit
     cfg.write_text(json.dumps({"data": {"path": str(folder), "image_size": [2000, 3000], "in_memory": True},
-                               "model": {"name": "cnn"}, "train": {"epochs": 1, "progress": "none"}}))
+                               "model": {"name": "cnn", "global_pool": False},
+                               "train": {"epochs": 1, "progress": "none"}}))
     run_dir = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "deepworks", "train", str(cfg), "--run-dir", str(run_dir)],

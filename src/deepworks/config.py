@@ -36,6 +36,7 @@ __all__ = [
     "ColumnConfig",
     "SubsetConfig",
     "ModelConfig",
+    "AUTO_MODEL",
     "TrainConfig",
     "OptimizerConfig",
     "EarlyStoppingConfig",
@@ -43,6 +44,7 @@ __all__ = [
     "TuneConfig",
     "GAN_MODELS",
     "load_config",
+    "load_run_config",
     "parse_overrides",
     "dump_config",
     "bind_component",
@@ -449,8 +451,17 @@ def data_kind(data: Any) -> str:
     return "image"
 
 
+# model.name of a config that names no model for images: the model is chosen once the data's image size
+# is known (deepworks.kinds.choose_model), and the run's config.yaml records the one chosen
+AUTO_MODEL = "auto"
+
+
 class ModelConfig(Component):
-    name: str = "cnn"
+    name: str = Field(
+        "cnn", description="a registered model (deepworks inspect lists their keys); with no model section, images "
+        f"get {AUTO_MODEL}: chosen from the prepared image size (a pretrained backbone fine-tuned from 96 px when its "
+        "weights are installed, else a cnn), tables and texts read as embeddings an mlp, series an lstm"
+    )
     init: str = Field("default", description="weight initialisation: he_normal, xavier_uniform, ... or default")
     zero_bias: bool = Field(True, description="with an init other than default, start biases at zero")
     pretrained: bool = Field(
@@ -461,6 +472,22 @@ class ModelConfig(Component):
         None, description="start from a local weights file: .safetensors, or a PyTorch state dict (loaded with "
         "weights_only=True; pickled objects are refused)"
     )
+
+    @property
+    def chosen_from_data(self) -> bool:
+        """Whether the config names no model (``auto``) and the data will choose it."""
+        return self.name == AUTO_MODEL
+
+    @model_validator(mode="after")
+    def _auto_takes_no_keys(self) -> ModelConfig:
+        if self.name == AUTO_MODEL:
+            given = [k for k in ("pretrained", "weights") if getattr(self, k)] + list(self.params)
+            if given:
+                raise ValueError(
+                    f"model.{given[0]} belongs to a named model, but model.name is {AUTO_MODEL} (chosen from the "
+                    "data). Fix: name the model, e.g. model.name: cnn or tf_efficientnet_lite0"
+                )
+        return self
 
 
 class TransferConfig(Strict):
@@ -729,20 +756,23 @@ class Config(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _default_model_for_tables(cls, value: Any) -> Any:
-        # the default model is a CNN for images, an MLP for tables (and for texts read through data.encoder),
-        # an LSTM for series, and a bidirectional LSTM max-pooled over the words for texts (token ids); a model
-        # section without a name (`--set model.hidden=[32]` on a table) tunes the kind's default model
+    def _default_model(cls, value: Any) -> Any:
+        # with no model named: an MLP for tables (and for texts read through data.encoder), an LSTM for series,
+        # a bidirectional LSTM max-pooled over the words for texts (token ids), and for images `auto`, which the
+        # prepared image size settles (deepworks.kinds.choose_model); a model section without a name tunes the
+        # kind's default model (for images a cnn's, as it always was)
         if not isinstance(value, dict) or not isinstance(value.get("data"), dict):
             return value
         model = value.get("model")
-        if not (model is None or isinstance(model, dict) and "name" not in model):
+        named = model.get("name") if isinstance(model, dict) else model
+        if named is not None and named != AUTO_MODEL:
             return value
         data = value["data"]
         try:
             kind = data_kind(data)
         except ConfigError:  # data.encoder on data that is not text: refused with its message when prepared
             kind = "embeddings"
+        rest = {k: v for k, v in model.items() if k != "name"} if isinstance(model, dict) else {}
         if kind == "series":
             default = {"name": "lstm"}  # a series: windows of its past
         elif kind == "text":  # padding never counts (packed); the max keeps the telling words wherever they are
@@ -751,9 +781,11 @@ class Config(Strict):
             kind != "image" and data.get("path") is not None and is_table_path(data["path"])
         ):
             default = {"name": "mlp"}  # feature vectors (F,): a table's encoded row, or a text's sentence embedding
+        elif model is None or named == AUTO_MODEL:
+            default = {"name": AUTO_MODEL}  # images: settled once their size is known
         else:
             return value
-        return {**value, "model": {**default, **(model or {})}}
+        return {**value, "model": {**default, **rest}}
 
     @model_validator(mode="before")
     @classmethod
@@ -975,6 +1007,22 @@ def load_config(
     return _validate(raw, origin)
 
 
+def load_run_config(path: str | Path) -> Config:
+    """A trained run's recorded config.yaml, read so that it rebuilds the network the run trained.
+
+    Runs record every key with the value they used. A ``cnn`` recorded without ``global_pool``
+    comes from before that key's default depended on the image size: it is read as ``false``,
+    the default it was trained with (today's default would pool images over 64 px).
+    """
+    raw = read_yaml(Path(path))
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: not a deepworks run's config (the top level is not a mapping of keys).")
+    model = raw.get("model")
+    if isinstance(model, dict) and model.get("name") == "cnn" and "global_pool" not in model:
+        raw = {**raw, "model": {**model, "global_pool": False}}
+    return _validate(raw, str(path))
+
+
 def dump_config(config: Config) -> str:
     """The resolved config as YAML (every default filled in)."""
     return yaml.safe_dump(config.model_dump(mode="json", by_alias=True), sort_keys=False)
@@ -1076,6 +1124,8 @@ def resolve_components(section: BaseModel, at: tuple[str, ...] = (), origin: str
         if parent is None:  # an optional section the config leaves out (gan)
             continue
         block = getattr(parent, inner[-1])
+        if getattr(block, "chosen_from_data", False):  # model: auto has no params until the data chooses it
+            continue
         where = ".".join(path)
         try:
             entry = registry.entry(block.name, where=f"{where}.name")

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from deepworks.config import Config, dump_config, load_config
+from deepworks.config import Config, dump_config, load_run_config
 from deepworks.errors import CheckpointError, ConfigError, DataError
 from deepworks.kinds import kind_of_config, prepare_data
 from deepworks.kinds.common import balance_classes
@@ -131,7 +131,7 @@ def load_generator(run_dir: str | Path) -> tuple[Any, Config, dict[str, Any]]:
     """The GAN of a run with its trained (or averaged, with train.ema) generator weights, its
     config and data record. A run that is not a GAN run is refused."""
     run = existing_run(run_dir)
-    cfg = load_config(run.config)
+    cfg = load_run_config(run.config)
     if not is_adversarial(cfg.model.name):
         raise ConfigError(f"generate: {run.path} is a {cfg.model.name} run, not a GAN; generate needs a run of "
                           "model dcgan, cgan or wgan-gp. Fix: use predict for this run, or train a GAN.")

@@ -18,7 +18,7 @@ from deepworks.data.folders import plan_folder
 from deepworks.data.imagelist import plan_image_list
 from deepworks.models.registry import model_from_config
 from deepworks.models.summary import render_summary, summarize
-from deepworks.kinds import prepare_data
+from deepworks.kinds import choose_model, prepare_data
 from deepworks.transfer import adopt_source, build
 
 # render_summary (defined with summarize, in the model layer) is handed out here too, so that
@@ -75,6 +75,7 @@ def inspect_config(config: Config | str | Path | Mapping[str, Any], *, device: s
         input_shape, num_classes, dataset = _data_shape(config)
         if config.data.subset is not None and config.data.subset.classes is not None:
             num_classes = len(config.data.subset.classes)  # data.subset keeps these classes
+    config = choose_model(config, input_shape)  # no model named: the one the data's size chooses
     model = model_from_config(config.model, input_shape, num_classes, vocab_size=vocab_size)
     if config.transfer is not None:  # which blocks learn (no weights are loaded to look at the structure)
         model = build(model, config, {"input_shape": list(input_shape)}, load=False)

@@ -29,7 +29,7 @@ from deepworks.evaluate.baselines import tabular_baselines, text_baselines
 from deepworks.evaluate.diagnosis import diagnose, render_diagnosis
 from deepworks.evaluate.forecasting import forecast_scores
 from deepworks.evaluate.predictions import confidently_wrong, display_pixels, save_predictions
-from deepworks.kinds import PreparedData, kind_of_record, new_model, prepare_data
+from deepworks.kinds import PreparedData, choose_model, kind_of_record, new_model, prepare_data
 from deepworks.kinds.common import balance_classes
 from deepworks.models.external import run_config
 from deepworks.models.gan import is_adversarial
@@ -68,8 +68,10 @@ def train(
         summary_writer_class()
     dist = distributed_context()
     cfg = adopt_source(cfg)  # transfer.from: the earlier run's model section
-    with counting_batch(cfg):  # memory: an image folder's budget counts a training batch (train/memory.py)
+    # memory: an image folder's budget counts a training batch (train/memory.py) of the model for its size
+    with counting_batch(cfg, model_for=lambda shape: choose_model(cfg, shape).model):
         data = prepare_data(cfg)
+    cfg = choose_model(cfg, data.input_shape, log=dist.is_main)  # no model named: the data's size chooses it
     # memory: a training batch that cannot fit is refused, train.batch_size: auto is chosen (train/memory.py)
     cfg = check_batch_memory(cfg, lambda: new_model(cfg, data.input_shape, data.task, data.info, load=False),
                              data.train, world_size=dist.world_size)
@@ -150,6 +152,7 @@ def lr_find(
     from deepworks.train.lr_finder import find_lr
 
     data = prepare_data(cfg)
+    cfg = choose_model(cfg, data.input_shape, log=True)
     torch.manual_seed(cfg.seed)
     model = new_model(cfg, data.input_shape, data.task, data.info)
     train_cfg = cfg.train
@@ -184,13 +187,16 @@ def cross_validate(
     root = RunDir(run_dir or new_run_dir(f"{cfg.name}-cv", runs_root))
     if root.summary.exists() or root.config.exists():
         raise ConfigError(f"--run-dir {root.path}: a run already lives there. Choose another directory.")
-    root.create()
-    atomic_write(root.config, dump_config(cfg))
     per_fold: list[dict[str, Any]] = []
     task: Task | None = None
     for i in range(k):
+        data = prepare_data(cfg, fold=(k, i))
+        if i == 0:  # every fold and the final model train the model the data's size chooses
+            cfg = choose_model(cfg, data.input_shape, log=True)
+            root.create()
+            atomic_write(root.config, dump_config(cfg))
         print(f"fold {i + 1}/{k}", flush=True)
-        run = _start(cfg, prepare_data(cfg, fold=(k, i)), root.path / f"fold-{i + 1}")
+        run = _start(cfg, data, root.path / f"fold-{i + 1}")
         fitted = _fit(cfg, run[0], run[1], run[2], resume=False, test=False)
         task = fitted.task
         per_fold.append({"fold": i + 1, "run": f"fold-{i + 1}", **fitted.summary["val"]})
@@ -213,6 +219,7 @@ def cross_validate(
 
 def _start(cfg: Config, data: PreparedData, path: Path) -> tuple[PreparedData, nn.Module, RunDir]:
     """A new run directory for ``data`` with its config and data record, and a fresh model."""
+    cfg = choose_model(cfg, data.input_shape)
     torch.manual_seed(cfg.seed)  # the model's initial weights
     model = new_model(cfg, data.input_shape, data.task, data.info)
     run = RunDir(path).create()

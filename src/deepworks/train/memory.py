@@ -466,7 +466,8 @@ def _fixes(cfg: Any, profile: MemoryProfile, shape: Sequence[int], est: BatchMem
             fixes.append("smaller inputs (fewer features or a shorter data.max_length)")
     model_cfg = getattr(cfg, "model", None)
     fixed = est.parameters + est.gradients + est.optimizer_state
-    cnn_head = model_cfg is not None and model_cfg.name == "cnn" and not model_cfg.params.get("global_pool")
+    cnn_head = model_cfg is not None and model_cfg.name == "cnn" and not any(
+        isinstance(m, nn.AdaptiveAvgPool2d) for m in profile.model.modules())  # no global_pool, set or by default
     if cnn_head and (fixed >= 0.2 * est.total or fixed >= 0.25 * limit):
         head = _largest_linear(profile.model)
         fixes.append(f"model.global_pool: true (the dense head after the conv blocks holds {format_bytes(head)} of "
@@ -503,23 +504,28 @@ def inference_batch_size(
 # ----------------------------------------------------------------------------- the data budget
 
 
-def counting_batch(cfg: Any) -> contextlib.AbstractContextManager[None]:
+def counting_batch(
+    cfg: Any, model_for: Callable[[tuple[int, ...]], Any] | None = None
+) -> contextlib.AbstractContextManager[None]:
     """A context in which loading an image folder (``data.in_memory``) counts one training batch
     of this config in its memory budget (:class:`deepworks.data.folders.TrainingBatch`): the
-    model of ``cfg.model`` for the folder's image size and classes, built on the meta device.
-    On a GPU only the batch's host side counts (the stored batch and its pinned copy)."""
+    model of ``cfg.model`` (or ``model_for(input_shape)``'s, where the image size chooses it) for
+    the folder's image size and classes, built on the meta device. On a GPU only the batch's host
+    side counts (the stored batch and its pinned copy)."""
     from deepworks.data.folders import TrainingBatch, counting_training_batch
+    from deepworks.models.cnn import global_pool_default
     from deepworks.models.registry import model_from_config
 
     t = cfg.train
     device = resolve_device(t.device)
     opt, opt_params = t.optimizer.name, dict(t.optimizer.params)
     profiles: dict[tuple[tuple[int, ...], int, bool], MemoryProfile] = {}
+    model_of = model_for or (lambda shape: cfg.model)
 
     def profile(shape: tuple[int, ...], classes: int, global_pool: bool = False) -> MemoryProfile:
         key = (tuple(shape), int(classes), global_pool)
         if key not in profiles:
-            model_cfg = cfg.model
+            model_cfg = model_of(tuple(shape))
             if global_pool:
                 model_cfg = type(model_cfg).model_validate({**model_cfg.model_dump(), "global_pool": True})
             profiles[key] = MemoryProfile(lambda: model_from_config(model_cfg, shape, classes), shape,
@@ -534,7 +540,11 @@ def counting_batch(cfg: Any) -> contextlib.AbstractContextManager[None]:
     def model_fix(shape: tuple[int, ...], classes: int, batch: int, room: int) -> str | None:
         """model.global_pool: true for a CNN without it, with the largest batch (halving) that
         then fits ``room`` bytes: its dense head then reads one value per feature map."""
-        if device.type != "cpu" or cfg.model.name != "cnn" or cfg.model.params.get("global_pool"):
+        model_cfg = model_of(tuple(shape))
+        if device.type != "cpu" or model_cfg.name != "cnn":
+            return None
+        pools = model_cfg.params.get("global_pool")
+        if pools or (pools is None and global_pool_default(shape)):  # already reads one value per feature map
             return None
         pooled = profile(shape, classes, True)
         b = max(1, batch)

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from deepworks.config import Config, load_config
+from deepworks.config import Config, load_config, load_run_config
 from deepworks.errors import CheckpointError, ConfigError
 from deepworks.runs import RunDir, existing_run
 from deepworks.runtime import distributed_context
@@ -31,8 +31,8 @@ def adopt_source(cfg: Config) -> Config:
     if t is None or t.from_run is None:
         return cfg
     run = _source_run(t.from_run)
-    source = load_config(run.config)
-    if cfg.model.name != source.model.name and "model" in cfg.model_fields_set:
+    source = load_run_config(run.config)
+    if cfg.model.name != source.model.name and "model" in cfg.model_fields_set and not cfg.model.chosen_from_data:
         raise ConfigError(
             f"transfer.from: {run.path} trained a {source.model.name}, but model.name is {cfg.model.name}. Fix: "
             "remove the model section (the source run's model is used), or start from a run of that model."

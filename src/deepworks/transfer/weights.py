@@ -28,7 +28,7 @@ from deepworks.models.zoo import Backbone
 
 __all__ = [
     "read_weights_file", "fit_state_dict", "head_name", "pretrained_state", "expected_normalisation", "load_weights",
-    "sha256_file",
+    "sha256_file", "installed_weights",
 ]
 
 # architecture -> (distribution, module, the weights file's path given the module): weights that install
@@ -226,6 +226,18 @@ def pretrained_state(model: Backbone) -> tuple[dict[str, torch.Tensor], dict[str
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}). Without internet, "
             f"download them on another machine and set model.weights: PATH{offline}."
         ) from None
+
+
+def installed_weights(arch: str) -> tuple[Path, str] | None:
+    """The file and version of the installed weights package of backbone ``arch`` (pretrained weights
+    with no network needed), or None when none is installed, or when timm, which builds the
+    packaged architectures, is missing."""
+    import importlib.util
+
+    package = PACKAGES.get(arch)
+    if package is None or importlib.util.find_spec("timm") is None:
+        return None
+    return _package_file(*package)
 
 
 def _package_file(dist: str, module: str, locate: Any) -> tuple[Path, str] | None:
