@@ -86,11 +86,17 @@ def inputs_for_run(run_dir: str | Path, info: dict[str, Any]) -> RunInputs:
 
 def new_model(cfg: Config, input_shape: Sequence[int], task: Task, info: dict[str, Any], load: bool = True) -> nn.Module:
     """The config's model for this data: a text run's vocabulary size from ``info["input"]``, a
-    differenced series wrapped to see windows relative to their last value. Starting weights
+    differenced series wrapped to see windows relative to their last value, a table's network
+    behind the :class:`~deepworks.kinds.table.TableInput` that expands its slots. Starting weights
     (model.pretrained, model.weights, transfer.from) are loaded unless ``load`` is false (a
     finished run has its own)."""
     source = info.get("input") or {}
+    kind = kind_of_record(info)
+    if kind == "table":  # the network reads the features its TableInput expands the slots into
+        input_shape = table.net_input_shape(input_shape, info)
     model = model_from_config(cfg.model, input_shape, task.output_size(), vocab_size=source.get("vocab_size"))
-    if kind_of_record(info) == "series":
+    if kind == "series":
         model = series.wrap_model(model, info)
+    elif kind == "table":
+        model = table.wrap_model(model, info)
     return build_transfer(model, cfg, info, load=load)
