@@ -133,10 +133,12 @@ def test_a_dataframe_trains_like_its_csv(tmp_path):
 
     cfg = deepworks.load_config({"data": {"path": str(tmp_path / "t.csv"), "target": "label"}})
     a = prepare_data(cfg)
-    b = prepare_table(cfg, load_table(frame, "label"))
-    assert a.info["feature_names"] == b.info["feature_names"] and b.info["source"] == "DataFrame"
-    torch.testing.assert_close(a.train.x, b.train.x, rtol=0, atol=0, equal_nan=True)
-    assert torch.equal(a.test.y, b.test.y)
+    from deepworks.kinds.table import prepare
+
+    for b in (prepare_table(cfg, load_table(frame, "label")), prepare(cfg, source=frame)):
+        assert a.info["feature_names"] == b.info["feature_names"] and b.info["source"] == "DataFrame"
+        torch.testing.assert_close(a.train.x, b.train.x, rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(a.test.y, b.test.y)
 
 
 def test_the_encoder_never_makes_a_python_object_per_cell():

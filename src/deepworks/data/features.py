@@ -513,8 +513,9 @@ class TableEncoder:
             codes, texts = values.codes()
             index = {c: i for i, c in enumerate(spec["categories"])}
             other = len(spec["categories"])
-            # unseen categories go to the "other" code (the last); booleans match their stored spelling
-            table = np.array([index.get(t, index.get(t.lower(), other)) for t in texts] + [np.nan], dtype=np.float32)
+            # unseen categories go to the "other" code (the last); booleans and numbers match their
+            # stored spelling (True / true, 1.50 / 1.5)
+            table = np.array([_category(index, t, other) for t in texts] + [np.nan], dtype=np.float32)
             return [table[codes]]  # code -1 (missing) reads the NaN at the end
         if kind == "ordinal":
             positions = _ordinal_codes(values, spec["order"], name, lines, where)
@@ -601,6 +602,16 @@ def _feature_names(spec: Mapping[str, Any]) -> list[str]:
     else:
         names = [name]
     return names + ([f"{name}=missing"] if spec["indicator"] else [])
+
+
+def _category(index: Mapping[str, int], text: str, other: int) -> int:
+    """The code of ``text`` among a column's categories (``other`` when it is none of them)."""
+    if text in index:
+        return index[text]
+    if text.lower() in index:
+        return index[text.lower()]
+    number = _as_float(text)
+    return index.get(number_text(number), other) if number is not None else other
 
 
 def _slot_names(spec: Mapping[str, Any]) -> list[str]:

@@ -30,17 +30,19 @@ from deepworks.kinds.common import (
 from deepworks.train.tasks import Classification, Regression, Task
 
 
-def prepare(config: Config, fold: tuple[int, int | None] | None = None) -> PreparedData:
+def prepare(config: Config, fold: tuple[int, int | None] | None = None, source: Any = None) -> PreparedData:
     """A table: typed columns -> split -> encoder fitted on the training rows -> slots (N, S),
     float32: a scaled number or a category's code per input column (NaN where missing). The
     run's model expands them per batch (:class:`TableInput`: imputation, one-hot, missing
     indicators), so a table is held as S floats per row, never as its one-hot features.
 
     Classification targets are class indices; regression targets are standardised with the
-    training split's mean and std (the task un-scales predictions).
+    training split's mean and std (the task un-scales predictions). ``source`` (a pandas
+    DataFrame, or a path) is read in place of ``data.path``.
     """
     d = config.data
-    table = load_table(d.path, d.target, features=d.features, group_by=d.group_by,
+    # source: a pandas DataFrame (or a path) read in place of data.path
+    table = load_table(d.path if source is None else source, d.target, features=d.features, group_by=d.group_by,
                        delimiter=getattr(d, "delimiter", None))
     return prepare_table(config, table, fold)
 
@@ -175,26 +177,52 @@ class TableInput(nn.Module):
     graph): a missing slot (NaN) takes its training fill, a category's code becomes its one-hot
     block, a column with missing training cells gets its missing indicator. What
     :meth:`TableEncoder.expand` computes, a batch at a time on the batch's device; a code that is
-    no category (a fraction, out of range) sets no one-hot feature."""
+    no category (a fraction, out of range) sets no one-hot feature. The one-hot blocks are
+    scattered (one write per category column and row), so a wide table costs little more than its
+    values."""
 
     def __init__(self, expansion: Mapping[str, np.ndarray]):
         super().__init__()
-        kinds = np.asarray(expansion["type"])
+        kinds, source = np.asarray(expansion["type"]), np.asarray(expansion["source"], dtype=np.int64)
+        fill, code = np.asarray(expansion["fill"], np.float32), np.asarray(expansion["code"], np.float32)
+        value, missing = np.flatnonzero(kinds == 0), np.flatnonzero(kinds == 2)
+        one_hot = np.flatnonzero(kinds == 1)
+        # the one-hot features, block by block: each block's first feature, its slot, its size and fill
+        starts = [int(f) for f in one_hot if f == one_hot[0] or source[f] != source[f - 1] or kinds[f - 1] != 1]
+        sizes = [int((source[one_hot] == source[f]).sum()) for f in starts]
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if starts else np.zeros(0, np.int64)
+        self.width = len(one_hot)
+        self.parts = [name for name, idx in (("value", value), ("missing", missing), ("one_hot", starts)) if len(idx)]
+        # the order of the features: [values, missing indicators, one-hot blocks] -> feature order
+        order = np.empty(len(kinds), dtype=np.int64)
+        order[np.concatenate([value, missing, one_hot]).astype(np.int64)] = np.arange(len(kinds))
         # buffers, not weights: they come from data.json's encoder, so they are not saved with the model.
         # Made from numpy arrays, no tensor arithmetic: the model may be built on the meta device
-        buffers = {"source": np.asarray(expansion["source"], dtype=np.int64),
-                   "fill": np.asarray(expansion["fill"], dtype=np.float32),
-                   "code": np.asarray(expansion["code"], dtype=np.float32),
-                   "is_value": kinds == 0, "is_one_hot": kinds == 1}
-        for name, value in buffers.items():
-            self.register_buffer(name, torch.as_tensor(value), persistent=False)
+        buffers = {
+            "value_source": source[value], "value_fill": fill[value], "missing_source": source[missing],
+            "category_source": source[starts] if starts else np.zeros(0, np.int64),
+            "category_fill": fill[starts] if starts else np.zeros(0, np.float32),
+            "category_last": np.asarray(sizes, np.float32) - 1, "category_offset": offsets, "order": order,
+        }
+        for name, value_ in buffers.items():
+            self.register_buffer(name, torch.as_tensor(value_), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        picked = x.index_select(1, self.source)  # (B, F): each feature's slot
-        missing = torch.isnan(picked)
-        filled = torch.where(missing, self.fill, picked)
-        one_hot = (filled == self.code).to(x.dtype)
-        return torch.where(self.is_value, filled, torch.where(self.is_one_hot, one_hot, missing.to(x.dtype)))
+        parts = []
+        if "value" in self.parts:
+            values = x.index_select(1, self.value_source)  # (B, values)
+            parts.append(torch.where(torch.isnan(values), self.value_fill, values))
+        if "missing" in self.parts:
+            parts.append(torch.isnan(x.index_select(1, self.missing_source)).to(x.dtype))  # (B, indicators)
+        if "one_hot" in self.parts:
+            codes = x.index_select(1, self.category_source)  # (B, category columns)
+            codes = torch.where(torch.isnan(codes), self.category_fill, codes)
+            valid = (codes >= 0) & (codes <= self.category_last) & (codes == torch.floor(codes))
+            at = torch.where(valid, codes, torch.zeros_like(codes)).long() + self.category_offset
+            at = torch.where(valid, at, torch.full_like(at, self.width))  # an invalid code writes to a spare column
+            blocks = x.new_zeros((x.shape[0], self.width + 1)).scatter(1, at, 1.0)
+            parts.append(blocks)  # (B, one-hot features + the spare column, which ``order`` leaves out)
+        return torch.cat(parts, dim=1).index_select(1, self.order)
 
 
 class TableModel(nn.Module):
