@@ -109,6 +109,7 @@ def test_predict_on_raw_rows_matches_evaluate(penguin_run, tmp_path):
     y, _, _ = table_target(table)
     idx = split_indices(y, stratify=True, groups=None, val_fraction=0.15, test_fraction=0.15, seed=cfg.seed,
                         what="t")["test"]
+    idx = np.sort(idx)  # a table's splits hold their rows in file order
     header, rows = rows_of(PENGUINS)
     kept = [r for r in rows if r[0] not in ("", "NA")]
     test_rows = [kept[i] for i in idx]
