@@ -18,6 +18,7 @@ from sklearn.metrics import (accuracy_score, f1_score, mean_absolute_error, mean
 
 import deepworks
 from deepworks.cli import main
+from deepworks.data.features import TableEncoder
 from deepworks.data.tabular import load_table, table_target
 from deepworks.data.splits import split_indices
 from deepworks.evaluate.predictions import load_predictions
@@ -55,6 +56,12 @@ def split_of(run):
     return prepare_data(run.config)
 
 
+def features_of(data, x: torch.Tensor) -> np.ndarray:
+    """The features the network sees (N, F): the run's slots expanded by its encoder (one-hot,
+    imputation, missing indicators), as TableInput does inside the model."""
+    return TableEncoder.from_dict(data.info["encoder"]).expand(x.numpy())
+
+
 def test_penguins_species_from_mixed_columns(penguin_run):
     s = penguin_run.summary
     assert s["test"]["accuracy"] >= 0.95
@@ -71,11 +78,11 @@ def test_classification_baselines_equal_scikit_learn_on_the_same_split(penguin_r
     data = split_of(penguin_run)
     baselines = penguin_run.summary["baselines"]
     assert set(baselines) == {"majority_class", "logistic_regression"}
-    xtr, ytr = data.train.x.numpy(), data.train.y.numpy()
+    xtr, ytr = features_of(data, data.train.x), data.train.y.numpy()
     oracle = LogisticRegression(max_iter=2000, random_state=penguin_run.config.seed).fit(xtr, ytr)
     majority = np.bincount(ytr).argmax()
     for split in ("val", "test"):
-        x, y = getattr(data, split).x.numpy(), getattr(data, split).y.numpy()
+        x, y = features_of(data, getattr(data, split).x), getattr(data, split).y.numpy()
         pred = oracle.predict(x)
         ours = baselines["logistic_regression"][split]
         assert ours["accuracy"] == pytest.approx(accuracy_score(y, pred), abs=1e-12)
@@ -106,6 +113,7 @@ def test_predict_on_raw_rows_matches_evaluate(penguin_run, tmp_path):
     y, _, _ = table_target(table)
     idx = split_indices(y, stratify=True, groups=None, val_fraction=0.15, test_fraction=0.15, seed=cfg.seed,
                         what="t")["test"]
+    idx = np.sort(idx)  # a table's splits hold their rows in file order
     header, rows = rows_of(PENGUINS)
     kept = [r for r in rows if r[0] not in ("", "NA")]
     test_rows = [kept[i] for i in idx]
@@ -134,8 +142,8 @@ def test_penguin_body_mass_regression_beats_ridge_minus_003(penguin_regression_r
     ytr, yte = grams(data.train.y), grams(data.test.y)
 
     # the baselines, against scikit-learn's Ridge fitted here on the same encoded rows, and the training mean
-    ridge = Ridge(alpha=1.0).fit(data.train.x.numpy(), data.train.y.numpy())
-    ridge_pred = grams(torch.from_numpy(ridge.predict(data.test.x.numpy())))
+    ridge = Ridge(alpha=1.0).fit(features_of(data, data.train.x), data.train.y.numpy())
+    ridge_pred = grams(torch.from_numpy(ridge.predict(features_of(data, data.test.x))))
     ours = s["baselines"]["ridge"]["test"]
     assert ours["r2"] == pytest.approx(r2_score(yte, ridge_pred), abs=1e-9)
     assert ours["mae"] == pytest.approx(mean_absolute_error(yte, ridge_pred), rel=1e-9)
@@ -223,7 +231,7 @@ def test_parquet_tables_read_like_csv(tmp_path):
     a = prepare_data(deepworks.load_config({"data": {"path": str(PENGUINS), "target": "species"}}))
     b = prepare_data(deepworks.load_config({"data": {"path": str(tmp_path / "p.parquet"), "target": "species"}}))
     assert a.info["feature_names"] == b.info["feature_names"]
-    torch.testing.assert_close(a.train.x, b.train.x)
+    torch.testing.assert_close(a.train.x, b.train.x, equal_nan=True)  # slots: NaN where a value is missing
 
 
 def run_cli(args, capsys):

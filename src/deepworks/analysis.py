@@ -96,8 +96,9 @@ def _scorer(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> tuple[str, Ca
 def run_feature_groups(info: dict[str, Any], where: str | Path = "data.json") -> dict[str, list[int]]:
     """Original input column -> encoded feature indices, from a run's data.json.
 
-    ``feature_groups`` (written by the table encoder: a one-hot block, a missing-indicator)
-    when present; otherwise one group per entry of ``features`` (numeric-only tables, whose
+    A table run's ``input.groups`` (the slots of each column: its value or category code, a
+    date's parts) when its model reads slots; else ``feature_groups`` (written by the table
+    encoder: a one-hot block, a missing-indicator) when present; otherwise one group per entry of ``features`` (numeric-only tables, whose
     columns are the features). Image runs have neither and are refused with a pointer to
     ``deepworks projection``.
     """
@@ -110,7 +111,9 @@ def run_feature_groups(info: dict[str, Any], where: str | Path = "data.json") ->
             "`deepworks projection RUN_DIR` (activations of a layer in 2-D)."
         )
     width = int(shape[0])
-    groups = info.get("feature_groups")
+    source = info.get("input") or {}
+    # a table run whose model reads slots (one value per column, expanded inside the model): its slots' groups
+    groups = source.get("groups") if source.get("form") == "slots" else info.get("feature_groups")
     if groups:
         if not isinstance(groups, dict) or not all(
             isinstance(v, list) and v and all(isinstance(i, int) and 0 <= i < width for i in v) for v in groups.values()

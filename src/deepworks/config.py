@@ -175,6 +175,10 @@ class DataConfig(Strict):
     group_by: str | None = Field(
         None, description="table, text CSV or image list: rows sharing this column's value stay in one split"
     )
+    delimiter: str | None = Field(
+        None, min_length=1, max_length=1,
+        description="table: a CSV's field delimiter; default: the one of , ; tab | that splits its header row most",
+    )
     cv: int | None = Field(None, ge=2, description="k-fold cross-validation over the non-test data")
     on_duplicates: Literal["drop", "keep", "error"] = Field(
         "drop", description="val/test samples identical to a training sample: drop them, keep them, or stop"
@@ -415,14 +419,14 @@ SERIES_DATASETS = ("co2",)
 TEXT_DATASETS = ("rotten-tomatoes",)
 # data given in Python (deepworks.train(source=...)): images (arrays, a Dataset of images) and tables (a DataFrame)
 MEMORY_DATASETS = ("arrays", "dataframe")
-# a data.path with one of these suffixes is a table (CSV or Parquet); any other path is an image folder
-TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+# a data.path with one of these suffixes is a table (CSV, TSV, Parquet, JSON Lines); any other path is an image folder
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq", ".jsonl")
 # the kinds of data a run trains on; each has one module in deepworks.kinds (GANs are a kind of run, not of data)
 DATA_KINDS = ("image", "table", "text", "embeddings", "series")
 
 
 def is_table_path(path: Any) -> bool:
-    """Whether ``path`` names a table file (CSV or Parquet) by its suffix."""
+    """Whether ``path`` names a table file (CSV, TSV, Parquet, JSON Lines) by its suffix."""
     return Path(str(path)).suffix.lower() in TABLE_SUFFIXES
 
 

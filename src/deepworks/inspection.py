@@ -19,6 +19,7 @@ from deepworks.data.imagelist import plan_image_list
 from deepworks.models.registry import model_from_config
 from deepworks.models.summary import render_summary, summarize
 from deepworks.kinds import choose_model, prepare_data
+from deepworks.kinds.table import net_input_shape
 from deepworks.transfer import adopt_source, build
 
 # render_summary (defined with summarize, in the model layer) is handed out here too, so that
@@ -65,10 +66,13 @@ def inspect_config(config: Config | str | Path | Mapping[str, Any], *, device: s
     if config.transfer is not None:
         config = adopt_source(config)  # transfer.from: the earlier run's model
     vocab_size = None
-    if data_kind(config.data) in ("text", "embeddings", "series"):
-        # text and series tables: the vocabulary and the windows exist only once the data is prepared
+    if data_kind(config.data) in ("text", "embeddings", "series", "table"):
+        # text and series tables: the vocabulary and the windows exist only once the data is prepared;
+        # a table's features once its encoder is fitted (the network reads them, after TableInput)
         data = prepare_data(config)
         input_shape, num_classes = tuple(data.input_shape), data.task.output_size()
+        if data_kind(config.data) == "table":
+            input_shape = net_input_shape(input_shape, data.info)
         vocab_size = (data.info.get("input") or {}).get("vocab_size")
         dataset = str(config.data.path if config.data.path is not None else config.data.dataset)
     else:

@@ -25,13 +25,14 @@ from deepworks.data import build_augment
 from deepworks.data.folders import StreamedImages
 from deepworks.data.memory import given_again
 from deepworks.errors import CheckpointError, ConfigError, TrainingError
-from deepworks.evaluate.baselines import tabular_baselines, text_baselines
+from deepworks.evaluate.baselines import MAX_FIT_ROWS, tabular_baselines, text_baselines
 from deepworks.evaluate.diagnosis import diagnose, render_diagnosis
 from deepworks.evaluate.forecasting import forecast_scores
 from deepworks.evaluate.predictions import confidently_wrong, display_pixels, save_predictions
 from deepworks.kinds import PreparedData, choose_model, kind_of_record, new_model, prepare_data
 from deepworks.kinds.common import balance_classes
 from deepworks.models.external import run_config
+from deepworks.kinds.table import baseline_features
 from deepworks.models.gan import is_adversarial
 from deepworks.models.registry import model_source
 from deepworks.predictor import Run, load_run, predict
@@ -413,7 +414,13 @@ def _record_baselines(trainer: Trainer, data: PreparedData, run: RunDir, seed: i
         baselines = text_baselines(data.task, (data.raw["train"], data.train.y), texts, seed=seed)
     else:
         splits = {split: (getattr(data, split).x, getattr(data, split).y) for split in scored}
-        baselines = tabular_baselines(data.task, (data.train.x, data.train.y), splits, seed=seed)
+        # a table's slots: the linear models read the features the network sees (one-hot, indicators)
+        baselines = tabular_baselines(data.task, (data.train.x, data.train.y), splits, seed=seed,
+                                      features=baseline_features(data.info))
+        if len(data.train) > MAX_FIT_ROWS:
+            trainer.summary["baselines_fitted_on"] = MAX_FIT_ROWS
+            print(f"baselines: the linear model is fitted on {MAX_FIT_ROWS} of the {len(data.train)} training rows "
+                  "(a seeded sample)", flush=True)
     trainer.summary["baselines"] = baselines
     if distributed_context().is_main:
         run.write_json(run.summary, trainer.summary)

@@ -110,11 +110,13 @@ def test_missing_target_column_lists_columns_and_a_close_match(flowers):
         assert repr(col) in text
 
 
-def test_semicolon_file_gets_a_separator_hint(tmp_path):
+def test_semicolon_file_is_read_and_a_wrong_delimiter_gets_a_hint(tmp_path):
     path = tmp_path / "semi.csv"
     path.write_text("a;b;label\n1;2;x\n3;4;y\n")
+    ds = load_csv(path, "label")  # the delimiter is taken from the header row
+    assert ds.features == ["a", "b"] and ds.x.tolist() == [[1, 2], [3, 4]] and ds.classes == ["x", "y"]
     with pytest.raises(DataError, match="seems to use ';' as a separator"):
-        load_csv(path, "label")
+        load_csv(path, "label", delimiter=",")
 
 
 def test_text_columns_are_one_hot_encoded(tmp_path):

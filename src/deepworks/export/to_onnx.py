@@ -10,8 +10,11 @@ images          ``pixels`` (N, C, H, W)      the file decoded as training did (`
                                              (1/255 for 8-bit images); the run's normalisation
                                              (training mean/std), a backbone's resize and affine,
                                              and ``train.tta: hflip`` are inside the graph
-tables          ``features`` (N, F)          the run's ``TableEncoder`` (its JSON is in the
-                                             sidecar: columns, imputation, scaling, one-hot)
+tables          ``columns`` (N, S)           the run's ``TableEncoder.encode`` (its JSON is in the
+                float32, NaN where missing   sidecar): a scaled number or a category's code per
+                                             slot; imputation, one-hot and missing indicators
+                                             are inside the graph (runs from before the slots:
+                                             ``features`` (N, F), ``transform``)
 texts           ``token_ids`` (N, L) int64   the run's tokenizer and vocabulary (the sidecar's
                                              ``text``), right-padded with 0 to L = max_length
 sentence        ``embeddings`` (N, D)        the sentence encoder named in the sidecar (weights'

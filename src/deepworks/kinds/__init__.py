@@ -115,13 +115,19 @@ def choose_model(cfg: Config, input_shape: Sequence[int], log: bool = False) -> 
 
 def new_model(cfg: Config, input_shape: Sequence[int], task: Task, info: dict[str, Any], load: bool = True) -> nn.Module:
     """The config's model for this data: a text run's vocabulary size from ``info["input"]``, a
-    differenced series wrapped to see windows relative to their last value. Starting weights
+    differenced series wrapped to see windows relative to their last value, a table's network
+    behind the :class:`~deepworks.kinds.table.TableInput` that expands its slots. Starting weights
     (model.pretrained, model.weights, transfer.from) are loaded unless ``load`` is false (a
     finished run has its own). A config that names no model gets the one :func:`choose_model`
     chooses for ``input_shape``."""
     cfg = choose_model(cfg, input_shape)
     source = info.get("input") or {}
+    kind = kind_of_record(info)
+    if kind == "table":  # the network reads the features its TableInput expands the slots into
+        input_shape = table.net_input_shape(input_shape, info)
     model = model_from_config(cfg.model, input_shape, task.output_size(), vocab_size=source.get("vocab_size"))
-    if kind_of_record(info) == "series":
+    if kind == "series":
         model = series.wrap_model(model, info)
+    elif kind == "table":
+        model = table.wrap_model(model, info)
     return build_transfer(model, cfg, info, load=load)
