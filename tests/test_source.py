@@ -118,3 +118,62 @@ def test_data_given_twice_or_columns_without_a_source_are_refused(digits_images)
         deepworks.train({"data": {"path": str(root)}}, target="label")
     with pytest.raises(ConfigError, match=r"target: arrays \(X, y\) carry their labels in y"):
         deepworks.train(source=(x, y), target="label")
+
+
+PENGUINS = Path(__file__).resolve().parents[1] / "examples" / "data" / "penguins.csv"
+
+
+@pytest.fixture(scope="module")
+def penguin_runs(tmp_path_factory):
+    import pandas as pd
+
+    runs = tmp_path_factory.mktemp("penguin-runs")
+    frame = pd.read_csv(PENGUINS)
+    settings = {"train": {"epochs": 2}, "report": False}
+    given = deepworks.train(source=frame, target="species", run_dir=runs / "frame", **settings)
+    files = deepworks.train({"data": {"path": str(PENGUINS), "target": "species"}, **settings}, run_dir=runs / "csv")
+    return frame, given, files
+
+
+def test_a_dataframe_gives_the_figures_of_the_same_table_as_a_file(penguin_runs):
+    frame, given, files = penguin_runs
+    assert given.summary["test"] == files.summary["test"]
+    assert given.summary["baselines"] == files.summary["baselines"]
+    assert given.config.data.dataset == "dataframe" and given.config.data.target == "species"
+
+
+def test_predictor_on_raw_rows_of_a_dataframe_equals_predict_on_the_csv(penguin_runs):
+    frame, given, files = penguin_runs
+    rows = frame.drop(columns="species").head(25)
+    np.testing.assert_allclose(
+        deepworks.Predictor(given.dir).predict_proba(rows),
+        deepworks.Predictor(files.dir).predict_proba(str(PENGUINS))[:25], atol=1e-6,
+    )
+    assert deepworks.evaluate(given.dir, source=frame)["accuracy"] == pytest.approx(given.summary["test"]["accuracy"])
+
+
+def test_two_d_arrays_are_a_table_of_numeric_columns(tmp_path):
+    import pandas as pd
+
+    d = load_digits()
+    x, y = d.data[:400], d.target[:400]
+    given = deepworks.train(source=(x, y), run_dir=tmp_path / "arrays", **FAST)
+    table = pd.DataFrame(x, columns=[f"x{i}" for i in range(64)]).assign(y=y)
+    table.to_csv(tmp_path / "digits.csv", index=False)
+    files = deepworks.train({"data": {"path": str(tmp_path / "digits.csv"), "target": "y", "task": "classification"},
+                             **FAST}, run_dir=tmp_path / "csv")
+    assert given.summary["test"] == files.summary["test"]
+    assert given.task.record() == files.task.record()
+
+
+def test_bad_dataframes_are_refused_naming_the_column_and_the_fix():
+    import pandas as pd
+
+    frame = pd.read_csv(PENGUINS)
+    with pytest.raises(DataError, match=r"source \(DataFrame\): no column 'specie' .*Did you mean 'species'"):
+        deepworks.train(source=frame, target="specie")
+    with pytest.raises(DataError, match=r"source: the DataFrame is empty"):
+        deepworks.train(source=frame.iloc[:0], target="species")
+    reviews = pd.DataFrame({"review": [f"a long review number {i} of words" for i in range(40)], "label": [0, 1] * 20})
+    with pytest.raises(ConfigError, match=r"text='review': a DataFrame of texts is read from a file only"):
+        deepworks.train(source=reviews, text="review", target="label")

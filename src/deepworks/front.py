@@ -124,4 +124,11 @@ def with_source(config: str | Path | dict | Config | None, source: Source, colum
             if columns["task"] is None:
                 columns["task"] = "regression" if labels.dtype.kind == "f" else "classification"
         keys = {**infer_data(source.frame, "source (DataFrame)", Path.cwd(), **columns), "dataset": "dataframe"}
+        other = [key for key in ("text", "time", "image") if keys.get(key) is not None]
+        if other:  # their kinds read files only, for now
+            raise ConfigError(
+                f"{other[0]}={keys[other[0]]!r}: a DataFrame of {'texts' if other[0] == 'text' else 'a series' if other[0] == 'time' else 'image files'} "
+                "is read from a file only. Fix: save it (df.to_csv('data.csv', index=False)) and train on the file "
+                f"(deepworks.train({{'data': {{'path': 'data.csv', '{other[0]}': ...}}}}) or `deepworks train data.csv`)."
+            )
     return {**base, "data": {**data, **keys, "fingerprint": source.fingerprint}}
