@@ -217,7 +217,8 @@ def test_a_table_regression_gives_the_function_the_feature_count_and_one_output_
     config = {"data": {"path": str(tmp_path / "t.csv"), "target": "y", "task": "regression"},
               "model": {"name": "user_nets:mlp", "width": 7}, "train": QUIET, "report": False}
     run = deepworks.train(config, run_dir=tmp_path / "run")
-    first, last = run.model[1], run.model[3]
+    net = run.model.net  # a table run's model is TableInput (slots -> features) and then the user's network
+    first, last = net[1], net[3]
     assert (first.in_features, first.out_features, last.out_features) == (3, 7, 1)
     assert run.task.name == "regression" and "rmse" in run.summary["test"]
 
