@@ -1,7 +1,8 @@
 """The default model for images, chosen once their prepared size is known, and cnn's global_pool default.
 
 With no model named: under 96 px a ``cnn``; from 96 px the pretrained ``tf_efficientnet_lite0``
-fine-tuned when its weights package is installed, else a ``cnn`` with global average pooling. The
+fine-tuned when its weights package is installed, else ``PHOTO_CNN``: a ``cnn`` with a stride-2 first
+conv, 5 conv blocks and global average pooling. The
 run's config.yaml records the model chosen, so training again from it builds the same one. A
 ``cnn`` pools by default over 64 px; a run recorded without the key is read with the old default.
 """
@@ -24,7 +25,7 @@ import deepworks
 from deepworks.config import load_config, load_run_config
 from deepworks.errors import ConfigError
 from deepworks.kinds import choose_model
-from deepworks.kinds.image import PHOTO_BACKBONE, default_model
+from deepworks.kinds.image import PHOTO_BACKBONE, PHOTO_CNN, default_model
 from deepworks.models.registry import create_model
 from deepworks.models.zoo import Backbone
 
@@ -76,8 +77,27 @@ def test_from_96_px_with_the_weights_installed_the_default_is_the_pretrained_bac
 def test_from_96_px_without_the_weights_the_default_is_a_cnn_with_global_pooling(monkeypatch):
     no_weights_package(monkeypatch)
     model, transfer, why = default_model((3, 224, 224))
-    assert model == {"name": "cnn", "global_pool": True} and transfer is None
-    assert "images of 224x224 px: 96 px or more, but the weights of tf_efficientnet_lite0 are not installed" in why
+    assert model == PHOTO_CNN and transfer is None
+    assert model["global_pool"] is True and model["blocks"][0] == {"filters": 32, "stride": 2}
+    assert len(model["blocks"]) == 5
+    assert why.startswith("cnn of 5 conv blocks (a stride-2 first conv) with global average pooling (images of "
+                          "224x224 px: 96 px or more, but the weights of tf_efficientnet_lite0 are not installed")
+    model["blocks"].append({"filters": 8})  # the caller's copy: the next choice is unchanged
+    assert default_model((3, 224, 224))[0] == PHOTO_CNN and len(PHOTO_CNN["blocks"]) == 5
+
+
+@pytest.mark.parametrize("shape", [(1, 96, 96), (3, 96, 97), (3, 224, 224), (3, 96, 400), (3, 512, 384)])
+def test_the_fallback_cnn_builds_from_96_px_with_a_head_on_pooled_features_only(shape):
+    """From the smallest size it is chosen for (96 px: 5 pools after a stride-2 conv leave 1x1) to large
+    photos: the same 1.0M parameters whatever the size, the dense head reading the last block's 256 pooled
+    values, not a position each (the unpooled cnn at 224 px: 25.7M, nearly all in its first dense layer)."""
+    keys = {k: v for k, v in PHOTO_CNN.items() if k != "name"}
+    model = create_model("cnn", input_shape=shape, num_classes=10, **keys)
+    assert model(torch.zeros(2, *shape)).shape == (2, 10)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128, 256, 256] and convs[0].stride == (2, 2)
+    assert [m.in_features for m in model.modules() if isinstance(m, nn.Linear)] == [256, 128]
+    assert sum(p.numel() for p in model.parameters()) == 1_012_842 + (shape[0] - 1) * 32 * 9
 
 
 def test_no_model_named_is_kept_apart_from_cnn_named_until_the_data_is_known():
@@ -137,10 +157,14 @@ def test_from_96_px_without_the_weights_a_pooling_cnn_is_trained_and_recorded(tm
     folder = photo_folder(tmp_path / "photos", 96)
     run = deepworks.train({"data": {"path": str(folder)}, "train": QUIET, "report": False}, run_dir=tmp_path / "a")
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("model: "))
-    assert line.startswith("model: cnn with global average pooling (images of 96x96 px: 96 px or more, but the "
-                           f"weights of {PHOTO_BACKBONE} are not installed") and line.endswith(LOG_TAIL)
+    assert line.startswith("model: cnn of 5 conv blocks (a stride-2 first conv) with global average pooling "
+                           f"(images of 96x96 px: 96 px or more, but the weights of {PHOTO_BACKBONE} are not "
+                           "installed") and line.endswith(LOG_TAIL)
     recorded = load_run_config(run.dir / "config.yaml")
     assert recorded.model.name == "cnn" and recorded.model.params["global_pool"] is True
+    written = yaml.safe_load((run.dir / "config.yaml").read_text())["model"]
+    assert [{k: v for k, v in b.items() if v is not None} for b in written["blocks"]] == PHOTO_CNN["blocks"]
+    assert (written["dropout"], written["head_dropout"]) == (PHOTO_CNN["dropout"], PHOTO_CNN["head_dropout"])
     assert recorded.transfer is None and pools(run.model)
     monkeypatch.delitem(sys.modules, WEIGHTS_MODULE)  # weights installed again: the recorded cnn stays a cnn
     again = deepworks.train(run.dir / "config.yaml", run_dir=tmp_path / "b")
@@ -157,8 +181,9 @@ def test_inspect_shows_the_model_training_would_choose(tmp_path, monkeypatch):
     no_weights_package(monkeypatch)
     summary = inspect_config({"data": {"path": str(folder)}})
     assert summary["model"] == "cnn" and "transfer" not in summary
+    keys = {k: v for k, v in PHOTO_CNN.items() if k != "name"}
     assert summary["total_params"] == sum(p.numel() for p in create_model(
-        "cnn", input_shape=(3, 96, 96), num_classes=2, global_pool=True).parameters())
+        "cnn", input_shape=(3, 96, 96), num_classes=2, **keys).parameters())
 
 
 # ----------------------------------------------------------------------------- cnn's global_pool
