@@ -382,7 +382,9 @@ def many_images(tmp_path_factory):
     images = (load_digits().images * 255 / 16).astype(np.uint8)
     for i in range(5000):
         (folder / ("a" if i < 500 else "b")).mkdir(exist_ok=True)
-        Image.fromarray(images[i % len(images)], mode="L").save(folder / ("a" if i < 500 else "b") / f"{i:05d}.png")
+        # 128x128 (the run reads 8x8): decoded images held by mistake would show, at 16 KB each
+        image = Image.fromarray(images[i % len(images)], mode="L").resize((128, 128))
+        image.save(folder / ("a" if i < 500 else "b") / f"{i:05d}.png")
     return folder
 
 
@@ -421,6 +423,7 @@ def footprint(pid, child=False):
 run, folder, out = sys.argv[1], sys.argv[2], sys.argv[3]
 p = deepworks.Predictor(run, batch_size=64, workers=2)
 p.predict_to([sorted(Path(folder).glob("a/*.png"))[0]], out, top_k=1)  # first call: lazy imports done
+files = sorted(Path(folder).glob("*/*.png"))  # the caller's list of inputs: the caller's memory, not predict's
 before = footprint(os.getpid())
 peak, done = before, False
 def sample():
@@ -429,7 +432,7 @@ def sample():
         peak = max(peak, footprint(os.getpid()))
         time.sleep(0.005)
 t = threading.Thread(target=sample); t.start()
-p.predict_to(folder, out, top_k=1)
+p.predict_to(files, out, top_k=1)
 done = True; t.join()
 print(json.dumps({"before": before, "peak": peak}))
 """
@@ -438,7 +441,11 @@ print(json.dumps({"before": before, "peak": peak}))
 def test_peak_memory_stays_flat_from_500_to_5000_images(runs, many_images, tmp_path):
     """The process and its decoding workers together (the process's resident memory plus its
     workers' private memory, sampled while predicting): the growth of the peak over the memory
-    before predicting is the same for 5,000 images as for 500."""
+    before predicting is about the same for 5,000 images as for 500: within 16 MB, where the
+    4,500 more images decoded (128x128) would take 70 MB if they were held. (Predict keeps one file
+    name per input, in the process and in each decoding worker's copy, about 3.5 MB for 4,500; the
+    growth for 500 images itself varies from 21 to 30 MB between runs on one machine, so a ratio of
+    the two is no test.)"""
     small = tmp_path / "small"
     shutil.copytree(many_images / "a", small / "a")
     growth = {}
@@ -449,7 +456,7 @@ def test_peak_memory_stays_flat_from_500_to_5000_images(runs, many_images, tmp_p
         m = json.loads(done.stdout.strip().splitlines()[-1])
         growth[name] = m["peak"] - m["before"]
     assert growth["500"] > 0
-    assert growth["5000"] <= 1.10 * growth["500"], growth
+    assert growth["5000"] - growth["500"] <= 16 * 2**20, growth
 
 
 # ----------------------------------------------------------------------------- the command line
