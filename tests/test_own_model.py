@@ -8,6 +8,8 @@ module (trained once, 1 epoch)."""
 
 from __future__ import annotations
 
+import hashlib
+
 import importlib
 import json
 import shutil
@@ -25,7 +27,7 @@ import deepworks
 from deepworks.cli import main
 from deepworks.errors import ConfigError, ModelImportError
 from deepworks.models import MODELS
-from deepworks.models.external import ModelSourceWarning, file_sha256
+from deepworks.models.external import ModelSourceWarning
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -135,7 +137,7 @@ def test_an_imported_model_trains_reports_and_records_its_module(own_run, nets_d
     source = json.loads((run.dir / "data.json").read_text())["model_source"]
     module_file = nets_dir / "user_nets.py"
     assert source["module"] == "user_nets" and Path(source["file"]) == module_file.resolve()
-    assert source["sha256"] == file_sha256(module_file)
+    assert source["sha256"] == hashlib.sha256(module_file.read_bytes()).hexdigest()
 
 
 def test_evaluate_imports_the_model_again_and_gives_the_runs_test_figures(own_run):
@@ -347,7 +349,7 @@ def test_an_entry_point_model_is_listed_and_trains_from_a_config(tmp_path, monke
         assert run.model[1].out_features == 5 and run.summary["test"]["accuracy"] > 0.3
         source = json.loads((run.dir / "data.json").read_text())["model_source"]
         assert source["origin"] == "entry point ep_tiny = ep_models:tiny of package ep-models 1.2"
-        assert source["sha256"] == file_sha256(site / "ep_models.py")
+        assert source["sha256"] == hashlib.sha256((site / "ep_models.py").read_bytes()).hexdigest()
     finally:
         for module in ("ep_models", "ep_registering"):
             _forget(module)

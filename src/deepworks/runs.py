@@ -13,6 +13,7 @@ Layout::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -34,6 +35,7 @@ __all__ = [
     "RunDir",
     "new_run_dir",
     "atomic_write",
+    "file_sha256",
     "save_tensors",
     "load_tensors",
     "pack_state",
@@ -59,6 +61,15 @@ def new_run_dir(name: str, base: str | Path = "runs") -> Path:
         n += 1
         path = base / f"{name}-{stamp}-{n}"
     return path
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes, read a megabyte at a time (what runs record of weights and model files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:

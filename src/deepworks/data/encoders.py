@@ -41,7 +41,7 @@ import torch
 
 from deepworks.data.datasets import data_cache_dir
 from deepworks.errors import ConfigError, DataError
-from deepworks.runs import save_tensors
+from deepworks.runs import file_sha256, save_tensors
 
 __all__ = [
     "MINILM",
@@ -86,11 +86,7 @@ def _file_sha256(path: Path) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _sha_memo:
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _sha_memo[key] = digest.hexdigest()
+        _sha_memo[key] = file_sha256(path)
     return _sha_memo[key]
 
 

@@ -19,7 +19,6 @@ name and warns when the file has changed since (:func:`run_config`).
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata as md
 import inspect
@@ -36,7 +35,7 @@ from torch import nn
 
 from deepworks.config import Config, load_run_config
 from deepworks.errors import ModelImportError, UnknownNameError, close_matches
-from deepworks.runs import RunDir, existing_run
+from deepworks.runs import RunDir, existing_run, file_sha256
 
 __all__ = [
     "ENTRY_POINT_GROUP", "ModelSourceWarning", "entry_points", "file_sha256", "import_factory", "is_import_path",
@@ -194,13 +193,6 @@ def entry_point_label(ep: md.EntryPoint) -> str:
     package = f" of package {dist.name} {dist.version}" if dist is not None else ""
     return f"entry point {ep.name} = {ep.value}{package}"
 
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def source_record(name: str, factory: Callable[..., Any], origin: str) -> dict[str, Any]:

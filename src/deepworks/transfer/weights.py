@@ -14,7 +14,6 @@ and nothing in it runs). Every load records its origin (source, file, SHA-256) f
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch import nn
 
 from deepworks.errors import ConfigError
 from deepworks.models.zoo import Backbone
+from deepworks.runs import file_sha256 as sha256_file  # the name this module has always given it
 
 __all__ = [
     "read_weights_file", "fit_state_dict", "head_name", "pretrained_state", "expected_normalisation", "load_weights",
@@ -42,13 +42,6 @@ PACKAGES = {
 
 _NESTED = ("state_dict", "model_state_dict", "model", "net")
 
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_weights_file(path: str | Path, where: str = "model.weights") -> dict[str, torch.Tensor]:
