@@ -38,7 +38,7 @@ from deepworks.errors import ModelImportError, UnknownNameError, close_matches
 from deepworks.runs import RunDir, existing_run, file_sha256
 
 __all__ = [
-    "ENTRY_POINT_GROUP", "ModelSourceWarning", "entry_points", "file_sha256", "import_factory", "is_import_path",
+    "ENTRY_POINT_GROUP", "ModelSourceWarning", "entry_points", "import_factory", "is_import_path",
     "params_schema", "run_config", "source_record", "takes_keyword",
 ]
 
