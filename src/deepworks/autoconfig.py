@@ -38,7 +38,7 @@ import pandas as pd
 
 from deepworks.config import TABLE_SUFFIXES, is_table_path
 from deepworks.data.images import IMAGE_EXTENSIONS
-from deepworks.data.tabular import REGRESSION_MIN_DISTINCT
+from deepworks.data.tabular import REGRESSION_MIN_DISTINCT, peek_table
 from deepworks.errors import ConfigError, DataError, close_matches
 
 __all__ = ["config_for_data", "infer_data", "is_data_path", "TARGET_NAMES", "PEEK_ROWS"]
@@ -101,7 +101,7 @@ def config_for_data(
         raise DataError(
             f"{path}: not a folder, a table ({', '.join(TABLE_SUFFIXES)}) or a config (.yaml). Fix: give one of these."
         )
-    frame = _peek_table(path)
+    frame = peek_table(path, PEEK_ROWS)  # read by the rules training reads the whole file with
     _check_header(path, frame)
     data = infer_data(frame, str(path), path.parent, target, text, time, task)
     return {"name": _run_name(path), "data": {"path": str(source), **data}}
@@ -154,33 +154,6 @@ def infer_data(
                               "Fix: remove --task.")
         return {"text": text, "target": target}
     return {"target": target, "task": task or _task(frame[target], where, target)}
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def _peek_table(path: Path, rows: int = PEEK_ROWS) -> pd.DataFrame:
-    """The first ``rows`` rows of a table file as pandas reads them (types inferred)."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".parquet", ".pq"):
-            try:
-                import pyarrow.parquet as pq
-            except ImportError:
-                raise DataError(f"{path}: reading Parquet files needs pyarrow. Fix: pip install 'deepworks[parquet]' "
-                                "(or save the table as CSV).") from None
-            batch = next(pq.ParquetFile(path).iter_batches(batch_size=rows), None)
-            return batch.to_pandas() if batch is not None else pq.read_schema(path).empty_table().to_pandas()
-        if suffix == ".jsonl":
-            return pd.read_json(path, lines=True, nrows=rows)
-        return pd.read_csv(path, nrows=rows, sep="\t" if suffix == ".tsv" else ",", encoding="utf-8-sig")
-    except DataError:
-        raise
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: the file is empty. Fix: give a table with a header row and rows of data.") from None
-    except Exception as exc:  # pandas and pyarrow raise many types for damaged files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: cannot read the table ({first}). Fix: check the file's format.") from None
 
 
 def _is_number(text: str) -> bool:

@@ -25,6 +25,7 @@ __all__ = [
     "ON_BAD_FILE",
     "ImageSpec",
     "decode_image",
+    "pixels_to_uint8",
     "is_grayscale_mode",
     "load_pixels",
     "read_image",
@@ -290,6 +291,30 @@ def decode_image(path: str | os.PathLike[str]) -> torch.Tensor:
 
 
 _LUMA = (19595, 38470, 7471)  # ITU-R 601-2 luma in 16-bit fixed point, as Pillow's "RGB" -> "L"
+
+
+def pixels_to_uint8(x: np.ndarray, where: str) -> np.ndarray:
+    """Image values as the 8-bit pixels a file stores: uint8 as they are, whole numbers in 0..255,
+    or floats in [0, 1] (as ``ToTensor`` gives them) rounded to 8 bits. Anything else is a
+    :class:`DataError` starting with ``where``. What ``deepworks.train(source=...)`` and a
+    trained run's ``predict`` both do with arrays of images."""
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype == bool or not np.issubdtype(x.dtype, np.number):
+        raise DataError(f"{where}: image pixels must be numbers, got dtype {x.dtype}.")
+    if x.size == 0:
+        return x.astype(np.uint8)
+    lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
+    if np.issubdtype(x.dtype, np.integer):
+        if lo < 0 or hi > 255:
+            raise DataError(f"{where}: integer pixels must lie in 0..255, got {lo:g}..{hi:g}. Fix: give 8-bit pixels.")
+        return x.astype(np.uint8)
+    if not np.isfinite(x).all() or lo < 0 or hi > 1:
+        raise DataError(
+            f"{where}: float pixels must lie in [0, 1] (as ToTensor gives them), got {lo:.3g}..{hi:.3g}. Fix: give the "
+            "pixels before any normalisation (deepworks normalises with the training split's statistics), or uint8."
+        )
+    return np.rint(x * 255.0).astype(np.uint8)  # stored as an 8-bit file's pixels are
 
 
 def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:

@@ -30,7 +30,8 @@ import torch
 from deepworks.config import MEMORY_DATASETS
 from deepworks.data.containers import ImageDataset
 from deepworks.data.datasets import DATASETS, _conform
-from deepworks.data.images import ImageSpec
+from deepworks.data.images import ImageSpec, pixels_to_uint8
+from deepworks.data.tabular import is_frame
 from deepworks.errors import ConfigError, DataError
 
 __all__ = ["Source", "as_source", "provided", "given", "MEMORY_DATASETS", "TABLE_TARGET"]
@@ -92,17 +93,13 @@ def given(fingerprint: str | None, what: str) -> Source:
 # ----------------------------------------------------------------------------- sources
 
 
-def _is_frame(value: Any) -> bool:
-    return type(value).__module__.split(".")[0] == "pandas" and type(value).__name__ == "DataFrame"
-
-
 def _is_dataset(value: Any) -> bool:
     return isinstance(value, torch.utils.data.Dataset) and hasattr(value, "__len__") and hasattr(value, "__getitem__")
 
 
 def as_source(value: Any, target: str | None = None) -> Source:
     """``value`` (a DataFrame, ``(X, y)`` or a torch ``Dataset``) as a :class:`Source`, checked and fingerprinted."""
-    if _is_frame(value):
+    if is_frame(value):
         if len(value) == 0 or len(value.columns) == 0:
             raise DataError("source: the DataFrame is empty. Fix: give one row per sample and one column per input.")
         return Source("frame", _frame_digest(value), frame=value)
@@ -172,21 +169,7 @@ def _pixels(x: np.ndarray, where: str) -> np.ndarray:
             f"{where}: images must be (N, H, W), (N, C, H, W) or (N, H, W, C) with 1 or 3 channels, got shape "
             f"{tuple(x.shape)}. Fix: give 2-D X (N, F) for a table, or images in one of those shapes."
         )
-    if x.dtype == np.uint8:
-        return np.ascontiguousarray(x)
-    if x.dtype == bool or not np.issubdtype(x.dtype, np.number):
-        raise DataError(f"{where}: image pixels must be numbers, got dtype {x.dtype}.")
-    lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
-    if np.issubdtype(x.dtype, np.integer):
-        if lo < 0 or hi > 255:
-            raise DataError(f"{where}: integer pixels must lie in 0..255, got {lo:g}..{hi:g}. Fix: give 8-bit pixels.")
-        return np.ascontiguousarray(x.astype(np.uint8))
-    if not np.isfinite(x).all() or lo < 0 or hi > 1:
-        raise DataError(
-            f"{where}: float pixels must lie in [0, 1] (as ToTensor gives them), got {lo:.3g}..{hi:.3g}. Fix: give the "
-            "pixels before any normalisation (deepworks normalises with the training split's statistics), or uint8."
-        )
-    return np.ascontiguousarray(np.rint(x * 255.0).astype(np.uint8))  # stored as an 8-bit file's pixels are
+    return np.ascontiguousarray(pixels_to_uint8(x, where))
 
 
 def _classes(y: np.ndarray, where: str) -> tuple[list[str], np.ndarray]:

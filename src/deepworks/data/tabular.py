@@ -49,7 +49,7 @@ from deepworks.data.features import MISSING_VALUES, ColumnValues, TableEncoder, 
 from deepworks.errors import ConfigError, DataError, close_matches
 
 __all__ = [
-    "Table", "Lines", "load_table", "peek_table", "read_frame", "table_target", "read_table", "check_column",
+    "Table", "Lines", "is_frame", "load_table", "peek_table", "read_frame", "table_target", "read_table", "check_column",
     "load_csv", "sniff_delimiter", "MISSING_VALUES", "DELIMITERS",
 ]
 
@@ -327,7 +327,8 @@ def _read_jsonl(path: Path, nrows: int | None) -> Any:
         raise DataError(f"{path}: cannot read the file ({exc.strerror or exc}).") from None
 
 
-def _is_frame(value: Any) -> bool:
+def is_frame(value: Any) -> bool:
+    """Whether ``value`` is a pandas DataFrame (asked without importing pandas)."""
     return type(value).__name__ == "DataFrame" and hasattr(value, "columns")
 
 
@@ -337,7 +338,7 @@ def read_frame(
     """A table file (or a pandas DataFrame, used as it is) as a DataFrame with string column
     names, and each row's line (:class:`Lines`). ``delimiter`` overrides a CSV's sniffed one;
     ``text`` reads a CSV's cells as text, as written; ``nrows`` reads only the first rows."""
-    if _is_frame(source):
+    if is_frame(source):
         header = [str(c) for c in source.columns]
         check_names("DataFrame", header)
         if len(header) == 0:
@@ -519,7 +520,7 @@ def load_table(
     one split together; ``delimiter`` overrides a CSV's sniffed delimiter. Rows with a missing
     target are dropped with a warning.
     """
-    frame_given = _is_frame(source)
+    frame_given = is_frame(source)
     path = Path("DataFrame") if frame_given else Path(source).expanduser()
     if target is None or (isinstance(target, str) and not target.strip()):
         raise DataError(

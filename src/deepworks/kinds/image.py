@@ -21,7 +21,8 @@ from deepworks.config import Config
 from deepworks.data.datasets import ImageDataset, load_from_config
 from deepworks.data.folders import DecodeFiles, FolderStream, StreamedImages, collate_decoded, pixel_stats
 from deepworks.data.images import (
-    IMAGE_EXTENSIONS, ImageSpec, decode_image, decode_image_bytes, pixels_from_pil, resize_pixels, to_channels,
+    IMAGE_EXTENSIONS, ImageSpec, decode_image, decode_image_bytes, pixels_from_pil, pixels_to_uint8, resize_pixels,
+    to_channels,
 )
 from deepworks.data.leakage import apply_policy, find_duplicates, sample_hashes
 from deepworks.data.loaders import TensorData, ToInput
@@ -246,20 +247,10 @@ class ImageInputs(RunInputs):
             x = x[None]
         elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):
             x = x.permute(0, 3, 1, 2)  # channels last -> first
-        if not x.dtype.is_floating_point and x.dtype not in (torch.uint8, torch.bool) and x.numel():
-            if int(x.min()) >= 0 and int(x.max()) <= 255:
-                x = x.to(torch.uint8)  # whole numbers of 8-bit range, e.g. an int64 array
         if x.ndim != 4 or x.shape[1] not in (1, 3) or 0 in x.shape:
             raise DataError(f"predict: an array of shape {tuple(value.shape)} is not images; expected {expected}. "
                             "Fix: reorder an (N, H, W, C) array with array.transpose(0, 3, 1, 2).")
-        if x.dtype.is_floating_point:
-            if not bool(torch.isfinite(x).all()) or float(x.min()) < 0 or float(x.max()) > 1:
-                raise DataError(f"predict: float pixels must lie in [0, 1] (got {float(x.min()):.3g} to "
-                                f"{float(x.max()):.3g}); expected {expected}. Fix: divide 8-bit values by 255.")
-            x = torch.round(x * 255).to(torch.uint8)
-        elif x.dtype != torch.uint8:
-            raise DataError(f"predict: an array of {x.dtype} is not images; expected {expected}.")
-        return list(x)
+        return list(torch.from_numpy(pixels_to_uint8(x.numpy(), "predict")))
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         """Decoded uint8 (C, H, W) -> the run's channels and size."""

@@ -22,7 +22,7 @@ from deepworks.data.features import ColumnValues, TableEncoder
 from deepworks.data.leakage import apply_policy, find_duplicates, one_to_one_columns
 from deepworks.data.memory import given
 from deepworks.data.splits import apply_subset, normalize, split_indices
-from deepworks.data.tabular import Lines, Table, feature_matrix, load_table, read_frame, table_target
+from deepworks.data.tabular import Lines, Table, feature_matrix, is_frame, load_table, read_frame, table_target
 from deepworks.errors import ConfigError, DataError
 from deepworks.kinds.common import (
     Batch, PreparedData, RunInputs, apply_fold, check_on_error, class_counts, data_seed, expand_paths, fingerprint,
@@ -187,7 +187,7 @@ class TableInput(nn.Module):
     def __init__(self, expansion: Mapping[str, np.ndarray]):
         super().__init__()
         kinds, source = np.asarray(expansion["type"]), np.asarray(expansion["source"], dtype=np.int64)
-        fill, code = np.asarray(expansion["fill"], np.float32), np.asarray(expansion["code"], np.float32)
+        fill = np.asarray(expansion["fill"], np.float32)
         value, missing = np.flatnonzero(kinds == 0), np.flatnonzero(kinds == 2)
         one_hot = np.flatnonzero(kinds == 1)
         # the one-hot features, block by block: each block's first feature, its slot, its size and fill
@@ -287,7 +287,7 @@ class TableInputs(RunInputs):
 
     # -- raw inputs -> (where, values by column, lines, origin) --
     def _tables(self, inputs: Any) -> Iterator[tuple[str, dict[str, Any], Any, dict[str, Any]]]:
-        if isinstance(inputs, (str, Path, np.ndarray, Mapping)) or _is_frame(inputs):
+        if isinstance(inputs, (str, Path, np.ndarray, Mapping)) or is_frame(inputs):
             inputs = [inputs]
         elif isinstance(inputs, list) and inputs and all(isinstance(r, Mapping) for r in inputs):
             inputs = [inputs]  # one list of row mappings
@@ -304,7 +304,7 @@ class TableInputs(RunInputs):
                     # data.delimiter, if set; runs from before the encoder read cells as text
                     frame, lines = read_frame(path, delimiter=self.info.get("delimiter"), text=self.encoder is None)
                     yield str(path), self._of_frame(frame), lines, {"file": str(path)}
-            elif _is_frame(item):
+            elif is_frame(item):
                 frame, lines = read_frame(item)
                 yield "DataFrame", self._of_frame(frame), lines, {}
             elif isinstance(item, np.ndarray):
@@ -443,6 +443,3 @@ def _take(values: Any, rows: Any) -> Any:
         return values.take(rows)
     return [values[int(i)] for i in rows]
 
-
-def _is_frame(value: Any) -> bool:
-    return type(value).__name__ == "DataFrame" and hasattr(value, "columns")
