@@ -19,25 +19,11 @@ import pytest
 import yaml
 
 import deepworks
+from cli_in_process import refused, run
 from deepworks.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "configs" / "quickstart.yaml"
-
-
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, " ".join(captured.err.split())
-
-
-def refused(args, capsys, *needles):
-    code, out, err = run(args, capsys)
-    assert code == 2, out + err
-    assert "Traceback" not in err and err.startswith("error:"), err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 @pytest.fixture

@@ -17,8 +17,9 @@ import yaml
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from cli_in_process import refused as refused_in_process
+from cli_in_process import run
 from deepworks.autoconfig import config_for_data
-from deepworks.cli import main
 from deepworks.config import DataConfig, load_config
 from deepworks.errors import ConfigError, DataError
 
@@ -27,19 +28,8 @@ SMALL_LSTM = ["--set", "model.hidden=16", "--set", "model.embedding=16"]  # the 
 WORDS = ["the", "film", "plot", "was", "quite", "acting", "and", "a", "story", "cast", "ending", "music"]
 
 
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, " ".join(captured.err.split())
-
-
 def refused(args, capsys, *needles):
-    code, out, err = run(args, capsys)
-    assert code == 2, out + err
-    assert "Traceback" not in err and err.startswith("error:") and "\n" not in err.strip(), err
-    for needle in needles:
-        assert needle in err, err
-    return err
+    return refused_in_process(args, capsys, *needles, one_line=True)
 
 
 # --------------------------------------------------------------------------- tiny data
