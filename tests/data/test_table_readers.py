@@ -198,3 +198,24 @@ def test_data_json_records_the_slots_and_importance_groups(tmp_path):
 
     assert run_feature_groups(info) == {"size": [0], "count": [1], "colour": [2], "note": [3]}
     assert read_frame(tmp_path / "t.csv")[1].unit == "line"
+
+
+def test_spaces_after_the_delimiter_read_as_pandas_skipinitialspace_reads_them(tmp_path):
+    """A file written "a, b" (spaces after each comma, a quoted value after one) reads as pandas
+    reads it with skipinitialspace=True; a file with no such spaces in its head reads the same
+    values whether or not a later cell has a stray space (text stripped, numbers parsed)."""
+    spaced = tmp_path / "spaced.csv"
+    spaced.write_text('size, note, label\n1.5, "x, y", yes\n2, plain, no\n, "x, y", yes\n')
+    table = load_table(spaced, "label")
+    oracle = pd.read_csv(spaced, skipinitialspace=True)
+    np.testing.assert_array_equal(table.columns["size"].numeric(), oracle["size"].to_numpy(float))
+    codes, texts = table.columns["note"].codes()
+    assert [texts[c] for c in codes] == oracle["note"].tolist() == ["x, y", "plain", "x, y"]
+    plain = tmp_path / "plain.csv"
+    plain.write_text("size,note,label\n" + "1.5,a,yes\n" * 5000 + "2, b,no\n3, NA,yes\n 4,a , no\n")
+    table = load_table(plain, "label")
+    assert table.columns["size"].numeric()[-3:].tolist() == [2.0, 3.0, 4.0]
+    codes, texts = table.columns["note"].codes()
+    assert [texts[c] if c >= 0 else None for c in codes[-3:]] == ["b", None, "a"]
+    y, classes, _ = deepworks.data.tabular.table_target(table)
+    assert [classes[i] for i in y[-3:]] == ["no", "yes", "no"]

@@ -252,13 +252,28 @@ def _ragged(path: Path, delimiter: str, width: int) -> DataError | None:
     return None
 
 
+def _spaced(path: Path, delimiter: str) -> bool:
+    """Whether the file's first 64 KB put spaces after a delimiter (``a, b``): pandas then skips
+    them, so a quoted value after one reads as quoted. Skipping costs about a fifth of the read,
+    and the cells of a file without such spaces need nothing skipped (a stray space before a
+    value is stripped later all the same: text per distinct value, numbers by the parser)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return True
+    sep = delimiter.encode()
+    return sep + b" " in head or (sep != b"\t" and sep + b"\t" in head)
+
+
 def _read_csv(path: Path, delimiter: str | None, text: bool, nrows: int | None) -> tuple[Any, Lines]:
     import pandas as pd
 
     delimiter = delimiter or sniff_delimiter(path)
     header = _header(path, delimiter)
     options: dict[str, Any] = {
-        "sep": delimiter, "header": 0, "index_col": False, "skipinitialspace": True, "encoding": "utf-8",
+        "sep": delimiter, "header": 0, "index_col": False, "skipinitialspace": _spaced(path, delimiter),
+        "encoding": "utf-8",
         "nrows": nrows, "skip_blank_lines": True,
     }
     # text: every cell as read (the text and series kinds' cells); else typed columns, missing cells NaN
