@@ -583,6 +583,11 @@ class TrainConfig(Strict):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="learning-rate schedule")
     warmup_steps: int = Field(0, ge=0, description="linear learning-rate warmup before the schedule")
+    accumulate: int = Field(
+        1, ge=1, le=10_000,
+        description="gradient accumulation: one optimizer step every N batches, on the gradient of their mean loss "
+        "(an effective batch of N x batch_size where memory holds batch_size)",
+    )
     clip_grad_norm: float | None = Field(None, gt=0, description="clip the global gradient norm to this")
     l1: float = Field(0.0, ge=0, description="L1 penalty on weights (not biases or norm layers)")
     l2: float = Field(0.0, ge=0, description="L2 penalty (l2/2 * sum w^2) on weights; apart from weight_decay")

@@ -258,6 +258,10 @@ class AdversarialTrainer:
         if cfg.batch_size == "auto":
             raise ConfigError("train.batch_size: auto picks a classifier's batch from its memory estimate; a GAN's two "
                               "models train in turn. Fix: a number, e.g. train.batch_size: 64.")
+        if cfg.accumulate > 1:
+            raise ConfigError(f"train.accumulate: {cfg.accumulate}: a GAN's generator and critic step in turn on every "
+                              "batch, so their gradients are not accumulated. Fix: remove train.accumulate (raise "
+                              "train.batch_size instead).")
         self.batch_size = min(cfg.batch_size, n)
         self.steps_per_epoch = n // self.batch_size
         self.total_steps = self.steps_per_epoch * cfg.epochs

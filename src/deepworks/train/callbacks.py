@@ -99,7 +99,7 @@ class ProgressLogger(Callback):
             if self._task is not None:
                 self._progress.remove_task(self._task)
             self._task = self._progress.add_task(
-                f"epoch {epoch}/{trainer.config.epochs}", total=trainer.steps_per_epoch,
+                f"epoch {epoch}/{trainer.config.epochs}", total=getattr(trainer, "batches_per_epoch", trainer.steps_per_epoch),
                 completed=trainer.step_in_epoch,
             )
 

@@ -27,21 +27,34 @@ def train_step(
     penalty: Callable[[], torch.Tensor] | None = None,
     clip_grad_norm: float | None = None,
     inspect_grads: Callable[[], None] | None = None,
+    zero_grad: bool = True,
+    update: bool = True,
+    weight: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, loss, backward, update. Returns the (detached) data loss and logits.
 
     ``penalty`` adds an explicit regulariser (L1/L2) to the loss that is differentiated;
     ``inspect_grads`` sees the raw gradients before ``clip_grad_norm`` rescales them.
+    Gradient accumulation over micro-batches: the first has ``zero_grad``, the last ``update``
+    (only then are gradients inspected, clipped and stepped), and each adds the gradient of its
+    objective times ``weight`` (its share of the step's samples), so the sum is the gradient of
+    the mean over all of them.
     """
     if isinstance(optimizer, torch.optim.LBFGS):  # re-evaluates the loss during its line search
         return _closure_step(model, x, y, optimizer, loss_fn, precision, penalty, clip_grad_norm, inspect_grads)
-    optimizer.zero_grad(set_to_none=True)
+    if zero_grad:
+        optimizer.zero_grad(set_to_none=True)
     loss, logits, objective = _forward(model, x, y, loss_fn, precision, penalty)
+    if weight != 1.0:
+        objective = objective * weight
     if scaler is not None:  # fp16: scale the loss so small gradients do not underflow
         scaler.scale(objective).backward()
-        scaler.unscale_(optimizer)  # true gradients for inspection and clipping
     else:
         objective.backward()
+    if not update:
+        return loss.detach(), logits.detach()
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # true gradients for inspection and clipping
     if inspect_grads is not None:
         inspect_grads()
     _clip(optimizer, clip_grad_norm)

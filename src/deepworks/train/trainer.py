@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -275,9 +276,17 @@ class Trainer:
         labels = labels if isinstance(labels, torch.Tensor) else None
         self.loss_fn = self.task.loss(cfg, labels).to(self.device)
         shard = len(train_data) // self.dist.world_size
+        if full_batch and cfg.accumulate > 1:
+            raise ConfigError(
+                f"train.accumulate: {cfg.accumulate} with train.optimizer: {cfg.optimizer.name}, which takes the whole "
+                "training set as one batch already. Fix: remove train.accumulate (or use an optimizer such as adamw)."
+            )
         # full-batch optimizers (L-BFGS) take the whole shard as one batch: one step per epoch
         self.train_batch_size = max(1, shard) if cfg.optimizer.name in FULL_BATCH else cfg.batch_size
-        self.steps_per_epoch = -(-shard // self.train_batch_size)
+        self.shard_size = shard
+        self.batches_per_epoch = -(-shard // self.train_batch_size)
+        # train.accumulate: one optimizer step every `accumulate` batches (and after the epoch's last)
+        self.steps_per_epoch = -(-self.batches_per_epoch // cfg.accumulate)
         self.forward_model = self._maybe_compile(self._maybe_ddp(), self.steps_per_epoch * cfg.epochs)
         self.schedule = build_schedule(
             cfg.schedule.name, self.optimizer, steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs,
@@ -321,21 +330,27 @@ class Trainer:
         batches = self._batches(
             train_data, self.train_batch_size, shuffle=True, epoch=epoch, start_batch=self.step_in_epoch
         )
+        k = cfg.accumulate
         for xb, yb in batches:
             if self.augment is not None:  # seeded by (epoch, batch index in the epoch, rank): resumes exactly
                 xb = self.augment(xb, epoch=epoch, step=self.step_in_epoch, rank=self.dist.rank)
             step = self.global_step + 1
-            watch = self.gradients is not None and self.gradients.due(step)
+            # train.accumulate: this batch's place in its optimizer step's group of batches
+            first, last = self.step_in_epoch % k == 0, (self.step_in_epoch + 1) % k == 0
+            last = last or self.step_in_epoch + 1 == self.batches_per_epoch
+            watch = last and self.gradients is not None and self.gradients.due(step)
             # a model that can (the sequence models) keeps its input's gradient on recorded steps
             tracks = watch and hasattr(self.model, "input_grad_norms")
             if tracks:
                 self.model.track_input_grads = True
             try:
-                loss, logits = train_step(
-                    self.forward_model, xb, yb, self.optimizer, self.loss_fn, self.precision, self.scaler,
-                    penalty=self.penalty, clip_grad_norm=cfg.clip_grad_norm,
-                    inspect_grads=(lambda: self._record_gradients(step, epoch)) if watch else None,
-                )
+                with self._no_sync(not last):
+                    loss, logits = train_step(
+                        self.forward_model, xb, yb, self.optimizer, self.loss_fn, self.precision, self.scaler,
+                        penalty=self.penalty, clip_grad_norm=cfg.clip_grad_norm,
+                        inspect_grads=(lambda: self._record_gradients(step, epoch)) if watch else None,
+                        zero_grad=first, update=last, weight=self._group_share(len(yb)) if k > 1 else 1.0,
+                    )
             finally:
                 if tracks:
                     self.model.track_input_grads = False
@@ -344,13 +359,17 @@ class Trainer:
             if (self.device.type == "cpu" or step % 50 == 0) and not bool(torch.isfinite(loss)):
                 self._diverged(step, epoch, xb)
             acc.update(logits, yb, loss)
+            self.step_in_epoch += 1
+            if not last:  # the gradients add up until the group's last batch
+                for cb in self.callbacks:
+                    cb.on_batch_end(self, self.global_step)
+                continue
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             if self._step_penalty is not None:
                 self._penalty_sum += self._step_penalty.to(self._penalty_sum.dtype)
                 self._step_penalty = None
             self.schedule.step_batch()
-            self.step_in_epoch += 1
             self.global_step += 1
             for cb in self.callbacks:
                 cb.on_batch_end(self, self.global_step)
@@ -425,6 +444,22 @@ class Trainer:
             device=self.device, num_workers=workers, rank=self.dist.rank, world_size=self.dist.world_size,
             order=self.order if shuffle else None,
         )
+
+    def _group_share(self, size: int) -> float:
+        """A batch's share of the samples of its accumulation group (train.accumulate): the
+        group's batches are full but for the epoch's last batch, which may be short."""
+        k, batch = self.config.accumulate, self.train_batch_size
+        group = self.step_in_epoch // k
+        first, end = group * k, min((group + 1) * k, self.batches_per_epoch)
+        # training shards are cut to equal length across processes, so this is every process's count
+        samples = min(end * batch, self.shard_size) - first * batch
+        return size / samples
+
+    def _no_sync(self, skip: bool) -> Any:
+        """DDP's no_sync for an accumulation step that does not update (its gradients stay local)."""
+        if skip and self.dist.enabled and hasattr(self.forward_model, "no_sync"):
+            return self.forward_model.no_sync()
+        return contextlib.nullcontext()
 
     def _record_gradients(self, step: int, epoch: int) -> None:
         time_steps = None
