@@ -174,6 +174,3 @@ def test_bad_dataframes_are_refused_naming_the_column_and_the_fix():
         deepworks.train(source=frame, target="specie")
     with pytest.raises(DataError, match=r"source: the DataFrame is empty"):
         deepworks.train(source=frame.iloc[:0], target="species")
-    reviews = pd.DataFrame({"review": [f"a long review number {i} of words" for i in range(40)], "label": [0, 1] * 20})
-    with pytest.raises(ConfigError, match=r"text='review': a DataFrame of texts is read from a file only"):
-        deepworks.train(source=reviews, text="review", target="label")

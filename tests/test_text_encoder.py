@@ -119,6 +119,21 @@ def load_config_dict(raw: dict):
     return load_config(raw)
 
 
+def test_a_dataframe_of_texts_gives_the_figures_of_the_same_csv(encoder_run, tmp_path):
+    """deepworks.train(source=df, text=...) with data.encoder: the same frame written as the CSV the
+    module's run read gives the same split and figures (the embeddings come from the cache)."""
+    import pandas as pd
+
+    path = reviews_csv(tmp_path / "reviews.csv")
+    frame = pd.read_csv(path)
+    config = config_for(path)
+    config["data"] = {"encoder": MINILM}
+    run = deepworks.train(config, source=frame, text="review", target="label", run_dir=tmp_path / "frame")
+    assert run.summary["test"] == encoder_run.summary["test"]
+    info = [json.loads((r.dir / "data.json").read_text()) for r in (run, encoder_run)]
+    assert info[0]["split_fingerprint"] == info[1]["split_fingerprint"] and info[0]["source"] == "DataFrame"
+
+
 def test_predict_and_evaluate(encoder_run, tmp_path):
     texts = ["A superb, moving film.", "A dreadful and boring movie."]
     results = deepworks.predict(encoder_run.dir, texts=texts, top_k=2)

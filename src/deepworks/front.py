@@ -12,7 +12,7 @@ from deepworks import generation, pipeline
 from deepworks.autoconfig import infer_data
 from deepworks.config import Config, read_yaml, load_config, merge_overrides
 from deepworks.data.memory import Source, as_source, given_again, provided
-from deepworks.errors import CheckpointError, ConfigError
+from deepworks.errors import CheckpointError, ConfigError, DataError
 from deepworks.models.external import run_config
 from deepworks.models.gan import is_adversarial
 from deepworks.predictor import Run
@@ -92,7 +92,8 @@ def resume(run_dir: str | Path, *, source: Any = None) -> Run:
 
 def with_source(config: str | Path | dict | Config | None, source: Source, columns: dict[str, Any]) -> dict[str, Any]:
     """The config mapping for training on ``source``: the given config (or none) with the data
-    keys the source implies (:func:`deepworks.autoconfig.infer_data` for a table) and its fingerprint."""
+    keys the source implies (:func:`deepworks.autoconfig.infer_data` for a DataFrame: a table, texts
+    or a series) and its fingerprint."""
     if config is None:
         base: dict[str, Any] = {}
     elif isinstance(config, Config):
@@ -123,12 +124,17 @@ def with_source(config: str | Path | dict | Config | None, source: Source, colum
             labels = source.frame[source.target]
             if columns["task"] is None:
                 columns["task"] = "regression" if labels.dtype.kind == "f" else "classification"
-        keys = {**infer_data(source.frame, "source (DataFrame)", Path.cwd(), **columns), "dataset": "dataframe"}
-        other = [key for key in ("text", "time", "image") if keys.get(key) is not None]
-        if other:  # their kinds read files only, for now
+        frame = source.frame
+        for key in ("target", "text", "time"):  # a column left in the index (df.set_index('day')) is not read
+            name = columns[key]
+            if name is not None and name not in map(str, frame.columns) and name in map(str, frame.index.names):
+                raise DataError(f"{key}={name!r}: is the DataFrame's index, not one of its columns, and the index is "
+                                f"not read. Fix: pass df.reset_index() (the index as a column {name!r}).")
+        keys = {**infer_data(frame, "source (DataFrame)", Path.cwd(), **columns), "dataset": "dataframe"}
+        if keys.get("image") is not None:  # image files are read from a file's folder only, for now
             raise ConfigError(
-                f"{other[0]}={keys[other[0]]!r}: a DataFrame of {'texts' if other[0] == 'text' else 'a series' if other[0] == 'time' else 'image files'} "
-                "is read from a file only. Fix: save it (df.to_csv('data.csv', index=False)) and train on the file "
-                f"(deepworks.train({{'data': {{'path': 'data.csv', '{other[0]}': ...}}}}) or `deepworks train data.csv`)."
+                f"source (DataFrame): column {keys['image']!r} lists image files, and an image list is read from a "
+                "file only (its paths are relative to the file). Fix: save it beside the images "
+                "(df.to_csv('labels.csv', index=False)) and train on the file (`deepworks train labels.csv`)."
             )
     return {**base, "data": {**data, **keys, "fingerprint": source.fingerprint}}

@@ -29,6 +29,7 @@ from torch import nn
 
 from deepworks.config import Config
 from deepworks.data.folders import FileProgress
+from deepworks.data.tabular import is_frame
 from deepworks.errors import CheckpointError, ConfigError, DataError
 from deepworks.kinds import RunInputs, inputs_for_run, new_model
 from deepworks.models.external import run_config
@@ -181,7 +182,8 @@ class Predictor:
     def predict(self, inputs: Any, top_k: int = 3, on_error: str = "raise", *, out: str | Path | None = None) -> list[dict[str, Any]]:
         """One dict per input row: ``prediction`` and the ``top_k`` classes with probabilities
         (classification), the value in the target's units (regression), or the forecast of the
-        steps after each history file (forecasting; ``out`` as :func:`deepworks.predict`'s)."""
+        steps after each history, a file or a DataFrame (forecasting; ``out`` as
+        :func:`deepworks.predict`'s)."""
         if self.kind == "series":
             return self._forecast(inputs, out)
         if out is not None:
@@ -346,20 +348,22 @@ def predict(
     texts: Sequence[str] | None = None, on_error: str = "raise",
 ) -> list[dict[str, Any]]:
     """Predict with a run's best model (a :class:`Predictor` made for this one call): image files,
-    folders or arrays (image runs), CSV/Parquet rows or DataFrames (table runs), texts or text files
-    (text runs): the ``top_k`` classes and their probabilities for each (classification), or the
-    predicted value in the target's units (regression).
+    folders or arrays (image runs), CSV/Parquet rows or DataFrames (table runs), texts, text files
+    or DataFrames (text runs): the ``top_k`` classes and their probabilities for each
+    (classification), or the predicted value in the target's units (regression).
 
-    A text run takes raw strings as ``texts`` and files as ``inputs``: a CSV file's text column
-    (the run's ``data.text``), or any other file's lines, one text per line. They are encoded
-    with the run's tokenizer and vocabulary, or, for a run trained with ``data.encoder``, embedded
-    by the same sentence encoder (its weights' SHA-256 checked against data.json).
+    A text run takes raw strings as ``texts`` and files or DataFrames as ``inputs``: a CSV file's
+    or a DataFrame's text column (the run's ``data.text``), or any other file's lines, one text per
+    line. They are encoded with the run's tokenizer and vocabulary, or, for a run trained with
+    ``data.encoder``, embedded by the same sentence encoder (its weights' SHA-256 checked against
+    data.json).
 
-    A forecasting run takes CSV files of history (the training columns) and returns, per file,
-    the next ``horizon`` values with their time stamps, and draws the history with the forecast
-    as a PNG: ``out`` (a ``.csv`` or ``.json`` file, one input only) gets the forecast and the PNG
-    beside it; by default the PNG is ``forecast-<file stem>.png`` in the working directory."""
-    items = [inputs] if isinstance(inputs, (str, Path)) else inputs
+    A forecasting run takes CSV files or DataFrames of history (the time column and the training
+    columns) and returns, per history, the next ``horizon`` values with their time stamps, and
+    draws the history with the forecast as a PNG: ``out`` (a ``.csv`` or ``.json`` file, one input
+    only) gets the forecast and the PNG beside it; by default the PNG is ``forecast-<file
+    stem>.png`` (``forecast-dataframe.png``) in the working directory."""
+    items = [inputs] if isinstance(inputs, (str, Path)) or is_frame(inputs) else inputs
     given = items is not None and (len(items) if hasattr(items, "__len__") else 1)
     if not given and not texts:
         raise DataError("predict: give at least one input file (or, for a text run, texts).")

@@ -1,14 +1,16 @@
 """Data given in Python rather than as files: ``deepworks.train(source=...)``.
 
-A source is a pandas DataFrame (a table, with ``target``/``text``/``time`` naming its columns as a
-config's data section does), numpy arrays or tensors ``(X, y)`` (images as (N, C, H, W), (N, H, W) or
-(N, H, W, C); a 2-D ``X`` is a table of numeric columns ``x0``, ``x1``, ...), or a torch ``Dataset``
-whose items are ``(input, label)`` pairs (tensors, arrays or PIL images; read once, in order).
+A source is a pandas DataFrame (a table, texts or a series, with ``target``/``text``/``time``
+naming its columns as a config's data section does), numpy arrays or tensors ``(X, y)`` (images as
+(N, C, H, W), (N, H, W) or (N, H, W, C); a 2-D ``X`` is a table of numeric columns ``x0``, ``x1``,
+...), or a torch ``Dataset`` whose items are ``(input, label)`` pairs (tensors, arrays or PIL
+images; read once, in order).
 
 The run's config records the data's SHA-256 (``data.fingerprint``), never the data itself: while a
 call that was given the data runs, :func:`provided` holds it under that digest, and the loaders
-(``data.dataset: arrays`` for images, ``dataframe`` for tables) find it there. A later call on the
-run (``deepworks.resume``, ``deepworks.evaluate``) is given the data again and checks it is the same.
+find it there (``data.dataset: arrays`` for images; ``dataframe`` for tables, texts and series,
+through :func:`given_frame`). A later call on the run (``deepworks.resume``,
+``deepworks.evaluate``) is given the data again and checks it is the same.
 
 >>> import numpy as np
 >>> src = as_source((np.zeros((4, 8, 8), np.uint8), np.array([0, 1, 0, 1])))
@@ -34,7 +36,7 @@ from deepworks.data.images import ImageSpec, pixels_to_uint8
 from deepworks.data.tabular import is_frame
 from deepworks.errors import ConfigError, DataError
 
-__all__ = ["Source", "as_source", "provided", "given", "MEMORY_DATASETS", "TABLE_TARGET"]
+__all__ = ["Source", "as_source", "provided", "given", "given_frame", "MEMORY_DATASETS", "TABLE_TARGET"]
 
 # the label column of a table made from arrays (X, y); the input columns are x0, x1, ...
 TABLE_TARGET = "y"
@@ -88,6 +90,20 @@ def given(fingerprint: str | None, what: str) -> Source:
             "deepworks.resume(run, source=...)), or train from a file to use the run from the command line."
         )
     return source
+
+
+def given_frame(data_config: Any) -> Any:
+    """The pandas DataFrame a config's data section trains on when it was given in Python
+    (``data.dataset: dataframe``, held under ``data.fingerprint``), else None (the data is a file,
+    ``data.path``, or a built-in set). The table, text and series kinds read it where they would
+    read the file."""
+    if data_config.dataset != "dataframe":
+        return None
+    frame = given(data_config.fingerprint, "this run").frame
+    if frame is None:
+        raise ConfigError("data.dataset: dataframe holds a table, but the data given is images. "
+                          "Fix: data.dataset: arrays.")
+    return frame
 
 
 # ----------------------------------------------------------------------------- sources

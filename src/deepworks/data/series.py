@@ -37,7 +37,7 @@ import numpy as np
 
 from deepworks.data.datasets import DATASETS, co2_file
 from deepworks.data.features import is_missing
-from deepworks.data.tabular import check_column, read_table
+from deepworks.data.tabular import check_column, is_frame, read_table
 from deepworks.errors import ConfigError, DataError
 
 __all__ = [
@@ -271,12 +271,13 @@ def _numbers(cells: list[str], lines: list[int], name: str, key: str, where: str
 
 
 def read_series(
-    path: str | Path, time: str, targets: list[str], inputs: list[str] | None = None, where: str | None = None
+    source: Any, time: str, targets: list[str], inputs: list[str] | None = None, where: str | None = None
 ) -> Series:
-    """Read a CSV (or Parquet) file into a :class:`Series`: the ``time`` column, the ``targets``
-    to forecast and the extra ``inputs`` (default: none)."""
-    path = Path(path).expanduser()
-    header, rows, lines = read_table(path)
+    """Read a CSV (or Parquet) file, or a pandas DataFrame, into a :class:`Series`: the ``time``
+    column, the ``targets`` to forecast and the extra ``inputs`` (default: none). A frame's cells
+    are read as text, as a file's are, so it gives the series the same rows in a file give."""
+    path = Path("DataFrame") if is_frame(source) else Path(source).expanduser()
+    header, rows, lines = read_table(source if is_frame(source) else path)
     where = where or str(path)
     check_column(path, header, time, "data.time")
     for name in targets:

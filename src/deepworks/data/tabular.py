@@ -462,9 +462,10 @@ class Table:
         return {name: values.take(index) for name, values in self.columns.items()}
 
 
-def check_column(path: Any, header: list[str], name: str, key: str) -> None:
+def check_column(path: Any, header: list[str], name: str, key: str, fix: str | None = None) -> None:
     """Refuse a table whose header lacks the column ``name`` (the config key ``key`` named it),
-    with the closest column names and a hint when the file uses another separator."""
+    with the closest column names and a hint when the file uses another separator. ``fix`` says
+    what to do (default: set ``key`` to one of the columns)."""
     if name not in header:
         hint = _suggest(name, header)
         sep = next((s for s in (";", "\t", "|", ",") if len(header) == 1 and s in header[0]), None)
@@ -472,7 +473,7 @@ def check_column(path: Any, header: list[str], name: str, key: str) -> None:
                  if sep else "")
         raise DataError(
             f"{path}: no column {name!r} ({key}).{hint} Columns: {_column_list(header)}.{extra} "
-            f"Fix: set {key} to one of the columns."
+            f"Fix: {fix or f'set {key} to one of the columns'}."
         )
 
 

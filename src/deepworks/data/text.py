@@ -26,7 +26,6 @@ import csv
 import importlib.util
 import io
 import re
-import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ import torch
 
 from deepworks.config import is_table_path
 from deepworks.data.datasets import DATASETS
-from deepworks.data.tabular import check_column, labelled_rows, read_table
+from deepworks.data.tabular import check_column, is_frame, labelled_rows, read_table
 from deepworks.errors import ConfigError, DataError
 
 __all__ = [
@@ -257,7 +256,7 @@ class TextTable:
 
 def _text_table(
     name: str, path: Path, header: list[str], rows: list[list[str]], lines: list[int], text: str, target: str | None,
-    group_by: str | None,
+    group_by: str | None, source: str | None = None,
 ) -> TextTable:
     """Pick the text, label and group columns of parsed rows; drop rows without a label (with a warning)."""
     if target is None or not target.strip():
@@ -275,19 +274,23 @@ def _text_table(
     labels = [row[position[target]] for row in rows]
     keep, groups = labelled_rows(path, rows, lines, position, target, group_by, noun="label")
     return TextTable(
-        name=name, source=str(path.resolve()), text_column=text, target_name=target,
+        name=name, source=source or str(path.resolve()), text_column=text, target_name=target,
         texts=[rows[i][position[text]] for i in keep], target=[labels[i] for i in keep],
         lines=[lines[i] for i in keep], groups=groups,
     )
 
 
-def load_text_table(path: str | Path, text: str, target: str | None, *, group_by: str | None = None) -> TextTable:
-    """The texts (column ``text``) and labels (column ``target``) of a CSV (or Parquet) file.
+def load_text_table(source: Any, text: str, target: str | None, *, group_by: str | None = None) -> TextTable:
+    """The texts (column ``text``) and labels (column ``target``) of a CSV (or Parquet) file, or
+    of a pandas DataFrame.
 
     An empty text is kept (an empty sequence); a row without a label is left out with a
     warning. Cells are read as the table reader reads them (stripped of surrounding spaces).
     """
-    path = Path(path).expanduser()
+    if is_frame(source):
+        header, rows, lines = read_table(source)
+        return _text_table("text", Path("DataFrame"), header, rows, lines, text, target, group_by, source="DataFrame")
+    path = Path(source).expanduser()
     header, rows, lines = read_table(path)
     return _text_table("text", path, header, rows, lines, text, target, group_by)
 
@@ -381,25 +384,35 @@ def _load_rotten_tomatoes(*, root: str | Path | None = None, group_by: str | Non
     return load_rotten_tomatoes(root, group_by=group_by)
 
 
-def load_text_from_config(data_config: Any) -> TextTable:
+def load_text_from_config(data_config: Any, source: Any = None) -> TextTable:
     """The raw texts a config's ``data`` section names: ``data.path`` + ``data.text`` (a CSV
-    file), or a built-in text dataset (``data.dataset: rotten-tomatoes``)."""
+    file), or a built-in text dataset (``data.dataset: rotten-tomatoes``). ``source`` (a pandas
+    DataFrame) is read in place of ``data.path``."""
     d = data_config
     if d.text is not None:
-        return load_text_table(d.path, d.text, d.target, group_by=d.group_by)
+        return load_text_table(d.path if source is None else source, d.text, d.target, group_by=d.group_by)
     return DATASETS.get(d.dataset, where="data.dataset")(root=d.root, group_by=d.group_by)
 
 
 # ----------------------------------------------------------------------------- predict inputs
 
 
-def read_text_inputs(paths: Sequence[str | Path], text_column: str) -> tuple[list[str], list[dict[str, Any]]]:
-    """Texts to predict from files: a CSV (or Parquet) file's ``text_column``, or any other
-    file's lines, one text per line (blank lines are skipped). Returns the texts and where
-    each came from (``{"file", "line"}``)."""
+def read_text_inputs(paths: Sequence[Any], text_column: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """Texts to predict from files and pandas DataFrames: a DataFrame's or a CSV (or Parquet)
+    file's ``text_column`` (its cells read as training reads them), or any other file's lines, one
+    text per line (blank lines are skipped). Returns the texts and where each came from
+    (``{"file", "line"}``, or ``{"row"}`` for a DataFrame's, counted from 1)."""
     texts: list[str] = []
     where: list[dict[str, Any]] = []
     for p in paths:
+        if is_frame(p):
+            header, rows, lines = read_table(p)
+            check_column("DataFrame", header, text_column, "the run's data.text",
+                         fix=f"give the texts in a column named {text_column!r}, as in training")
+            i = header.index(text_column)
+            texts += [row[i] for row in rows]
+            where += [{"row": line} for line in lines]
+            continue
         path = Path(p).expanduser()
         if is_table_path(path):
             header, rows, lines = read_table(path)
@@ -419,5 +432,6 @@ def read_text_inputs(paths: Sequence[str | Path], text_column: str) -> tuple[lis
                 texts.append(line.strip())
                 where.append({"file": str(p), "line": number})
     if not texts:
-        raise DataError(f"predict: no texts in {', '.join(map(str, paths))} (every line is blank).")
+        raise DataError(f"predict: no texts in {', '.join('DataFrame' if is_frame(p) else str(p) for p in paths)} "
+                        "(every line is blank).")
     return texts, where

@@ -1,7 +1,8 @@
-"""Time series: a built-in series (co2) or a table with ``data.time``, split into training,
-validation and test periods in time order, scaled with the training period's statistics and cut
-into windows (lookback steps in, horizon steps out). A trained run forecasts the steps after
-each CSV (or Parquet) file of history; the exported graph takes the standardised windows."""
+"""Time series: a built-in series (co2) or a table with ``data.time`` (a file or a pandas
+DataFrame), split into training, validation and test periods in time order, scaled with the
+training period's statistics and cut into windows (lookback steps in, horizon steps out). A trained
+run forecasts the steps after each CSV (or Parquet) file or DataFrame of history; the exported graph
+takes the standardised windows."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from torch import nn
 
 from deepworks.config import Config, is_table_path
 from deepworks.data.loaders import TensorData
+from deepworks.data.memory import given_frame
 from deepworks.data.series import (
     DEFAULT_LOOKBACK, Series, TimeStep, fit_scaling, last_value, make_windows, read_series,
     seasonal_naive, series_from_columns, split_periods, stamp_text, window_origins,
 )
-from deepworks.data.tabular import check_column, read_table
+from deepworks.data.tabular import check_column, is_frame, read_table
 from deepworks.errors import ConfigError, DataError
 from deepworks.evaluate.figures import figure_png, forecast_figure
 from deepworks.models.series import ChangeFromLast
@@ -38,7 +40,8 @@ def wrap_model(model: nn.Module, info: dict[str, Any]) -> nn.Module:
 
 
 def load_series(config: Config) -> Series:
-    """The config's series: a built-in one (co2) or a table with ``data.time``."""
+    """The config's series: a built-in one (co2) or a table with ``data.time`` (a file, or a
+    pandas DataFrame given in Python)."""
     d = config.data
     targets = [d.target] if isinstance(d.target, str) else list(d.target or [])
     if d.time is None:  # a built-in series names its own columns
@@ -53,13 +56,14 @@ def load_series(config: Config) -> Series:
                 "data.time)."
             )
         return series
-    if d.path is None or not is_table_path(d.path):
+    frame = given_frame(d)  # a DataFrame given in Python (deepworks.train(source=...)), if one was
+    if frame is None and (d.path is None or not is_table_path(d.path)):
         raise ConfigError(
             f"data.time ({d.time!r}): a forecasting run reads a table; set data.path to a .csv (or .parquet) file."
         )
     if not targets:
         raise ConfigError("data.target: name the column to forecast (or a list of columns), e.g. data.target: sales.")
-    return read_series(d.path, d.time, targets, list(d.features or []))
+    return read_series(d.path if frame is None else frame, d.time, targets, list(d.features or []))
 
 
 def prepare(config: Config, fold: tuple[int, int | None] | None = None) -> PreparedData:
@@ -121,7 +125,7 @@ def prepare(config: Config, fold: tuple[int, int | None] | None = None) -> Prepa
     is_dt = step.is_datetime
     origin = str(np.datetime64(series.origin, "ns")) if is_dt else float(series.origin)
     info = {
-        "dataset": d.dataset or "table",
+        "dataset": "table" if d.dataset in (None, "dataframe") else d.dataset,
         "source": where,
         "kind": "series",
         "target": series.targets[0] if t == 1 else series.targets,
@@ -175,8 +179,8 @@ def prepare(config: Config, fold: tuple[int, int | None] | None = None) -> Prepa
 
 
 class SeriesInputs(RunInputs):
-    """A forecasting run's inputs: files of history (CSV or Parquet with the time column and the
-    training columns), each put on the run's time grid; the model reads its last ``lookback``
+    """A forecasting run's inputs: histories (CSV or Parquet files, or pandas DataFrames, with the
+    time column and the training columns), each put on the run's time grid; the model reads its last ``lookback``
     steps, standardised with the training period's mean and std."""
 
     kind = "series"
@@ -189,16 +193,26 @@ class SeriesInputs(RunInputs):
         self.lookback, self.horizon = int(self.src["lookback"]), int(self.src["horizon"])
         self.mean, self.std = np.asarray(self.src["mean"]), np.asarray(self.src["std"])
 
-    def history(self, path: Path) -> Series:
-        """A file of history on the run's time grid, with at least ``lookback`` steps."""
+    def history(self, source: Any) -> Series:
+        """A file (or a pandas DataFrame) of history on the run's time grid, with at least
+        ``lookback`` steps."""
         src = self.src
-        if not path.is_file():
-            raise DataError(f"{path}: no such file. Fix: give a CSV file of history with the columns "
-                            f"{', '.join(map(repr, [src['time'], *src['columns']]))}.")
-        header, rows, lines = read_table(path)
+        needed = [src["time"], *src["columns"]]
+        if is_frame(source):
+            path = Path("DataFrame")
+            if src["time"] not in map(str, source.columns) and src["time"] in map(str, source.index.names):
+                raise DataError(f"DataFrame: the time {src['time']!r} is the index, not a column, and the index is not "
+                                f"read. Fix: pass df.reset_index() (the index as a column {src['time']!r}).")
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise DataError(f"{path}: no such file. Fix: give a CSV file of history with the columns "
+                                f"{', '.join(map(repr, needed))}.")
+        header, rows, lines = read_table(source if is_frame(source) else path)
         for name, key in [(src["time"], "data.time"), *[(c, "training column") for c in src["columns"]]]:
-            check_column(path, header, name, key)
-        columns = {name: [row[header.index(name)] for row in rows] for name in [src["time"], *src["columns"]]}
+            check_column(path, header, name, key, fix=f"give the history the columns {', '.join(map(repr, needed))}, "
+                         "as in training")
+        columns = {name: [row[header.index(name)] for row in rows] for name in needed}
         history = series_from_columns(columns, lines, src["time"], src["targets"], src["inputs"], str(path),
                                       step=self.step)
         if len(history) < self.lookback:
@@ -213,33 +227,41 @@ class SeriesInputs(RunInputs):
         return torch.from_numpy(((history.values[-self.lookback:] - self.mean) / self.std).astype(np.float32))[None]
 
     def forecast(self, model: nn.Module, task: Task, inputs: Any, out: Path | None) -> list[dict[str, Any]]:
-        """The next ``horizon`` values after each history file, with their time stamps; a PNG each
-        (``out``: one input only, a ``.csv`` or ``.json`` file for the forecast, the PNG beside it)."""
+        """The next ``horizon`` values after each history (a file or a pandas DataFrame), with
+        their time stamps; a PNG each (``out``: one input only, a ``.csv`` or ``.json`` file for the
+        forecast, the PNG beside it; else ``forecast-<file stem>.png``, ``forecast-dataframe.png``)."""
         src = self.src
-        paths = [Path(p) for p in expand_paths(inputs if isinstance(inputs, (list, tuple)) else [inputs], None,
-                                              "history files")]
-        if out is not None and (len(paths) != 1 or out.suffix.lower() not in (".csv", ".json")):
+        items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        frames = [i for i, item in enumerate(items) if is_frame(item)]
+        given: list[tuple[Any, dict[str, Any], str, str]] = []  # (history, where it came from, PNG stem, title)
+        for i, item in enumerate(items):
+            if is_frame(item):
+                given.append((item, {"frame": i}, "dataframe" if len(frames) == 1 else f"dataframe-{i}", "DataFrame"))
+            else:
+                given += [(Path(p), {"file": p}, Path(p).stem, Path(p).name)
+                          for p in expand_paths([item], None, "history files")]
+        if out is not None and (len(given) != 1 or out.suffix.lower() not in (".csv", ".json")):
             raise ConfigError(
                 f"predict --out {out}: give one history file and an --out ending in .csv or .json (the PNG goes beside it)."
             )
         results = []
-        for path in paths:
-            history = self.history(path)
+        for source, origin, stem, title in given:
+            history = self.history(source)
             with torch.no_grad():
                 values = task.unscale(model(self.window(history)).float()).reshape(self.horizon, -1).numpy()  # (H, T)
             stamps = history.stamps(len(history) - 1 + np.arange(1, self.horizon + 1))
             forecast = [{src["time"]: stamp_text(s), **{n: float(v) for n, v in zip(src["targets"], row)}}
                         for s, row in zip(stamps, values)]
-            png = out.with_suffix(".png") if out is not None else Path(f"forecast-{path.stem}.png")
+            png = out.with_suffix(".png") if out is not None else Path(f"forecast-{stem}.png")
             shown = min(len(history), max(4 * self.lookback, 8 * self.horizon))  # enough of the past to see the pattern
             figure = forecast_figure(
                 history.stamps(np.arange(len(history) - shown, len(history))),
                 history.values[-shown:, : len(src["targets"])], {"forecast": (stamps, values)}, src["targets"],
-                title=f"{path.name}: the next {self.horizon} step(s)", actual_label="history",
+                title=f"{title}: the next {self.horizon} step(s)", actual_label="history",
             )
             png.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(png, figure_png(figure))
-            result = {"file": str(path), "last": stamp_text(history.stamps([len(history) - 1])[0]),
+            result = {**origin, "last": stamp_text(history.stamps([len(history) - 1])[0]),
                       "forecast": forecast, "png": str(png)}
             if out is not None:
                 if out.suffix.lower() == ".json":

@@ -20,7 +20,7 @@ from torch import nn
 from deepworks.config import TABLE_SUFFIXES, Config
 from deepworks.data.features import ColumnValues, TableEncoder
 from deepworks.data.leakage import apply_policy, find_duplicates, one_to_one_columns
-from deepworks.data.memory import given
+from deepworks.data.memory import given_frame
 from deepworks.data.splits import apply_subset, normalize, split_indices
 from deepworks.data.tabular import Lines, Table, feature_matrix, is_frame, load_table, read_frame, table_target
 from deepworks.errors import ConfigError, DataError
@@ -42,8 +42,8 @@ def prepare(config: Config, fold: tuple[int, int | None] | None = None, source: 
     DataFrame, or a path) is read in place of ``data.path``.
     """
     d = config.data
-    if source is None and d.dataset == "dataframe":  # a DataFrame given in Python (deepworks.train(source=...))
-        source = given(d.fingerprint, "this run").frame
+    if source is None:  # a DataFrame given in Python (deepworks.train(source=...)), if one was
+        source = given_frame(d)
     # source: a pandas DataFrame (or a path) read in place of data.path
     table = load_table(d.path if source is None else source, d.target, features=d.features, group_by=d.group_by,
                        delimiter=getattr(d, "delimiter", None))

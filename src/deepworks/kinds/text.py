@@ -1,7 +1,7 @@
 """Texts as token ids: raw strings -> split -> a tokenizer and vocabulary fitted on the training
 texts -> int64 ids (N, max_length), right-padded with 0 (see :mod:`deepworks.data.text`). A
-trained run reads strings, CSV/Parquet files (its text column) and other files (one text per
-line), and the server's JSON texts, through that one encoder. :mod:`deepworks.kinds.embeddings`
+trained run reads strings, DataFrames and CSV/Parquet files (their text column), other files (one
+text per line), and the server's JSON texts, through that one encoder. :mod:`deepworks.kinds.embeddings`
 shares the split (:func:`split_texts`) and reads the same inputs (:class:`TextSource`)."""
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from torch import nn
 from deepworks.config import Config
 from deepworks.data.leakage import apply_policy, find_duplicates
 from deepworks.data.loaders import TensorData
+from deepworks.data.memory import given_frame
 from deepworks.data.splits import apply_subset, split_indices
-from deepworks.data.tabular import Table, table_target
+from deepworks.data.tabular import Table, is_frame, table_target
 from deepworks.data.text import TextEncoder, load_text_from_config, read_text_inputs
 from deepworks.errors import ConfigError, DataError
 from deepworks.kinds.common import (
@@ -50,7 +51,7 @@ def split_texts(config: Config, fold: tuple[int, int | None] | None, kind: str) 
     if d.task == "regression":
         raise ConfigError("data.task: regression is not available for text; texts are classified. "
                           "Fix: remove data.task (or set it to classification).")
-    texts = load_text_from_config(d)
+    texts = load_text_from_config(d, given_frame(d))  # a DataFrame given in Python, if one was
     where = texts.source
     # the labels as a table's target: the same class order and checks (at least 2 classes)
     target = Table(Path(where), {texts.text_column: texts.texts}, texts.target_name, texts.target, texts.lines)
@@ -117,21 +118,23 @@ def prepare(config: Config, fold: tuple[int, int | None] | None = None) -> Prepa
 
 
 class TextSource(RunInputs):
-    """Inputs of a text run: strings (a text each), and files: a CSV or Parquet file's text
-    column (data.json ``text_column``), any other file's lines, one text per line. A ``str`` is a
-    text unless it names an existing file; a :class:`~pathlib.Path` is always a file."""
+    """Inputs of a text run: strings (a text each), pandas DataFrames and files: a DataFrame's, a
+    CSV or Parquet file's text column (data.json ``text_column``), any other file's lines, one text
+    per line. A ``str`` is a text unless it names an existing file; a :class:`~pathlib.Path` is
+    always a file."""
 
     reads = "texts"
     json_key = "texts"
-    source_keys = ("file", "line", "text")
+    source_keys = ("file", "line", "row", "text")
 
     def _texts(self, inputs: Any) -> tuple[list[str], list[dict[str, Any]]]:
-        if isinstance(inputs, (str, Path)):
+        if isinstance(inputs, (str, Path)) or is_frame(inputs):
             inputs = [inputs]
         strings: list[str] = []
         names: list[dict[str, Any]] = []
         for item in inputs:
-            if isinstance(item, Path) or (isinstance(item, str) and "\n" not in item and _is_file(item)):
+            if isinstance(item, Path) or is_frame(item) or (isinstance(item, str) and "\n" not in item
+                                                              and _is_file(item)):
                 more, where = read_text_inputs([item], self.info.get("text_column", "text"))
                 strings += more
                 names += [{**w, "text": t} for w, t in zip(where, more)]
