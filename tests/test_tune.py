@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 pytest.importorskip("optuna")
@@ -304,10 +305,63 @@ def test_cv_scores_each_trial_by_the_mean_over_folds(tmp_path):
     path = _config(tmp_path, {"train.optimizer.lr": {"choice": [0.003, 0.03]}})
     study = tmp_path / "study"
     assert main(["tune", str(path), "--sampler", "grid", "--cv", "2", "--study-dir", str(study)]) == 0
+    best = json.loads((study / "study.json").read_text())["best"]["trial"]
     for r in _rows(study):
         cv = json.loads((Path(r["run_dir"]) / "summary.json").read_text())
         assert cv["folds"] == 2 and (Path(r["run_dir"]) / "fold-2" / "summary.json").exists()
         assert float(r["val_accuracy"]) == pytest.approx(cv["mean"]["accuracy"])
+        # the final model (all non-test data, scored on the test split) is trained for the best trial alone
+        final = Path(r["run_dir"]) / "final" / "summary.json"
+        assert final.exists() == (int(r["trial"]) == best) == ("test" in cv)
+        if final.exists():
+            assert cv["test"] == json.loads(final.read_text())["test"]
+
+
+def test_no_trial_reads_the_test_split_and_the_best_trial_is_completed_once(tmp_path, monkeypatch):
+    """A trial is scored on validation and writes no checkpoint, test figures, predictions or
+    report; once the study ends, the best trial's kept model is evaluated on the test split, once,
+    and its figures are those of a plain forward pass of its weights scored by scikit-learn."""
+    from sklearn.metrics import accuracy_score
+
+    from deepworks.models.external import run_config
+    from deepworks.pipeline import load_run, prepare_data
+    from deepworks.train import Trainer
+    from deepworks.tune import tune
+
+    seen = []
+    evaluate = Trainer.evaluate
+
+    def spy(self, data, keep=None):
+        seen.append((keep, len(data)))
+        return evaluate(self, data, keep=keep)
+
+    monkeypatch.setattr(Trainer, "evaluate", spy)
+    path = _config(tmp_path, {"train.optimizer.lr": {"choice": [0.0003, 0.03]}})
+    raw = yaml.safe_load(path.read_text())
+    raw["report"] = True
+    path.write_text(yaml.safe_dump(raw))
+    summary = tune(path, sampler="grid", study_dir=tmp_path / "study")
+    best = tmp_path / "study" / f"trial-{summary['best']['trial']:04d}"
+    data = prepare_data(run_config(best))
+    assert [k for k, _ in seen].count("test") == 1 and ("test", len(data.test)) in seen
+    trials = sorted((tmp_path / "study").glob("trial-*"))
+    assert len(trials) == 2
+    for run in trials:
+        record = json.loads((run / "summary.json").read_text())
+        assert not (run / "checkpoints" / "last.safetensors").exists() and not (run / "finishing").exists()
+        if run == best:
+            assert {"test_report.json", "predictions.safetensors", "report.html"} <= {p.name for p in run.iterdir()}
+            assert record["train"] is not None and "diagnosis" in record
+        else:
+            assert "test" not in record and record["train"] is None
+            assert not {"test_report.json", "predictions.safetensors", "report.html"} & {p.name for p in run.iterdir()}
+    model = load_run(best).model.eval()
+    info = json.loads((best / "data.json").read_text())  # stored pixels, normalised by hand
+    mean, std = (torch.tensor(info[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        predicted = model((data.test.x.float() * info["pixels"]["scale"] - mean) / std).argmax(1)
+    want = accuracy_score(data.test.y.numpy(), predicted.numpy())
+    assert json.loads((best / "summary.json").read_text())["test"]["accuracy"] == pytest.approx(want, abs=1e-12)
 
 
 def test_values_that_do_not_fit_together_fail_their_trial_and_the_study_goes_on(tmp_path):

@@ -19,7 +19,7 @@ from deepworks.predictor import Run
 from deepworks.runs import RunDir
 from deepworks.train import Callback
 
-__all__ = ["train", "resume"]
+__all__ = ["train", "train_trial", "resume"]
 
 
 def train(
@@ -75,6 +75,16 @@ def _train(cfg: Config, run_dir: str | Path | None, runs_root: str | Path, callb
             raise ConfigError("train(callbacks=...): the GAN loop takes no callbacks.")
         return generation.train_gan(cfg, run_dir=run_dir, runs_root=runs_root)
     return pipeline.train(cfg, run_dir=run_dir, runs_root=runs_root, callbacks=callbacks)
+
+
+def train_trial(config: str | Path | dict | Config, *, run_dir: str | Path, overrides: Any = (),
+                callbacks: Sequence[Callback] = ()) -> Run:
+    """One tuning trial: validation figures only, no checkpoints, the test split untouched
+    (:func:`deepworks.pipeline.finish` completes the study's best); a GAN trains its whole run."""
+    cfg = load_config(config, merge_overrides(overrides, {}))
+    if is_adversarial(cfg.model.name):
+        return _train(cfg, run_dir, "runs", callbacks)
+    return pipeline.train(cfg, run_dir=run_dir, callbacks=callbacks, trial=True)
 
 
 def resume(run_dir: str | Path, *, source: Any = None) -> Run:

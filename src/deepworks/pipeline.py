@@ -39,6 +39,7 @@ from deepworks.predictor import Run, load_run, predict
 from deepworks.runs import RunDir, atomic_write, new_run_dir
 from deepworks.runtime import barrier, broadcast_object, distributed_context
 from deepworks.train import Callback, Trainer
+from deepworks.train.trainer import load_model_weights
 from deepworks.train.tasks import Task
 from deepworks.train.memory import check_batch_memory, counting_batch
 from deepworks.train.tensorboard import summary_writer_class
@@ -46,7 +47,7 @@ from deepworks.transfer import Transfer, TransferStages, adopt_source, cache_fea
 
 __all__ = [
     "Run", "PreparedData", "prepare_data", "train", "cross_validate", "resume", "evaluate", "predict", "load_run",
-    "lr_find", "check_same_data", "write_run_report",
+    "lr_find", "check_same_data", "write_run_report", "finish",
 ]
 
 
@@ -57,10 +58,14 @@ def train(
     overrides: Any = (),
     runs_root: str | Path = "runs",
     callbacks: Sequence[Callback] = (),
+    trial: bool = False,
     **kwargs: Any,
 ) -> Run:
     """Train a (non-GAN) config and evaluate on the test split: what :func:`deepworks.train`
-    (:mod:`deepworks.front`, which documents the arguments) runs for every config but a GAN's."""
+    (:mod:`deepworks.front`, which documents the arguments) runs for every config but a GAN's.
+
+    ``trial=True`` (a tuning trial): validation figures only, no checkpoints, and nothing that
+    reads the test split; :func:`finish` completes the run later (the study's best trial)."""
     cfg = load_config(config, merge_overrides(overrides, kwargs))
     if is_adversarial(cfg.model.name):
         raise ConfigError(f"model.name: {cfg.model.name} is a GAN, which trains in its own loop. Fix: "
@@ -96,7 +101,7 @@ def train(
         print(f"run directory: {run.path}", flush=True)
         if found is not None:
             _write_lr_find(run, found, cfg.name)
-    return _fit(cfg, data, model, run, resume=False, callbacks=callbacks)
+    return _fit(cfg, data, model, run, resume=False, callbacks=callbacks, trial=trial)
 
 
 def _resolve_lr(cfg: Config, data: PreparedData, model: nn.Module, augment: Any) -> tuple[Config, Any]:
@@ -172,12 +177,14 @@ def cross_validate(
     run_dir: str | Path | None = None,
     overrides: Any = (),
     runs_root: str | Path = "runs",
+    final: bool = True,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """k-fold cross-validation over the non-test data (``folds`` or ``data.cv``), stratified
     (or grouped by ``data.group_by``); each fold is a normal run directory ``fold-<i>`` inside
     the CV run. Then one model is trained on all non-test data and evaluated on the test
-    split, once (``final``). Returns the CV summary (also ``summary.json`` of the CV run).
+    split, once (``final``; ``final=False``, a tuning trial, leaves it to :func:`finish`).
+    Returns the CV summary (also ``summary.json`` of the CV run).
     """
     cfg = load_config(config, merge_overrides(overrides, kwargs))
     k = folds if folds is not None else cfg.data.cv
@@ -210,12 +217,20 @@ def cross_validate(
         "mean": {m: float(np.mean([f[m] for f in per_fold])) for m in metrics},
         "std": {m: float(np.std([f[m] for f in per_fold])) for m in metrics},
     }
+    if final:
+        _final_model(cfg, root, summary)
+    else:
+        root.write_json(root.summary, summary)
+    return summary
+
+
+def _final_model(cfg: Config, root: RunDir, summary: dict[str, Any]) -> None:
+    """A cross-validation's final model: trained on all non-test data, evaluated on the test split once."""
     print("final model: all non-test data", flush=True)
-    final = _fit(cfg, *_start(cfg, prepare_data(cfg, fold=(k, None)), root.path / "final"), resume=False)
+    final = _fit(cfg, *_start(cfg, prepare_data(cfg, fold=(summary["folds"], None)), root.path / "final"), resume=False)
     summary["test"] = final.summary["test"]
     summary["final_run"] = "final"
     root.write_json(root.summary, summary)
-    return summary
 
 
 def _start(cfg: Config, data: PreparedData, path: Path) -> tuple[PreparedData, nn.Module, RunDir]:
@@ -272,7 +287,7 @@ def _augment(cfg: Config, data: PreparedData) -> Any:
 
 def _fit(
     cfg: Config, data: PreparedData, model: nn.Module, run: RunDir, resume: bool, test: bool = True,
-    callbacks: Sequence[Callback] = (),
+    callbacks: Sequence[Callback] = (), trial: bool = False,
 ) -> Run:
     transfer = None
     if isinstance(model, Transfer):
@@ -281,8 +296,9 @@ def _fit(
     balance_classes(cfg, data)
     trainer = Trainer(
         model, cfg.train, run_dir=run.path, task=data.task, seed=cfg.seed, augment=_augment(cfg, data),
-        callbacks=callbacks,
+        callbacks=callbacks, checkpoints=not trial, evaluate_train=not trial or _tuned_on_train(cfg),
     )
+    test = test and not trial
     try:
         history = trainer.fit(data.train, data.val if len(data.val) else None, resume=resume)
     except TrainingError as exc:  # a divergence: say why in summary.json and on the console, then stop
@@ -292,10 +308,54 @@ def _fit(
             if cfg.report and distributed_context().is_main:
                 write_run_report(run)  # the page shows the curves up to the divergence and the diagnosis
         raise
-    if not test:  # a cross-validation fold: validation figures only
+    if not test:  # a cross-validation fold or a tuning trial: validation figures only
         if isinstance(model, Transfer):
             model.reads_features = False
         return Run(run.path, cfg, trainer.model, data.classes, history, trainer.summary, data.task)
+    return _complete(cfg, data, model, trainer, run, transfer, history)
+
+
+def _tuned_on_train(cfg: Config) -> bool:
+    """Whether a tuning trial is scored on the training split's figures (tune.metric train_...)."""
+    metric = cfg.tune.metric if cfg.tune is not None else None
+    metrics = metric if isinstance(metric, (list, tuple)) else [metric]
+    return any(str(m).startswith("train_") for m in metrics if m)
+
+
+def finish(run_dir: str | Path) -> Run:
+    """Complete a tuning trial's run (``train(..., trial=True)``) as a whole run: the kept model
+    on every split (training figures, the test split once), predictions, baselines, the diagnosis
+    and the report, as :func:`train` writes them at the end of a run."""
+    run = RunDir(run_dir)
+    cfg = run_config(run.path)
+    summary = run.read_json(run.summary) if run.summary.exists() else None
+    if summary is not None and "folds" in summary:  # a cross-validation: its final model
+        if summary.get("test") is None:
+            _final_model(cfg, run, summary)
+        return load_run(run.path / "final")
+    if summary is None or summary.get("test") is not None:
+        return load_run(run.path)  # unfinished (nothing to complete), or complete already
+    data = prepare_data(cfg)
+    check_same_data(run, data)
+    model = new_model(cfg, data.input_shape, data.task, data.info, load=False)
+    load_model_weights(model, run.best)
+    transfer = None
+    if isinstance(model, Transfer):
+        data, transfer = _transfer_data(cfg, data, model)
+    trainer = Trainer(model, cfg.train, run_dir=run.path, task=data.task, seed=cfg.seed)
+    trainer.history = run.read_metrics()
+    trainer.summary = {**summary, "train": trainer.task.compact(trainer.evaluate(data.train)),
+                       "val": trainer.task.compact(trainer.evaluate(data.val, keep="val")) if len(data.val) else None}
+    run.write_json(run.summary, trainer.summary)
+    return _complete(cfg, data, model, trainer, run, transfer, trainer.history)
+
+
+def _complete(
+    cfg: Config, data: PreparedData, model: nn.Module, trainer: Trainer, run: RunDir, transfer: dict[str, Any] | None,
+    history: list[dict[str, Any]],
+) -> Run:
+    """The end of a run after training: the test split (touched once, here), predictions,
+    baselines, the diagnosis and the report."""
     test_report = trainer.evaluate(data.test, keep="test")  # the test split is touched once, here
     trainer.record_test(test_report)
     if isinstance(model, Transfer):

@@ -68,6 +68,9 @@ class Trainer:
     instead of deepworks' own seeded shuffle, e.g. to match a hand-written loop's batches
     (see :func:`~deepworks.data.loaders.iterate_batches`); it must answer the same for the same
     epoch, or a resumed run would not skip the batches it trained on.
+    ``checkpoints=False`` writes no checkpoint (a run that is never resumed: a tuning trial);
+    ``evaluate_train=False`` leaves the training split's figures out of ``summary.json`` (a
+    pass over the training data that only the report reads).
     """
 
     def __init__(
@@ -82,6 +85,8 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         augment: Callable[..., torch.Tensor] | None = None,
         order: Callable[[int, int], Any] | None = None,
+        checkpoints: bool = True,
+        evaluate_train: bool = True,
         **overrides: Any,
     ):
         if isinstance(config, TrainConfig):
@@ -120,6 +125,7 @@ class Trainer:
         self.callbacks += list(callbacks)
         self.augment = augment  # augment(x, epoch=, step=, rank=) -> x, on training batches only
         self.order = order  # order(epoch, n) -> sample indices of a training epoch, or None: the seeded shuffle
+        self.checkpoints, self.evaluate_train = checkpoints, evaluate_train
         self.stop_training = False
         self.history: list[dict[str, Any]] = []
         self.epoch = 0  # completed epochs
@@ -560,7 +566,7 @@ class Trainer:
         save_tensors(self.run.best, self._kept_weights().state_dict(), metadata=meta)
 
     def _save_checkpoint(self) -> None:
-        if self.run is None:
+        if self.run is None or not self.checkpoints:
             return
         rngs = gather_objects(rng_state())  # every process's generators, so each resumes its own stream
         # rank 0 saves the epoch's running metric sums over all processes; on resume the
@@ -636,7 +642,7 @@ class Trainer:
     def _write_summary(self, train_data: Any, val_data: Any) -> None:
         summary = {
             "task": self.task.name,
-            "train": self.task.compact(self.evaluate(train_data)),
+            "train": self.task.compact(self.evaluate(train_data)) if self.evaluate_train else None,
             "val": self.task.compact(self.evaluate(val_data, keep="val")) if val_data is not None else None,
             "epochs_run": self.epoch,
             "best_epoch": self.best_epoch,

@@ -399,6 +399,8 @@ def tune(
             time.sleep(min(t.heartbeat, 5))
             continue
         study_.optimize(objective, n_trials=1, catch=(_Surplus, _Unusable, TrainingError), gc_after_trial=False)
+    if len(metrics) == 1:
+        _finish_best(study_)
     from deepworks.tune.results import write_results
 
     return write_results(study_, root, space, metrics, directions, storage_url=redact(storage_url), sampler=sampler,
@@ -414,13 +416,13 @@ def _run_trial(config: Any, overrides: dict[str, Any], run_dir: Path, trial: Any
 
     callback = PruneOnPlateau(trial, metrics[0]) if prune else None
     try:
-        if cv:
-            summary = pipeline.cross_validate(config, folds=int(cv), run_dir=run_dir, overrides=overrides)
-            model = pipeline.load_run(run_dir / "final").model if PARAMETERS in metrics else None
+        if cv:  # no final model per trial: the best trial's is trained once the study ends
+            summary = pipeline.cross_validate(config, folds=int(cv), run_dir=run_dir, overrides=overrides, final=False)
+            model = pipeline.load_run(run_dir / "fold-1").model if PARAMETERS in metrics else None
             scores = {f"val_{k}": v for k, v in summary["mean"].items()}
             scores.update({f"train_{k}": v for k, v in (summary.get("train") or {}).items()})
         else:
-            run = front.train(config, run_dir=run_dir, overrides=overrides, callbacks=[callback] if callback else [])
+            run = front.train_trial(config, run_dir=run_dir, overrides=overrides, callbacks=[callback] if callback else [])
             model, summary = run.model, run.summary
             scores = {f"{split}_{k}": v for split in ("train", "val") for k, v in (summary.get(split) or {}).items()}
     except TrainingError as exc:
@@ -441,6 +443,27 @@ def _run_trial(config: Any, overrides: dict[str, Any], run_dir: Path, trial: Any
         values.append(float(scores[m]))
     resolved = (run_dir / "config.yaml").read_text()
     return values, (callback.pruned_at if callback else None), summary.get("epochs_run"), resolved
+
+
+def _finish_best(study: Any) -> None:
+    """The best trial's run completed as a whole run (its test split evaluated, once; the
+    baselines, diagnosis and report), by the one worker that claims it first."""
+    import deepworks.pipeline as pipeline
+
+    complete = [x for x in study.get_trials(deepcopy=False) if x.state.name == "COMPLETE"]
+    if not complete:
+        return
+    run_dir = Path(study.best_trial.user_attrs["run_dir"])
+    marker = run_dir / "finishing"
+    try:
+        marker.open("x").close()  # another worker is finishing it
+    except FileExistsError:
+        return
+    try:
+        print(f"best trial {study.best_trial.number}: its model on the test split, once ({run_dir})", flush=True)
+        pipeline.finish(run_dir)  # nothing to do when it is complete already (a study resumed)
+    finally:
+        marker.unlink(missing_ok=True)
 
 
 def _shown(value: float) -> str:
