@@ -84,7 +84,7 @@ def resume(run_dir: str | Path, *, source: Any = None) -> Run:
     if not run.path.is_dir():
         raise CheckpointError(f"{run.path}: no such run directory.")
     cfg = run_config(run.path)
-    with given_again(cfg, source, str(run.path)):
+    with given_again(cfg, source, str(run.path), "resume"):
         if is_adversarial(cfg.model.name):
             return generation.resume_gan(run, cfg)
         return pipeline.resume(run_dir)
