@@ -130,7 +130,8 @@ def with_source(config: str | Path | dict | Config | None, source: Source, colum
             if name is not None and name not in map(str, frame.columns) and name in map(str, frame.index.names):
                 raise DataError(f"{key}={name!r}: is the DataFrame's index, not one of its columns, and the index is "
                                 f"not read. Fix: pass df.reset_index() (the index as a column {name!r}).")
-        keys = {**infer_data(frame, "source (DataFrame)", Path.cwd(), **columns), "dataset": "dataframe"}
+        inferred = infer_data(frame, "source (DataFrame)", Path.cwd(), **columns, spelling="keywords")  # fixes name keywords
+        keys = {**inferred, "dataset": "dataframe"}
         if keys.get("image") is not None:  # image files are read from a file's folder only, for now
             raise ConfigError(
                 f"source (DataFrame): column {keys['image']!r} lists image files, and an image list is read from a "
