@@ -174,3 +174,80 @@ def test_bad_dataframes_are_refused_naming_the_column_and_the_fix():
         deepworks.train(source=frame, target="specie")
     with pytest.raises(DataError, match=r"source: the DataFrame is empty"):
         deepworks.train(source=frame.iloc[:0], target="species")
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _session(path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _same_export(given: dict, files: dict) -> None:
+    """The export of a run on data given in Python and of the same run on files: the same graph
+    input, preprocessing and parity figures (same model, same validation samples)."""
+    assert given["parity"] == files["parity"] and given["parity"]["max_abs_diff"] <= 1e-4
+    assert given["input"] == files["input"] and given["preprocessing"] == files["preprocessing"]
+    assert given["exporter"] == files["exporter"] and given["classes"] == files["classes"]
+
+
+def test_an_image_run_on_arrays_exports_as_the_same_images_as_files_do(digits_images, array_runs, tmp_path):
+    x, y, _ = digits_images
+    given = deepworks.export(array_runs[0].dir, out=tmp_path / "arrays.onnx", source=(x, y))
+    files = deepworks.export(array_runs[1].dir, out=tmp_path / "folder.onnx")
+    _same_export(given, files)
+    # the graph with its sidecar alone: the stored integers times scale, softmax of the logits is predict's
+    rows = x[::25]
+    pixels = rows[:, None].astype(np.float32) * np.float32(given["preprocessing"]["scale"])
+    logits = _session(tmp_path / "arrays.onnx").run(None, {given["input"]["name"]: pixels})[0]
+    np.testing.assert_allclose(torch.softmax(torch.from_numpy(logits), 1).numpy(),
+                               deepworks.Predictor(array_runs[0].dir).predict_proba(rows), atol=1e-5)
+
+
+def test_a_table_run_on_a_dataframe_exports_as_the_same_csv_does(penguin_runs, tmp_path):
+    from deepworks.data.features import TableEncoder
+
+    frame, given_run, files_run = penguin_runs
+    given = deepworks.export(given_run.dir, out=tmp_path / "frame.onnx", source=frame)
+    files = deepworks.export(files_run.dir, out=tmp_path / "csv.onnx")
+    _same_export(given, files)
+    rows = frame.drop(columns="species").head(25)  # missing values in row 4
+    slots = TableEncoder.from_dict(given["preprocessing"]["encoder"]).encode({c: rows[c] for c in rows.columns})
+    logits = _session(tmp_path / "frame.onnx").run(None, {given["input"]["name"]: slots})[0]
+    np.testing.assert_allclose(torch.softmax(torch.from_numpy(logits), 1).numpy(),
+                               deepworks.Predictor(given_run.dir).predict_proba(rows), atol=1e-5)
+
+
+def test_export_is_given_the_same_data_or_refuses(digits_images, array_runs, tmp_path):
+    x, y, _ = digits_images
+    run_dir = array_runs[0].dir
+    out = tmp_path / "m.onnx"
+    with pytest.raises(ConfigError, match=r"trained on data given in Python .*Fix: pass the same data again "
+                                          r"\(deepworks\.export\(run, source=\.\.\.\)\)") as caught:
+        deepworks.export(run_dir, out=out)
+    assert "\n" not in str(caught.value)
+    changed = x.copy()
+    changed[3, 4, 4] += 1
+    with pytest.raises(DataError, match=r"source=: the data given .* differs from the data .* trained on"):
+        deepworks.export(run_dir, out=out, source=(changed, y))
+    with pytest.raises(ConfigError, match=r"source=: .* trained on the data its config names"):
+        deepworks.export(array_runs[1].dir, out=out, source=(x, y))
+    assert not list(tmp_path.iterdir())  # refused before anything is written
+
+
+def test_the_cli_refuses_to_export_a_run_on_data_given_in_python(array_runs, penguin_runs, capsys):
+    for run in (array_runs[0], penguin_runs[1]):
+        code = main(["export", str(run.dir)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert "the run was trained on data given in Python" in err
+        assert f"deepworks.export({str(run.dir)!r}, source=...)" in err
+        assert not (run.dir / "model.onnx").exists()
+    # serving from ONNX exports first: refused alike, before a server starts
+    code = main(["serve", str(array_runs[0].dir), "--backend", "onnx", "--port", "0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "then serve it with --backend onnx" in err, err

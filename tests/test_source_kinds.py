@@ -176,11 +176,22 @@ def test_predictor_on_a_dataframe_of_history_equals_predict_on_the_csv(series_ru
 
 
 def test_dataframes_without_the_named_column_are_refused_with_the_fix():
+    """A Python caller is told the keyword that settles it (text=), not the command line's flag
+    (--text, which `deepworks train FILE` is told: tests/test_train_from_data.py)."""
     texts = reviews(20)
-    with pytest.raises(DataError, match=r"source \(DataFrame\): no column 'reviews' \(--text\)\. Did you mean 'review'"):
+    with pytest.raises(DataError, match=r"source \(DataFrame\): no column 'reviews' \(text=\)\. Did you mean 'review'"
+                                        r".* Fix: text= one of the columns\.$"):
         deepworks.train(source=texts, text="reviews", target="label")
     series = pd.DataFrame({"day": pd.date_range("2024-01-01", periods=30, freq="D"), "visits": sine_trend(30)})
-    with pytest.raises(DataError, match=r"source \(DataFrame\): no column 'date' \(--time\)\..* Fix: --time one of"):
+    with pytest.raises(DataError, match=r"source \(DataFrame\): no column 'date' \(time=\)\..* Fix: time= one of"):
         deepworks.train(source=series, time="date", target="visits")
+    with pytest.raises(ConfigError, match=r"which column is the target\?.* Fix: target=COLUMN\.$"):
+        deepworks.train(source=texts.rename(columns={"label": "stars"}))
+    grades = pd.DataFrame({"x": np.linspace(0, 1, 30), "label": np.arange(30) % 5})
+    with pytest.raises(ConfigError, match=r"5 distinct whole numbers .*Fix: task='classification' or "
+                                          r"task='regression'\.$"):
+        deepworks.train(source=grades)
+    with pytest.raises(ConfigError, match=r"^text='review' and time='day': a run classifies texts or forecasts"):
+        deepworks.train(source=texts.assign(day=pd.date_range("2024-01-01", periods=20)), text="review", time="day")
     with pytest.raises(DataError, match=r"time='day': is the DataFrame's index, not one of its columns.*reset_index"):
         deepworks.train(source=series.set_index("day"), time="day", target="visits")

@@ -23,8 +23,10 @@ The rules, applied to the first rows of a table only:
 - without ``target``, the one column named label, target, class or y (any case).
 
 What cannot be inferred is a one-line :class:`~deepworks.errors.ConfigError` or
-:class:`~deepworks.errors.DataError` naming the option that settles it; the messages name the
-command-line options (``--target``), which are the keyword arguments of the same name here.
+:class:`~deepworks.errors.DataError` naming the option that settles it: the command-line option
+(``--target COLUMN``, the keyword argument of the same name here), or the keyword argument itself
+(``target=COLUMN``) where :func:`infer_data` is told so (``spelling="keywords"``, as
+``deepworks.train(source=df, ...)`` does).
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ TEXT_MIN_WORDS = 4
 TEXT_MIN_DISTINCT = 0.5
 # image-list columns: how many of the first paths are checked on disk
 IMAGE_CHECK = 20
+# how the errors of infer_data name the options that settle them: the command line's or Python's
+SPELLINGS = ("flags", "keywords")
 
 
 def is_data_path(path: str | Path) -> bool:
@@ -115,45 +119,71 @@ def infer_data(
     text: str | None = None,
     time: str | None = None,
     task: str | None = None,
+    *,
+    spelling: str = "flags",
 ) -> dict[str, Any]:
     """The ``data`` keys (all but ``path``) for a table whose first rows are ``frame``; ``where``
-    names it in errors and image paths in it are relative to ``root``."""
+    names it in errors and image paths in it are relative to ``root``. ``spelling`` says how the
+    errors name the options that settle them: ``flags`` (``--target COLUMN``, the command line) or
+    ``keywords`` (``target=COLUMN``, a Python call such as ``deepworks.train(source=df, ...)``)."""
+    if spelling not in SPELLINGS:
+        raise ValueError(f"spelling: expected one of {', '.join(SPELLINGS)}, got {spelling!r}.")
+    say = _Options(spelling == "keywords")
     columns = [str(c) for c in frame.columns]
     frame = frame.set_axis(columns, axis=1)
     for flag, name in (("target", target), ("text", text), ("time", time)):
         if name is not None:
-            _check_column(where, columns, name, flag)
+            _check_column(where, columns, name, flag, say)
     if time is not None:
         if text is not None:
-            raise ConfigError(f"--text ({text!r}) and --time ({time!r}): a run classifies texts or forecasts a "
+            raise ConfigError(f"{say('text', text)} and {say('time', time)}: a run classifies texts or forecasts a "
                               "series, not both. Fix: remove one of the two.")
         if task is not None:
-            raise ConfigError(f"--task {task}: --time makes this a forecast of numbers. Fix: remove --task.")
-        return {"time": time, "target": target or _series_target(frame, where, columns, time)}
+            raise ConfigError(f"{say('task', task)}: {say('time')} makes this a forecast of numbers. "
+                              f"Fix: remove {say('task')}.")
+        return {"time": time, "target": target or _series_target(frame, where, columns, time, say)}
     if text is None:
         image = _image_column(frame, where, root, columns, exclude=target)
         if image is not None:
             if task == "regression":
-                raise ConfigError(f"--task regression: {where} lists image files in column {image!r}; image lists "
-                                  "are classified. Fix: remove --task.")
-            return {"image": image, "target": target or _named_target(where, columns, exclude=(image,))}
-    target = target or _named_target(where, columns, exclude=(text,) if text else ())
+                raise ConfigError(f"{say('task', 'regression')}: {where} lists image files in column {image!r}; "
+                                  f"image lists are classified. Fix: remove {say('task')}.")
+            return {"image": image, "target": target or _named_target(where, columns, say, exclude=(image,))}
+    target = target or _named_target(where, columns, say, exclude=(text,) if text else ())
     if text is None:
         texts = [c for c in columns if c != target and _text_like(frame[c])]
         if len(texts) > 1:
             raise ConfigError(
                 f"{where}: columns {', '.join(map(repr, texts))} all look like text; a text run learns from one. "
-                f"Fix: --text COLUMN (e.g. --text {texts[0]})."
+                f"Fix: {say.placeholder('text')} (e.g. {say('text', texts[0])})."
             )
         text = texts[0] if texts else None
     if text is not None:
         if text == target:
-            raise ConfigError(f"--text and --target both name {text!r}. Fix: the label is another column.")
+            raise ConfigError(f"{say('text')} and {say('target')} both name {text!r}. Fix: the label is another column.")
         if task == "regression":
-            raise ConfigError(f"--task regression: texts are classified ({where}, text column {text!r}). "
-                              "Fix: remove --task.")
+            raise ConfigError(f"{say('task', 'regression')}: texts are classified ({where}, text column {text!r}). "
+                              f"Fix: remove {say('task')}.")
         return {"text": text, "target": target}
-    return {"target": target, "task": task or _task(frame[target], where, target)}
+    return {"target": target, "task": task or _task(frame[target], where, target, say)}
+
+
+class _Options:
+    """An option of :func:`infer_data` as its caller spells it: ``--target``, ``--target species``
+    and ``--target COLUMN`` on the command line; ``target=``, ``target='species'`` and
+    ``target=COLUMN`` as a keyword argument in Python."""
+
+    def __init__(self, keywords: bool) -> None:
+        self.keywords = keywords
+
+    def __call__(self, name: str, value: str | None = None) -> str:
+        if value is None:
+            return f"{name}=" if self.keywords else f"--{name}"
+        return f"{name}={value!r}" if self.keywords else f"--{name} {value}"
+
+    def placeholder(self, name: str) -> str:
+        """The option with a placeholder for the column's name."""
+        return f"{name}=COLUMN" if self.keywords else f"--{name} COLUMN"
 
 
 def _is_number(text: str) -> bool:
@@ -188,12 +218,12 @@ def _check_header(path: Path, frame: pd.DataFrame) -> None:
 # --------------------------------------------------------------------------- columns
 
 
-def _check_column(where: str, columns: Sequence[str], name: str, flag: str) -> None:
+def _check_column(where: str, columns: Sequence[str], name: str, flag: str, say: _Options) -> None:
     if name not in columns:
         hint = close_matches(name, columns, n=1)
         did = f" Did you mean {hint[0]!r}?" if hint else ""
-        raise DataError(f"{where}: no column {name!r} (--{flag}).{did} Columns: {_listed(columns)}. "
-                        f"Fix: --{flag} one of the columns.")
+        raise DataError(f"{where}: no column {name!r} ({say(flag)}).{did} Columns: {_listed(columns)}. "
+                        f"Fix: {say(flag)} one of the columns.")
 
 
 def _listed(columns: Sequence[str], limit: int = 20) -> str:
@@ -201,17 +231,17 @@ def _listed(columns: Sequence[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(columns)} in all)" if len(columns) > limit else "")
 
 
-def _named_target(where: str, columns: Sequence[str], exclude: Sequence[str] = ()) -> str:
+def _named_target(where: str, columns: Sequence[str], say: _Options, exclude: Sequence[str] = ()) -> str:
     found = [c for c in columns if c.strip().lower() in TARGET_NAMES and c not in exclude]
     if len(found) == 1:
         return found[0]
     why = (f"columns {', '.join(map(repr, found))} could each be the target" if found
            else f"no column is named {', '.join(TARGET_NAMES[:-1])} or {TARGET_NAMES[-1]}")
     raise ConfigError(f"{where}: which column is the target? {why}. Columns: {_listed(columns)}. "
-                      "Fix: --target COLUMN.")
+                      f"Fix: {say.placeholder('target')}.")
 
 
-def _series_target(frame: pd.DataFrame, where: str, columns: Sequence[str], time: str) -> str:
+def _series_target(frame: pd.DataFrame, where: str, columns: Sequence[str], time: str, say: _Options) -> str:
     """The column to forecast when none is named: one named like a target, else the one numeric column."""
     named = [c for c in columns if c.strip().lower() in TARGET_NAMES and c != time]
     if len(named) == 1:
@@ -219,7 +249,8 @@ def _series_target(frame: pd.DataFrame, where: str, columns: Sequence[str], time
     numeric = [c for c in columns if c != time and _numeric(frame[c])]
     if len(numeric) == 1 and not named:
         return numeric[0]
-    raise ConfigError(f"{where}: which column is forecast? Columns: {_listed(columns)}. Fix: --target COLUMN.")
+    raise ConfigError(f"{where}: which column is forecast? Columns: {_listed(columns)}. "
+                      f"Fix: {say.placeholder('target')}.")
 
 
 def _numeric(column: pd.Series) -> bool:
@@ -263,7 +294,7 @@ def _image_column(frame: pd.DataFrame, where: str, root: Path, columns: Sequence
     return name
 
 
-def _task(column: pd.Series, where: str, name: str) -> str:
+def _task(column: pd.Series, where: str, name: str, say: _Options) -> str:
     """classification or regression for a table's target, refusing whole numbers that could be either."""
     values = column.dropna()
     if not _numeric(values):
@@ -277,7 +308,7 @@ def _task(column: pd.Series, where: str, name: str) -> str:
     shown = ", ".join(f"{v:g}" for v in sorted(set(numbers.tolist()))[:6]) + (", ..." if distinct > 6 else "")
     raise ConfigError(
         f"{where}: the target {name!r} holds {distinct} distinct whole numbers ({shown}): classes or quantities? "
-        "Fix: --task classification or --task regression."
+        f"Fix: {say('task', 'classification')} or {say('task', 'regression')}."
     )
 
 

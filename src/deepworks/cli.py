@@ -633,6 +633,7 @@ def export(
     checked against PyTorch on validation samples (fails above a max abs diff of 1e-4)."""
     import deepworks
 
+    _refuse_data_given_in_python(run_dir, "export")
     result = deepworks.export(run_dir, format=format_, out=out_path, opset=opset)
     if as_json:
         print(json.dumps(result, indent=2))
@@ -643,6 +644,23 @@ def export(
               soft_wrap=True)
     out.print(f"parity on {parity['split']} samples: max abs diff {parity['max_abs_diff']:.3g} "
               f"(allowed {parity['tolerance']:g}; per batch: {batches})", highlight=False, soft_wrap=True)
+
+
+def _refuse_data_given_in_python(run_dir: Path, command: str) -> None:
+    """Export checks the exported model on the run's own validation samples; a run trained on data
+    given in Python (deepworks.train(source=...)) keeps no copy of it, so only Python can give it."""
+    from deepworks.config import MEMORY_DATASETS, read_yaml
+    from deepworks.runs import existing_run
+
+    run = existing_run(run_dir)
+    data = (read_yaml(run.config) or {}).get("data") or {}
+    if data.get("dataset") in MEMORY_DATASETS:
+        raise DeepworksError(
+            f"deepworks {command} {run_dir}: the run was trained on data given in Python (deepworks.train(source=...)), "
+            "and its export checks the model on that data, which the command line cannot give. Fix: export it from "
+            f"Python with the same data: deepworks.export({str(run_dir)!r}, source=...)"
+            + (", then serve it with --backend onnx." if command == "serve" else ".")
+        )
 
 
 @app.command()
@@ -682,6 +700,7 @@ def serve(
     if backend == "onnx" and not (Path(run_dir) / "model.onnx").exists():
         import deepworks
 
+        _refuse_data_given_in_python(run_dir, "serve")
         out.print(f"exporting {escape(str(run_dir))} to ONNX first (deepworks export)", highlight=False)
         deepworks.export(run_dir)
     settings = {"run_dir": str(Path(run_dir).resolve()), "backend": backend, "max_batch": max_batch,

@@ -94,7 +94,7 @@ def resume(run_dir: str | Path, *, source: Any = None) -> Run:
     if not run.path.is_dir():
         raise CheckpointError(f"{run.path}: no such run directory.")
     cfg = run_config(run.path)
-    with given_again(cfg, source, str(run.path)):
+    with given_again(cfg, source, str(run.path), "resume"):
         if is_adversarial(cfg.model.name):
             return generation.resume_gan(run, cfg)
         return pipeline.resume(run_dir)
@@ -140,7 +140,8 @@ def with_source(config: str | Path | dict | Config | None, source: Source, colum
             if name is not None and name not in map(str, frame.columns) and name in map(str, frame.index.names):
                 raise DataError(f"{key}={name!r}: is the DataFrame's index, not one of its columns, and the index is "
                                 f"not read. Fix: pass df.reset_index() (the index as a column {name!r}).")
-        keys = {**infer_data(frame, "source (DataFrame)", Path.cwd(), **columns), "dataset": "dataframe"}
+        inferred = infer_data(frame, "source (DataFrame)", Path.cwd(), **columns, spelling="keywords")  # fixes name keywords
+        keys = {**inferred, "dataset": "dataframe"}
         if keys.get("image") is not None:  # image files are read from a file's folder only, for now
             raise ConfigError(
                 f"source (DataFrame): column {keys['image']!r} lists image files, and an image list is read from a "

@@ -531,7 +531,7 @@ def evaluate(run_dir: str | Path, split: str = "test", *, source: Any = None) ->
     loaded = load_run(run_dir)
     run = RunDir(run_dir)
     torch.manual_seed(loaded.config.seed)
-    with given_again(loaded.config, source, str(run.path)):
+    with given_again(loaded.config, source, str(run.path), "evaluate"):
         data = prepare_data(loaded.config)
     check_same_data(run, data)
     trainer = Trainer(loaded.model, loaded.config.train.model_copy(update={"progress": "none"}), task=loaded.task)

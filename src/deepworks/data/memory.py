@@ -10,7 +10,7 @@ The run's config records the data's SHA-256 (``data.fingerprint``), never the da
 call that was given the data runs, :func:`provided` holds it under that digest, and the loaders
 find it there (``data.dataset: arrays`` for images; ``dataframe`` for tables, texts and series,
 through :func:`given_frame`). A later call on the run (``deepworks.resume``,
-``deepworks.evaluate``) is given the data again and checks it is the same.
+``deepworks.evaluate``, ``deepworks.export``) is given the data again and checks it is the same.
 
 >>> import numpy as np
 >>> src = as_source((np.zeros((4, 8, 8), np.uint8), np.array([0, 1, 0, 1])))
@@ -80,14 +80,18 @@ def provided(source: Source) -> Iterator[Source]:
             _GIVEN[source.fingerprint] = before
 
 
-def given(fingerprint: str | None, what: str) -> Source:
-    """The data a config's ``data.fingerprint`` names; a ConfigError saying how to give it when it was not."""
+def given(fingerprint: str | None, what: str, call: str | None = None) -> Source:
+    """The data a config's ``data.fingerprint`` names; a ConfigError saying how to give it when it
+    was not: to ``deepworks.<call>(run, source=...)`` when the caller says which call it is, else to
+    the calls that take it."""
     source = _GIVEN.get(fingerprint or "")
     if source is None:
+        calls = [call] if call is not None else ["evaluate", "resume", "export"]
         raise ConfigError(
             f"{what} trained on data given in Python (deepworks.train(source=...), SHA-256 {str(fingerprint)[:12]}...), "
-            "which this call was not given. Fix: pass the same data again (deepworks.evaluate(run, source=...), "
-            "deepworks.resume(run, source=...)), or train from a file to use the run from the command line."
+            f"which this call was not given. Fix: pass the same data again "
+            f"({', '.join(f'deepworks.{c}(run, source=...)' for c in calls)}), or train from a file to use the run "
+            "from the command line."
         )
     return source
 
@@ -270,10 +274,11 @@ def _load_arrays(
 
 
 @contextmanager
-def given_again(config: Any, source: Any, what: str) -> Iterator[None]:
+def given_again(config: Any, source: Any, what: str, call: str | None = None) -> Iterator[None]:
     """Run the block with the data a run trained on: ``source`` (checked against the run's
     ``data.fingerprint``) for a run trained on data given in Python, nothing for a run whose
-    config names its data. A ConfigError when a source is missing, needless or not the same."""
+    config names its data. A ConfigError when a source is missing (its fix names
+    ``deepworks.<call>(run, source=...)``), needless or not the same."""
     d = config.data
     if d.dataset not in MEMORY_DATASETS:
         if source is not None:
@@ -284,7 +289,7 @@ def given_again(config: Any, source: Any, what: str) -> Iterator[None]:
         yield
         return
     if source is None:
-        given(d.fingerprint, what)  # already held (a call inside train), or the error saying how to give it
+        given(d.fingerprint, what, call)  # already held (a call inside train), or the error saying how to give it
         yield
         return
     again = as_source(source)

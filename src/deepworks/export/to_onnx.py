@@ -37,6 +37,11 @@ samples of the run's validation split (the test split when there is none) at bat
 compared with the run's PyTorch model in fp32 on the pipeline's own inputs. The largest
 absolute difference must be at most :data:`TOLERANCE`; otherwise the file is left as
 ``<out>.failed`` and :class:`ExportError` is raised. GAN runs are not exported.
+
+A run trained on data given in Python (``deepworks.train(source=...)``) keeps no copy of its
+data, so its parity samples come from the same data given again:
+``deepworks.export(run, source=...)``, checked against the run's ``data.fingerprint`` as
+``deepworks.evaluate`` checks it; the parity check is the same as for a run trained on files.
 """
 
 from __future__ import annotations
@@ -93,12 +98,16 @@ def _require_runtime() -> tuple[Any, Any]:
 
 def export(
     run_dir: str | Path, format: str = "onnx", out: str | Path | None = None, opset: int | None = None,
+    *, source: Any = None,
 ) -> dict[str, Any]:
     """Export the best model of ``run_dir`` (fp32, CPU, eval mode) to ``out`` (default
     ``<run_dir>/model.onnx``) with a sidecar ``<out>.json``; check ONNX Runtime against PyTorch
     on validation samples (batch sizes 1 and 7) and raise :class:`ExportError` when the largest
     absolute difference exceeds :data:`TOLERANCE`. Returns the sidecar's content, which is also
-    stored in ``summary.json`` (``export``, in short)."""
+    stored in ``summary.json`` (``export``, in short). A run trained on data given in Python is
+    given the same data again (``source``, checked against the run's fingerprint): its validation
+    samples are the parity check's inputs."""
+    from deepworks.data.memory import given_again
     from deepworks.kinds import inputs_for_run, prepare_data
     from deepworks.predictor import load_run
 
@@ -124,7 +133,8 @@ def export(
         raise ExportError(f"{run.path}: the model is set to read cached features (transfer.cache); export needs the "
                           "whole network. Fix: export the run as loaded by deepworks.load_run.")
     torch.manual_seed(loaded.config.seed)
-    data = prepare_data(loaded.config)
+    with given_again(loaded.config, source, str(run.path), "export"):
+        data = prepare_data(loaded.config)
     split_name = next((s for s in ("val", "test", "train") if len(getattr(data, s))), None)
     if split_name is None:
         raise ExportError(f"{run.path}: the run's data has no samples to check the exported model on.")
