@@ -110,6 +110,17 @@ def test_override_syntax_errors():
     assert "train.epochs" in str(e.value)
 
 
+def test_on_and_off_unquoted_as_yaml_reads_them(tmp_path):
+    # YAML turns an unquoted on/off into a boolean; compile and channels_last take it as meant
+    cfg = load_config(MINIMAL, ["train.compile=off", "train.channels_last=on"])
+    assert (cfg.train.compile, cfg.train.channels_last) == ("off", "on")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL) + "train: {compile: on, channels_last: off}\n")
+    assert (load_config(path).train.compile, load_config(path).train.channels_last) == ("on", "off")
+    with pytest.raises(ConfigError, match="train.compile"):
+        load_config(MINIMAL, ["train.compile=maybe"])
+
+
 def test_python_tags_are_not_executed(tmp_path):
     evil = tmp_path / "evil.yaml"
     marker = tmp_path / "ran"

@@ -640,6 +640,12 @@ class TrainConfig(Strict):
         "auto", description="DataLoader worker processes for datasets not held in memory"
     )
 
+    @field_validator("channels_last", "compile", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        # YAML reads an unquoted on/off (`compile: off`, `--set train.compile=off`) as a boolean
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     @field_validator("early_stopping", mode="before")
     @classmethod
     def _bool_early_stopping(cls, value: Any) -> Any:
