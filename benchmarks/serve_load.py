@@ -11,6 +11,10 @@ The queue limit is above the concurrency, so every request is answered (503s are
 Client and server share the machine's cores, so the figures are this machine's, not a limit.
 
     OMP_NUM_THREADS=1 python benchmarks/serve_load.py      # -> results/serve_load.json
+    python benchmarks/serve_load.py --device cuda --backends torch   # the torch backend on the GPU
+
+``--device`` is where the torch backend runs the model (``cpu`` by default, as ``deepworks serve``);
+the onnx backend runs on the CPU either way. The training run uses the GPU when there is one.
 """
 
 from __future__ import annotations
@@ -113,6 +117,7 @@ def main() -> None:
     # settings that followed in the same process (170-185 requests/s instead of 470-490)
     parser.add_argument("--backends", default="onnx,torch")
     parser.add_argument("--run", type=Path, default=None, help="serve this run instead of training one")
+    parser.add_argument("--device", default="cpu", help="where the torch backend runs the model: cpu, cuda or cuda:N")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.run is not None:
@@ -127,7 +132,8 @@ def main() -> None:
         for backend in args.backends.split(","):
             for max_batch in (32, 1):
                 app = create_app(run_dir, backend=backend, max_batch=max_batch, max_wait_ms=2,
-                                 queue_limit=4 * args.concurrency)
+                                 queue_limit=4 * args.concurrency,
+                                 device=args.device if backend == "torch" else "cpu")
                 server, thread, url = serve_in_thread(app)
                 try:
                     r = asyncio.run(load(url, pngs, args.requests, args.concurrency))
@@ -135,13 +141,16 @@ def main() -> None:
                     server.should_exit = True
                     thread.join(timeout=30)
                 batcher = app.state.serve["batcher"]
-                r.update(backend=backend, max_batch=max_batch, mean_batch=round(batcher.rows / max(1, batcher.batches), 2))
+                r.update(backend=backend, device=str(app.state.predictor.predictor.device), max_batch=max_batch,
+                         mean_batch=round(batcher.rows / max(1, batcher.batches), 2))
                 print(r, flush=True)
                 results.append(r)
     common.write_json(args.out, {
         "benchmark": "serve_load", "model": "the Fashion-MNIST reference CNN (421,738 parameters), 28x28 grayscale PNG uploads",
-        "note": "client and server in one process (one GIL) on the same cores; measured on a 2-core machine "
-                "shared with other jobs, so the figures are this machine's, not the server's limit",
+        "note": "client and server in one process (one GIL) on the same cores, so the figures are this "
+                "machine's, not the server's limit",
+        "machine": common.machine(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
         "results": results,

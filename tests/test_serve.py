@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import deepworks
@@ -138,6 +139,35 @@ def test_health_ready_and_predictions_equal_deepworks_predict(cnn_run, digit_fil
         r = httpx.post(served.url + "/predict?top_k=1", files={"file": ("a.png", png_bytes(digit_files[0]), "image/png")})
         assert len(r.json()["predictions"]) == 1
         assert "/predict" in httpx.get(served.url + "/openapi.json").json()["paths"]
+
+
+def test_the_device_is_checked_before_anything_loads(cnn_run):
+    from deepworks.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="backend torch only"):
+        create_app(cnn_run.dir, backend="onnx", device="cuda")
+    with pytest.raises(ConfigError, match="expected cpu, cuda or cuda:N, got 'gpu'"):
+        create_app(cnn_run.dir, device="gpu")
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU (cuda:0 on a machine without one)
+    with pytest.raises(ConfigError, match=f"'{missing}' asked for, but {torch.cuda.device_count()} CUDA GPU"):
+        create_app(cnn_run.dir, device=missing)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_served_on_the_gpu_answers_as_predict_on_the_cpu(cnn_run, digit_files):
+    on_cpu = deepworks.predict(cnn_run.dir, digit_files, top_k=10)  # deepworks.predict runs on the CPU
+    app = create_app(cnn_run.dir, max_batch=8, device="cuda")
+    with Served(app) as served:
+        assert app.state.predictor.predictor.device.type == "cuda"
+        for f, want in zip(digit_files, on_cpu):
+            r = httpx.post(served.url + "/predict?top_k=10", files={"file": (f.name, png_bytes(f), "image/png")})
+            assert r.status_code == 200, r.text
+            got = {p["label"]: p["probability"] for p in r.json()["predictions"]}
+            assert r.json()["predictions"][0]["label"] == want["top_k"][0]["class"]
+            # cuDNN may convolve in TF32 on the GPU: the probabilities agree to a few thousandths
+            for w in want["top_k"]:
+                assert got[w["class"]] == pytest.approx(w["probability"], abs=5e-3)
 
 
 def test_malformed_uploads_get_4xx_with_a_json_error(cnn_run, digit_files):

@@ -26,6 +26,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -64,12 +65,13 @@ class ServedModel:
     (:mod:`deepworks.kinds`), the same code ``deepworks.predict`` uses; this class adds only
     what is HTTP's: which request fits the kind, and the status of a refusal."""
 
-    def __init__(self, run_dir: str | Path, backend: str = "torch"):
+    def __init__(self, run_dir: str | Path, backend: str = "torch", device: str = "cpu"):
         if "://" in str(run_dir):
             raise ConfigError(f"serve: {run_dir!r} looks like a URL; the server only serves a local run directory "
                               "and never fetches a model. Fix: download the run yourself and give its folder.")
         if backend not in BACKENDS:
             raise ConfigError(f"serve --backend: expected one of {', '.join(BACKENDS)}, got {backend!r}.")
+        self.device = _check_device(device, backend)
         self.run = existing_run(run_dir)
         self.run_dir, self.backend = self.run.path, backend
         if not self.run.data.exists():
@@ -87,7 +89,7 @@ class ServedModel:
         """Load the model (seconds); before this only the run's description is read."""
         from deepworks.predictor import Predictor
 
-        self.predictor = Predictor(self.run_dir, device="cpu", progress=False)
+        self.predictor = Predictor(self.run_dir, device=self.device, progress=False)
         self.inputs = self.predictor.inputs  # loaded: a sentence encoder once, not per request
         self.task, self.classes = self.predictor.task, self.predictor.classes
         if self.backend == "onnx":
@@ -167,6 +169,22 @@ class ServedModel:
             else:
                 out.append(r)
         return out
+
+
+def _check_device(device: str, backend: str) -> str:
+    """``device`` for the torch backend's model (``cpu``, ``cuda``, ``cuda:N``), checked before any loading."""
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"serve device: expected cpu, cuda or cuda:N, got {device!r}. Fix: device='cpu' (the default).")
+    if device == "cpu":
+        return device
+    if backend != "torch":
+        raise ConfigError(f"serve device: {device!r} applies to backend torch only; backend {backend} runs on the CPU "
+                          "(ONNX Runtime's CPU provider). Fix: backend='torch', or device='cpu'.")
+    index = int(device.partition(":")[2] or 0)
+    if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+        raise ConfigError(f"serve device: {device!r} asked for, but {torch.cuda.device_count()} CUDA GPU(s) are "
+                          "visible. Fix: device='cpu' (the default).")
+    return device
 
 
 def _short(value: Any) -> str:
@@ -442,6 +460,7 @@ def create_app(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     default_top_k: int = 3,
     api_key: str | None = None,
+    device: str = "cpu",
 ) -> Any:
     """The FastAPI app serving ``run_dir``'s best model (see the module's description).
 
@@ -451,7 +470,10 @@ def create_app(
 
     ``api_key``: when given, every request but ``/health`` needs it (see :class:`ApiKey`); the
     caller decides where it comes from (``deepworks serve`` takes ``--api-key`` or the environment
-    variable ``DEEPWORKS_API_KEY``)."""
+    variable ``DEEPWORKS_API_KEY``).
+
+    ``device``: where the torch backend runs the model, ``cpu`` (the default) or ``cuda``/``cuda:N``;
+    the onnx backend runs on the CPU."""
     try:
         from fastapi import FastAPI, Request
     except ImportError:
@@ -464,7 +486,7 @@ def create_app(
 
     if api_key is not None:
         check_api_key(api_key)
-    predictor = ServedModel(run_dir, backend)
+    predictor = ServedModel(run_dir, backend, device)
     for name, value in (("max_body_bytes", max_body_bytes), ("max_pixels", max_pixels)):
         if value < 1:
             raise ConfigError(f"serve: {name} must be >= 1, got {value}.")
