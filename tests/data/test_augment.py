@@ -187,7 +187,7 @@ def test_random_resized_crop_zooms_by_the_drawn_scale():
 # ----------------------------------------------------------------- the contract of every op
 
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu"] + ([pytest.param("cuda", marks=pytest.mark.gpu)] if torch.cuda.is_available() else [])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -209,6 +209,7 @@ def test_every_op_keeps_shape_dtype_device_and_is_seeded(name, dtype, device):
     assert torch.equal(x, batch(32, c=3, h=10, w=12, dtype=dtype).to(device))  # the input is not modified
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_same_augmentation_on_cpu_and_gpu():
     spec = ["hflip", "vflip", {"random_crop": 3}, {"cutout": 4}]

@@ -369,6 +369,7 @@ def test_render_report_from_json_without_loss_and_with_many_classes():
 # ---------------------------------------------------------------- GPU
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_update_does_not_sync_the_gpu(deterministic):
