@@ -61,9 +61,11 @@ def run_deepworks(args: argparse.Namespace, root: Path) -> dict:
 
     # data.root only says where the (same) idx files are; --set carries anything else
     overrides = {"data.root": str(root), **dict(parse_overrides(args.set))}
+    seen = _seen_at_train_begin()
     with tempfile.TemporaryDirectory(prefix="deepworks-bench-") as tmp:
         run = deepworks.train(
-            CONFIG, run_dir=Path(tmp) / "run", overrides=overrides, train={"epochs": args.epochs, "progress": "log"}
+            CONFIG, run_dir=Path(tmp) / "run", overrides=overrides, train={"epochs": args.epochs, "progress": "log"},
+            callbacks=[seen],
         )
         sizes = json.loads((run.dir / "data.json").read_text())["sizes"]
     return {
@@ -80,7 +82,36 @@ def run_deepworks(args: argparse.Namespace, root: Path) -> dict:
         "resolved_runtime": {k: run.summary[k] for k in ("device", "precision", "channels_last") if k in run.summary},
         "precision": run.summary.get("precision"),
         "device": run.summary.get("device"),
+        **seen.record(in_memory_bytes=(sizes["train"] + sizes["val"]) * 28 * 28),  # uint8 28x28 images
     }
+
+
+def _seen_at_train_begin():
+    """A callback that reads what the Trainer set up when training begins: whether the model it
+    steps is compiled (``train.compile``) and, on a GPU, the memory allocated there. Against the
+    bytes of the in-memory training and validation images (uint8) that says where the data sits: at
+    least that much allocated means on the GPU, not in host memory copied over batch by batch (only
+    the model's weights are there besides; the optimizer's state comes with the first step)."""
+    import torch
+
+    import deepworks
+
+    class SeenAtTrainBegin(deepworks.Callback):
+        compiled: bool | None = None
+        cuda_allocated: int | None = None
+
+        def on_train_begin(self, trainer) -> None:
+            self.compiled = isinstance(trainer.forward_model, torch._dynamo.eval_frame.OptimizedModule)
+            if trainer.device.type == "cuda":
+                torch.cuda.synchronize(trainer.device)
+                self.cuda_allocated = torch.cuda.memory_allocated(trainer.device)
+
+        def record(self, in_memory_bytes: int) -> dict:
+            on_gpu = None if self.cuda_allocated is None else self.cuda_allocated >= in_memory_bytes
+            return {"compiled": self.compiled, "cuda_allocated_at_train_begin_bytes": self.cuda_allocated,
+                    "in_memory_data_bytes": in_memory_bytes, "data_on_gpu": on_gpu}
+
+    return SeenAtTrainBegin()
 
 
 # --------------------------------------------------------------------------- (b) plain PyTorch
