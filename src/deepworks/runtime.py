@@ -36,6 +36,7 @@ __all__ = [
     "barrier",
     "shutdown_distributed",
     "broadcast_object",
+    "broadcast_module",
     "gather_objects",
 ]
 
@@ -236,6 +237,22 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def broadcast_module(module: nn.Module, src: int = 0) -> nn.Module:
+    """Every parameter and buffer of ``module`` set, in place, to rank ``src``'s values."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return module
+    nccl = dist.get_backend() == "nccl"
+    with torch.no_grad():
+        for t in module.state_dict().values():  # views of the module's own tensors
+            box = t.cuda() if nccl and t.device.type == "cpu" else t.contiguous()
+            dist.broadcast(box, src=src)
+            if box is not t:
+                t.copy_(box)
+    return module
 
 
 def gather_objects(obj) -> list:
