@@ -1,11 +1,14 @@
-"""DDP with torchrun: 2 CPU processes on gloo match one process, evaluate each sample once, and resume exactly."""
+"""DDP with torchrun: 2 CPU processes on gloo match one process, evaluate each sample once, and resume exactly;
+two nodes (two launchers on 127.0.0.1) match --nproc 2, and a node that stops answering ends the other."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -38,14 +41,23 @@ def summary(run):
     return json.loads((run / "summary.json").read_text())
 
 
-def test_two_processes_match_one_and_count_every_test_sample_once(tmp_path):
-    epochs = ["--set", "train.epochs=8"]
-    cli("train", CONFIG, *COMMON, *epochs, "--set", "train.batch_size=32", "--run-dir", tmp_path / "one")
-    # the same global batch: 2 processes x 16
-    out = cli("train", CONFIG, *COMMON, *epochs, "--set", "train.batch_size=16", "--nproc", "2",
-              "--run-dir", tmp_path / "two").stdout
+# the same global batch as one process with batch_size 32: 2 processes x 16
+TWO = [*COMMON, "--set", "train.epochs=8", "--set", "train.batch_size=16"]
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """A run of 2 processes (--nproc 2), and its console output."""
+    run = tmp_path_factory.mktemp("nproc") / "two"
+    return run, cli("train", CONFIG, *TWO, "--nproc", "2", "--run-dir", run).stdout
+
+
+def test_two_processes_match_one_and_count_every_test_sample_once(tmp_path, two_processes):
+    cli("train", CONFIG, *COMMON, "--set", "train.epochs=8", "--set", "train.batch_size=32", "--run-dir",
+        tmp_path / "one")
+    two_dir, out = two_processes
     assert out.count("results (best model)") == 1  # only rank 0 reports
-    one, two = summary(tmp_path / "one"), summary(tmp_path / "two")
+    one, two = summary(tmp_path / "one"), summary(two_dir)
     assert two["processes"] == 2 and one["processes"] == 1
     for split in ("val", "test"):
         assert abs(one[split]["accuracy"] - two[split]["accuracy"]) <= 0.03, (one[split], two[split])
@@ -53,10 +65,10 @@ def test_two_processes_match_one_and_count_every_test_sample_once(tmp_path):
     assert two["train"]["support"] == 1257 and two["val"]["support"] == 270
     # evaluating the DDP model in one process gives the very same confusion matrix: no sample was
     # dropped or counted twice by the sharding
-    ddp_report = json.loads((tmp_path / "two" / "test_report.json").read_text())
-    single = json.loads(cli("evaluate", tmp_path / "two", "--json").stdout)
+    ddp_report = json.loads((two_dir / "test_report.json").read_text())
+    single = json.loads(cli("evaluate", two_dir, "--json").stdout)
     assert single["confusion_matrix"] == ddp_report["confusion_matrix"]
-    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    lines = (two_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["epoch"] for l in lines] == list(range(1, 9))  # one writer
 
 
@@ -130,3 +142,125 @@ def test_ddp_run_resumes_after_kill(tmp_path):
 
     assert [r["epoch"] for r in logged(run / "metrics.jsonl")] == [1, 2, 3, 4]
     assert logged(run / "metrics.jsonl") == logged(tmp_path / "full" / "metrics.jsonl")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_nodes(tmp_path, *args, nodes=2):
+    """``deepworks train ... --nnodes 2`` started twice on this machine, one process per node,
+    each in a folder of its own (``node0``, ``node1``), as on machines that share no disk."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # two processes on the same cores
+    master = ["--nnodes", str(nodes), "--master-addr", f"127.0.0.1:{free_port()}", "--nproc", "1"]
+    procs = []
+    for rank in range(nodes):
+        folder = tmp_path / f"node{rank}"
+        folder.mkdir()
+        log = open(folder / "console.log", "w")
+        procs.append(subprocess.Popen([sys.executable, "-m", "deepworks", "train", *map(str, args), *master,
+                                       "--node-rank", str(rank)], cwd=folder, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True))
+        log.close()
+    return procs
+
+
+def end_all(procs):
+    for proc in procs:
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the torchrun workers in /proc")
+def test_two_nodes_match_two_processes_and_only_node_0_writes(tmp_path, two_processes, capsys):
+    # a relative --run-dir: each node would find it in its own folder, so node 1 sees no file of the run
+    procs = launch_nodes(tmp_path, CONFIG, *TWO, "--run-dir", "run")
+    try:
+        codes = [proc.wait(timeout=300) for proc in procs]
+    finally:
+        end_all(procs)
+    logs = [(tmp_path / f"node{rank}" / "console.log").read_text() for rank in range(2)]
+    assert codes == [0, 0], logs
+    run, nproc_run = tmp_path / "node0" / "run", two_processes[0]
+    assert sorted(p.name for p in (tmp_path / "node1").iterdir()) == ["console.log"]  # node 1 wrote nothing
+    assert logs[0].count("results (best model)") == 1 and "results" not in logs[1]
+    assert summary(run)["processes"] == 2
+    # the same 2 processes, rank 0 and rank 1, now on two nodes: the very same weights, and the same
+    # test figures (node 1 evaluates its shard with rank 0's kept model, which it never read from disk)
+    for name in ("model.safetensors", "checkpoints/last.safetensors"):
+        nodes, nproc = load_file(run / name), load_file(nproc_run / name)
+        assert nodes.keys() == nproc.keys(), name
+        assert not [k for k in nodes if not torch.equal(nodes[k], nproc[k])], name
+    report = json.loads((run / "test_report.json").read_text())
+    assert report["confusion_matrix"] == json.loads((nproc_run / "test_report.json").read_text())["confusion_matrix"]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == list(range(1, 9))  # one writer
+
+    # resuming needs as many processes as trained the run: one process is refused, in one line
+    copy = tmp_path / "unfinished"
+    shutil.copytree(run, copy)
+    (copy / "summary.json").unlink()
+    from deepworks.cli import main
+
+    capsys.readouterr()
+    assert main(["train", "--resume", str(copy)]) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("error:") and "trained with 2 process(es)" in message and "--nnodes" in message, message
+    assert len(message.splitlines()) == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the torchrun workers in /proc")
+def test_a_node_that_stops_answering_ends_the_other_with_a_clear_error(tmp_path):
+    procs = launch_nodes(tmp_path, CONFIG, *COMMON, "--set", "train.epochs=200", "--set", "train.batch_size=16",
+                         "--run-dir", "run", "--dist-timeout", "20")
+    log = tmp_path / "node0" / "console.log"
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and "epoch 1/200" not in log.read_text() and procs[0].poll() is None:
+            time.sleep(0.1)
+        assert "epoch 1/200" in log.read_text(), log.read_text()
+        # node 1 freezes, launcher and worker alike, as a machine that crashed or lost its network:
+        # nothing closes its connections, so node 0 learns of it only through the collective timeout
+        for pid in [procs[1].pid, *descendants(procs[1].pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        code = procs[0].wait(timeout=120)  # rather than wait for ever
+    finally:
+        end_all(procs)
+    text = log.read_text()
+    assert code != 0, text
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, text
+    assert "rank 0 of 2 (node 0 of 2): lost contact" in errors[0] and "20 s collective timeout" in errors[0], errors
+    assert "deepworks train --resume run --nnodes 2 --nproc 1" in errors[0], errors
+    assert "Traceback" not in text.split(errors[0])[0]  # deepworks' own message, not the worker's traceback
+
+
+def test_bad_node_options_are_refused_in_one_line(capsys):
+    from deepworks.cli import main
+    from deepworks.runtime import parse_master_addr
+
+    cases = {
+        ("--nnodes", "2", "--node-rank", "2", "--master-addr", "h"): "--node-rank: expected 0 to 1",
+        ("--nnodes", "2", "--node-rank", "-1", "--master-addr", "h"): "--node-rank: expected 0 to 1",
+        ("--nnodes", "0"): "--nnodes: expected the number of machines, 1 or more, got 0",
+        ("--nnodes", "2", "--node-rank", "1"): "--master-addr: needed with --nnodes 2",
+        ("--nnodes", "2", "--master-addr", "node0:http"): "--master-addr: expected HOST or HOST:PORT",
+        ("--nnodes", "2", "--master-addr", "node0:70000"): "--master-addr: expected HOST or HOST:PORT",
+        ("--nnodes", "2", "--master-addr", ":29500"): "--master-addr: expected HOST or HOST:PORT",
+        ("--nnodes", "2", "--master-addr", "[::1"): "--master-addr: expected HOST or HOST:PORT",
+        ("--dist-timeout", "0"): "--dist-timeout: expected a positive number of seconds",
+        ("--dist-timeout", "soon"): "--dist-timeout: expected a positive number of seconds",
+    }
+    for args, expected in cases.items():
+        assert main(["train", str(CONFIG), *args]) == 2, args
+        message = capsys.readouterr().err.strip()
+        assert message.startswith(f"error: {expected}") and len(message.splitlines()) == 1, (args, message)
+    assert parse_master_addr("10.0.0.1") == ("10.0.0.1", 29500)
+    assert parse_master_addr("node0.cluster:1234") == ("node0.cluster", 1234)
+    assert parse_master_addr("[fe80::1]:29501") == ("fe80::1", 29501)
+    assert parse_master_addr("fe80::1") == ("fe80::1", 29500)

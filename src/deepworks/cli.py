@@ -42,8 +42,24 @@ def train(
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="where the run goes (default runs/<name>-<time>)")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="continue the interrupted run in this directory")] = None,
     nproc: Annotated[
-        int, typer.Option("--nproc", min=1, help="processes to train with (DDP via torchrun; one per GPU)")
+        int, typer.Option("--nproc", min=1, help="processes to train with on this node (DDP via torchrun; one per GPU)")
     ] = 1,
+    nnodes: Annotated[
+        int, typer.Option("--nnodes", help="machines to train on together, each running --nproc processes and this "
+                          "same command with its own --node-rank")
+    ] = 1,
+    node_rank: Annotated[
+        int, typer.Option("--node-rank", help="this machine's place among --nnodes, 0 to nnodes-1; node 0 hosts the "
+                          "rendezvous and writes the run directory")
+    ] = 0,
+    master_addr: Annotated[
+        Optional[str], typer.Option("--master-addr", help="HOST[:PORT] of node 0, reachable from every node (port "
+                                    "default 29500); needed with --nnodes > 1")
+    ] = None,
+    dist_timeout: Annotated[
+        Optional[str], typer.Option("--dist-timeout", help="seconds a process waits for the others at a collective "
+                                    "before failing (default 300, or $DEEPWORKS_DIST_TIMEOUT)")
+    ] = None,
     cv: Annotated[
         Optional[int], typer.Option("--cv", help="k-fold cross-validation over the non-test data (k >= 2)")
     ] = None,
@@ -69,27 +85,86 @@ def train(
     config.yaml: `deepworks train RUN_DIR/config.yaml` repeats the run."""
     from deepworks.runtime import shutdown_distributed
 
+    master = _check_nodes(nnodes, node_rank, master_addr, dist_timeout)
     config = _config_source(config, resume, target=target, text=text, time=time, task=task)
     if isinstance(config, dict):
         _print_inferred(config, set_)
     if cv is not None or _config_asks_for_cv(config, set_, resume):
-        if resume is not None or nproc > 1:
+        if resume is not None or nproc > 1 or nnodes > 1:
             raise DeepworksError("train --cv: cross-validation runs in one process and cannot be resumed.")
         _cross_validate(config, set_, run_dir, cv)
         return
 
-    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+    if (nproc > 1 or nnodes > 1) and "WORLD_SIZE" not in os.environ:
         _check_before_launch(config, set_, resume)  # report user errors once, not once per process
-        raise typer.Exit(_torchrun(nproc))
+        raise typer.Exit(_torchrun(nproc, nnodes, node_rank, master))
+    where = resume or run_dir
+    again = f"deepworks train --resume {where or 'RUN_DIR'}"
+    printed = "" if where else " (the run directory printed above)"
+    lost = None
     try:
         _train(config, set_, run_dir, resume)
     except KeyboardInterrupt:  # handled here: typer would turn it into a bare exit 130
-        where = resume or run_dir
-        err.print(f"interrupted: resume with `deepworks train --resume {escape(str(where)) if where else 'RUN_DIR'}`"
-                  + ("" if where else " (the run directory printed above)"), soft_wrap=True)
+        err.print(f"interrupted: resume with `{escape(again)}`{printed}", soft_wrap=True)
         raise typer.Exit(130) from None
+    except Exception as exc:
+        lost = _lost_peer(exc, again, printed)
+        if lost is None:
+            raise
+        raise lost from None
     finally:
-        shutdown_distributed()
+        if lost is None:  # after a lost peer the group cannot meet again: no goodbye barrier
+            shutdown_distributed()
+
+
+def _check_nodes(nnodes: int, node_rank: int, master_addr: str | None,
+                 dist_timeout: str | None) -> tuple[str, int] | None:
+    """Refuse a bad --nnodes/--node-rank/--master-addr/--dist-timeout (one line, exit 2);
+    (host, port) of node 0 when one is given. --dist-timeout becomes $DEEPWORKS_DIST_TIMEOUT,
+    which the processes launched below (or by torchrun) read."""
+    from deepworks.errors import ConfigError
+    from deepworks.runtime import DIST_TIMEOUT_ENV, dist_timeout as timeout_of, parse_master_addr
+
+    if dist_timeout is not None:
+        os.environ[DIST_TIMEOUT_ENV] = str(timeout_of(dist_timeout, "--dist-timeout").total_seconds())
+    else:
+        timeout_of()  # a bad $DEEPWORKS_DIST_TIMEOUT is refused here, once
+    if nnodes < 1:
+        raise ConfigError(f"--nnodes: expected the number of machines, 1 or more, got {nnodes}.")
+    if not 0 <= node_rank < nnodes:
+        raise ConfigError(f"--node-rank: expected 0 to {nnodes - 1} (this machine's place among --nnodes {nnodes}), "
+                          f"got {node_rank}. Fix: give each machine its own rank; node 0 hosts the rendezvous.")
+    if master_addr is None:
+        if nnodes > 1:
+            raise ConfigError(f"--master-addr: needed with --nnodes {nnodes}: the HOST[:PORT] of node 0, which every "
+                              "node reaches (e.g. --master-addr 10.0.0.1:29500), the same on every node.")
+        return None
+    return parse_master_addr(master_addr)
+
+
+def _lost_peer(exc: Exception, again: str, printed: str) -> Exception | None:
+    """For a failed collective in a process group (a peer died or stopped answering): the
+    error to show instead, one line that says so, with the timeout and how to go on (not
+    torch's traceback). None for anything else."""
+    from deepworks.errors import DistributedError
+    from deepworks.runtime import dist_timeout, lost_peer
+
+    what = lost_peer(exc)
+    if what is None:
+        return None
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    node, nodes = os.environ.get("GROUP_RANK"), os.environ.get("GROUP_WORLD_SIZE")
+    place = f"rank {rank} of {world}" + (f" (node {node} of {nodes})" if node is not None and nodes else "")
+    nproc = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    if nodes not in (None, "1"):
+        rerun = f"`{again} --nnodes {nodes} --nproc {nproc}` (with each node's --node-rank and --master-addr)"
+    else:
+        rerun = f"`{again} --nproc {nproc}`"
+    return DistributedError(
+        f"{place}: lost contact with the other training processes ({what}): a process or node ended or "
+        f"did not answer within the {dist_timeout().total_seconds():g} s collective timeout (--dist-timeout). "
+        f"Fix: start every node again and go on from the last checkpoint with {rerun}{printed}."
+    )
 
 
 def _config_source(config: Path | None, resume: Path | None, **columns: str | None) -> Path | dict | None:
@@ -193,20 +268,30 @@ def _check_before_launch(config: Path | dict | None, set_: list[str] | None, res
             summary_writer_class()  # a missing package is reported once, not once per process
 
 
-def _torchrun(nproc: int) -> int:
-    """Run this same command under ``torchrun`` with ``nproc`` processes (without --nproc)."""
+_LAUNCH_OPTIONS = ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--dist-timeout")
+
+
+def _torchrun(nproc: int, nnodes: int = 1, node_rank: int = 0, master: tuple[str, int] | None = None) -> int:
+    """Run this same command under ``torchrun`` (without the launch options) with ``nproc``
+    processes on this node: alone (a standalone rendezvous on a free port), or as node
+    ``node_rank`` of ``nnodes``, all meeting at ``master`` (node 0's static rendezvous)."""
     args, skip = [], False
     for arg in sys.argv[1:]:
         if skip:
             skip = False
             continue
-        if arg == "--nproc":
+        if arg in _LAUNCH_OPTIONS:
             skip = True
             continue
-        if arg.startswith("--nproc="):
+        if arg.startswith(tuple(f"{option}=" for option in _LAUNCH_OPTIONS)):
             continue
         args.append(arg)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+    if master is None:
+        launch = ["--standalone"]
+    else:
+        launch = [f"--nnodes={nnodes}", f"--node-rank={node_rank}", f"--master-addr={master[0]}",
+                  f"--master-port={master[1]}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launch, f"--nproc-per-node={nproc}",
            "-m", "deepworks", *args]
     return subprocess.call(cmd)
 

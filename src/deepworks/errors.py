@@ -20,6 +20,7 @@ __all__ = [
     "ShapeError",
     "ModelImportError",
     "TrainingError",
+    "DistributedError",
     "close_matches",
 ]
 
@@ -88,3 +89,10 @@ class UnknownNameError(ConfigError):
             msg += f" Did you mean {' or '.join(repr(h) for h in hint)}?"
         msg += f" Known {kind}s: {', '.join(self.choices)}."
         super().__init__(msg)
+
+
+class DistributedError(DeepworksError):
+    """A training process lost contact with the others (a peer process or node ended, or did not
+    answer within the collective timeout). Not the user's input: exit status 1."""
+
+    exit_code = 1

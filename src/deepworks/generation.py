@@ -37,7 +37,7 @@ __all__ = ["train_gan", "resume_gan", "generate", "load_generator"]
 def _prepare(cfg: Config) -> tuple[Any, Any, dict[str, Any]]:
     """The training images in [-1, 1], the data record, and the GAN built for them."""
     if distributed_context().enabled:
-        raise ConfigError("GAN training runs in one process; launch it without --nproc or torchrun.")
+        raise ConfigError("GAN training runs in one process; launch it without --nproc, --nnodes or torchrun.")
     if cfg.data.augment:
         raise ConfigError("data.augment: GAN training does not augment its images (the generator would learn the "
                           "augmentations). Fix: remove data.augment.")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import math
 import os
 import sys
 import random
+import re
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
@@ -32,10 +35,15 @@ __all__ = [
     "has_conv",
     "DistContext",
     "distributed_context",
+    "DIST_TIMEOUT_ENV",
+    "dist_timeout",
+    "parse_master_addr",
+    "lost_peer",
     "all_reduce_sum",
     "barrier",
     "shutdown_distributed",
     "broadcast_object",
+    "broadcast_module",
     "gather_objects",
 ]
 
@@ -189,10 +197,85 @@ def distributed_context() -> DistContext:
         return DistContext()
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
+        timeout = dist_timeout()
         if torch.cuda.is_available():
             torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
     return DistContext(rank, world, local)
+
+
+DIST_TIMEOUT_ENV = "DEEPWORKS_DIST_TIMEOUT"
+DEFAULT_DIST_TIMEOUT = 300.0  # seconds
+
+
+def dist_timeout(value: str | float | None = None, key: str = DIST_TIMEOUT_ENV) -> timedelta:
+    """How long a process waits for the others at a collective (an all-reduce, a barrier) before
+    it fails: ``value`` in seconds, else ``$DEEPWORKS_DIST_TIMEOUT``, else 300 s. A node that
+    stops answering (a crashed machine, a cut network) then ends the others with an error
+    instead of leaving them blocked; torch's own defaults are 10 to 30 minutes."""
+    if value is None:
+        value = os.environ.get(DIST_TIMEOUT_ENV) or DEFAULT_DIST_TIMEOUT
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{key}: expected a positive number of seconds (e.g. 300), got {value!r}.")
+    return timedelta(seconds=seconds)
+
+
+DEFAULT_MASTER_PORT = 29500
+
+
+def parse_master_addr(value: str, key: str = "--master-addr") -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT``, ``[IPv6]:PORT`` or a bare IPv6 address -> (host, port); the port
+    defaults to torch's 29500."""
+    text = value.strip()
+    expected = (f"{key}: expected HOST or HOST:PORT of node 0 (e.g. 10.0.0.1:29500, a port 1-65535), got "
+                f"{value!r}.")
+    if text.startswith("["):  # [::1]:29500
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ConfigError(expected)
+        port_text = rest[1:] if rest else None
+    elif text.count(":") > 1:  # a bare IPv6 address, no port
+        try:
+            ipaddress.IPv6Address(text)
+        except ValueError:
+            raise ConfigError(expected) from None
+        host, port_text = text, None
+    else:
+        host, sep, port_text = text.partition(":")
+        port_text = port_text if sep else None
+    if not host or any(c.isspace() or c in "/@" for c in host):
+        raise ConfigError(expected)
+    if port_text is None:
+        return host, DEFAULT_MASTER_PORT
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(expected)
+    return host, int(port_text)
+
+
+_LOST_PEER_SIGNS = ("connection closed", "connection reset", "timed out", "timeout", "broken pipe", "gloo", "nccl",
+                    "socket", "watchdog")
+
+
+def lost_peer(exc: BaseException) -> str | None:
+    """When ``exc`` is a failed collective (a peer process died or stopped answering within
+    :func:`dist_timeout`) in a process group: torch's first line of it; else None."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    text = str(exc).strip()
+    if not isinstance(exc, dist.DistError) and not (
+        isinstance(exc, RuntimeError) and any(sign in text.lower() for sign in _LOST_PEER_SIGNS)
+    ):
+        return None
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    first = re.sub(r"^\[[^\]]*:\d+\]\s*", "", first)  # [.../gloo/transport/tcp/pair.cc:545]
+    first = first.split(". ")[0].rstrip(".")  # its first sentence: what happened, and with whom
+    return first if len(first) <= 200 else first[:197] + "..."
 
 
 def all_reduce_sum(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -236,6 +319,22 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def broadcast_module(module: nn.Module, src: int = 0) -> nn.Module:
+    """Every parameter and buffer of ``module`` set, in place, to rank ``src``'s values."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return module
+    nccl = dist.get_backend() == "nccl"
+    with torch.no_grad():
+        for t in module.state_dict().values():  # views of the module's own tensors
+            box = t.cuda() if nccl and t.device.type == "cpu" else t.contiguous()
+            dist.broadcast(box, src=src)
+            if box is not t:
+                t.copy_(box)
+    return module
 
 
 def gather_objects(obj) -> list:

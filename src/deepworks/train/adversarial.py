@@ -161,7 +161,7 @@ class AdversarialTrainer:
         self.gan_config = resolve_components(gan_config, ("gan",), "gan")
         self.check_keys(self.config, self.gan_config)
         if distributed_context().enabled:
-            raise ConfigError("GAN training runs in one process; launch it without torchrun or --nproc.")
+            raise ConfigError("GAN training runs in one process; launch it without torchrun, --nproc or --nnodes.")
         self.gan, self.seed = gan, seed
         self.run = RunDir(run_dir).create() if run_dir is not None else None
         self.device = resolve_device(self.config.device)

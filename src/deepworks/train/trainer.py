@@ -33,6 +33,8 @@ from deepworks.runs import (
 from deepworks.runtime import (
     all_reduce_sum,
     barrier,
+    broadcast_module,
+    broadcast_object,
     distributed_context,
     gather_objects,
     resolve_device,
@@ -180,7 +182,13 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_train_end(self)
         barrier()  # rank 0 has written the best model
-        if self.run is not None and self.run.best.exists():
+        if self.dist.enabled and self.run is not None:
+            # rank 0's file, sent to the others: their nodes need not see the run directory
+            if broadcast_object(self.run.best.exists() if self.writes else None):
+                if self.writes:
+                    load_model_weights(self.model, self.run.best)
+                broadcast_module(self.model)
+        elif self.run is not None and self.run.best.exists():
             load_model_weights(self.model, self.run.best)
         elif self._best_state is not None:
             self.model.load_state_dict(self._best_state)
@@ -611,7 +619,9 @@ class Trainer:
             if int(state.get("world_size", 1)) != self.dist.world_size:
                 raise CheckpointError(
                     f"{path}: the run was trained with {state.get('world_size', 1)} process(es); resume it "
-                    f"with the same number (now {self.dist.world_size}), e.g. --nproc {state.get('world_size', 1)}."
+                    f"with the same number in all (now {self.dist.world_size}): --nproc {state.get('world_size', 1)}, "
+                    f"or as many nodes times --nproc as before (--nnodes N --nproc P, N x P = "
+                    f"{state.get('world_size', 1)})."
                 )
             rng = unpack_state(state["rng"], tensors)[self.dist.rank]
             if self.dist.is_main:
