@@ -269,3 +269,35 @@ def test_own_vocabulary_keys_and_pretrained_flags_are_refused(files, tmp_path):
         deepworks.train({**config(files), "model": {**config(files)["model"], "weights": "x.safetensors"}},
                         run_dir=tmp_path / "b")
     assert not list(tmp_path.iterdir())
+
+
+def test_regression_on_texts_predicts_in_the_targets_units(files, tmp_path):
+    """data.task: regression: one output, the standardised target; the score of a text is how many
+    times it says good (plus noise), which the fine-tuned encoder learns well beyond the training mean."""
+    import csv
+
+    rng = np.random.default_rng(1)
+    rows = [["review", "score"]]
+    for _ in range(120):
+        k = int(rng.integers(0, 4))
+        words = list(rng.choice(FILLER, size=int(rng.integers(2, 5)))) + ["good"] * k
+        rng.shuffle(words)
+        rows.append([" ".join(words), f"{10 * k + rng.normal(0, 1):.3f}"])
+    path = tmp_path / "scores.csv"
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    cfg = config(files, pooling="mean", max_length=12)
+    cfg["data"] = {"path": str(path), "text": "review", "target": "score", "task": "regression", "on_duplicates": "keep"}
+    cfg["train"].update(epochs=4, checkpoint_every_steps=None, progress="none")
+    run = deepworks.train({**cfg, "report": False}, run_dir=tmp_path / "run")
+    assert run.task.name == "regression"
+    test = run.summary["test"]
+    assert test["r2"] > 0.5 and test["r2"] > run.summary["baselines"]["training_mean"]["test"]["r2"] + 0.5
+    assert "tfidf_ridge" in run.summary["baselines"]
+    p = deepworks.Predictor(run.dir, progress=False)
+    texts = ["good good good film", "the plot"]
+    outputs = p.forward(p.inputs.encode(texts))  # standardised
+    got = [r["prediction"] for r in p.predict(texts)]
+    std, mean = run.task.std[0], run.task.mean[0]
+    assert got == pytest.approx((outputs[:, 0] * std + mean).tolist(), abs=1e-4)
+    assert got[0] > got[1] + 10  # three goods against none: about 30 against 0

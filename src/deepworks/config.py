@@ -167,7 +167,8 @@ class DataConfig(Strict):
     )
     features: list[str] | None = Field(None, description="table: the input columns (default: all but target)")
     task: Literal["auto", "classification", "regression"] = Field(
-        "auto", description="table: auto = regression for a numeric target with many distinct values"
+        "auto", description="table: auto = regression for a numeric target with many distinct values; text: auto = "
+        "classification, regression for a number per text"
     )
     columns: dict[str, ColumnConfig] = Field(
         default_factory=dict, description="table: per-column kind (numeric, categorical, ordinal, datetime, id, ignore)"
