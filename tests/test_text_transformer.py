@@ -124,7 +124,8 @@ def test_training_records_the_weights_tokenizer_and_cut_texts(trained, files):
     assert 0 < cut < len(train_texts)
     assert info["tokens"]["train"]["truncated"] == cut
     assert f"{cut} of {len(train_texts)} training texts were cut at model.max_length = {MAX_LENGTH}" in cli_run.printed
-    assert (run.dir / "report.html").exists()
+    report = (run.dir / "report.html").read_text()
+    assert "pretrained encoder" in report and sha in report
     assert run.summary["test"]["accuracy"] > 0.5  # it learns the one word that decides the label
 
 
@@ -138,6 +139,9 @@ def test_a_text_alone_equals_the_text_in_a_padded_batch(trained):
     assert p.inputs.to_model(batch).shape[1] > p.inputs.to_model(p.inputs.encode([text])).shape[1]  # padded
     mixed = p.forward(batch)
     assert torch.allclose(alone[0], mixed[0], atol=1e-5, rtol=0)
+    # a special token's string in a text is text: only the padding on the right has the pad id
+    ids = p.inputs.encode(["good [PAD] film [SEP]"])[0]
+    assert ids[: int((ids != p.inputs.pad_id).sum())].ne(p.inputs.pad_id).all()
     # predict answers with the same numbers whatever the company of a text
     single = deepworks.predict(trained[1].run.dir, texts=[text], top_k=2)[0]
     many = deepworks.predict(trained[1].run.dir, texts=["bad", text, ""], top_k=2)[1]
@@ -182,14 +186,21 @@ def test_export_parity_and_onnx_runtime_fed_by_the_saved_tokenizer(trained, tmp_
     assert np.abs(probs / probs.sum(1, keepdims=True) - want).max() <= 1e-4
 
 
-def test_served_texts_equal_predict(trained):
+def test_served_texts_equal_predict_from_the_run_alone(trained, tmp_path):
+    """The run's directory is all predict and serve need: a copy whose config names an encoder
+    folder that no longer exists answers as the original does."""
     from fastapi.testclient import TestClient
 
     from deepworks.serve import create_app
 
-    run_dir = trained[1].run.dir
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained[1].run.dir, run_dir)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg["model"]["encoder"] = str(tmp_path / "moved-away")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
     texts = ["a good film", "bad", "", "the plot and the story and the cast and the music and the acting was good"]
     want = deepworks.predict(run_dir, texts=texts, top_k=2)
+    assert want == deepworks.predict(trained[1].run.dir, texts=texts, top_k=2)
     with TestClient(create_app(run_dir)) as client:
         wait_ready(client)
         for body in ({"texts": texts}, {"texts": texts[:1]}):

@@ -82,10 +82,12 @@ def encode_texts(tokenizer: Any, texts: list[str], max_length: int, padding: str
     return ids.to(torch.int64), lengths
 
 
-def _stats(lengths: np.ndarray, max_length: int) -> dict[str, Any]:
+def _stats(lengths: np.ndarray, max_length: int, specials: int) -> dict[str, Any]:
+    """Per split: texts, those with no token but the special ones (empty), those cut, and the
+    tokens per text before the cut (special tokens included)."""
     shown = lengths if len(lengths) else np.zeros(1, dtype=np.int64)
     return {
-        "texts": len(lengths), "truncated": int((lengths > max_length).sum()),
+        "texts": len(lengths), "empty": int((lengths <= specials).sum()), "truncated": int((lengths > max_length).sum()),
         "length": {"min": int(shown.min()), "mean": float(shown.mean()), "median": float(np.median(shown)),
                    "p95": float(np.percentile(shown, 95)), "max": int(shown.max())},
     }
@@ -117,7 +119,7 @@ def prepare(config: Config, fold: tuple[int, int | None] | None = None) -> Prepa
     ids, stats = {}, {}
     for name in SPLITS:
         ids[name], lengths = encode_texts(tokenizer, s.raw[name], max_length)
-        stats[name] = _stats(lengths, max_length)
+        stats[name] = _stats(lengths, max_length, tokenizer.num_special_tokens_to_add())
     cut = stats["train"]
     if cut["truncated"] and config.train.progress != "none":
         print(f"{s.info['source']}: {cut['truncated']} of {cut['texts']} training texts were cut at model.max_length = "
@@ -138,7 +140,7 @@ def prepare(config: Config, fold: tuple[int, int | None] | None = None) -> Prepa
                       "padding": "right, each batch to its longest text", "truncation": "right",
                       "special_tokens": "added ([CLS] ... [SEP] or the encoder's own); special-token strings in a "
                       "text are read as text (split_special_tokens)", "pad_index": pad},
-        "tokens": stats,  # per split: texts, cut at max_length, subword tokens per text before the cut
+        "tokens": stats,  # per split: texts, empty, cut at max_length, subword tokens per text before the cut
     })
     parts = {name: SubwordIds(ids[name], s.ys[name], pad) for name in SPLITS}
 
