@@ -104,6 +104,23 @@ def test_logits_equal_hugging_face_for_cls_and_mean_pooling(files):
         assert torch.allclose(got, want, atol=1e-5, rtol=0), (pooling, (got - want).abs().max())
 
 
+def test_half_precision_weights_train_as_float32(files, tmp_path):
+    """Weights published in float16 (as many Hub models are) load into a float32 model, each value
+    the file's value exactly."""
+    from transformers import AutoModel
+
+    folder = tmp_path / "half"
+    AutoModel.from_pretrained(str(files["bert"])).half().save_pretrained(folder)
+    shutil.copy(files["bert"] / "tokenizer.json", folder)
+    shutil.copy(files["bert"] / "tokenizer_config.json", folder)
+    model = deepworks.create_model("transformer", input_shape=(8,), num_classes=2, encoder=str(folder), max_length=8,
+                                   vocab_size=len(WORDS))
+    model.load_pretrained()
+    saved = load_file(folder / "model.safetensors")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(torch.equal(v.float(), model.encoder.state_dict()[k]) for k, v in saved.items())
+
+
 def test_training_records_the_weights_tokenizer_and_cut_texts(trained, files):
     path, cli_run = trained
     run = cli_run.run
@@ -184,6 +201,18 @@ def test_export_parity_and_onnx_runtime_fed_by_the_saved_tokenizer(trained, tmp_
     want = deepworks.Predictor(run_dir, progress=False).predict_proba(texts)
     probs = np.exp(logits - logits.max(1, keepdims=True))
     assert np.abs(probs / probs.sum(1, keepdims=True) - want).max() <= 1e-4
+    # the server's ONNX backend feeds the same graph each batch cut to its longest text
+    from fastapi.testclient import TestClient
+
+    from deepworks.serve import create_app
+
+    with TestClient(create_app(run_dir, backend="onnx")) as client:
+        wait_ready(client)
+        r = client.post("/predict?top_k=2", json={"texts": texts})
+        assert r.status_code == 200, r.text
+        for got, row in zip(r.json()["results"], want):
+            served = {p["label"]: p["probability"] for p in got["predictions"]}
+            assert max(abs(served[c] - row[i]) for i, c in enumerate(trained[1].run.classes)) <= 1e-4
 
 
 def test_served_texts_equal_predict_from_the_run_alone(trained, tmp_path):

@@ -339,7 +339,8 @@ class TextTransformer(nn.Module):
         source = resolve_text_encoder(self.name)
         try:
             with offline(), quiet_loading():
-                pretrained, loading = AutoModel.from_pretrained(str(source.folder), output_loading_info=True)
+                pretrained, loading = AutoModel.from_pretrained(str(source.folder), output_loading_info=True,
+                                                                dtype=torch.float32)
         except Exception as exc:  # noqa: BLE001 - weights of another architecture, a damaged file
             raise ConfigError(f"{KEY}: the weights in {source.folder} could not be loaded as a text encoder "
                               f"({_first_line(exc)}). Fix: {_FIX}.") from None
@@ -380,7 +381,7 @@ def transformer(
                           f"{config.vocab_size}; they are not one encoder. Fix: {_FIX}.")
     try:
         with offline(), quiet_loading():
-            body = AutoModel.from_config(config)
+            body = AutoModel.from_config(config, dtype=torch.float32)  # fp32 weights whatever the config says
     except Exception as exc:  # noqa: BLE001 - a configuration no AutoModel class builds
         raise ConfigError(f"{KEY}: {encoder} ({getattr(config, 'model_type', '?')}) is not a model "
                           f"transformers.AutoModel builds ({_first_line(exc)}). Fix: {_FIX}.") from None
