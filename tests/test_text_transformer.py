@@ -341,3 +341,13 @@ def test_regression_on_texts_predicts_in_the_targets_units(files, tmp_path):
     std, mean = run.task.std[0], run.task.mean[0]
     assert got == pytest.approx((outputs[:, 0] * std + mean).tolist(), abs=1e-4)
     assert got[0] > got[1] + 10  # three goods against none: about 30 against 0
+
+
+def test_inspect_shows_the_frozen_encoder_and_the_learning_head(files):
+    from deepworks.inspection import inspect_config
+
+    out = inspect_config({**config(files), "transfer": {"mode": "feature_extraction"}})
+    head = 32 * 2 + 2  # hidden 32 -> 2 classes
+    assert out["model"] == "transformer" and out["trainable_params"] == head
+    assert out["frozen_params"] > 0 and out["transfer"]["tuned_blocks"] == []
+    assert out["transfer"]["frozen_blocks"] == ["encoder.embeddings", "encoder.encoder.layer.0", "encoder.encoder.layer.1"]
