@@ -12,12 +12,12 @@ from torch import nn
 from deepworks.errors import ConfigError, ShapeError, UnknownNameError
 from deepworks.models import MODELS, create_model
 from deepworks.models.gan import is_adversarial
-from deepworks.models.registry import takes_sequence_input
+from deepworks.models.registry import takes_sequence_input, takes_text_input
 from deepworks.models.layers import ACTIVATIONS
 
 
 @pytest.mark.parametrize("name", [n for n in MODELS.names() if not is_adversarial(n)])  # GANs: tests/test_gan.py
-def test_every_model_trains_one_step(name):
+def test_every_model_trains_one_step(name, tmp_path):
     """Forward, backward and one SGD step in training mode: every weight of a new model is trainable
     and gets a finite gradient, and after the step the loss on the same batch (same dropout masks)
     goes down for one of three step sizes (the deep ResNets' batch norm on 4 samples overshoots at 0.01)."""
@@ -26,8 +26,14 @@ def test_every_model_trains_one_step(name):
     if takes_sequence_input(name):
         shape = (6, 3)  # a series window: (steps, features)
     params = {"arch": "resnet10t"} if name == "timm" else {}  # any timm architecture by name
+    if takes_text_input(name):  # token ids only: a pretrained text encoder's architecture (a tiny BERT's here)
+        from test_text_transformer import WORDS, tiny_bert
+
+        shape, params = (6,), {"encoder": str(tiny_bert(tmp_path / "bert")), "vocab_size": len(WORDS), "max_length": 6}
     model = create_model(name, input_shape=shape, num_classes=5, **params)
     x, y = torch.randn(4, *shape), torch.tensor([0, 1, 2, 4])
+    if takes_text_input(name):
+        x = torch.randint(1, params["vocab_size"], (4, *shape))
     weights = dict(model.named_parameters())
     assert weights and all(p.requires_grad for p in weights.values())  # nothing frozen in a new model
     initial = copy.deepcopy(model.state_dict())

@@ -37,6 +37,7 @@ __all__ = [
     "SubsetConfig",
     "ModelConfig",
     "AUTO_MODEL",
+    "TEXT_TRANSFORMER",
     "TrainConfig",
     "OptimizerConfig",
     "EarlyStoppingConfig",
@@ -166,7 +167,8 @@ class DataConfig(Strict):
     )
     features: list[str] | None = Field(None, description="table: the input columns (default: all but target)")
     task: Literal["auto", "classification", "regression"] = Field(
-        "auto", description="table: auto = regression for a numeric target with many distinct values"
+        "auto", description="table: auto = regression for a numeric target with many distinct values; text: auto = "
+        "classification, regression for a number per text"
     )
     columns: dict[str, ColumnConfig] = Field(
         default_factory=dict, description="table: per-column kind (numeric, categorical, ordinal, datetime, id, ignore)"
@@ -422,7 +424,10 @@ MEMORY_DATASETS = ("arrays", "dataframe")
 # a data.path with one of these suffixes is a table (CSV, TSV, Parquet, JSON Lines); any other path is an image folder
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq", ".jsonl")
 # the kinds of data a run trains on; each has one module in deepworks.kinds (GANs are a kind of run, not of data)
-DATA_KINDS = ("image", "table", "text", "embeddings", "series")
+DATA_KINDS = ("image", "table", "text", "embeddings", "series", "subwords")
+# model.name of a pretrained Hugging Face text encoder fine-tuned on the texts: it reads the encoder's own
+# subword ids (data kind ``subwords``), not a vocabulary fitted on the training texts
+TEXT_TRANSFORMER = "transformer"
 
 
 def is_table_path(path: Any) -> bool:
@@ -430,16 +435,21 @@ def is_table_path(path: Any) -> bool:
     return Path(str(path)).suffix.lower() in TABLE_SUFFIXES
 
 
-def data_kind(data: Any) -> str:
-    """The kind of data a config's ``data`` section describes: ``text`` (token ids), ``embeddings``
-    (texts through data.encoder), ``series``, ``table`` or ``image`` (a built-in image set, a folder
-    of class subfolders, or a table listing image files: data.image). ``data`` is a
-    :class:`DataConfig` or its raw mapping (before validation). This is the one place the kind is
+def data_kind(data: Any, model: Any = None) -> str:
+    """The kind of data a config's ``data`` section describes: ``text`` (token ids), ``subwords``
+    (texts through the tokenizer of ``model.name: transformer``, a pretrained encoder),
+    ``embeddings`` (texts through data.encoder), ``series``, ``table`` or ``image`` (a built-in
+    image set, a folder of class subfolders, or a table listing image files: data.image). ``data``
+    is a :class:`DataConfig` or its raw mapping (before validation); ``model`` the model section
+    (or its name), which only a text run's kind depends on. This is the one place the kind is
     decided from a config; a trained run's kind is read from its data.json."""
     get = data.get if isinstance(data, Mapping) else (lambda key: getattr(data, key, None))
     dataset, path = get("dataset"), get("path")
     if get("text") is not None or dataset in TEXT_DATASETS:
-        return "embeddings" if get("encoder") is not None else "text"
+        if get("encoder") is not None:
+            return "embeddings"
+        name = model.get("name") if isinstance(model, Mapping) else getattr(model, "name", model)
+        return "subwords" if name == TEXT_TRANSFORMER else "text"
     if get("encoder") is not None:
         raise ConfigError(
             f"data.encoder ({get('encoder')!r}) embeds texts, but this data is not text. Fix: name the text column of a "
@@ -505,6 +515,11 @@ class TransferConfig(Strict):
     warmup_epochs: int = Field(0, ge=0, description="fine_tune: epochs with the body frozen before it learns")
     backbone_lr_scale: float = Field(
         0.1, gt=0, le=1, description="fine_tune: the body's learning rate as a fraction of the head's"
+    )
+    layer_decay: float | None = Field(
+        None, gt=0, le=1, description="fine_tune: layer-wise learning-rate decay: the body's top block learns at "
+        "backbone_lr_scale times the head's rate, each block below it at layer_decay times the rate of the one above "
+        "(e.g. 0.9 for a transformer's layers); default: every block at backbone_lr_scale"
     )
     cache: bool = Field(
         True, description="feature_extraction: compute the frozen body's features once and train the head on them "

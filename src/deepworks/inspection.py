@@ -65,8 +65,8 @@ def inspect_config(config: Config | str | Path | Mapping[str, Any], *, device: s
         config = load_config(config)
     if config.transfer is not None:
         config = adopt_source(config)  # transfer.from: the earlier run's model
-    vocab_size = None
-    if data_kind(config.data) in ("text", "embeddings", "series", "table"):
+    vocab_size = encoder_config = None
+    if data_kind(config.data, config.model) in ("text", "subwords", "embeddings", "series", "table"):
         # text and series tables: the vocabulary and the windows exist only once the data is prepared;
         # a table's features once its encoder is fitted (the network reads them, after TableInput)
         data = prepare_data(config)
@@ -74,13 +74,15 @@ def inspect_config(config: Config | str | Path | Mapping[str, Any], *, device: s
         if data_kind(config.data) == "table":
             input_shape = net_input_shape(input_shape, data.info)
         vocab_size = (data.info.get("input") or {}).get("vocab_size")
+        encoder_config = (data.info.get("input") or {}).get("config")  # a pretrained text encoder's, as recorded
         dataset = str(config.data.path if config.data.path is not None else config.data.dataset)
     else:
         input_shape, num_classes, dataset = _data_shape(config)
         if config.data.subset is not None and config.data.subset.classes is not None:
             num_classes = len(config.data.subset.classes)  # data.subset keeps these classes
     config = choose_model(config, input_shape)  # no model named: the one the data's size chooses
-    model = model_from_config(config.model, input_shape, num_classes, vocab_size=vocab_size)
+    model = model_from_config(config.model, input_shape, num_classes, vocab_size=vocab_size,
+                              encoder_config=encoder_config)
     if config.transfer is not None:  # which blocks learn (no weights are loaded to look at the structure)
         model = build(model, config, {"input_shape": list(input_shape)}, load=False)
     summary = summarize(model, input_shape, vocab_size=vocab_size, device=device)

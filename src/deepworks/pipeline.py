@@ -98,6 +98,8 @@ def train(
         run.create()
         atomic_write(run.config, dump_config(cfg))
         run.write_json(run.data, _data_record(cfg, data))
+        if data.save is not None:  # a pretrained tokenizer's files
+            data.save(run.path)
         print(f"run directory: {run.path}", flush=True)
         if found is not None:
             _write_lr_find(run, found, cfg.name)
@@ -241,6 +243,8 @@ def _start(cfg: Config, data: PreparedData, path: Path) -> tuple[PreparedData, n
     run = RunDir(path).create()
     atomic_write(run.config, dump_config(cfg))
     run.write_json(run.data, _data_record(cfg, data))
+    if data.save is not None:
+        data.save(run.path)
     return data, model, run
 
 
@@ -267,6 +271,8 @@ def resume(run_dir: str | Path) -> Run:
         return load_run(run.path)
     data = prepare_data(cfg)
     check_same_data(run, data)
+    if data.save is not None:  # a run killed before its tokenizer's files were written has them now
+        data.save(run.path)
     torch.manual_seed(cfg.seed)
     model = new_model(cfg, data.input_shape, data.task, data.info)
     if not run.checkpoint.exists():  # killed before its first checkpoint: nothing to lose, start it again
@@ -379,7 +385,7 @@ def _complete(
         trainer.summary["data"] = recorded
         if distributed_context().is_main:
             run.write_json(run.summary, trainer.summary)
-    if kind_of_record(data.info) in ("table", "text", "embeddings"):
+    if kind_of_record(data.info) in ("table", "text", "embeddings", "subwords"):
         _record_baselines(trainer, data, run, cfg.seed)
     elif kind_of_record(data.info) == "series":
         _record_forecast_baselines(trainer, data, run)
@@ -414,7 +420,8 @@ def _transfer_data(cfg: Config, data: PreparedData, model: Transfer) -> tuple[Pr
     images = sum(len(p) for p in parts.values())
     dim = int(next(iter(parts.values())).x.shape[1])
     if cfg.train.progress != "none" and distributed_context().is_main:
-        print(f"features: the frozen body ran once over {images} images ({dim} features each, {precision.name}) in "
+        what = "texts" if kind_of_record(data.info) == "subwords" else "images"
+        print(f"features: the frozen body ran once over {images} {what} ({dim} features each, {precision.name}) in "
               f"{seconds:.1f} s; each epoch now trains the head alone", flush=True)
     model.reads_features = True
     record["feature_cache"] = {"images": images, "features": dim, "seconds": round(seconds, 2), "precision": precision.name}

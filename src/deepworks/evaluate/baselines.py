@@ -121,12 +121,26 @@ def text_baselines(
     """``{"majority_class": ..., "tfidf_logistic": ...}``, each ``{split: metrics}``, for text
     classification: fitted on the raw training texts (``train`` = (texts, labels)), scored on
     ``splits`` with the network's metric code. The TF-IDF vocabulary and weights come from
-    the training texts only (:data:`TFIDF_PARAMS`, :data:`TFIDF_LOGISTIC_PARAMS`)."""
+    the training texts only (:data:`TFIDF_PARAMS`, :data:`TFIDF_LOGISTIC_PARAMS`). For a
+    regression on texts (standardised targets): ``training_mean`` and ``tfidf_ridge`` (scikit-learn's
+    ``Ridge``, alpha 1, on the same TF-IDF features)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression, Ridge
 
     texts, y = list(train[0]), train[1].detach().cpu().numpy()
     parts = {name: (list(t), v.detach().cpu().numpy()) for name, (t, v) in splits.items() if len(t)}
+    if task.name == "regression":
+        y = y.reshape(len(y), -1)
+        mean = y.mean(axis=0)
+        vectorizer = TfidfVectorizer(**TFIDF_PARAMS)
+        ridge = Ridge(alpha=1.0).fit(vectorizer.fit_transform(texts), y)
+        return {
+            "training_mean": {name: _regression_scores(np.tile(mean, (len(v), 1)), v.reshape(len(v), -1), task.mean,
+                                                       task.std) for name, (t, v) in parts.items()},
+            "tfidf_ridge": {name: _regression_scores(ridge.predict(vectorizer.transform(t)).reshape(len(v), -1),
+                                                     v.reshape(len(v), -1), task.mean, task.std)
+                            for name, (t, v) in parts.items()},
+        }
     k = task.output_size()
     majority = int(np.bincount(y, minlength=k).argmax())
     out: dict[str, Any] = {

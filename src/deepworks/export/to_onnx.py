@@ -17,6 +17,10 @@ tables          ``columns`` (N, S)           the run's ``TableEncoder.encode`` (
                                              ``features`` (N, F), ``transform``)
 texts           ``token_ids`` (N, L) int64   the run's tokenizer and vocabulary (the sidecar's
                                              ``text``), right-padded with 0 to L = max_length
+texts, a        ``token_ids`` (N, L) int64   the encoder's tokenizer saved in the run
+pretrained                                   (``tokenizer/``), cut at max_length, right-padded
+transformer                                  to the batch's longest text (L varies up to
+                                             max_length); the attention mask is in the graph
 sentence        ``embeddings`` (N, D)        the sentence encoder named in the sidecar (weights'
 embeddings                                   SHA-256, feature kind); the graph is the head
 series          ``windows`` (N, T, C)        the last T steps of the columns, standardised with
@@ -33,7 +37,7 @@ Exporters: ``torch.onnx.export(dynamo=True)`` first, then the TorchScript export
 token ids, which only the TorchScript exporter turns into ONNX's ``sequence_lens``). Each
 candidate is written to a temporary file, run by ONNX Runtime (CPUExecutionProvider) on real
 samples of the run's validation split (the test split when there is none) at batch sizes 1 and
-7 (and, for token ids, one batch mixing the shortest and longest texts and an empty one), and
+7 (and, for token and subword ids, one batch mixing the shortest and longest texts and an empty one), and
 compared with the run's PyTorch model in fp32 on the pipeline's own inputs. The largest
 absolute difference must be at most :data:`TOLERANCE`; otherwise the file is left as
 ``<out>.failed`` and :class:`ExportError` is raised. GAN runs are not exported.
@@ -147,6 +151,9 @@ def export(
     out_name = "logits" if loaded.task.name == "classification" else "prediction"
     reference = with_tta(model, loaded.config.train.tta)  # as predict runs it (train.tta flips images only)
     cases = _parity_cases(split, inputs, reference)
+    # the batch axis, and (texts padded to each batch's longest) the length axis up to the run's input size
+    axes = {axis: (name, 1 << 20 if axis == 0 else int(inputs.shape[axis - 1]))
+            for axis, name in inputs.dynamic_axes.items()}
 
     out_path = Path(out) if out is not None else run.path / "model.onnx"
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +165,7 @@ def export(
     try:
         for exporter in (("dynamo", "torchscript") if opset >= 18 else ("torchscript",)):
             try:
-                _write_graph(graph, cases[-1][1], tmp, in_name, out_name, opset, exporter, kind)
+                _write_graph(graph, cases[-1][1], tmp, in_name, out_name, opset, exporter, axes)
             except Exception as exc:  # an exporter's failure is a reason to try the next one
                 tried[exporter] = _first_line(exc)
                 continue
@@ -194,7 +201,7 @@ def export(
     versions = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
                 "python": platform.python_version()}
     versions["deepworks"] = __version__
-    shape = [int(v) for v in cases[0][1].shape[1:]]
+    shape = [inputs.dynamic_axes.get(axis + 1, int(v)) for axis, v in enumerate(cases[0][1].shape[1:])]
     sidecar = {
         "format_version": FORMAT_VERSION,
         "format": "onnx",
@@ -205,7 +212,7 @@ def export(
         "task": loaded.task.record(),
         "classes": loaded.classes,
         "input": {"name": in_name, "kind": kind, "shape": ["batch", *shape],
-                  "dtype": "int64" if kind == "tokens" else "float32", "meaning": spec["meaning"]},
+                  "dtype": str(cases[0][1].dtype).removeprefix("torch."), "meaning": spec["meaning"]},
         "output": _output_record(loaded.task, out_name),
         "preprocessing": spec["preprocessing"],
         "parity": {"max_abs_diff": worst, "tolerance": TOLERANCE, "batches": diffs, "split": split_name,
@@ -288,9 +295,11 @@ def _parity_cases(split: Any, inputs: Any, reference: nn.Module) -> list[tuple[s
 
 def _write_graph(
     graph: nn.Module, example: torch.Tensor, path: Path, in_name: str, out_name: str, opset: int, exporter: str,
-    kind: str,
+    axes: dict[int, tuple[str, int]] | None = None,
 ) -> None:
-    """One exporter's ONNX file of ``graph`` at ``path`` (batch axis dynamic, weights inside)."""
+    """One exporter's ONNX file of ``graph`` at ``path`` (weights inside). ``axes``: the input's
+    dynamic axes, ``{axis: (name, largest size)}``; default the batch axis alone."""
+    axes = axes or {0: ("batch", 1 << 20)}
     path.unlink(missing_ok=True)
     quiet = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet):
@@ -299,13 +308,14 @@ def _write_graph(
             torch.onnx.export(
                 graph, (example,), str(path), input_names=[in_name], output_names=[out_name], opset_version=opset,
                 dynamo=True, external_data=False, verbose=False,
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 20)},),
+                dynamic_shapes=({axis: torch.export.Dim(name, min=1, max=top) for axis, (name, top) in axes.items()},),
             )
         else:
             with _quiet_native_stderr():
                 torch.onnx.export(
                     graph, (example,), str(path), input_names=[in_name], output_names=[out_name],
-                    opset_version=opset, dynamo=False, dynamic_axes={in_name: {0: "batch"}, out_name: {0: "batch"}},
+                    opset_version=opset, dynamo=False,
+                    dynamic_axes={in_name: {axis: name for axis, (name, _) in axes.items()}, out_name: {0: "batch"}},
                 )
     if not path.exists():
         raise ExportError(f"the {exporter} exporter wrote no file")

@@ -22,7 +22,7 @@ from torch import nn
 
 from deepworks.config import AUTO_MODEL, DATA_KINDS, Config, data_kind, load_config
 from deepworks.errors import ConfigError, DataError
-from deepworks.kinds import embeddings, image, series, table, text
+from deepworks.kinds import embeddings, image, series, subwords, table, text
 from deepworks.kinds.common import Batch, PreparedData, RunInputs
 from deepworks.models.cnn import global_pool_default
 from deepworks.models.registry import model_from_config
@@ -35,18 +35,18 @@ __all__ = [
 ]
 
 KIND_MODULES: dict[str, ModuleType] = {
-    "image": image, "table": table, "text": text, "embeddings": embeddings, "series": series,
+    "image": image, "table": table, "text": text, "embeddings": embeddings, "series": series, "subwords": subwords,
 }
 _INPUTS: dict[str, type[RunInputs]] = {
     "image": image.ImageInputs, "table": table.TableInputs, "text": text.TokenInputs,
-    "embeddings": embeddings.EmbeddingInputs, "series": series.SeriesInputs,
+    "embeddings": embeddings.EmbeddingInputs, "series": series.SeriesInputs, "subwords": subwords.SubwordInputs,
 }
 assert tuple(KIND_MODULES) == DATA_KINDS
 
 
 def kind_of_config(config: Config) -> str:
     """The kind of data a config trains on (see :func:`deepworks.config.data_kind`)."""
-    return data_kind(config.data)
+    return data_kind(config.data, config.model)
 
 
 def kind_of_record(info: dict[str, Any], where: str | Path = "data.json") -> str:
@@ -114,7 +114,8 @@ def choose_model(cfg: Config, input_shape: Sequence[int], log: bool = False) -> 
 
 
 def new_model(cfg: Config, input_shape: Sequence[int], task: Task, info: dict[str, Any], load: bool = True) -> nn.Module:
-    """The config's model for this data: a text run's vocabulary size from ``info["input"]``, a
+    """The config's model for this data: a text run's vocabulary size (and a pretrained text
+    encoder's recorded architecture) from ``info["input"]``, a
     differenced series wrapped to see windows relative to their last value, a table's network
     behind the :class:`~deepworks.kinds.table.TableInput` that expands its slots. Starting weights
     (model.pretrained, model.weights, transfer.from) are loaded unless ``load`` is false (a
@@ -125,7 +126,8 @@ def new_model(cfg: Config, input_shape: Sequence[int], task: Task, info: dict[st
     kind = kind_of_record(info)
     if kind == "table":  # the network reads the features its TableInput expands the slots into
         input_shape = table.net_input_shape(input_shape, info)
-    model = model_from_config(cfg.model, input_shape, task.output_size(), vocab_size=source.get("vocab_size"))
+    model = model_from_config(cfg.model, input_shape, task.output_size(), vocab_size=source.get("vocab_size"),
+                              encoder_config=source.get("config"))
     if kind == "series":
         model = series.wrap_model(model, info)
     elif kind == "table":

@@ -8,7 +8,7 @@ import glob
 import hashlib
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,8 @@ class PreparedData:
     # forecasts and the actual values in the targets' units ("last_value", "seasonal_naive", "actual")
     forecasts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     raw: dict[str, list[str]] | None = None  # text: each split's raw strings (for the TF-IDF baseline)
+    # what the run's inputs need beside data.json, written into a new run directory (a pretrained tokenizer's files)
+    save: Callable[[Path], None] | None = None
 
 
 def data_seed(config: Config) -> int:
@@ -142,6 +144,9 @@ class RunInputs:
     stored_dtype: torch.dtype | None = None
     #: inputs (N, C, H, W) that a convolutional model reads fastest as channels_last
     channels_last = False
+    #: the exported graph's input axes that vary between calls (the batch; a text's length when batches are
+    #: padded to their longest text)
+    dynamic_axes: dict[int, str] = {0: "batch"}
 
     def __init__(self, run_dir: Path, info: dict[str, Any]):
         self.run_dir, self.info = Path(run_dir), info

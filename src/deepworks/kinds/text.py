@@ -23,12 +23,12 @@ from deepworks.data.memory import given_frame
 from deepworks.data.splits import apply_subset, split_indices
 from deepworks.data.tabular import Table, is_frame, table_target
 from deepworks.data.text import TextEncoder, load_text_from_config, read_text_inputs
-from deepworks.errors import ConfigError, DataError
+from deepworks.errors import DataError
 from deepworks.kinds.common import (
     SPLITS, Batch, PreparedData, RunInputs, apply_fold, check_on_error, class_counts, data_seed, fingerprint,
     subset_record,
 )
-from deepworks.train.tasks import Classification
+from deepworks.train.tasks import Classification, Regression, Task
 
 
 @dataclass
@@ -41,27 +41,26 @@ class SplitTexts:
     ys: dict[str, torch.Tensor]
     classes: list[str]
     info: dict[str, Any]
-    task: Classification
+    task: Task
 
 
 def split_texts(config: Config, fold: tuple[int, int | None] | None, kind: str) -> SplitTexts:
     """Read the texts, split them (stratified, grouped by data.group_by), fold, subset and drop
     duplicates: the steps token ids and sentence embeddings share."""
     d = config.data
-    if d.task == "regression":
-        raise ConfigError("data.task: regression is not available for text; texts are classified. "
-                          "Fix: remove data.task (or set it to classification).")
     texts = load_text_from_config(d, given_frame(d))  # a DataFrame given in Python, if one was
     where = texts.source
-    # the labels as a table's target: the same class order and checks (at least 2 classes)
+    # the labels as a table's target: the same class order and checks (at least 2 classes); texts are
+    # classified unless data.task: regression asks for a number per text
     target = Table(Path(where), {texts.text_column: texts.texts}, texts.target_name, texts.target, texts.lines)
-    y, classes, _ = table_target(target, "classification")
+    regression = d.task == "regression"
+    y, classes, _ = table_target(target, "regression" if regression else "classification")
     groups = np.asarray(texts.groups) if texts.groups else None
     seed = data_seed(config)
-    idx = split_indices(y, stratify=True, groups=groups, val_fraction=d.val_fraction,
+    idx = split_indices(y, stratify=not regression, groups=groups, val_fraction=d.val_fraction,
                         test_fraction=d.test_fraction, seed=seed, what=where)
     if fold is not None:
-        idx.update(apply_fold(idx, y, fold, True, groups, seed, where))
+        idx.update(apply_fold(idx, y, fold, not regression, groups, seed, where))
     if d.subset is not None:
         idx, classes, remap = apply_subset(idx, y, d.subset, classes, where=where)
         y = remap[y]  # the kept classes' labels 0..k-1; the texts left out are indexed no more
@@ -70,8 +69,14 @@ def split_texts(config: Config, fold: tuple[int, int | None] | None, kind: str) 
     duplicates = find_duplicates(hashes, idx)
     idx = apply_policy(duplicates, idx, d.on_duplicates, what=where)
     raw = {name: [texts.texts[i] for i in rows] for name, rows in idx.items()}
-    ys = {name: torch.from_numpy(y[rows].astype(np.int64)) for name, rows in idx.items()}
-    task = Classification(classes)
+    if regression:  # standardised with the training split's mean and std, as a table's target
+        mean, std = float(y[idx["train"]].mean()), float(y[idx["train"]].std())
+        std = std if std > 0 else 1.0
+        task: Task = Regression([texts.target_name], [mean], [std])
+        ys = {name: torch.from_numpy(((y[rows] - mean) / std).astype(np.float32))[:, None] for name, rows in idx.items()}
+    else:
+        task = Classification(classes)
+        ys = {name: torch.from_numpy(y[rows].astype(np.int64)) for name, rows in idx.items()}
     info = {
         "dataset": texts.name,
         "source": where,
@@ -80,7 +85,7 @@ def split_texts(config: Config, fold: tuple[int, int | None] | None, kind: str) 
         "target": texts.target_name,
         "classes": classes,
         "sizes": {name: len(rows) for name, rows in idx.items()},
-        "class_counts": class_counts(ys, len(classes)),
+        "class_counts": class_counts(ys, len(classes)) if not regression else None,
         "official_test": False,
         "split_fingerprint": fingerprint(
             idx, lambda name: np.ascontiguousarray(y[idx[name]]).tobytes(),

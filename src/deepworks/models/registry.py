@@ -17,7 +17,8 @@ from deepworks.registry import Entry, Registry
 
 __all__ = [
     "MODELS", "ModelRegistry", "create_model", "model_from_config", "list_models", "flat_input", "takes_flat_input",
-    "sequence_input", "takes_sequence_input", "describe_model", "describe_models", "model_source",
+    "sequence_input", "takes_sequence_input", "text_input", "takes_text_input", "describe_model", "describe_models",
+    "model_source",
 ]
 
 
@@ -147,6 +148,18 @@ def takes_sequence_input(name: str) -> bool:
     return bool(getattr(MODELS.get(name), "sequence_input", False))
 
 
+def text_input(factory: F) -> F:
+    """Mark a model factory as reading token ids (L,) only, with a ``vocab_size`` keyword: texts,
+    not series windows (a pretrained text encoder). Put it under ``@MODELS.register``."""
+    factory.text_input = True  # type: ignore[attr-defined]
+    return factory
+
+
+def takes_text_input(name: str) -> bool:
+    """Whether the registered model ``name`` reads token ids only (texts)."""
+    return bool(getattr(MODELS.get(name), "text_input", False))
+
+
 def _a(word: str) -> str:
     return f"an {word}" if word[:1].lower() in "aeiou" else f"a {word}"
 
@@ -171,12 +184,16 @@ def _check_input(name: str, shape: tuple[int, ...], vocab_size: int | None) -> N
                              "nn.Embedding)")
         return
     sequence = [n for n in MODELS.names() if takes_sequence_input(n)]
+    if takes_text_input(name) and (vocab_size is None or len(shape) != 1):
+        raise ShapeError(f"model.name: {name} reads texts (token ids of shape (length,) with a vocab_size), not data "
+                         f"shaped {shape}: use it with data.text (or a text dataset such as rotten-tomatoes)")
     if vocab_size is not None:
         if len(shape) != 1:
             raise ShapeError(f"input_shape: token ids are shaped (length,), got {shape}")
-        if not takes_sequence_input(name):
+        if not (takes_sequence_input(name) or takes_text_input(name)):
+            texts = sequence + [n for n in MODELS.names() if takes_text_input(n)]
             raise ShapeError(
-                f"model.name: {name} cannot read text (token ids of length {shape[0]}): use {_choices(sequence)}"
+                f"model.name: {name} cannot read text (token ids of length {shape[0]}): use {_choices(texts)}"
             )
         return
     if len(shape) == 2 and not (takes_sequence_input(name) or takes_flat_input(name)):
@@ -202,6 +219,7 @@ def create_model(
     vocab_size: int | None = None,
     init: str = "default",
     zero_bias: bool = True,
+    encoder_config: dict[str, Any] | None = None,
     **params: Any,
 ) -> nn.Module:
     """Build a registered model as a plain ``nn.Module``.
@@ -212,7 +230,9 @@ def create_model(
     ``vocab_size`` given (text; the sequence models ``rnn``, ``lstm``, ``gru``);
     ``params`` are the model's own keys (``deepworks inspect`` and the docs list them). ``init`` names a weight
     initialisation (``he_normal``, ``xavier_uniform``, ...); with one, biases start at zero
-    unless ``zero_bias=False``.
+    unless ``zero_bias=False``. ``encoder_config``: for ``transformer``, the architecture of the
+    pretrained encoder as a run recorded it (a Hugging Face configuration as a dict), so that a
+    finished run is rebuilt from its own directory.
 
     >>> m = create_model("cnn", input_shape=(1, 8, 8), num_classes=10, filters=[16])
     >>> import torch; m(torch.zeros(2, 1, 8, 8)).shape
@@ -232,6 +252,8 @@ def create_model(
             raise ConfigError(format_errors(exc.errors(), f"model {name!r}", ("model",), entry.params)) from None
     if vocab_size is not None:
         params["vocab_size"] = int(vocab_size)
+    if encoder_config is not None:
+        params["encoder_config"] = dict(encoder_config)
     model = entry.factory(shape, int(num_classes), **params)
     if not isinstance(model, nn.Module):
         raise ModelImportError(name, f"{name} returned {_a(type(model).__name__)}, not a torch nn.Module",
@@ -240,14 +262,16 @@ def create_model(
 
 
 def model_from_config(
-    model_config: Any, input_shape: Sequence[int], num_classes: int, vocab_size: int | None = None
+    model_config: Any, input_shape: Sequence[int], num_classes: int, vocab_size: int | None = None,
+    encoder_config: dict[str, Any] | None = None,
 ) -> nn.Module:
     """The model a config's ``model`` block describes, for data of ``input_shape`` and ``num_classes``
-    (and ``vocab_size`` for token ids)."""
+    (and ``vocab_size`` for token ids, ``encoder_config`` for a pretrained text encoder's recorded
+    architecture)."""
     m = model_config
     return create_model(
         m.name, input_shape=input_shape, num_classes=num_classes, vocab_size=vocab_size, init=m.init,
-        zero_bias=m.zero_bias, **m.params,
+        zero_bias=m.zero_bias, encoder_config=encoder_config, **m.params,
     )
 
 
@@ -275,6 +299,8 @@ def _type_name(annotation: Any) -> str:
 
 def _inputs(name: str, entry: Entry) -> str:
     flat, sequence = takes_flat_input(name), takes_sequence_input(name)
+    if takes_text_input(name):
+        return "token ids (texts)"
     if entry.origin != "built-in" and not (flat or sequence):
         return "any"
     if sequence:

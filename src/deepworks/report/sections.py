@@ -204,6 +204,8 @@ def _text_facts(d: dict[str, Any]) -> str:
     """A text run: the tokenizer and vocabulary, and per split the token lengths, cut and empty texts."""
     text, tokens = d.get("text"), d.get("tokens")
     encoder = (d.get("input") or {}).get("encoder")
+    if d.get("kind") == "subwords" and isinstance(encoder, dict) and isinstance(tokens, dict):
+        return _transformer_facts(d, encoder, tokens)
     if isinstance(encoder, dict) and isinstance(tokens, dict):
         return _encoder_facts(d, encoder, tokens)
     if not isinstance(text, dict) or not isinstance(tokens, dict):
@@ -225,6 +227,28 @@ def _text_facts(d: dict[str, Any]) -> str:
         ["split", "texts", "median tokens", "95th percentile", "longest", "cut to max length", "empty", "<unk> share"],
         rows,
     )
+
+
+def _transformer_facts(d: dict[str, Any], encoder: dict[str, Any], tokens: dict[str, Any]) -> str:
+    """A run fine-tuning a pretrained text encoder: its origin, the tokenizer saved in the run, and per
+    split the subword tokens per text and how many were cut."""
+    settings = d.get("tokenizer") or {}
+    head = facts([
+        ("text column", d.get("text_column")),
+        ("pretrained encoder", f"{encoder.get('name')} (fine-tuned; {encoder.get('source')})"),
+        ("weights sha256", str(encoder.get("sha256") or "") or None),
+        ("tokenizer", f"{settings.get('class')}, saved in the run ({settings.get('folder')}/); "
+                      f"{(d.get('input') or {}).get('vocab_size')} ids; texts cut at {settings.get('max_length')} "
+                      "tokens, batches padded to their longest text"),
+    ])
+    rows = []
+    for split in ("train", "val", "test"):
+        t = tokens.get(split) or {}
+        length = t.get("length") or {}
+        rows.append((split, t.get("texts"), length.get("median"), length.get("p95"), length.get("max"),
+                     t.get("truncated"), t.get("empty")))
+    return "<h3>Texts</h3>" + head + table(
+        ["split", "texts", "median tokens", "95th percentile", "longest", "cut to max length", "empty"], rows)
 
 
 def _encoder_facts(d: dict[str, Any], encoder: dict[str, Any], tokens: dict[str, Any]) -> str:

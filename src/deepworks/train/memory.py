@@ -361,11 +361,13 @@ def _resident(model: nn.Module | Callable[[], nn.Module]) -> bool:
 
 def _input_of(train_data: Any) -> tuple[tuple[int, ...], torch.dtype, torch.dtype]:
     """(sample shape, model input dtype, stored dtype) of a training split: one sample's model
-    input (``inputs``: TensorData or a streamed folder) and the dtype the split keeps."""
+    input (``inputs``: TensorData or a streamed folder) and the dtype the split keeps. A split whose
+    batches vary in shape (texts padded to each batch's longest) gives its largest as ``max_shape``."""
     sample = train_data.inputs(torch.arange(1))
     stored = getattr(train_data, "x", None)
     stored_dtype = stored.dtype if isinstance(stored, torch.Tensor) else torch.uint8  # streamed: uint8 pixels
-    return tuple(int(s) for s in sample.shape[1:]), sample.dtype, stored_dtype
+    shape = getattr(train_data, "max_shape", None) or sample.shape[1:]
+    return tuple(int(s) for s in shape), sample.dtype, stored_dtype
 
 
 def _describe(shape: Sequence[int], b: int) -> str:

@@ -84,8 +84,9 @@ def _clip(optimizer: torch.optim.Optimizer, clip_grad_norm: float | None) -> Non
 def eval_step(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Loss, precision: Precision = FP32
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward and loss without gradients (the caller puts the model in eval mode)."""
-    with torch.no_grad(), precision.autocast():  # a context, not a decorator: mutmut skips decorated functions
+    """Forward and loss in inference mode (no autograd record at all; the caller puts the model in
+    eval mode)."""
+    with torch.inference_mode(), precision.autocast():  # a context, not a decorator: mutmut skips decorated functions
         logits = model(precision.memory_format(x)).float()
         return loss_fn(logits, y), logits
 

@@ -539,8 +539,9 @@ class Trainer:
     def _check_shapes(self, data: Any) -> None:
         """One forward pass before training: the model's output must fit the task's targets."""
         xb, yb = next(iterate_batches(data, min(len(data), 8), shuffle=False, device=self.device))
-        self._sample_numel = xb[0].numel()
-        self._sample_shape, self._sample_dtype = tuple(xb.shape[1:]), xb.dtype
+        # batches of texts padded to their longest vary: the evaluation batch is sized for the longest
+        self._sample_shape = tuple(getattr(data, "max_shape", None) or xb.shape[1:])
+        self._sample_numel, self._sample_dtype = math.prod(self._sample_shape), xb.dtype
         was_training = self.model.training
         self.model.eval()
         try:

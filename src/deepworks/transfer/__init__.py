@@ -49,7 +49,14 @@ def build(model: nn.Module, cfg: Config, info: dict[str, Any], load: bool = True
     t = cfg.transfer
     params = cfg.model.params
     origin = None
-    if load:
+    pretrained_encoder = getattr(model, "load_pretrained", None)  # a text transformer: model.encoder's weights
+    if pretrained_encoder is not None and (cfg.model.pretrained or cfg.model.weights is not None):
+        key = "model.pretrained" if cfg.model.pretrained else "model.weights"
+        raise ConfigError(f"{key}: model.name: {cfg.model.name} always starts from the weights of model.encoder. Fix: "
+                          f"remove {key}, and point model.encoder at the model folder to start from.")
+    if load and pretrained_encoder is not None:
+        origin = pretrained_encoder()
+    elif load:
         origin = load_weights(model, cfg.model.pretrained, cfg.model.weights, info.get("mean"), info.get("std"),
                               mean=params.get("mean"), std=params.get("std"), name=cfg.model.name)
     source_norm = None
@@ -65,7 +72,8 @@ def build(model: nn.Module, cfg: Config, info: dict[str, Any], load: bool = True
         return model
     if t.mode == "feature_extraction":
         defaults = {k: f.default for k, f in type(t).model_fields.items()}
-        changed = [k for k in ("unfreeze", "warmup_epochs", "backbone_lr_scale") if getattr(t, k) != defaults[k]]
+        changed = [k for k in ("unfreeze", "warmup_epochs", "backbone_lr_scale", "layer_decay")
+                   if getattr(t, k) != defaults[k]]
         if changed:
             raise ConfigError(
                 f"transfer.{changed[0]}: a fine-tuning key, but transfer.mode is feature_extraction (the body never "
@@ -78,7 +86,8 @@ def build(model: nn.Module, cfg: Config, info: dict[str, Any], load: bool = True
             "transfer.warmup_epochs: 0, or one process."
         )
     channels = int(info["input_shape"][0]) if len(info.get("input_shape") or ()) == 3 else None
-    wrapped = Transfer(model, t.mode, t.unfreeze, t.warmup_epochs, t.backbone_lr_scale, channels=channels)
+    wrapped = Transfer(model, t.mode, t.unfreeze, t.warmup_epochs, t.backbone_lr_scale, channels=channels,
+                       layer_decay=t.layer_decay)
     if source_norm is not None:
         wrapped.input.set_normalisation(info["mean"], info["std"], *source_norm)
     if origin is None and load and t.from_run is None and not cfg.model.pretrained and cfg.model.weights is None:

@@ -8,7 +8,12 @@ order from input to output (:func:`body_blocks`). ``transfer.mode``:
   eval mode while the head trains); with ``transfer.cache`` the body's features are computed once
   (:func:`cache_features`) and each epoch trains only the head on them;
 * ``fine_tune``: the top ``transfer.unfreeze`` blocks (or all) learn at ``transfer.backbone_lr_scale``
-  times the head's learning rate, after ``transfer.warmup_epochs`` epochs with the body frozen.
+  times the head's learning rate, after ``transfer.warmup_epochs`` epochs with the body frozen;
+  with ``transfer.layer_decay`` each block below the top one learns at ``layer_decay`` times the
+  rate of the block above it (layer-wise learning-rate decay).
+
+A model may say what its blocks are (a method ``body_blocks()``, as a pretrained text transformer
+does: its embeddings, each layer, its pooler); otherwise :func:`body_blocks` finds them.
 
 The wrapper's forward takes images; with ``reads_features`` set it takes cached body features
 and runs the head alone. Its state dict is the wrapped model's under ``model.``.
@@ -40,7 +45,10 @@ def body_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ``nn.ModuleList`` containers (and a backbone's network) are opened, other modules are blocks;
     a normalisation layer joins the block before it, and blocks without parameters are dropped.
     For a ResNet the blocks are the stem and each residual block; for EfficientNet the stem, each
-    inverted-residual block and the final 1x1 convolution."""
+    inverted-residual block and the final 1x1 convolution. A model with a ``body_blocks()`` method
+    gives its own (a text transformer: embeddings, each layer, the pooler)."""
+    if callable(getattr(model, "body_blocks", None)):
+        return list(model.body_blocks())
     head = model.get_submodule(head_name(model))
     skip = {id(p) for p in head.parameters()}
     found: list[tuple[str, nn.Module]] = []
@@ -67,13 +75,14 @@ class Transfer(nn.Module):
 
     def __init__(
         self, model: nn.Module, mode: str = "fine_tune", unfreeze: int | str = "all", warmup_epochs: int = 0,
-        backbone_lr_scale: float = 1.0, channels: int | None = None,
+        backbone_lr_scale: float = 1.0, channels: int | None = None, layer_decay: float | None = None,
     ):
         super().__init__()
         # images: the data's normalisation mapped to the one the model was trained with (an earlier run's)
         self.input = InputAdapter(channels, channels, None) if channels else nn.Identity()
         self.model = model
         self.mode, self.warmup_epochs, self.backbone_lr_scale = mode, int(warmup_epochs), float(backbone_lr_scale)
+        self.layer_decay = float(layer_decay) if layer_decay is not None else None
         self.head_name = head_name(model)
         self.head = [model.get_submodule(self.head_name)]  # a list: not registered twice
         blocks = body_blocks(model)
@@ -113,11 +122,18 @@ class Transfer(nn.Module):
 
     def optimizer_groups(self) -> list[dict[str, Any]]:
         """The head at the configured learning rate; the blocks that may learn at
-        ``backbone_lr_scale`` times it (``lr_scale``, applied by the Trainer)."""
+        ``backbone_lr_scale`` times it (``lr_scale``, applied by the Trainer), and with
+        ``layer_decay`` each block below the top one at ``layer_decay`` times the block above."""
         groups: list[dict[str, Any]] = [{"params": list(self.head[0].parameters()), "lr_scale": 1.0}]
-        tunable = [p for m in self._block_modules(self.tunable) for p in m.parameters()]
-        if tunable:
-            groups.append({"params": tunable, "lr_scale": self.backbone_lr_scale})
+        if self.layer_decay is None:
+            tunable = [p for m in self._block_modules(self.tunable) for p in m.parameters()]
+            if tunable:
+                groups.append({"params": tunable, "lr_scale": self.backbone_lr_scale})
+            return groups
+        for depth, name in enumerate(reversed(self.tunable)):  # the top block first
+            params = list(dict(self.blocks)[name].parameters())
+            if params:
+                groups.append({"params": params, "lr_scale": self.backbone_lr_scale * self.layer_decay ** depth})
         return groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,6 +152,7 @@ class Transfer(nn.Module):
             "frozen_blocks": [n for n, _ in self.blocks if n not in tunable],
             "warmup_epochs": self.warmup_epochs,
             "backbone_lr_scale": self.backbone_lr_scale,
+            "layer_decay": self.layer_decay,
         }
 
 
