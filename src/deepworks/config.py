@@ -228,6 +228,10 @@ class DataConfig(Strict):
     min_freq: int = Field(2, ge=1, description="text: a token enters the vocabulary if seen this often in training")
     max_vocab: int = Field(20000, ge=3, description="text: the most ids in the vocabulary, <pad> and <unk> included")
     max_length: int = Field(128, ge=1, description="text: tokens per text; longer texts keep their first max_length")
+    bucket_by_length: bool | None = Field(
+        None, description="text: training batches of texts of similar length (a seeded shuffle all the same: every "
+        "text once an epoch); default on for recurrent models (rnn, lstm, gru) and transformer encoders"
+    )
     subset: SubsetConfig | None = Field(
         None, description="a class filter and fixed per-class subsets: {classes: [...], train_per_class: N, "
         "val_per_class: M, seed: 0}"
@@ -327,6 +331,12 @@ class DataConfig(Strict):
         self._check_image_list()
         self._check_encoder()
         self._check_series()
+        if self.bucket_by_length and (self.encoder is not None or (self.text is None and self.dataset not in TEXT_DATASETS)):
+            raise ValueError(
+                "data.bucket_by_length batches texts of similar length, but this data has no sequences of tokens ("
+                + ("data.encoder gives one vector per text" if self.encoder is not None else "not text") + "). "
+                "Fix: remove data.bucket_by_length"
+            )
         return self
 
     def _check_image_list(self) -> None:

@@ -67,25 +67,51 @@ class TensorData:
     ``weights`` (one per sample, optional) makes shuffled epochs draw samples with those
     relative probabilities, with replacement (``data.sampler: balanced``), instead of a
     permutation. ``transform`` (e.g. :class:`ToInput`) turns a gathered batch of stored
-    samples (uint8 images) into model input on the device.
+    samples (uint8 images) into model input on the device. ``lengths`` (one per sample, optional:
+    a sequence's tokens) makes shuffled epochs draw batches of similar length
+    (:func:`bucketed`).
     """
 
     def __init__(
         self, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None,
-        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None, lengths: torch.Tensor | None = None,
     ):
-        self.x, self.y, self.weights, self.transform = x, y, weights, transform
+        self.x, self.y, self.weights, self.transform, self.lengths = x, y, weights, transform, lengths
 
     def __len__(self) -> int:
         return len(self.x)
 
     def to(self, device: torch.device) -> TensorData:
-        return TensorData(self.x.to(device), self.y.to(device), self.weights, self.transform)
+        return TensorData(self.x.to(device), self.y.to(device), self.weights, self.transform, self.lengths)
 
     def inputs(self, idx: torch.Tensor | None = None) -> torch.Tensor:
         """Model input for the samples at ``idx`` (all when None), on the data's device."""
         x = self.x if idx is None else self.x[idx.to(self.x.device)]
         return self.transform(x) if self.transform is not None else x
+
+
+# bucketed epochs sort the lengths within spans of this many batches: wide enough that a batch's
+# sequences are alike, narrow enough that which samples meet in a batch still changes every epoch
+BUCKET_SPAN = 50
+
+
+def bucketed(order: torch.Tensor, lengths: torch.Tensor, unit: int, generator: torch.Generator) -> torch.Tensor:
+    """A shuffled epoch ``order`` regrouped into batches of similar length: spans of
+    :data:`BUCKET_SPAN` x ``unit`` samples of the order, each sorted by ``lengths`` (stably), cut
+    into batches of ``unit`` samples, and the full batches put in a random order (``generator``);
+    a last, short batch stays last. Every sample of ``order`` once, and a function of the order
+    and the generator's state only, so an epoch is the same whenever it is drawn (resume)."""
+    lengths = torch.as_tensor(lengths).cpu()
+    order = order.cpu()
+    span = unit * BUCKET_SPAN
+    parts = []
+    for s in range(0, len(order), span):
+        chunk = order[s : s + span]
+        parts.append(chunk[torch.sort(lengths[chunk], stable=True).indices])
+    flat = torch.cat(parts) if parts else order
+    full = len(flat) // unit
+    batches = flat[: full * unit].view(full, unit)[torch.randperm(full, generator=generator)]
+    return torch.cat([batches.reshape(-1), flat[full * unit :]])
 
 
 def balanced_weights(y: torch.Tensor) -> torch.Tensor:
@@ -183,7 +209,8 @@ def iterate_batches(
     """Yield ``(x, y)`` batches on ``device``, skipping the first ``start_batch`` batches.
 
     With ``world_size`` > 1 each process takes every ``world_size``-th sample of the epoch's
-    order. Shuffled (training) shards are cut to equal length so every process runs the same
+    order. Data with ``lengths`` (sequences) is shuffled into batches of similar length
+    (:func:`bucketed`; a step's ``batch_size`` x ``world_size`` samples are alike). Shuffled (training) shards are cut to equal length so every process runs the same
     number of steps; unshuffled (evaluation) shards cover every sample exactly once.
     ``num_workers`` None picks a number for the data (decoding streams use every core).
 
@@ -200,7 +227,11 @@ def iterate_batches(
     elif shuffle and weights is not None:  # n draws with replacement, e.g. class-balanced
         order = torch.multinomial(weights.double(), n, replacement=True, generator=epoch_generator(seed, epoch))
     elif shuffle:
-        order = torch.randperm(n, generator=epoch_generator(seed, epoch))
+        generator = epoch_generator(seed, epoch)
+        order = torch.randperm(n, generator=generator)
+        lengths = getattr(data, "lengths", None)
+        if lengths is not None:  # batches of similar length (data.bucket_by_length): each step's samples alike
+            order = bucketed(order, lengths, batch_size * world_size, generator)
     else:
         order = torch.arange(n)
     if world_size > 1:

@@ -31,7 +31,7 @@ from deepworks.config import Config, DataConfig
 from deepworks.data.loaders import TensorData
 from deepworks.errors import ConfigError, DataError
 from deepworks.kinds.common import SPLITS, PreparedData
-from deepworks.kinds.text import TextSource, split_texts
+from deepworks.kinds.text import TextSource, bucket_by_length, split_texts
 
 __all__ = ["TOKENIZER_DIR", "PadTrim", "SubwordIds", "SubwordInputs", "prepare", "encode_texts"]
 
@@ -61,13 +61,14 @@ class SubwordIds(TensorData):
     (:class:`PadTrim`). ``max_shape`` is the largest batch input it can give: what the memory
     check prices, rather than the first sample's length."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, pad_id: int, weights: torch.Tensor | None = None):
-        super().__init__(x, y, weights, PadTrim(pad_id))
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, pad_id: int, weights: torch.Tensor | None = None,
+                 lengths: torch.Tensor | None = None):
+        super().__init__(x, y, weights, PadTrim(pad_id), lengths)
         self.pad_id = int(pad_id)
         self.max_shape = (max(1, int((x != pad_id).sum(1).max())) if len(x) else 1,)
 
     def to(self, device: torch.device) -> SubwordIds:
-        return SubwordIds(self.x.to(device), self.y.to(device), self.pad_id, self.weights)
+        return SubwordIds(self.x.to(device), self.y.to(device), self.pad_id, self.weights, self.lengths)
 
 
 def encode_texts(tokenizer: Any, texts: list[str], max_length: int, padding: str = "longest") -> tuple[torch.Tensor, np.ndarray]:
@@ -143,6 +144,8 @@ def prepare(config: Config, fold: tuple[int, int | None] | None = None) -> Prepa
         "tokens": stats,  # per split: texts, empty, cut at max_length, subword tokens per text before the cut
     })
     parts = {name: SubwordIds(ids[name], s.ys[name], pad) for name in SPLITS}
+    if bucket_by_length(config):  # training batches of texts of similar length: shorter batches after PadTrim
+        parts["train"].lengths = (ids["train"] != pad).sum(1)
 
     def save(run_dir: Path) -> None:
         save_tokenizer(tokenizer, Path(run_dir))

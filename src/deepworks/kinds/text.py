@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepworks.config import Config
+from deepworks.config import TEXT_TRANSFORMER, Config
 from deepworks.data.leakage import apply_policy, find_duplicates
 from deepworks.data.loaders import TensorData
 from deepworks.data.memory import given_frame
@@ -98,6 +98,16 @@ def split_texts(config: Config, fold: tuple[int, int | None] | None, kind: str) 
     return SplitTexts(texts.texts, idx, raw, ys, classes, info, task)
 
 
+RECURRENT = ("rnn", "lstm", "gru")
+
+
+def bucket_by_length(config: Config) -> bool:
+    """``data.bucket_by_length``; unset, on for the models whose cost follows the batch's longest
+    text: recurrent ones (packed: steps up to the longest) and transformer encoders (padded to it)."""
+    chosen = config.data.bucket_by_length
+    return chosen if chosen is not None else config.model.name in (*RECURRENT, TEXT_TRANSFORMER)
+
+
 def prepare(config: Config, fold: tuple[int, int | None] | None = None) -> PreparedData:
     """Texts -> token ids from a vocabulary fitted on the training texts."""
     d = config.data
@@ -118,6 +128,8 @@ def prepare(config: Config, fold: tuple[int, int | None] | None = None) -> Prepa
         "tokens": stats,  # per split: texts, empty, truncated, unknown_rate, length statistics (before truncation)
     })
     parts = {name: TensorData(encoded[name].ids, s.ys[name]) for name in SPLITS}
+    if bucket_by_length(config):  # training batches of texts of similar length: a packed LSTM runs fewer steps
+        parts["train"].lengths = (encoded["train"].ids != 0).sum(1)
     return PreparedData(parts["train"], parts["val"], parts["test"], s.classes, (d.max_length,), s.info, s.task,
                         raw=s.raw)
 
