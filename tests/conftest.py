@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import shutil
 import subprocess
@@ -88,6 +89,75 @@ def penguin_regression_run(tmp_path_factory) -> CliRun:
     into it."""
     return _train_by_cli(ROOT / "examples" / "configs" / "penguins-regression.yaml", "--set", f"data.path={PENGUINS}",
                         "--set", "train.progress=none", run_dir=tmp_path_factory.mktemp("penguins-mass") / "run")
+
+
+@pytest.fixture(scope="session")
+def penguin_species_run(tmp_path_factory):
+    """examples/configs/penguins.yaml as shipped (species from mixed columns, with its report),
+    trained once per session (tables, predictor and serve tests read it). Shared: read it, never
+    write into it; a test that writes (an export, an ONNX backend) takes :func:`run_copy`."""
+    import deepworks
+
+    return deepworks.train(ROOT / "examples" / "configs" / "penguins.yaml", run_dir=tmp_path_factory.mktemp(
+        "penguins-species") / "run", data__path=str(PENGUINS), train__progress="none")
+
+
+SENTIMENT_WORDS = ["the", "film", "plot", "was", "quite", "acting", "and", "a", "story", "cast", "ending", "music"]
+
+
+def sentiment_csv(path: Path, n: int = 200, noise: float = 0.08, seed: int = 0) -> Path:
+    """Texts of filler words and one of "good"/"bad", which decides the label; a share ``noise``
+    of the labels is flipped, so no model scores 1.0 and the baselines are not trivially equal."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = [["review", "sentiment"]]
+    for i in range(n):
+        positive = bool(i % 2)
+        words = list(rng.choice(SENTIMENT_WORDS, size=int(rng.integers(3, 9))))
+        words.insert(int(rng.integers(0, len(words) + 1)), "good" if positive else "bad")
+        if rng.random() < noise:
+            positive = not positive
+        rows.append([" ".join(words), "pos" if positive else "neg"])
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    return path
+
+
+# The one text run of the session (text pipeline, predictor, serve and export tests read it): a
+# two-layer bidirectional LSTM, max-pooled, on sentiment_csv's 200 texts cut at 12 tokens.
+SENTIMENT_LSTM = {
+    "data": {"text": "review", "target": "sentiment", "min_freq": 1, "max_length": 12, "on_duplicates": "keep"},
+    "model": {"name": "lstm", "embedding": 16, "hidden": 16, "bidirectional": True, "pool": "max", "layers": 2},
+    "train": {"epochs": 6, "batch_size": 16, "optimizer": {"name": "adam", "lr": 0.01}, "monitor": "val_loss",
+              "progress": "none"},
+    "seed": 0,
+}
+
+
+@pytest.fixture(scope="session")
+def sentiment_lstm_run(tmp_path_factory):
+    """:data:`SENTIMENT_LSTM` on :func:`sentiment_csv` (with its report), trained once per session.
+    Shared: read it, never write into it; a test that writes takes :func:`run_copy`."""
+    import deepworks
+
+    folder = tmp_path_factory.mktemp("sentiment")
+    config = {**SENTIMENT_LSTM, "data": {**SENTIMENT_LSTM["data"], "path": str(sentiment_csv(folder / "reviews.csv"))}}
+    return deepworks.train(config, run_dir=folder / "run")
+
+
+def _run_copy(run, target: Path):
+    """A copy of ``run``'s directory at ``target``, loaded (deepworks.load_run): a run to write into."""
+    import deepworks
+
+    shutil.copytree(run.dir, target)
+    return deepworks.load_run(target)
+
+
+@pytest.fixture(scope="session")
+def run_copy():
+    """``run_copy(run, target)``: see :func:`_run_copy` (for a test or fixture that writes into a shared run)."""
+    return _run_copy
 
 
 # A `deepworks.train` run in its own process that stops itself at a known point and waits to be

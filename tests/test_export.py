@@ -154,18 +154,22 @@ def sentiment_csv(path: Path, n: int = 160) -> Path:
 
 
 @pytest.mark.parametrize("model", [
-    {"name": "lstm", "embedding": 16, "hidden": 16, "bidirectional": True, "pool": "max", "layers": 2},
+    None,  # the session's text run (tests/conftest.py): two bidirectional LSTM layers, max-pooled
     {"name": "lstm", "embedding": 16, "hidden": 16},  # the defaults: one layer, one direction, the last state
     {"name": "gru", "embedding": 16, "hidden": 16, "bidirectional": True},  # the last state of both directions
 ], ids=["bilstm-max", "lstm-last", "bigru-last"])
-def test_lstm_text_export_handles_padding(tmp_path, model):
-    config = {
-        "data": {"path": str(sentiment_csv(tmp_path / "reviews.csv")), "text": "review", "target": "sentiment",
-                 "min_freq": 1, "max_length": 12, "on_duplicates": "keep"},
-        "model": model,
-        "train": {**QUIET, "batch_size": 16}, "report": False,
-    }
-    run = deepworks.train(config, run_dir=tmp_path / "run")
+def test_lstm_text_export_handles_padding(tmp_path, model, request, run_copy):
+    if model is None:  # its copy: the export writes model.onnx into the run
+        run = run_copy(request.getfixturevalue("sentiment_lstm_run"), tmp_path / "run")
+        assert run.config.model.params["layers"] == 2 and run.config.model.params["pool"] == "max"
+    else:
+        config = {
+            "data": {"path": str(sentiment_csv(tmp_path / "reviews.csv")), "text": "review", "target": "sentiment",
+                     "min_freq": 1, "max_length": 12, "on_duplicates": "keep"},
+            "model": model,
+            "train": {**QUIET, "batch_size": 16}, "report": False,
+        }
+        run = deepworks.train(config, run_dir=tmp_path / "run")
     result = deepworks.export(run.dir)
     assert result["exporter"] == "torchscript"  # packed sequences: the dynamo exporter is tried and fails
     assert "dynamo" in result["exporters_tried"]

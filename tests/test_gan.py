@@ -124,13 +124,32 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("name, crash_step", [("cgan", 24), ("cgan", 19), ("wgan-gp", 12)])
-def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, monkeypatch, name, crash_step):
+def resumable_gan(name: str) -> dict:
     # 1257 training digits, batches of 64: 19 steps per epoch; checkpoints every 4 steps and at epoch ends
-    extra = {"ema": 0.9, "checkpoint_every_steps": 4, "epochs": 3}
-    config = digits_gan(name, **extra)
+    config = digits_gan(name, ema=0.9, checkpoint_every_steps=4, epochs=3)
     config["gan"] = {"instance_noise": 0.1, "real_label": 0.9, "quality": False}
-    deepworks.train(config, run_dir=tmp_path / "full")
+    return config
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_gan(tmp_path_factory):
+    """``uninterrupted_gan(name)``: the directory of :func:`resumable_gan`'s run for ``name``, never
+    killed, trained once per module (the crash points of one model share it); read only."""
+    done: dict[str, Path] = {}
+
+    def run(name: str) -> Path:
+        if name not in done:
+            done[name] = tmp_path_factory.mktemp("gan-full") / name
+            deepworks.train(resumable_gan(name), run_dir=done[name])
+        return done[name]
+
+    return run
+
+
+@pytest.mark.parametrize("name, crash_step", [("cgan", 24), ("cgan", 19), ("wgan-gp", 12)])
+def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, monkeypatch, uninterrupted_gan, name, crash_step):
+    full = uninterrupted_gan(name)
+    config = resumable_gan(name)
 
     save = AdversarialTrainer._save_checkpoint
 
@@ -146,13 +165,13 @@ def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, monkeypatch, name, 
     deepworks.resume(tmp_path / "crash")
 
     for file in ("generator.safetensors", "checkpoints/last.safetensors"):
-        a, b = load_file(tmp_path / "full" / file), load_file(tmp_path / "crash" / file)
+        a, b = load_file(full / file), load_file(tmp_path / "crash" / file)
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), f"{file}: {k}"
-    assert (tmp_path / "full/samples/epoch-003.png").read_bytes() == (tmp_path / "crash/samples/epoch-003.png").read_bytes()
+    assert (full / "samples/epoch-003.png").read_bytes() == (tmp_path / "crash/samples/epoch-003.png").read_bytes()
     strip = lambda p: [{k: v for k, v in json.loads(l).items() if k != "seconds"} for l in p.read_text().splitlines()]  # noqa: E731,E741
-    assert strip(tmp_path / "full/metrics.jsonl") == strip(tmp_path / "crash/metrics.jsonl")
+    assert strip(full / "metrics.jsonl") == strip(tmp_path / "crash/metrics.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -175,14 +194,12 @@ def test_generate_returns_tensors_and_writes_exactly_n_files(cgan_run, tmp_path)
         deepworks.generate(cgan_run, 2, out=tmp_path / "out")  # already holds samples
 
 
-def test_generate_errors_exit_2(cgan_run, tmp_path):
-    classifier = tmp_path / "clf"
-    deepworks.train({"data": {"dataset": "digits"}, "model": {"name": "softmax"}, "report": False,
-                     "train": {"epochs": 1, "progress": "none"}}, run_dir=classifier)
+def test_generate_errors_exit_2(cgan_run, digits_cnn_run, tmp_path):
+    classifier = digits_cnn_run.dir  # the session's classifier run (tests/conftest.py), read only
     dcgan = tmp_path / "dcgan"
     deepworks.train(digits_gan("dcgan", epochs=1), run_dir=dcgan)
     cases = [
-        ((classifier, "--n", 4), ["softmax run, not a GAN"]),
+        ((classifier, "--n", 4), ["cnn run, not a GAN"]),
         ((cgan_run, "--n", 4, "--label", 10), ["--label", "0..9"]),
         ((dcgan, "--n", 4, "--label", 1), ["--label", "unconditional"]),
         ((cgan_run, "--n", 0), ["--n", "at least 1"]),

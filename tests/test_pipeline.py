@@ -102,8 +102,10 @@ def test_image_folder_with_bad_files_is_reported_and_skipped(tmp_path):
     assert "empty.png" in str(e.value) and "broken.jpg" in str(e.value)
 
 
-def test_resume_of_a_finished_run_changes_nothing(tmp_path):
-    run = deepworks.train({"data": {"dataset": "digits"}, **FAST}, run_dir=tmp_path / "r", train__epochs=1)
+def test_resume_of_a_finished_run_changes_nothing(digits_cnn_copy):
+    """On this test's copy of the session's digits CNN run (tests/conftest.py): early stopping
+    ended it after epoch 2 of 3, so resuming must not train the third either."""
+    run = deepworks.load_run(digits_cnn_copy)
     before = (run.dir / "summary.json").read_text()
     again = deepworks.resume(run.dir)
     assert (run.dir / "summary.json").read_text() == before

@@ -39,22 +39,12 @@ def _reviews(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """One small run of each kind, trained by today's code."""
+def runs(tmp_path_factory, digits_cnn_run, penguin_species_run, sentiment_lstm_run, run_copy):
+    """One run of each kind, trained by today's code: the session's digits CNN, penguins.yaml and
+    text runs (tests/conftest.py), copied here (an export writes into a run's summary.json)."""
     folder = tmp_path_factory.mktemp("kinds")
-    reviews = _reviews(folder)
-    out = {
-        "image": deepworks.train({"data": {"dataset": "digits"}, "model": {"name": "cnn", "filters": [4], "hidden": [8]},
-                                  "train": QUIET, "report": False}, run_dir=folder / "image"),
-        "table": deepworks.train(ROOT / "examples" / "configs" / "penguins.yaml", run_dir=folder / "table",
-                                 data__path=str(ROOT / "examples" / "data" / "penguins.csv"), train=QUIET,
-                                 model={"name": "mlp", "hidden": [8]}, report=False),
-        "text": deepworks.train({"data": {"path": str(reviews), "text": "review", "target": "sentiment", "min_freq": 1,
-                                          "max_length": 8, "on_duplicates": "keep"},
-                                 "model": {"name": "lstm", "embedding": 4, "hidden": 4}, "train": QUIET, "report": False},
-                                run_dir=folder / "text"),
-    }
-    return {k: v.dir for k, v in out.items()}
+    shared = {"image": digits_cnn_run, "table": penguin_species_run, "text": sentiment_lstm_run}
+    return {kind: run_copy(run, folder / kind).dir for kind, run in shared.items()}
 
 
 @pytest.fixture(scope="module")

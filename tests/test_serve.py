@@ -657,15 +657,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def table_run(tmp_path_factory):
-    """A tiny run on the penguins table, six of its rows, and those rows as a CSV file."""
+def table_run(tmp_path_factory, penguin_species_run, run_copy):
+    """The session's penguins.yaml run (tests/conftest.py), copied here (the ONNX backend exports
+    into the run), six of the table's rows, and those rows as a CSV file."""
     import csv
 
     folder = tmp_path_factory.mktemp("table")
-    penguins = ROOT / "examples" / "data" / "penguins.csv"
-    run = deepworks.train(ROOT / "examples" / "configs" / "penguins.yaml", run_dir=folder / "table",
-                          data__path=str(penguins), train__progress="none", train__epochs=2, report=False)
-    with penguins.open(newline="") as f:
+    run = run_copy(penguin_species_run, folder / "table")
+    with (ROOT / "examples" / "data" / "penguins.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))[:6]
     sample = folder / "rows.csv"
     with sample.open("w", newline="") as f:
@@ -676,20 +675,10 @@ def table_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def text_run(tmp_path_factory):
-    """A tiny LSTM run on texts whose class is the word good or bad."""
-    import csv
-
-    folder = tmp_path_factory.mktemp("text")
-    reviews = folder / "reviews.csv"
-    with reviews.open("w", newline="") as f:
-        csv.writer(f).writerows([["review", "sentiment"]] + [
-            [f"a {'good' if i % 2 else 'bad'} film number {i}", "pos" if i % 2 else "neg"] for i in range(80)])
-    return deepworks.train({"data": {"path": str(reviews), "text": "review", "target": "sentiment", "min_freq": 1,
-                                     "max_length": 8, "on_duplicates": "keep"},
-                            "model": {"name": "lstm", "embedding": 8, "hidden": 8},
-                            "train": {"epochs": 2, "batch_size": 16, "progress": "none"}, "report": False},
-                           run_dir=folder / "text")
+def text_run(tmp_path_factory, sentiment_lstm_run, run_copy):
+    """The session's LSTM run on texts whose class is the word good or bad (tests/conftest.py),
+    copied here (the ONNX backend exports into the run)."""
+    return run_copy(sentiment_lstm_run, tmp_path_factory.mktemp("text") / "text")
 
 
 def test_json_rows_and_texts_equal_deepworks_predict(table_run, text_run):

@@ -36,12 +36,10 @@ def rows_of(path: Path) -> tuple[list[str], list[list[str]]]:
         return header, list(reader)
 
 
-@pytest.fixture(scope="module")
-def penguin_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("pg") / "run"
-    cfg = ROOT / "examples" / "configs" / "penguins.yaml"
-    run = deepworks.train(cfg, run_dir=run_dir, data__path=str(PENGUINS), train__progress="none")
-    return run
+@pytest.fixture
+def penguin_run(penguin_species_run):
+    """The session's penguins.yaml run (tests/conftest.py), read only: nothing here writes into it."""
+    return penguin_species_run
 
 
 def saved_model(run):

@@ -5,12 +5,10 @@ and the command line."""
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,41 +23,12 @@ import deepworks
 from deepworks.errors import DataError
 from deepworks.pipeline import prepare_data
 
-FILLER = ["the", "film", "plot", "was", "quite", "acting", "and", "a", "story", "cast", "ending", "music"]
 
-
-def sentiment_csv(path: Path, n: int = 200, noise: float = 0.08, seed: int = 0) -> Path:
-    """Texts of filler words and one of "good"/"bad", which decides the label; a share ``noise``
-    of the labels is flipped, so no model scores 1.0 and the baselines are not trivially equal."""
-    rng = np.random.default_rng(seed)
-    rows = [["review", "sentiment"]]
-    for i in range(n):
-        positive = bool(i % 2)
-        words = list(rng.choice(FILLER, size=int(rng.integers(3, 9))))
-        words.insert(int(rng.integers(0, len(words) + 1)), "good" if positive else "bad")
-        if rng.random() < noise:
-            positive = not positive
-        rows.append([" ".join(words), "pos" if positive else "neg"])
-    with path.open("w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows(rows)
-    return path
-
-
-CONFIG = {
-    "data": {"text": "review", "target": "sentiment", "min_freq": 1, "max_length": 12, "on_duplicates": "keep"},
-    "model": {"name": "lstm", "embedding": 16, "hidden": 16, "bidirectional": True, "pool": "max"},
-    "train": {"epochs": 6, "batch_size": 16, "optimizer": {"name": "adam", "lr": 0.01}, "monitor": "val_loss",
-              "progress": "none"},
-    "seed": 0,
-}
-
-
-@pytest.fixture(scope="module")
-def text_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("text")
-    path = sentiment_csv(folder / "reviews.csv")
-    config = {**CONFIG, "data": {**CONFIG["data"], "path": str(path)}}
-    return deepworks.train(config, run_dir=folder / "run")
+@pytest.fixture
+def text_run(sentiment_lstm_run):
+    """The session's text run (tests/conftest.py: SENTIMENT_LSTM, an LSTM on sentiment_csv's 200
+    texts, 8% of their labels flipped), read only: nothing here writes into it."""
+    return sentiment_lstm_run
 
 
 def test_lstm_learns_the_sentiment_words(text_run):
@@ -160,11 +129,9 @@ def test_predict_from_the_command_line(text_run, tmp_path):
     assert missing.returncode == 2 and "ghost.txt" in missing.stderr and "Traceback" not in missing.stderr
 
 
-def test_texts_are_refused_by_an_image_run(tmp_path):
-    run = deepworks.train({"data": {"dataset": "digits"}, "model": {"name": "softmax"},
-                           "train": {"epochs": 1, "progress": "none"}, "report": False}, run_dir=tmp_path / "digits")
+def test_texts_are_refused_by_an_image_run(digits_cnn_run):
     with pytest.raises(DataError, match="not a text run"):
-        deepworks.predict(run.dir, texts=["a good film"])
+        deepworks.predict(digits_cnn_run.dir, texts=["a good film"])
 
 
 def test_inspect_a_text_config(text_run):
