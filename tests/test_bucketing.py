@@ -11,7 +11,8 @@ from deepworks.data.loaders import TensorData, iterate_batches
 from deepworks.errors import ConfigError
 from deepworks.pipeline import prepare_data
 
-from test_text_pipeline import CONFIG, sentiment_csv
+from sentiment import SENTIMENT_LSTM as CONFIG
+from sentiment import sentiment_csv
 
 
 def lengths_data(n=1000, seed=0):

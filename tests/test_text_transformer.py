@@ -22,7 +22,7 @@ from cli_in_process import refused
 from deepworks.config import load_config
 from deepworks.errors import ConfigError
 from test_serve import wait_ready
-from test_text_pipeline import FILLER, sentiment_csv
+from sentiment import SENTIMENT_WORDS as FILLER, sentiment_csv
 
 transformers = pytest.importorskip("transformers")
 
