@@ -18,6 +18,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from sklearn.datasets import load_digits
 
+from cli_in_process import refused
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--set", "train.epochs=4", "--set", "model.filters=[16,32]", "--set", "train.progress=log"]
 
@@ -106,20 +108,21 @@ def test_datasets_lists_builtins():
     assert {"digits", "fashion-mnist"} <= names
 
 
-def test_user_errors_exit_2_without_traceback(tmp_path, digits_run):
+def test_user_errors_exit_2_without_traceback(tmp_path, digits_run, capsys):
+    # as a process once (the exit status a shell sees), then in this process (tests/cli_in_process.py)
     assert_user_error(cli("train", tmp_path / "nope.yaml"), "nope.yaml", "not found")
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: {dataset: digitz}\nmodel: {name: cnn}\n")
-    assert_user_error(cli("train", bad, "--run-dir", tmp_path / "r1"), "digitz", "'digits'")
+    refused(["train", bad, "--run-dir", tmp_path / "r1"], capsys, "digitz", "'digits'")
     bad.write_text("data: {dataset: digits}\nmodel: {name: cnn, filters: [8, 8, 8, 8]}\n")
-    assert_user_error(cli("train", bad, "--run-dir", tmp_path / "r2"), "block 3")
+    refused(["train", bad, "--run-dir", tmp_path / "r2"], capsys, "block 3")
     good = ROOT / "examples/configs/quickstart.yaml"
-    assert_user_error(cli("train", good, "--set", "train.lr=0.1"), "train.lr")
+    refused(["train", good, "--set", "train.lr=0.1"], capsys, "train.lr")
     bad.write_text(f"data: {{path: {tmp_path / 'missing'}}}\n")
-    assert_user_error(cli("train", bad, "--run-dir", tmp_path / "r3"), "missing")
-    assert_user_error(cli("evaluate", tmp_path / "no-run"), "no-run")
-    assert_user_error(cli("predict", digits_run, tmp_path / "ghost.png"), "ghost.png")
-    assert_user_error(cli("train", good, "--run-dir", digits_run), "--resume")
+    refused(["train", bad, "--run-dir", tmp_path / "r3"], capsys, "missing")
+    refused(["evaluate", tmp_path / "no-run"], capsys, "no-run")
+    refused(["predict", digits_run, tmp_path / "ghost.png"], capsys, "ghost.png")
+    refused(["train", good, "--run-dir", digits_run], capsys, "--resume")
 
 
 class Payload:

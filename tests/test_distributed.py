@@ -220,7 +220,7 @@ def test_two_nodes_match_two_processes_and_only_node_0_writes(tmp_path, two_proc
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the torchrun workers in /proc")
 def test_a_node_that_stops_answering_ends_the_other_with_a_clear_error(tmp_path):
     procs = launch_nodes(tmp_path, CONFIG, *COMMON, "--set", "train.epochs=200", "--set", "train.batch_size=16",
-                         "--run-dir", "run", "--dist-timeout", "20")
+                         "--run-dir", "run", "--dist-timeout", "10")
     log = tmp_path / "node0" / "console.log"
     try:
         deadline = time.time() + 240
@@ -239,7 +239,7 @@ def test_a_node_that_stops_answering_ends_the_other_with_a_clear_error(tmp_path)
     assert code != 0, text
     errors = [line for line in text.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, text
-    assert "rank 0 of 2 (node 0 of 2): lost contact" in errors[0] and "20 s collective timeout" in errors[0], errors
+    assert "rank 0 of 2 (node 0 of 2): lost contact" in errors[0] and "10 s collective timeout" in errors[0], errors
     assert "deepworks train --resume run --nnodes 2 --nproc 1" in errors[0], errors
     assert "Traceback" not in text.split(errors[0])[0]  # deepworks' own message, not the worker's traceback
 
