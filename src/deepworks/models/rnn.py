@@ -124,6 +124,11 @@ class SequenceModel(nn.Module):
             if x.dtype.is_floating_point:
                 raise TypeError(f"{self.kind}: expected token ids (integers) shaped (batch, length), got {x.dtype}")
             lengths = (x != 0).sum(1).clamp_(min=1)
+            if not self.track_input_grads and not _tracing():
+                # padding past the batch's longest text changes nothing (the steps are packed, the pooling
+                # masked): cut it, so a batch of short texts (length bucketing) costs what they need.
+                # Kept on recorded steps (gradients.jsonl's time steps span the input) and when exporting
+                x = x[:, : int(lengths.max())]
             h = self.embed(x)  # (B, L, E)
             if self.embed_drop is not None:
                 h = self.embed_drop(h)
@@ -191,6 +196,11 @@ class SequenceModel(nn.Module):
         h, lengths = watched
         norms = steps_back_norms(h.grad.detach().float().norm(dim=-1), lengths)
         return [float(v) * scale for v in norms]
+
+
+def _tracing() -> bool:
+    """Whether the model is being exported or compiled (its shapes must not depend on the data)."""
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 def steps_back_norms(norms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
