@@ -241,14 +241,20 @@ def _transformer_facts(d: dict[str, Any], encoder: dict[str, Any], tokens: dict[
                       f"{(d.get('input') or {}).get('vocab_size')} ids; texts cut at {settings.get('max_length')} "
                       "tokens, batches padded to their longest text"),
     ])
+    rows = _token_rows(tokens)
+    return "<h3>Texts</h3>" + head + table(
+        ["split", "texts", "median tokens", "95th percentile", "longest", "cut to max length", "empty"], rows)
+
+
+def _token_rows(tokens: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Per split: texts, median / 95th percentile / longest length, how many were cut, how many empty."""
     rows = []
     for split in ("train", "val", "test"):
         t = tokens.get(split) or {}
         length = t.get("length") or {}
         rows.append((split, t.get("texts"), length.get("median"), length.get("p95"), length.get("max"),
                      t.get("truncated"), t.get("empty")))
-    return "<h3>Texts</h3>" + head + table(
-        ["split", "texts", "median tokens", "95th percentile", "longest", "cut to max length", "empty"], rows)
+    return rows
 
 
 def _encoder_facts(d: dict[str, Any], encoder: dict[str, Any], tokens: dict[str, Any]) -> str:
@@ -261,12 +267,7 @@ def _encoder_facts(d: dict[str, Any], encoder: dict[str, Any], tokens: dict[str,
         ("embedding", f"{encoder.get('features', 'sentence')} features, {encoder.get('dim')} values per text; "
                       f"texts cut at {encoder.get('max_seq_length')} word pieces"),
     ])
-    rows = []
-    for split in ("train", "val", "test"):
-        t = tokens.get(split) or {}
-        length = t.get("length") or {}
-        rows.append((split, t.get("texts"), length.get("median"), length.get("p95"), length.get("max"),
-                     t.get("truncated"), t.get("empty")))
+    rows = _token_rows(tokens)
     return "<h3>Texts</h3>" + head + table(
         ["split", "texts", "median word pieces", "95th percentile", "longest", "cut by the encoder", "empty"], rows,
     )
