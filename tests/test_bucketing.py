@@ -82,3 +82,18 @@ def test_lstm_text_runs_bucket_by_default_and_a_killed_run_resumes_bitwise(revie
 def test_bucketing_data_without_token_sequences_is_refused_in_one_line(data):
     with pytest.raises(ConfigError, match=r"data\.bucket_by_length .*Fix: remove data\.bucket_by_length"):
         deepworks.load_config({"data": {**data, "bucket_by_length": True}})
+
+
+def test_evaluation_visits_sequences_by_length_and_keeps_outputs_in_the_stored_order():
+    data = lengths_data(n=300, seed=3)
+    visited = torch.cat([xb[:, 0] - 1 for xb, _ in iterate_batches(data, 16, shuffle=False)])
+    assert torch.equal(visited.sort().values, torch.arange(300))  # every sample once
+    assert torch.all(data.lengths[visited].diff() >= 0)  # shortest first: batches of similar length
+    torch.manual_seed(0)
+    model = deepworks.create_model("lstm", input_shape=(64,), num_classes=2, vocab_size=301, embedding=8, hidden=8)
+    trainer = deepworks.Trainer(model, {"progress": "none", "precision": "fp32"})
+    trainer.evaluate(data, keep="sorted")
+    trainer.evaluate(TensorData(data.x, data.y), keep="stored")
+    (sorted_out, sorted_y), (stored_out, stored_y) = trainer.outputs["sorted"], trainer.outputs["stored"]
+    assert torch.equal(sorted_y, data.y) and torch.equal(stored_y, data.y)
+    torch.testing.assert_close(sorted_out, stored_out, rtol=1e-5, atol=1e-5)  # sample i's output is row i

@@ -114,6 +114,17 @@ def bucketed(order: torch.Tensor, lengths: torch.Tensor, unit: int, generator: t
     return torch.cat([batches.reshape(-1), flat[full * unit :]])
 
 
+def evaluation_order(data: Any) -> torch.Tensor | None:
+    """The order in which unshuffled (evaluation) batches visit ``data``: for sequences
+    (``lengths``) sorted by length (stably), so a batch holds texts of similar length and a model
+    that cuts a batch to its longest text runs fewer steps; None (the stored order) otherwise.
+    Outputs collected in this order go back to the stored order with ``outputs[order.argsort()]``."""
+    lengths = getattr(data, "lengths", None)
+    if lengths is None or not isinstance(data, TensorData):
+        return None
+    return torch.sort(torch.as_tensor(lengths).cpu(), stable=True).indices
+
+
 def balanced_weights(y: torch.Tensor) -> torch.Tensor:
     """Per-sample weights 1 / count(class), so every class is drawn equally often."""
     counts = torch.bincount(y.long().cpu())
@@ -211,7 +222,8 @@ def iterate_batches(
     With ``world_size`` > 1 each process takes every ``world_size``-th sample of the epoch's
     order. Data with ``lengths`` (sequences) is shuffled into batches of similar length
     (:func:`bucketed`; a step's ``batch_size`` x ``world_size`` samples are alike). Shuffled (training) shards are cut to equal length so every process runs the same
-    number of steps; unshuffled (evaluation) shards cover every sample exactly once.
+    number of steps; unshuffled (evaluation) shards cover every sample exactly once, sequences
+    in order of length (:func:`evaluation_order`).
     ``num_workers`` None picks a number for the data (decoding streams use every core).
 
     ``order``: when shuffling, ``order(epoch, n)`` gives the epoch's sample indices (1-D
@@ -232,8 +244,9 @@ def iterate_batches(
         lengths = getattr(data, "lengths", None)
         if lengths is not None:  # batches of similar length (data.bucket_by_length): each step's samples alike
             order = bucketed(order, lengths, batch_size * world_size, generator)
-    else:
-        order = torch.arange(n)
+    else:  # evaluation: the stored order, or sequences sorted by length (evaluation_order)
+        order = evaluation_order(data)
+        order = torch.arange(n) if order is None else order
     if world_size > 1:
         if shuffle:
             order = order[: n // world_size * world_size]

@@ -144,8 +144,9 @@ def prepare(config: Config, fold: tuple[int, int | None] | None = None) -> Prepa
         "tokens": stats,  # per split: texts, empty, cut at max_length, subword tokens per text before the cut
     })
     parts = {name: SubwordIds(ids[name], s.ys[name], pad) for name in SPLITS}
-    if bucket_by_length(config):  # training batches of texts of similar length: shorter batches after PadTrim
-        parts["train"].lengths = (ids["train"] != pad).sum(1)
+    if bucket_by_length(config):  # batches of texts of similar length (training shuffled, evaluation sorted):
+        for name in SPLITS:        # shorter batches after PadTrim
+            parts[name].lengths = (ids[name] != pad).sum(1)
 
     def save(run_dir: Path) -> None:
         save_tokenizer(tokenizer, Path(run_dir))

@@ -128,8 +128,9 @@ def prepare(config: Config, fold: tuple[int, int | None] | None = None) -> Prepa
         "tokens": stats,  # per split: texts, empty, truncated, unknown_rate, length statistics (before truncation)
     })
     parts = {name: TensorData(encoded[name].ids, s.ys[name]) for name in SPLITS}
-    if bucket_by_length(config):  # training batches of texts of similar length: a packed LSTM runs fewer steps
-        parts["train"].lengths = (encoded["train"].ids != 0).sum(1)
+    if bucket_by_length(config):  # batches of texts of similar length (training shuffled, evaluation sorted):
+        for name in SPLITS:        # a packed LSTM runs fewer steps
+            parts[name].lengths = (encoded[name].ids != 0).sum(1)
     return PreparedData(parts["train"], parts["val"], parts["test"], s.classes, (d.max_length,), s.info, s.task,
                         raw=s.raw)
 

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from deepworks.config import OptimizerConfig, TrainConfig, format_errors, resolve_components
-from deepworks.data.loaders import TensorData, as_data, iterate_batches
+from deepworks.data.loaders import TensorData, as_data, evaluation_order, iterate_batches
 from deepworks.errors import CheckpointError, ConfigError, ShapeError, TrainingError
 from deepworks.runs import (
     RunDir, atomic_write, load_tensors, pack_state, read_checkpoint, restore_rng_state, rng_state, save_tensors, unpack_state,
@@ -225,7 +225,12 @@ class Trainer:
         kept: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if keep and not self.dist.enabled else None
         report = self.task.report(self._accumulate(data, with_tta(self.model, self.config.tta), precision, kept))
         if kept is not None:
-            self.outputs[keep] = (torch.cat([o for o, _ in kept]), torch.cat([t for _, t in kept]))
+            outputs, targets = torch.cat([o for o, _ in kept]), torch.cat([t for _, t in kept])
+            order = evaluation_order(data)  # sequences were visited by length: back to the stored order
+            if order is not None:
+                back = order.argsort()
+                outputs, targets = outputs[back], targets[back]
+            self.outputs[keep] = (outputs, targets)
         return report
 
     def eval_batch_size(self, sample_numel: int | None = None) -> int:
