@@ -373,6 +373,13 @@ def test_cli_serve_takes_the_key_from_api_key_or_the_environment_and_warns_off_l
     captured = capsys.readouterr()
     assert "printable ASCII" in captured.err and "two words" not in captured.err and not calls
 
+    missing = f"cuda:{torch.cuda.device_count()}"  # --device: a GPU this machine lacks is refused before uvicorn
+    assert cli.main(["serve", str(cnn_run.dir), "--device", missing]) == 2
+    captured = capsys.readouterr()
+    assert f"'{missing}' asked for" in captured.err and "Traceback" not in captured.err and not calls
+    app, _, _ = serve("--device", "cpu", "--workers", "2")  # the workers' settings carry it
+    assert app.state.predictor.device == "cpu"
+
 
 def test_refuses_a_url_and_a_missing_run(tmp_path):
     from deepworks.errors import CheckpointError, ConfigError

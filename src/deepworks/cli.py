@@ -756,6 +756,8 @@ def serve(
     backend: Annotated[str, typer.Option("--backend", help="torch (the best weights) or onnx (model.onnx, exported "
                                          "first when missing)")] = "torch",
     workers: Annotated[int, typer.Option("--workers", min=1, help="server processes (each loads the model)")] = 1,
+    device: Annotated[str, typer.Option("--device", help="where the torch backend runs the model: cpu, cuda or "
+                                        "cuda:N (the onnx backend runs on the CPU)")] = "cpu",
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="most inputs run through the model at once")] = 32,
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0, help="how long a batch waits for more "
                                                "requests after its first")] = 5.0,
@@ -778,10 +780,11 @@ def serve(
         from deepworks.errors import ConfigError
 
         raise ConfigError("deepworks serve needs FastAPI and uvicorn: pip install 'deepworks[serve]'.") from None
-    from deepworks.serve.app import ENV_SETTINGS, ServedModel, check_api_key, create_app, exposure_warning
+    from deepworks.serve.app import ENV_SETTINGS, ServedModel, _check_device, check_api_key, create_app, exposure_warning
 
     if api_key is not None:
         check_api_key(api_key)  # an unusable key fails here (without quoting it), before an export or a worker
+    _check_device(device, backend)  # as does a device this machine lacks
     if backend == "onnx" and not (Path(run_dir) / "model.onnx").exists():
         import deepworks
 
@@ -790,14 +793,15 @@ def serve(
         deepworks.export(run_dir)
     settings = {"run_dir": str(Path(run_dir).resolve()), "backend": backend, "max_batch": max_batch,
                 "max_wait_ms": max_wait_ms, "queue_limit": queue_limit, "max_body_bytes": max_body_bytes,
-                "max_pixels": max_pixels}
+                "max_pixels": max_pixels, "device": device}
     if api_key is not None:
         settings["api_key"] = api_key
-    ServedModel(settings["run_dir"], backend)  # a missing or unsuitable run fails here, before any worker starts
+    ServedModel(settings["run_dir"], backend, device)  # a missing or unsuitable run fails here, before any worker starts
     warning = exposure_warning(host, api_key)
     if warning:
         err.print(f"warning: {escape(warning)}", highlight=False, soft_wrap=True)
-    out.print(f"serving {escape(str(run_dir))} on http://{escape(host)}:{port} (backend {backend}, "
+    out.print(f"serving {escape(str(run_dir))} on http://{escape(host)}:{port} (backend {backend}"
+              f"{' on ' + device if device != 'cpu' else ''}, "
               f"{workers} worker{'s' if workers > 1 else ''}{', API key required' if api_key else ''}); "
               "docs at /docs", highlight=False, soft_wrap=True)
     if workers > 1:
