@@ -168,7 +168,7 @@ def test_a_study_shows_its_best_trial_and_history(tmp_path):
 
     cfg = {"name": "tiny", "seed": 0, "data": {"dataset": "digits"}, "model": {"name": "mlp", "hidden": [8]},
            "train": {"epochs": 1, "batch_size": 128, "progress": "none"}, "report": False,
-           "tune": {"metric": "val_accuracy", "space": {"train.optimizer.lr": {"choice": [0.001, 0.03]}}}}
+           "tune": {"metric": "val_accuracy", "space": {"train.optimizer.lr": {"choice": [0.03]}}}}
     result = tune(cfg, sampler="grid", study="lr <grid> & co", study_dir=tmp_path / "study")
     saved = json.loads((tmp_path / "study" / "study.json").read_text())
     assert isinstance(result, dict) and json.loads(json.dumps(result)) == saved
@@ -180,6 +180,6 @@ def test_a_study_shows_its_best_trial_and_history(tmp_path):
     assert f"Best trial: {best['trial']}" in page
     assert as_number(card.table("metric")["val_accuracy"][1]) == pytest.approx(best["values"]["val_accuracy"], abs=5e-5)
     assert as_number(card.table("key")["train.optimizer.lr"][1]) == pytest.approx(best["params"]["train.optimizer.lr"])
-    assert "2 complete" in page
+    assert "1 complete" in page
     (history,) = card.images
     assert decoded(history).size[0] > 300
