@@ -34,7 +34,8 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
     ("kinds", frozenset({"kinds", "autoconfig"})),
     # the orchestrators: what train, predict, evaluate, inspect and the GAN runs call, and what the
     # capabilities above build on
-    ("pipeline", frozenset({"pipeline", "predictor", "generation", "judge", "analysis", "inspection"})),
+    # inline: what Jupyter shows for a run (Run._repr_html_), and the card the capabilities' results draw on
+    ("pipeline", frozenset({"pipeline", "predictor", "generation", "judge", "analysis", "inspection", "inline"})),
     # deepworks.train / resume: a GAN config to generation, every other to the pipeline
     ("front", frozenset({"front"})),
     ("capabilities", frozenset({"tune", "labs", "serve", "export", "report", "sklearn"})),

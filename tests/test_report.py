@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # quickstart-like, small and quick: 3 planned epochs, early stopping after the second (min_delta
 # so large that no epoch counts as an improvement), gradient norms every 5 steps
-CLASSIFICATION_SECTIONS = ["diagnosis", "config", "data", "curves", "metrics", "confusion", "per_class",
+# the page reads top down as a user looks: the diagnosis, the curves and the final figures, then the
+# config (folded), the data and the task's own figures
+CLASSIFICATION_SECTIONS = ["diagnosis", "curves", "metrics", "config", "data", "confusion", "per_class",
                            "calibration", "wrong", "gradients", "model"]
 
 
@@ -67,6 +69,10 @@ def test_training_writes_a_report_with_every_section(digits_run):
     page = (digits_run.dir / "report.html").read_text(encoding="utf-8")
     assert section_ids(page) == CLASSIFICATION_SECTIONS  # in page order
     assert "could not be drawn" not in page and 'id="problems"' not in page
+    # the resolved config is there, whole, but folded: a closed <details> (no `open`)
+    config = re.search(r'<section id="sec-config"><h2>Config</h2>(.*?)</section>', page, re.S).group(1)
+    assert re.match(r"<details><summary>", config) and "<details open" not in page
+    assert html.escape((digits_run.dir / "config.yaml").read_text()) in config
     for ident in ("fig-learning-curves", "fig-confusion", "fig-calibration", "fig-gradients"):
         assert re.search(rf'<img id="{ident}" class="figure" src="data:image/png;base64,[A-Za-z0-9+/=]{{200,}}"', page), ident
     assert '<div id="fig-wrong" class="image-grid">' in page
@@ -202,14 +208,14 @@ def test_a_new_task_registers_its_own_sections():
         assert [s.name for s in sections_for("ranking")] == ["config", "data", "ranked"]
     finally:
         SECTIONS._entries.pop("ranked")
-    assert [s.name for s in sections_for("generation")] == ["config", "data", "gan_losses", "samples", "quality"]
-    assert [s.name for s in sections_for("classification")][:5] == ["diagnosis", "config", "data", "curves", "metrics"]
+    assert [s.name for s in sections_for("generation")] == ["gan_losses", "samples", "quality", "config", "data"]
+    assert [s.name for s in sections_for("classification")][:5] == ["diagnosis", "curves", "metrics", "config", "data"]
 
 
 def test_regression_run_gets_its_sections(penguin_regression_run):
     run = penguin_regression_run.run
     page = (run.dir / "report.html").read_text(encoding="utf-8")
-    assert section_ids(page) == ["diagnosis", "config", "data", "curves", "metrics", "predicted_actual", "residuals",
+    assert section_ids(page) == ["diagnosis", "curves", "metrics", "config", "data", "predicted_actual", "residuals",
                                  "gradients", "model"]
     assert 'id="fig-predicted-actual"' in page and 'id="fig-residuals"' in page
     assert "could not be drawn" not in page and 'id="problems"' not in page

@@ -1,6 +1,7 @@
 """report.html in a real browser (headless Chromium through Playwright): it fetches nothing but
-itself, and its figures are drawn at a visible size. A full-page screenshot is kept in
-test-artifacts/report.png.
+itself, its figures are drawn at a visible size, and it reads top down as a user looks (the
+diagnosis, the learning curves and the final metrics above the config, which is folded). A
+full-page screenshot is kept in test-artifacts/report.png.
 
 Needs the `playwright` package (the `dev` extra) and a system Chromium (Debian: `apt-get
 install chromium`); `playwright install` is not used.
@@ -13,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-import deepworks
-
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -23,17 +22,13 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (Debian: apt-get install chromium)")
 
-DIGITS = {
-    "name": "report-browser",
-    "data": {"dataset": "digits"},
-    "model": {"name": "cnn", "filters": [8, 16], "hidden": [32]},
-    "train": {"epochs": 2, "batch_size": 64, "progress": "none", "precision": "fp32", "log_gradients": 5,
-              "optimizer": {"name": "adamw", "lr": 0.01}},
-}
+# the page's sections, top down: what a user looks at first, then the config (folded) and the data
+TOP_DOWN = ["sec-diagnosis", "sec-curves", "sec-metrics", "sec-config", "sec-data", "sec-confusion"]
 
 
-def test_report_opens_offline_with_its_figures_drawn(tmp_path):
-    run = deepworks.train(DIGITS, run_dir=tmp_path / "digits")
+def test_report_opens_offline_with_its_figures_drawn(digits_cnn_run):
+    """The session's digits CNN run (tests/conftest.py: DIGITS_CNN), read only."""
+    run = digits_cnn_run
     page_path = (run.dir / "report.html").resolve()
     url = page_path.as_uri()
     ARTIFACTS.mkdir(exist_ok=True)
@@ -56,6 +51,12 @@ def test_report_opens_offline_with_its_figures_drawn(tmp_path):
                 decoded = image.evaluate("img => img.complete && img.naturalWidth > 0 && img.naturalHeight > 0")
                 sizes[ident] = (box, decoded)
             title = page.title()
+            # where each section starts on the page, in CSS pixels from the top
+            tops = page.evaluate("ids => ids.map(id => document.getElementById(id).getBoundingClientRect().top"
+                                 " + window.scrollY)", TOP_DOWN)
+            folded = page.evaluate("() => document.querySelector('#sec-config details').open")
+            config_shown = page.locator("#sec-config pre").is_visible()
+            summary_shown = page.locator("#sec-config summary").is_visible()
             page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
         finally:
             browser.close()
@@ -67,5 +68,8 @@ def test_report_opens_offline_with_its_figures_drawn(tmp_path):
     for ident, (box, decoded) in sizes.items():
         assert decoded, f"{ident}: the image did not decode"
         assert box is not None and box["width"] > 200 and box["height"] > 100, (ident, box)
-    assert title.startswith("report-browser")
+    assert title.startswith("report-digits")
+    assert tops == sorted(tops) and len(set(tops)) == len(tops), dict(zip(TOP_DOWN, tops))
+    # the config is one line until opened: its summary shows, its hundred lines do not
+    assert folded is False and summary_shown and not config_shown
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000

@@ -61,6 +61,18 @@ class Run:
     summary: dict[str, Any] = field(default_factory=dict)
     task: Task = field(default_factory=Classification)
 
+    def __repr__(self) -> str:  # the model, history and config are long: a notebook's text shows the gist
+        test = self.summary.get("test") if isinstance(self.summary, dict) else None
+        figures = "".join(f", test {k}={v:.4f}" for k, v in (test or {}).items()
+                          if k in ("accuracy", "r2", "mae") and isinstance(v, float))
+        return f"Run({str(self.dir)!r}, model={self.config.model.name!r}{figures})"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view of the run: its key figures, learning curves and report (:mod:`deepworks.inline`)."""
+        from deepworks.inline import run_card
+
+        return run_card(self)
+
 
 def load_run(run_dir: str | Path) -> Run:
     """Open a finished (or interrupted) run: config, classes and the best model's weights."""

@@ -33,7 +33,7 @@ from deepworks.errors import CheckpointError, ConfigError
 from deepworks.report.plots import _series, data_uri, figure_png
 from deepworks.runs import RunDir, atomic_write
 
-__all__ = ["compare", "flatten", "differing_keys", "learning_curves", "figure_data_uri", "value_text", "figure_text"]
+__all__ = ["compare", "Comparison", "flatten", "differing_keys", "learning_curves", "figure_data_uri", "value_text", "figure_text"]
 
 # the figures of summary.json shown per task: (row name, split, metric)
 TASK_METRICS = {
@@ -59,11 +59,11 @@ class _Run:
     notes: list[str] = field(default_factory=list)
 
 
-def compare(runs: Sequence[str | Path], out: str | Path | None = None) -> dict[str, Any]:
+def compare(runs: Sequence[str | Path], out: str | Path | None = None) -> Comparison:
     """Compare two or more run directories and write ``compare.html``.
 
     Returns ``{"runs": [...], "config": {key: [value per run]}, "metrics": {name: [value per
-    run]}, "notes": [...], "html": path}``: ``config`` holds the dotted config keys whose values
+    run]}, "notes": [...], "html": path}`` (a :class:`Comparison`, which Jupyter shows inline): ``config`` holds the dotted config keys whose values
     differ (a key a run does not have, or has as null, is None), ``metrics`` the figures of each
     run's ``summary.json`` (val/test accuracy, or R² and MAE for regression runs; best_epoch,
     epochs_run, wall_seconds; None where a run has none), ``notes`` what could not be read.
@@ -87,7 +87,7 @@ def compare(runs: Sequence[str | Path], out: str | Path | None = None) -> dict[s
     if target.is_dir():
         target = target / "compare.html"
     atomic_write(target, _render(loaded, config, metrics, notes, figures))
-    return {
+    return Comparison({
         "runs": [
             {"name": r.name, "path": str(r.path), "task": r.task, "monitor": r.monitor, "epochs_logged": len(r.records),
              "notes": r.notes}
@@ -97,7 +97,36 @@ def compare(runs: Sequence[str | Path], out: str | Path | None = None) -> dict[s
         "metrics": metrics,
         "notes": notes,
         "html": str(target),
-    }
+    }, figures=figures)
+
+
+class Comparison(dict):
+    """What :func:`compare` returns: a plain dict (``runs``, ``config``, ``metrics``, ``notes``,
+    ``html``) that a Jupyter notebook shows as a card: the figures side by side, the config keys
+    that differ and the overlaid learning curves (``figures``, as compare.html draws them)."""
+
+    def __init__(self, result: dict[str, Any], figures: Sequence[dict[str, str]] = ()):
+        super().__init__(result)
+        self.figures = list(figures)
+
+    def _repr_html_(self) -> str:
+        from deepworks.inline import card, figures_table, file_link
+
+        e = html.escape
+        names = [r["name"] for r in self["runs"]]
+        body = ["<h4>Results (summary.json)</h4>",
+                figures_table(["figure", *names], [(k, *vs) for k, vs in self["metrics"].items()])]
+        if self["config"]:
+            body += ["<h4>Config keys that differ</h4>",
+                     figures_table(["key", *names], [(k, *(value_text(v) for v in vs)) for k, vs in self["config"].items()])]
+        else:
+            body.append("<p>The resolved configs are identical.</p>")
+        body += [f'<figure><img alt="{e(f["title"])}" src="{f["png"]}"><figcaption>{e(f["title"])}</figcaption></figure>'
+                 for f in self.figures]
+        if self["notes"]:
+            body.append('<ul class="note">' + "".join(f"<li>{e(n)}</li>" for n in self["notes"]) + "</ul>")
+        return card(", ".join(names), "".join(body), kind=f"Comparing {len(names)} runs:",
+                    footer=f"the page: {file_link(self['html'])}")
 
 
 # ------------------------------------------------------------------------------- reading a run

@@ -8,7 +8,10 @@ says so in a short note, and one that fails says that instead of stopping the pa
 
 >>> from deepworks.report import write_report
 >>> write_report("runs/quickstart-20261124-101500")  # doctest: +SKIP
-PosixPath('runs/quickstart-20261124-101500/report.html')
+Report('runs/quickstart-20261124-101500/report.html')
+
+The path it returns is a :class:`Report`: a :class:`pathlib.Path` that a Jupyter notebook shows
+as the page's key sections (the diagnosis, the learning curves and the final metrics).
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import html
 import time
 from pathlib import Path
 
+from deepworks.errors import DeepworksError
+from deepworks.inline import card, file_link
 from deepworks.report.context import RunContext, load_context
-from deepworks.report.sections import Section, sections_for
+from deepworks.report.sections import Section, key_sections, sections_for
 from deepworks.runs import atomic_write
 from deepworks.version import __version__
 
-__all__ = ["write_report", "render_page"]
+__all__ = ["write_report", "render_page", "Report", "inline_report"]
 
 FILENAME = "report.html"
 
@@ -105,8 +110,9 @@ def render_page(ctx: RunContext) -> str:
     )
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``RUN_DIR/report.html`` for a run directory (finished or not) and return its path.
+def write_report(run_dir: str | Path) -> Report:
+    """Write ``RUN_DIR/report.html`` for a run directory (finished or not) and return its path (a
+    :class:`Report`, which Jupyter shows inline).
 
     Only ``config.yaml`` is required; anything else missing or damaged is named on the page.
     Not a run directory: :class:`~deepworks.errors.CheckpointError`.
@@ -114,4 +120,36 @@ def write_report(run_dir: str | Path) -> Path:
     ctx = load_context(run_dir)
     path = ctx.path / FILENAME
     atomic_write(path, render_page(ctx))
-    return path
+    return Report(path)
+
+
+class Report(type(Path())):  # PosixPath or WindowsPath: pathlib.Path itself cannot be subclassed before 3.12
+    """The path of a run's ``report.html``: a :class:`pathlib.Path` in every way (``read_text``,
+    ``==``, ``str``, ``os.fspath``), which a Jupyter notebook shows as the page's key sections
+    (:func:`inline_report`). A path derived from it (``.parent``, ``/ "x"``) shows as a plain path."""
+
+    def __repr__(self) -> str:
+        return f"Report({str(self)!r})"
+
+    def _repr_html_(self) -> str | None:
+        if self.name != FILENAME or not (self.parent / "config.yaml").is_file():
+            return None  # not a report's path: Jupyter shows the text
+        return inline_report(self.parent)
+
+
+def inline_report(run_dir: str | Path) -> str:
+    """The report's key sections (:func:`~deepworks.report.sections.key_sections`: the diagnosis,
+    the learning curves and the final metrics) as a card for a notebook, with a link to the page."""
+    try:
+        ctx = load_context(run_dir)
+    except DeepworksError as exc:
+        return card(Path(run_dir).name, f'<p class="warn">{html.escape(str(exc))}</p>', kind="Report")
+    bodies = [body for body in (_render_section(s, ctx) for s in key_sections(ctx.task)) if body is not None]
+    name = ctx.config.name if ctx.config is not None else ctx.path.name
+    meta = [f"task: {html.escape(ctx.task)}"]
+    if ctx.problems:
+        meta.append(f"incomplete: {html.escape(', '.join(ctx.problems))} missing or damaged")
+    page = ctx.path / FILENAME
+    footer = (f"the whole report: {file_link(page)}"
+              if page.is_file() else f"no {FILENAME} yet: <code>deepworks report {html.escape(str(ctx.path))}</code>")
+    return card(name, "".join(bodies), kind="Report", meta=meta, footer=footer)

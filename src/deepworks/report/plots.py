@@ -11,7 +11,6 @@ True
 
 from __future__ import annotations
 
-import base64
 import io
 import math
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ __all__ = [
     "figure_png",
     "data_uri",
     "learning_curves",
+    "curves_metric",
     "confusion_matrix",
     "reliability",
     "image_png",
@@ -35,80 +35,11 @@ __all__ = [
     "error_per_step",
 ]
 
-from deepworks.evaluate.figures import DPI, TEST, TRAIN, VAL, figure_png, forecast_figure, new_figure  # noqa: F401
-
-
-def data_uri(png: bytes) -> str:
-    """``data:image/png;base64,...`` for an ``<img src>``: the page carries its images."""
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    """(epochs, values) of the records that have a finite ``key``."""
-    xs, ys = [], []
-    for r in records:
-        v = r.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            xs.append(r.get("epoch", len(xs) + 1))
-            ys.append(float(v))
-    return xs, ys
-
-
-def learning_curves(
-    records: Sequence[Mapping[str, Any]],
-    metric: str,
-    *,
-    best_epoch: int | None = None,
-    stopped_epoch: int | None = None,
-    monitor: str | None = None,
-) -> bytes:
-    """Loss (train vs val), ``metric`` (train vs val) and the learning rate per epoch, with the
-    best epoch and the early-stopping point marked."""
-    fig = new_figure(11, 3.4, wspace=0.25)
-    axes = fig.subplots(1, 3)
-    for ax, name in zip(axes[:2], ("loss", metric)):
-        for split, colour in (("train", TRAIN), ("val", VAL)):
-            xs, ys = _series(records, f"{split}_{name}")
-            if xs:
-                ax.plot(xs, ys, marker="o", markersize=3, color=colour, label=split)
-        title = name.replace("_", " ")
-        if monitor and monitor.endswith(f"_{name}"):
-            title += f" (monitored: {monitor})"
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("epoch")
-    axes[0].set_yscale("log" if _positive_wide(records, "loss") else "linear")
-    xs, ys = _series(records, "lr")
-    lr = axes[2]
-    if xs:
-        lr.plot(xs, ys, marker="o", markersize=3, color="#555555")
-        if min(ys) > 0 and max(ys) / min(ys) > 20:
-            lr.set_yscale("log")
-        elif max(ys) == min(ys):  # a constant rate: show it against zero, not as noise in the fifth digit
-            lr.set_ylim(0, 1.5 * max(ys) if max(ys) > 0 else 1)
-    from matplotlib.ticker import MaxNLocator
-
-    lr.set_title("learning rate", fontsize=10)
-    lr.set_xlabel("epoch")
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if best_epoch is not None:
-            ax.axvline(best_epoch, color="#2ca02c", linestyle="--", linewidth=1, label=f"best (epoch {best_epoch})")
-        if stopped_epoch is not None:
-            ax.axvline(stopped_epoch, color="#d62728", linestyle=":", linewidth=1.2,
-                       label=f"early stop (epoch {stopped_epoch})")
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        axes[0].legend(fontsize=8)
-    if any(_series(records, f"{s}_{metric}")[0] for s in ("train", "val")):
-        axes[1].legend(fontsize=8)
-    return figure_png(fig)
-
-
-def _positive_wide(records: Sequence[Mapping[str, Any]], name: str) -> bool:
-    """A loss that falls over more than a decade reads better on a log axis."""
-    values = [v for s in ("train", "val") for v in _series(records, f"{s}_{name}")[1]]
-    return bool(values) and min(values) > 0 and max(values) / min(values) > 10
+# the learning curves are drawn below the report too (a run shown inline in Jupyter: deepworks.inline)
+from deepworks.evaluate.figures import (  # noqa: F401
+    DPI, TEST, TRAIN, VAL, curves_metric, data_uri, figure_png, forecast_figure, learning_curves, new_figure,
+)
+from deepworks.evaluate.figures import series as _series  # noqa: F401  (report/compare.py draws with it)
 
 
 def confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str = "test split") -> bytes:

@@ -32,7 +32,7 @@ from deepworks.registry import Registry
 from deepworks.report import plots
 from deepworks.report.context import RunContext
 
-__all__ = ["Section", "SECTIONS", "section", "sections_for", "note", "table", "figure", "number", "SUPERVISED"]
+__all__ = ["Section", "SECTIONS", "KEY_ORDER", "section", "sections_for", "key_sections", "note", "table", "figure", "number", "SUPERVISED"]
 
 # the tasks that learn targets (curves of train/val loss and metrics, a diagnosis, a layer
 # table); a generative run (task "generation") has sections of its own
@@ -50,6 +50,10 @@ class Section:
 
 SECTIONS: Registry = Registry("report section")
 
+# The page reads top down as a user looks: the diagnosis, the learning curves and the final metrics
+# (orders below KEY_ORDER), then the config (folded), the data, and the task's own figures.
+KEY_ORDER = 20
+
 
 def section(name: str, *, title: str, order: float, tasks: Iterable[str] | None = None):
     """Decorator: register ``render(ctx) -> html | None`` as the section ``name``."""
@@ -66,6 +70,13 @@ def sections_for(task: str) -> list[Section]:
     """The sections of a run of ``task``, in page order."""
     entries = [SECTIONS.get(name) for name in SECTIONS]
     return sorted((s for s in entries if s.tasks is None or task in s.tasks), key=lambda s: (s.order, s.name))
+
+
+def key_sections(task: str) -> list[Section]:
+    """The sections a user reads first, above the config: the diagnosis, the learning curves and
+    the final metrics (a GAN's losses, samples and quality). A run's report shown inline in
+    Jupyter shows these."""
+    return [s for s in sections_for(task) if s.order < KEY_ORDER]
 
 
 # ----------------------------------------------------------------------------- HTML helpers
@@ -157,11 +168,12 @@ def _diagnosis(ctx: RunContext) -> str | None:
     return f'<ul class="findings">{"".join(items)}</ul>'
 
 
-@section("config", title="Config", order=20)
+@section("config", title="Config", order=KEY_ORDER)
 def _config(ctx: RunContext) -> str | None:
     head = note(f"Shown as written; {ctx.missing('config.yaml')}", "warn") if "config.yaml" in ctx.problems else ""
     lines = ctx.config_text.count("\n")
-    return (f"{head}<details open><summary>The resolved config (<code>config.yaml</code>, every default filled in, "
+    # folded: a hundred lines of settings would push the data and the results below the fold
+    return (f"{head}<details><summary>The resolved config (<code>config.yaml</code>, every default filled in, "
             f"{lines} lines)</summary><pre>{esc(ctx.config_text)}</pre></details>")
 
 
@@ -348,18 +360,14 @@ def _monitor(ctx: RunContext) -> str | None:
     return monitor if monitor and monitor != "auto" else None
 
 
-@section("curves", title="Learning curves", order=40, tasks=SUPERVISED)
+@section("curves", title="Learning curves", order=12, tasks=SUPERVISED)
 def _curves(ctx: RunContext) -> str | None:
     problem = ctx.missing("metrics.jsonl")
     if not ctx.metrics:
         return note(f"No learning curves: {problem or 'metrics.jsonl holds no epoch yet.'}")
     head = note(problem, "warn") if problem else ""
     monitor = _monitor(ctx)
-    metric = monitor.partition("_")[2] if monitor and monitor != "last" else ""
-    if metric in ("", "loss"):  # the loss has its own panel: show the task's headline metric beside it
-        names = {k.partition("_")[2] for r in ctx.metrics for k in r if k.startswith(("train_", "val_"))}
-        order = ("mae",) if ctx.task == "forecasting" else ("accuracy", "r2", "macro_f1", "mae")
-        metric = next((m for m in order if m in names), "loss")
+    metric = plots.curves_metric(ctx.metrics, monitor, ctx.task)
     best = _best_epoch(ctx)
     s = ctx.summary or {}
     stopped = s.get("epochs_run") if s.get("stopped_early") else None
@@ -376,7 +384,7 @@ def _curves(ctx: RunContext) -> str | None:
     return head + figure(png, "fig-learning-curves", "learning curves", "; ".join(caption) + ".")
 
 
-@section("metrics", title="Final metrics", order=50, tasks=SUPERVISED)
+@section("metrics", title="Final metrics", order=14, tasks=SUPERVISED)
 def _metrics(ctx: RunContext) -> str | None:
     s = ctx.summary
     if s is None:
@@ -709,7 +717,7 @@ def _per_step(ctx: RunContext) -> str | None:
 # ----------------------------------------------------------------------------- generative runs
 
 
-@section("gan_losses", title="Adversarial losses", order=40, tasks=("generation",))
+@section("gan_losses", title="Adversarial losses", order=12, tasks=("generation",))
 def _gan_losses(ctx: RunContext) -> str | None:
     if not ctx.metrics:
         return note(f"No curves: {ctx.missing('metrics.jsonl') or 'no epoch was recorded.'}")
@@ -719,7 +727,7 @@ def _gan_losses(ctx: RunContext) -> str | None:
                   "loss climbing) leaves the generator no signal.")
 
 
-@section("samples", title="Generated samples", order=50, tasks=("generation",))
+@section("samples", title="Generated samples", order=14, tasks=("generation",))
 def _samples(ctx: RunContext) -> str | None:
     grids = sorted((ctx.path / "samples").glob("epoch-*.png"))
     if not grids:
@@ -739,7 +747,7 @@ def _samples(ctx: RunContext) -> str | None:
     return "".join(parts)
 
 
-@section("quality", title="Quality and variety of the samples", order=60, tasks=("generation",))
+@section("quality", title="Quality and variety of the samples", order=16, tasks=("generation",))
 def _quality(ctx: RunContext) -> str | None:
     quality = (ctx.summary or {}).get("quality")
     if not isinstance(quality, dict):

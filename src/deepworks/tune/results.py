@@ -26,7 +26,7 @@ from deepworks.runs import RunDir, atomic_write
 from deepworks.tune.space import SearchSpace
 from deepworks.version import __version__
 
-__all__ = ["write_results", "trial_rows", "importances", "render_study_page"]
+__all__ = ["StudyResult", "write_results", "trial_rows", "importances", "render_study_page"]
 
 
 def _state(trial: Any) -> str:
@@ -110,7 +110,8 @@ def importances(study: Any, metrics: list[str]) -> dict[str, Any]:
 
 def write_results(study: Any, root: Path, space: SearchSpace, metrics: list[str], directions: list[str], *,
                   storage_url: str, sampler: str, pruner: str, trials: int, seconds: float) -> dict[str, Any]:
-    """Write trials.csv, best.yaml, study.json and study.html into ``root``; return the summary."""
+    """Write trials.csv, best.yaml, study.json and study.html into ``root``; return the summary (a
+    :class:`StudyResult`, which Jupyter shows inline)."""
     root = Path(root)
     rows = trial_rows(study, space, metrics)
     _write_csv(root / "trials.csv", rows)
@@ -144,7 +145,51 @@ def write_results(study: Any, root: Path, space: SearchSpace, metrics: list[str]
                               "params": space.decode(t.params)} for t in front]
     RunDir(root).write_json(root / "study.json", summary)
     atomic_write(root / "study.html", render_study_page(study, summary, rows, space, metrics, directions))
-    return summary
+    return StudyResult(summary, rows)
+
+
+class StudyResult(dict):
+    """What :func:`deepworks.tune.tune` returns: the study's summary (``study.json``, a plain dict)
+    that a Jupyter notebook shows as a card: the trials by state, the best trial's values and
+    settings, the importances and the optimisation history (or the Pareto front)."""
+
+    def __init__(self, summary: dict[str, Any], rows: list[dict[str, Any]] | None = None):
+        super().__init__(summary)
+        self.rows = list(rows or [])  # one per trial, as trials.csv holds them
+
+    def _repr_html_(self) -> str:
+        from deepworks.inline import card, figures_table, file_link, image
+
+        e = html.escape
+        metrics, directions = list(self["metrics"]), list(self["directions"])
+        meta = [e(", ".join(f"{m} ({d})" for m, d in zip(metrics, directions, strict=True))),
+                f"sampler {e(str(self['sampler']))}, pruner {e(str(self['pruner']))}",
+                "trials: " + e(", ".join(f"{v} {k}" for k, v in self["states"].items()))]
+        body = []
+        best = self.get("best")
+        if best:
+            body.append(f"<h4>Best trial: {int(best['trial'])}</h4>")
+            body.append(figures_table(["metric", "value"], list(best["values"].items())))
+            body.append(figures_table(["key", "value"], [(k, v if isinstance(v, (int, float)) else _cell(v))
+                                                         for k, v in best["params"].items()]))
+        else:
+            body.append('<p class="note">No trial has completed yet.</p>')
+        for m, found in (self.get("importances") or {}).items():
+            if found and "error" not in found:
+                body.append(f"<h4>Importance for {e(m)}</h4>" + figures_table(["key", "importance"], list(found.items())))
+        if any(r["state"] == "complete" for r in self.rows):
+            if len(metrics) == 1:
+                body.append(image(_history_png(self.rows, metrics[0], directions[0]), "optimisation history",
+                                  "each trial's value; the line is the best so far"))
+            else:
+                front = {p["trial"] for p in self.get("pareto", [])}
+                body.append(image(_pareto_png(self.rows, metrics, front), "Pareto front",
+                                  f"{metrics[0]} against {metrics[1]}; red: trials no other beats on both"))
+        root = Path(self["directory"])
+        footer = f"the page: {file_link(root / 'study.html')}"
+        if best:
+            footer += f" · the best config: {file_link(root / 'best.yaml')} (<code>deepworks train</code> it)"
+        return card(str(self["study"]), "".join(body), kind="Study", meta=meta, footer=footer)
 
 
 def _best_yaml(best: Any, name: str, metrics: list[str]) -> str:

@@ -268,7 +268,8 @@ def tune(
 ) -> dict[str, Any]:
     """Run (or join, or resume) a hyperparameter study on ``config``'s ``tune`` section.
 
-    Returns the study's summary (also ``study.json``); writes ``trials.csv``, ``best.yaml`` and
+    Returns the study's summary (also ``study.json``; a dict that a notebook shows as a card:
+    :class:`~deepworks.tune.results.StudyResult`); writes ``trials.csv``, ``best.yaml`` and
     ``study.html`` into the study directory.
     """
     optuna = _optuna()
