@@ -23,11 +23,27 @@ app = typer.Typer(
     name="deepworks",
     help="A deep-learning workbench: train, evaluate and use models, from a YAML config or straight from data.",
     no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+    pretty_exceptions_enable=False,  # --install-completion and --show-completion (typer's) stay on
 )
 out = Console()
 err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from deepworks.version import __version__
+
+        out.print(f"deepworks {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    pass
 
 
 @app.command()
@@ -217,7 +233,7 @@ def _train(config: Path | dict | None, set_: list[str] | None, run_dir: Path | N
         run = deepworks.resume(resume)
     else:
         if config is None:
-            raise DeepworksError("train: give a CONFIG.yaml (see examples/configs/), the data (a folder of class "
+            raise DeepworksError("train: give a CONFIG.yaml (`deepworks examples` lists the example configs), the data (a folder of class "
                                  "subfolders, or a table file), or --resume RUN_DIR.")
         run = deepworks.train(config, overrides=set_ or [], run_dir=run_dir)
     if distributed_context().is_main:
@@ -519,6 +535,53 @@ def datasets(as_json: Annotated[bool, typer.Option("--json", help="print JSON")]
         "(data.path: reviews.csv, data.text: text_column, data.target: label_column),\n"
         "or a time series to forecast (data.path: series.csv, data.time: time_column, data.target: column)."
     )
+
+
+def _example_names(incomplete: str) -> list[str]:
+    from deepworks.examples import list_examples
+
+    return [row["name"] for row in list_examples() if row["name"].startswith(incomplete)]
+
+
+@app.command()
+def examples(
+    name: Annotated[Optional[str], typer.Argument(help="an example (no argument: list them); alone, its path is "
+                                                       "printed", autocompletion=_example_names)] = None,
+    dest: Annotated[
+        Optional[Path], typer.Argument(help="with --copy: a .yaml file, or a folder for NAME.yaml (default: ./NAME.yaml)")
+    ] = None,
+    copy: Annotated[bool, typer.Option("--copy", help="copy NAME (and the data it reads) to DEST; never overwrites")] = False,
+) -> None:
+    """The example configs that come with deepworks: list them, print one's path, or copy one to
+    train or edit (`deepworks examples quickstart --copy`, then `deepworks train quickstart.yaml`)."""
+    from deepworks.errors import ConfigError
+    from deepworks.examples import copy_example, example_path, list_examples
+
+    if name is None:
+        if copy or dest is not None:
+            raise ConfigError("deepworks examples --copy: name the example to copy (deepworks examples NAME --copy).")
+        table = Table(title="example configs: deepworks examples NAME [--copy [DEST]]", show_header=True)
+        table.add_column("name", no_wrap=True)
+        table.add_column("what it trains", overflow="fold")
+        for row in list_examples():
+            table.add_row(row["name"], escape(row["description"]))
+        out.print(table)
+        return
+    if not copy:
+        if dest is not None:
+            raise ConfigError(f"deepworks examples {name} {dest}: DEST goes with --copy "
+                              f"(deepworks examples {name} --copy {dest}).")
+        print(example_path(name))  # plain, never wrapped: $(deepworks examples NAME) is a path
+        return
+    done = copy_example(name, dest)
+    config, folder = done["config"], done["folder"]
+    data = "".join(f" and {escape(str(p))}" for p in done["data"])
+    out.print(f"wrote {escape(str(config))}{data}", highlight=False, soft_wrap=True)
+    if done["data"] and folder.resolve() != Path.cwd().resolve():  # its data path is relative to the working folder
+        out.print(f"train it from {escape(str(folder))}, where its data is: cd {escape(str(folder))} && deepworks "
+                  f"train {escape(config.name)}", highlight=False, soft_wrap=True)
+    else:
+        out.print(f"train it: deepworks train {escape(str(config))}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -938,7 +1001,9 @@ def _main(argv: list[str] | None) -> int:
 
 def _dispatch(argv: list[str] | None) -> int:
     try:
-        code = app(args=argv, standalone_mode=False)
+        # the program's name whatever started it (python -m deepworks too): the usage lines and shell
+        # completion (which answers to $_DEEPWORKS_COMPLETE) name the command a user types
+        code = app(args=argv, prog_name="deepworks", standalone_mode=False)
     except DeepworksError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code

@@ -1,0 +1,87 @@
+"""deepworks as an installed package: its version, shell completion, the example configs that ship
+inside it, and the wheel installed into a fresh virtual environment outside the repository."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from cli_in_process import refused, run
+from deepworks.cli import main
+from deepworks.pipeline import prepare_data
+from deepworks.version import __version__
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "examples" / "configs"  # the repository's path of the shipped configs (a link into the package)
+
+
+def test_version_option_prints_the_version(capsys):
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0 and out == f"deepworks {__version__}\n"
+
+
+def test_bash_completion_installs_and_completes(tmp_path, monkeypatch, capsys):
+    """`deepworks --install-completion` writes a script that bash loads for `deepworks`; on TAB the script
+    runs `deepworks` with the words typed in $COMP_WORDS, which answers with the completions."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    # the shell is named rather than found from the process tree, which depends on what runs the tests
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
+    with pytest.raises(SystemExit) as done:
+        main(["--install-completion", "bash"])
+    assert done.value.code == 0 and "bash completion installed" in capsys.readouterr().out
+    loaded = subprocess.run(["bash", "-c", "source ~/.bashrc && complete -p deepworks && type _deepworks_completion"],
+                            capture_output=True, text=True, env={**os.environ, "HOME": str(tmp_path)}, timeout=60)
+    assert loaded.returncode == 0 and "-F _deepworks_completion deepworks" in loaded.stdout, loaded.stdout + loaded.stderr
+    assert "_DEEPWORKS_COMPLETE=complete_bash" in loaded.stdout  # what the function sets before running deepworks
+
+    for words, cword, expected in (("deepworks l", "1", ["lab", "lr-find"]), ("deepworks examples quick", "2", ["quickstart"])):
+        monkeypatch.setenv("_DEEPWORKS_COMPLETE", "complete_bash")
+        monkeypatch.setenv("COMP_WORDS", words)
+        monkeypatch.setenv("COMP_CWORD", cword)
+        with pytest.raises(SystemExit):
+            main([])
+        assert sorted(capsys.readouterr().out.split()) == expected
+
+
+def test_examples_lists_every_shipped_config_with_its_first_comment(capsys):
+    code, out, _ = run(["examples"], capsys)
+    assert code == 0
+    names = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+    assert len(names) >= 10 and all(name in out for name in names)
+    first = (CONFIGS / "quickstart.yaml").read_text().splitlines()[0].removeprefix("# ")  # one sentence, one line
+    assert " ".join(first.split()) in " ".join(out.replace("│", " ").split())
+
+
+def test_examples_prints_the_path_of_the_shipped_config(capsys):
+    code, out, _ = run(["examples", "quickstart"], capsys)
+    path = Path(out.strip())
+    assert code == 0 and path.is_absolute() and path.parent.parent.name == "examples"
+    assert path.read_bytes() == (CONFIGS / "quickstart.yaml").read_bytes()
+    refused(["examples", "quickstrat"], capsys, "unknown example 'quickstrat'", "Did you mean 'quickstart'?")
+
+
+def test_a_copied_example_takes_its_data_and_reads_it_from_its_folder(tmp_path, monkeypatch, capsys):
+    """penguins.yaml reads examples/data/penguins.csv relative to the working folder: the copy brings
+    it along, training from the copy's folder works, and a second copy overwrites nothing."""
+    import deepworks
+
+    code, out, _ = run(["examples", "penguins", "--copy", tmp_path / "mine"], capsys)
+    copied = tmp_path / "mine" / "penguins.yaml"
+    assert code == 0 and f"cd {tmp_path / 'mine'} && deepworks train penguins.yaml" in " ".join(out.split())
+    assert copied.read_bytes() == (CONFIGS / "penguins.yaml").read_bytes()
+    data = yaml.safe_load(copied.read_text())["data"]["path"]
+    assert (tmp_path / "mine" / data).read_bytes() == (ROOT / data).read_bytes()
+
+    monkeypatch.chdir(tmp_path / "mine")  # where the printed command trains it: its data is read from there
+    prepared = prepare_data(deepworks.load_config("penguins.yaml"))
+    assert sum(prepared.info["sizes"].values()) == len(pd.read_csv(tmp_path / "mine" / data)) == 344
+
+    copied.write_text("# my edits\n")
+    refused(["examples", "penguins", "--copy", "."], capsys, "penguins.yaml exists already and is not overwritten",
+            "Fix:", one_line=True)
+    assert copied.read_text() == "# my edits\n"
