@@ -3,8 +3,12 @@ inside it, and the wheel installed into a fresh virtual environment outside the 
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 import pandas as pd
@@ -85,3 +89,61 @@ def test_a_copied_example_takes_its_data_and_reads_it_from_its_folder(tmp_path, 
     refused(["examples", "penguins", "--copy", "."], capsys, "penguins.yaml exists already and is not overwritten",
             "Fix:", one_line=True)
     assert copied.read_text() == "# my edits\n"
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_in_a_fresh_venv_and_trains_the_quickstart(tmp_path):
+    """The wheel, built from the working tree, installed with pip into a new virtual environment outside
+    the repository; from an empty folder: `deepworks --version`, the quickstart copied from `deepworks
+    examples` and trained, and the installed distribution's license and metadata. The new environment
+    takes torch and the other dependencies from the test environment's site-packages (a .pth file), so
+    nothing is downloaded or installed twice; deepworks itself comes from the wheel alone."""
+    source = tmp_path / "source"  # a copy: the build's build/ and egg-info stay out of the repository
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", tmp_path / "dist", source],
+                   check=True, capture_output=True, timeout=300)
+    wheel, = (tmp_path / "dist").glob("deepworks-*.whl")
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    # the test environment's packages, after the venv's own (a path line: .pth files there, such as an
+    # editable install's path to the repository's src, are not read)
+    (site / "test-environment.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-index", wheel],
+                   check=True, capture_output=True, timeout=300)
+
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
+
+    def user(*args):
+        proc = subprocess.run([str(a) for a in args], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    assert user("deepworks", "--version") == f"deepworks {__version__}\n"
+    user("deepworks", "examples", "quickstart", "--copy")
+    user("deepworks", "train", "quickstart.yaml", "--set", "train.epochs=1", "--set", "train.progress=none",
+         "--set", "report=false")
+    summary = json.loads(next((work / "runs").glob("quickstart-*/summary.json")).read_text())
+    assert summary["epochs_run"] == 1 and summary["test"]["accuracy"] > 0.2  # ten digit classes
+    assert summary["versions"]["deepworks"] == __version__
+
+    installed = json.loads(user(python, "-c", """if True:
+        import importlib.metadata as md, importlib.util, json
+        dist = md.distribution("deepworks")
+        meta = dist.metadata
+        print(json.dumps({"origin": importlib.util.find_spec("deepworks").origin, "version": meta["Version"],
+                          "license": meta["License-Expression"], "author": meta["Author"],
+                          "license_file": str(dist.locate_file(next(f for f in dist.files if f.name == "LICENSE"))),
+                          "scripts": [e.name for e in dist.entry_points if e.group == "console_scripts"]}))"""))
+    assert Path(installed["origin"]).is_relative_to(site), installed  # the wheel's files, not the repository's
+    assert installed["version"] == __version__ and installed["license"] == "MIT"
+    assert installed["author"] == "The deepworks authors" and installed["scripts"] == ["deepworks"]
+    assert Path(installed["license_file"]).read_text() == (ROOT / "LICENSE").read_text()
