@@ -350,12 +350,15 @@ def generate(
         Optional[str], typer.Option("--label", help="cgan: the class to generate (index or name)")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="seed of the noise: the same seed gives the same images")] = 0,
-    out_dir: Annotated[Path, typer.Option("--out", help="folder for the PNGs (one per sample) and grid.png")] = Path(
-        "generated"
-    ),
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out", help="folder for the PNGs (one per sample) and grid.png (default runs/generated/<run's name>)")] = None,
 ) -> None:
     """Sample a GAN run's generator: one PNG per sample plus grid.png in --out."""
     import deepworks
+    from deepworks.runs import default_output
+
+    if out_dir is None:
+        out_dir = default_output("generated", Path(run_dir).resolve().name)
 
     chosen: int | str | None = label
     if label is not None and label.strip().lstrip("-").isdigit():
@@ -401,7 +404,8 @@ def predict(
     out_path: Annotated[
         Optional[Path],
         typer.Option("--out", help="write the predictions to this .csv, .parquet or .jsonl file, one row per input "
-                                   "(forecasting: the forecast as .csv or .json, the PNG beside it)"),
+                                   "(forecasting: the forecast as .csv or .json, the PNG beside it; without --out the PNG goes to "
+                                   "runs/forecasts/)"),
     ] = None,
     probabilities: Annotated[
         bool, typer.Option("--probabilities", help="with --out: one column per class with its probability")
@@ -634,7 +638,7 @@ def _yaml_value(value: object) -> str:
 def lr_find(
     config: Annotated[Path, typer.Argument(help="a run config (YAML)")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: key.path=value")] = None,
-    out_path: Annotated[Optional[Path], typer.Option("--out", help="the plot (PNG); a JSON goes beside it")] = None,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="the plot (PNG; default runs/lr-find/<config name>.png); a JSON goes beside it")] = None,
     steps: Annotated[int, typer.Option("--steps", min=10, help="steps of the range test")] = 200,
     start_lr: Annotated[float, typer.Option("--start-lr", min=0.0, help="first learning rate")] = 1e-7,
     end_lr: Annotated[float, typer.Option("--end-lr", min=0.0, help="last learning rate")] = 10.0,
@@ -727,7 +731,7 @@ def projection(
 @app.command()
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="two or more run directories")],
-    out_path: Annotated[Optional[Path], typer.Option("--out", help="the HTML page (default: ./compare.html)")] = None,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="the HTML page (default: runs/compare/compare.html)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the tables as JSON")] = False,
 ) -> None:
     """Runs side by side: the config keys that differ, their results, and compare.html with the
@@ -886,7 +890,7 @@ def tune(
     ] = None,
     study: Annotated[Optional[str], typer.Option("--study", help="the study's name (default: the config's name)")] = None,
     study_dir: Annotated[
-        Optional[Path], typer.Option("--study-dir", help="where trials and results go (default: studies/<study>)")
+        Optional[Path], typer.Option("--study-dir", help="where trials and results go (default: runs/studies/<study>)")
     ] = None,
     timeout: Annotated[
         Optional[float], typer.Option("--timeout", min=0, help="start no trial after this many seconds")
@@ -946,7 +950,7 @@ def _print_study(summary: dict) -> None:
 @app.command()
 def lab(
     concept: Annotated[Optional[str], typer.Argument(help="the concept (no argument: list the labs)")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="where the PNGs and lab.json go (default labs/CONCEPT)")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="where the PNGs and lab.json go (default runs/labs/CONCEPT)")] = None,
     fast: Annotated[bool, typer.Option("--fast", help="a smaller experiment, in a few seconds")] = False,
     seed: Annotated[int, typer.Option("--seed", min=0, help="seed of the lab's data splits and models")] = 0,
 ) -> None:
