@@ -37,7 +37,8 @@ fashion: $(BASE_STAMP)
 	$(VENV)/bin/deepworks train examples/configs/fashion-mnist-cnn.yaml
 
 # the wheel and the sdist in dist/ (python -m build, in an isolated environment with setuptools from the index)
-dist: setup
+dist: | $(PY)
+	$(PY) -m pip install -q build
 	rm -rf dist
 	$(PY) -m build --outdir dist
 
