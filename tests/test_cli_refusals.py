@@ -108,10 +108,11 @@ def test_lr_find_from_the_command_line(tmp_path, capsys, monkeypatch):
                                       "train": {"batch_size": 64, "optimizer": {"name": "sgd", "lr": 0.1}}}))
     code, out, err = run(["lr-find", config, "--steps", "30", "--start-lr", "1e-5", "--end-lr", "10"], capsys)
     assert code == 0, out + err
-    # default output: lr-find-<name>.png in the working directory, the JSON beside it, no run directory
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "lr-find-tiny.json", "lr-find-tiny.png"]
-    assert (tmp_path / "lr-find-tiny.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
-    result = json.loads((tmp_path / "lr-find-tiny.json").read_text())
+    # default output: runs/lr-find/<name>.png under the working directory, the JSON beside it, no run directory
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert written == ["c.yaml", "runs/lr-find/tiny.json", "runs/lr-find/tiny.png"]
+    assert (tmp_path / "runs/lr-find/tiny.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    result = json.loads((tmp_path / "runs/lr-find/tiny.json").read_text())
     lrs = result["lrs"]
     assert lrs[0] == pytest.approx(1e-5) and result["optimizer"] == "sgd"
     ratios = [b / a for a, b in zip(lrs, lrs[1:])]  # an exponential sweep from --start-lr towards --end-lr

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -58,9 +59,9 @@ def test_differing_keys_and_figures(runs, tmp_path):
 
 def test_the_page_is_self_contained(runs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = deepworks.compare(runs)  # default: ./compare.html
-    page = (tmp_path / "compare.html").read_text()
-    assert result["html"] == "compare.html"
+    result = deepworks.compare(runs)  # default: runs/compare/compare.html, beside the runs
+    page = (tmp_path / "runs" / "compare" / "compare.html").read_text()
+    assert result["html"] == str(Path("runs", "compare", "compare.html"))
     images = re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) == 2  # the losses, and the monitored metric
     assert all(base64.b64decode(png).startswith(b"\x89PNG\r\n\x1a\n") for png in images)
@@ -121,7 +122,7 @@ def test_regression_runs_show_r2_and_mae(runs, tmp_path):
 
 def test_errors(runs, tmp_path, monkeypatch):
     a, _ = runs
-    monkeypatch.chdir(tmp_path)  # where the default page (./compare.html) would go
+    monkeypatch.chdir(tmp_path)  # where the default page (runs/compare/compare.html) would go
     with pytest.raises(CheckpointError, match="no config.yaml"):
         deepworks.compare([a, tmp_path])
     with pytest.raises(CheckpointError, match="no such run directory"):

@@ -176,7 +176,8 @@ def test_predict_from_history_api(sine_run, tmp_path, monkeypatch):
     [result] = deepworks.predict(run.dir, [history])
     assert [row["day"] for row in result["forecast"]] == ["2024-08-28", "2024-08-29", "2024-08-30"]
     assert result["last"] == "2024-08-27"
-    assert Path(result["png"]).name == "forecast-history.png" and (tmp_path / "forecast-history.png").stat().st_size
+    png = tmp_path / "runs" / "forecasts" / "history.png"  # the default place, beside the runs
+    assert Path(result["png"]) == png.relative_to(tmp_path) and png.stat().st_size
     # the same numbers as the model on the last window, scaled by hand
     src = json.loads((run.dir / "data.json").read_text())["input"]
     window = (sine_trend()[-7:] - src["mean"][0]) / src["std"][0]

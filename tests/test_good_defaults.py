@@ -158,8 +158,9 @@ def test_lr_find_is_stable_across_seeds_and_leaves_no_trace(tmp_path, monkeypatc
 
     monkeypatch.chdir(tmp_path)
     out = deepworks.lr_find(DIGITS_CNN, steps=60)
-    assert (tmp_path / "lr-find-run.png").stat().st_size > 10_000 and (tmp_path / "lr-find-run.json").exists()
-    assert out["suggestion"] > 0 and not (tmp_path / "runs").exists()  # no run directory
+    found = tmp_path / "runs" / "lr-find"  # the default place, beside the runs
+    assert (found / "run.png").stat().st_size > 10_000 and (found / "run.json").exists()
+    assert out["suggestion"] > 0 and [p.name for p in (tmp_path / "runs").iterdir()] == ["lr-find"]  # no run directory
 
 
 def test_lr_auto_runs_the_finder_and_records_the_number(tmp_path):

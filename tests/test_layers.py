@@ -38,7 +38,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
     ("pipeline", frozenset({"pipeline", "predictor", "generation", "judge", "analysis", "inspection", "inline"})),
     # deepworks.train / resume: a GAN config to generation, every other to the pipeline
     ("front", frozenset({"front"})),
-    ("capabilities", frozenset({"tune", "labs", "serve", "export", "report", "sklearn"})),
+    ("capabilities", frozenset({"tune", "labs", "serve", "export", "report", "sklearn", "examples"})),
     ("cli", frozenset({"cli", "__main__", "__init__"})),
 ]
 LAYER_OF = {package: rank for rank, (_, packages) in enumerate(LAYERS) for package in packages}

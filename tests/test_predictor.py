@@ -72,7 +72,7 @@ def _digit_png(path: Path, i: int = 0, size: int = 16) -> Path:
 def test_runs_written_at_77911f5_still_predict_the_same(kind, tmp_path, monkeypatch):
     if kind == "embeddings":
         pytest.importorskip("sentence_transformers")
-    monkeypatch.chdir(tmp_path)  # a forecast's PNG goes to the working directory
+    monkeypatch.chdir(tmp_path)  # a forecast's PNG goes under the working directory
     expected = json.loads((OLD / "expected.json").read_text())
     inputs, texts = OLD / "inputs", expected["texts"]
     if kind == "image":

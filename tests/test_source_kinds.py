@@ -166,8 +166,8 @@ def test_predictor_on_a_dataframe_of_history_equals_predict_on_the_csv(series_ru
     [from_frame] = deepworks.Predictor(given.dir).predict(history)
     [from_file] = deepworks.Predictor(files.dir).predict(tmp_path / "history.csv")
     assert from_frame["forecast"] == from_file["forecast"] and from_frame["last"] == from_file["last"] == "2024-04-29"
-    assert from_frame["frame"] == 0 and Path(from_frame["png"]).name == "forecast-dataframe.png"
-    assert (tmp_path / "forecast-dataframe.png").stat().st_size
+    assert from_frame["frame"] == 0 and Path(from_frame["png"]) == Path("runs", "forecasts", "dataframe.png")
+    assert (tmp_path / "runs" / "forecasts" / "dataframe.png").stat().st_size
     both = deepworks.Predictor(given.dir).predict_proba([history, frame.head(60)])
     assert both.shape == (2, 2, 1)
     np.testing.assert_allclose(both[0, :, 0], [step["visits"] for step in from_file["forecast"]], rtol=1e-12)

@@ -23,11 +23,27 @@ app = typer.Typer(
     name="deepworks",
     help="A deep-learning workbench: train, evaluate and use models, from a YAML config or straight from data.",
     no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+    pretty_exceptions_enable=False,  # --install-completion and --show-completion (typer's) stay on
 )
 out = Console()
 err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from deepworks.version import __version__
+
+        out.print(f"deepworks {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    pass
 
 
 @app.command()
@@ -217,7 +233,7 @@ def _train(config: Path | dict | None, set_: list[str] | None, run_dir: Path | N
         run = deepworks.resume(resume)
     else:
         if config is None:
-            raise DeepworksError("train: give a CONFIG.yaml (see examples/configs/), the data (a folder of class "
+            raise DeepworksError("train: give a CONFIG.yaml (`deepworks examples` lists the example configs), the data (a folder of class "
                                  "subfolders, or a table file), or --resume RUN_DIR.")
         run = deepworks.train(config, overrides=set_ or [], run_dir=run_dir)
     if distributed_context().is_main:
@@ -334,12 +350,15 @@ def generate(
         Optional[str], typer.Option("--label", help="cgan: the class to generate (index or name)")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="seed of the noise: the same seed gives the same images")] = 0,
-    out_dir: Annotated[Path, typer.Option("--out", help="folder for the PNGs (one per sample) and grid.png")] = Path(
-        "generated"
-    ),
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out", help="folder for the PNGs (one per sample) and grid.png (default runs/generated/<run's name>)")] = None,
 ) -> None:
     """Sample a GAN run's generator: one PNG per sample plus grid.png in --out."""
     import deepworks
+    from deepworks.runs import default_output
+
+    if out_dir is None:
+        out_dir = default_output("generated", Path(run_dir).resolve().name)
 
     chosen: int | str | None = label
     if label is not None and label.strip().lstrip("-").isdigit():
@@ -385,7 +404,8 @@ def predict(
     out_path: Annotated[
         Optional[Path],
         typer.Option("--out", help="write the predictions to this .csv, .parquet or .jsonl file, one row per input "
-                                   "(forecasting: the forecast as .csv or .json, the PNG beside it)"),
+                                   "(forecasting: the forecast as .csv or .json, the PNG beside it; without --out the PNG goes to "
+                                   "runs/forecasts/)"),
     ] = None,
     probabilities: Annotated[
         bool, typer.Option("--probabilities", help="with --out: one column per class with its probability")
@@ -521,6 +541,53 @@ def datasets(as_json: Annotated[bool, typer.Option("--json", help="print JSON")]
     )
 
 
+def _example_names(incomplete: str) -> list[str]:
+    from deepworks.examples import list_examples
+
+    return [row["name"] for row in list_examples() if row["name"].startswith(incomplete)]
+
+
+@app.command()
+def examples(
+    name: Annotated[Optional[str], typer.Argument(help="an example (no argument: list them); alone, its path is "
+                                                       "printed", autocompletion=_example_names)] = None,
+    dest: Annotated[
+        Optional[Path], typer.Argument(help="with --copy: a .yaml file, or a folder for NAME.yaml (default: ./NAME.yaml)")
+    ] = None,
+    copy: Annotated[bool, typer.Option("--copy", help="copy NAME (and the data it reads) to DEST; never overwrites")] = False,
+) -> None:
+    """The example configs that come with deepworks: list them, print one's path, or copy one to
+    train or edit (`deepworks examples quickstart --copy`, then `deepworks train quickstart.yaml`)."""
+    from deepworks.errors import ConfigError
+    from deepworks.examples import copy_example, example_path, list_examples
+
+    if name is None:
+        if copy or dest is not None:
+            raise ConfigError("deepworks examples --copy: name the example to copy (deepworks examples NAME --copy).")
+        table = Table(title="example configs: deepworks examples NAME [--copy [DEST]]", show_header=True)
+        table.add_column("name", no_wrap=True)
+        table.add_column("what it trains", overflow="fold")
+        for row in list_examples():
+            table.add_row(row["name"], escape(row["description"]))
+        out.print(table)
+        return
+    if not copy:
+        if dest is not None:
+            raise ConfigError(f"deepworks examples {name} {dest}: DEST goes with --copy "
+                              f"(deepworks examples {name} --copy {dest}).")
+        print(example_path(name))  # plain, never wrapped: $(deepworks examples NAME) is a path
+        return
+    done = copy_example(name, dest)
+    config, folder = done["config"], done["folder"]
+    data = "".join(f" and {escape(str(p))}" for p in done["data"])
+    out.print(f"wrote {escape(str(config))}{data}", highlight=False, soft_wrap=True)
+    if done["data"] and folder.resolve() != Path.cwd().resolve():  # its data path is relative to the working folder
+        out.print(f"train it from {escape(str(folder))}, where its data is: cd {escape(str(folder))} && deepworks "
+                  f"train {escape(config.name)}", highlight=False, soft_wrap=True)
+    else:
+        out.print(f"train it: deepworks train {escape(str(config))}", highlight=False, soft_wrap=True)
+
+
 @app.command()
 def models(
     name: Annotated[Optional[str], typer.Argument(help="one model: its keys with descriptions")] = None,
@@ -571,7 +638,7 @@ def _yaml_value(value: object) -> str:
 def lr_find(
     config: Annotated[Path, typer.Argument(help="a run config (YAML)")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: key.path=value")] = None,
-    out_path: Annotated[Optional[Path], typer.Option("--out", help="the plot (PNG); a JSON goes beside it")] = None,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="the plot (PNG; default runs/lr-find/<config name>.png); a JSON goes beside it")] = None,
     steps: Annotated[int, typer.Option("--steps", min=10, help="steps of the range test")] = 200,
     start_lr: Annotated[float, typer.Option("--start-lr", min=0.0, help="first learning rate")] = 1e-7,
     end_lr: Annotated[float, typer.Option("--end-lr", min=0.0, help="last learning rate")] = 10.0,
@@ -664,7 +731,7 @@ def projection(
 @app.command()
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="two or more run directories")],
-    out_path: Annotated[Optional[Path], typer.Option("--out", help="the HTML page (default: ./compare.html)")] = None,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="the HTML page (default: runs/compare/compare.html)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the tables as JSON")] = False,
 ) -> None:
     """Runs side by side: the config keys that differ, their results, and compare.html with the
@@ -827,7 +894,7 @@ def tune(
     ] = None,
     study: Annotated[Optional[str], typer.Option("--study", help="the study's name (default: the config's name)")] = None,
     study_dir: Annotated[
-        Optional[Path], typer.Option("--study-dir", help="where trials and results go (default: studies/<study>)")
+        Optional[Path], typer.Option("--study-dir", help="where trials and results go (default: runs/studies/<study>)")
     ] = None,
     timeout: Annotated[
         Optional[float], typer.Option("--timeout", min=0, help="start no trial after this many seconds")
@@ -887,7 +954,7 @@ def _print_study(summary: dict) -> None:
 @app.command()
 def lab(
     concept: Annotated[Optional[str], typer.Argument(help="the concept (no argument: list the labs)")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="where the PNGs and lab.json go (default labs/CONCEPT)")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="where the PNGs and lab.json go (default runs/labs/CONCEPT)")] = None,
     fast: Annotated[bool, typer.Option("--fast", help="a smaller experiment, in a few seconds")] = False,
     seed: Annotated[int, typer.Option("--seed", min=0, help="seed of the lab's data splits and models")] = 0,
 ) -> None:
@@ -942,7 +1009,9 @@ def _main(argv: list[str] | None) -> int:
 
 def _dispatch(argv: list[str] | None) -> int:
     try:
-        code = app(args=argv, standalone_mode=False)
+        # the program's name whatever started it (python -m deepworks too): the usage lines and shell
+        # completion (which answers to $_DEEPWORKS_COMPLETE) name the command a user types
+        code = app(args=argv, prog_name="deepworks", standalone_mode=False)
     except DeepworksError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code

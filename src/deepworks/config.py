@@ -1091,7 +1091,8 @@ def read_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found. Check the path (examples live in examples/configs/).") from None
+        raise ConfigError(f"{path}: config file not found. Check the path (`deepworks examples` lists the example "
+                          "configs and copies one).") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc}).") from None
     try:

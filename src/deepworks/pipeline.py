@@ -36,7 +36,7 @@ from deepworks.kinds.table import baseline_features
 from deepworks.models.gan import is_adversarial
 from deepworks.models.registry import model_source
 from deepworks.predictor import Run, load_run, predict
-from deepworks.runs import RunDir, atomic_write, new_run_dir
+from deepworks.runs import RunDir, atomic_write, default_output, new_run_dir
 from deepworks.runtime import barrier, broadcast_object, distributed_context
 from deepworks.train import Callback, Trainer
 from deepworks.train.trainer import load_model_weights
@@ -154,7 +154,7 @@ def lr_find(
     """The learning-rate range test of a config, with no run directory: the config's data,
     model, optimizer, batch size and penalties; the learning rate grows from ``start_lr`` to
     ``end_lr`` over ``steps`` steps on a copy of the model. Writes the plot to ``out``
-    (default ``lr-find-<name>.png`` in the working directory) and a JSON beside it; returns
+    (default ``runs/lr-find/<name>.png`` under the working directory) and a JSON beside it; returns
     the suggestion, where the smoothed loss was lowest, the curve and the files."""
     cfg = adopt_source(load_config(config, merge_overrides(overrides, kwargs)))
     from deepworks.train.lr_finder import find_lr
@@ -168,7 +168,8 @@ def lr_find(
         train_cfg = load_config(cfg, {"train.optimizer.lr": 1e-3}).train
     result = find_lr(model, data.train, train_cfg, task=data.task, seed=cfg.seed, augment=_augment(cfg, data),
                      steps=steps, start_lr=start_lr, end_lr=end_lr)
-    files = _save_lr_find(result, Path(out) if out is not None else Path(f"lr-find-{cfg.name}.png"), cfg.name)
+    png = Path(out) if out is not None else default_output("lr-find", f"{cfg.name}.png")
+    files = _save_lr_find(result, png, cfg.name)
     return {**result.to_dict(), "files": files}
 
 

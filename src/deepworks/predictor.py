@@ -373,8 +373,8 @@ def predict(
     A forecasting run takes CSV files or DataFrames of history (the time column and the training
     columns) and returns, per history, the next ``horizon`` values with their time stamps, and
     draws the history with the forecast as a PNG: ``out`` (a ``.csv`` or ``.json`` file, one input
-    only) gets the forecast and the PNG beside it; by default the PNG is ``forecast-<file
-    stem>.png`` (``forecast-dataframe.png``) in the working directory."""
+    only) gets the forecast and the PNG beside it; by default the PNG is ``runs/forecasts/<file
+    stem>.png`` (``runs/forecasts/dataframe.png``) under the working directory."""
     items = [inputs] if isinstance(inputs, (str, Path)) or is_frame(inputs) else inputs
     given = items is not None and (len(items) if hasattr(items, "__len__") else 1)
     if not given and not texts:

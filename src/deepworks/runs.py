@@ -46,9 +46,21 @@ __all__ = [
     "read_checkpoint",
     "versions",
     "existing_run",
+    "OUTPUTS",
+    "default_output",
 ]
 
 CHECKPOINT_FORMAT = "deepworks-checkpoint-1"
+
+# The one folder, under the working folder, that deepworks writes into unless told otherwise (and the
+# one .gitignore names): the runs, and by kind beside them studies/, labs/, compare/, generated/,
+# lr-find/ and forecasts/ (see default_output)
+OUTPUTS = Path("runs")
+
+
+def default_output(kind: str, name: str) -> Path:
+    """Where a command writes ``name`` of ``kind`` when no ``out`` is given: ``runs/<kind>/<name>``."""
+    return OUTPUTS / kind / name
 
 
 def new_run_dir(name: str, base: str | Path = "runs") -> Path:

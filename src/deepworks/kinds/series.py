@@ -27,7 +27,7 @@ from deepworks.errors import ConfigError, DataError
 from deepworks.evaluate.figures import figure_png, forecast_figure
 from deepworks.models.series import ChangeFromLast
 from deepworks.kinds.common import PreparedData, RunInputs, expand_paths
-from deepworks.runs import atomic_write
+from deepworks.runs import atomic_write, default_output
 from deepworks.train.tasks import Forecasting, Task
 
 
@@ -229,7 +229,7 @@ class SeriesInputs(RunInputs):
     def forecast(self, model: nn.Module, task: Task, inputs: Any, out: Path | None) -> list[dict[str, Any]]:
         """The next ``horizon`` values after each history (a file or a pandas DataFrame), with
         their time stamps; a PNG each (``out``: one input only, a ``.csv`` or ``.json`` file for the
-        forecast, the PNG beside it; else ``forecast-<file stem>.png``, ``forecast-dataframe.png``)."""
+        forecast, the PNG beside it; else ``runs/forecasts/<file stem>.png``, ``runs/forecasts/dataframe.png``)."""
         src = self.src
         items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         frames = [i for i, item in enumerate(items) if is_frame(item)]
@@ -252,7 +252,7 @@ class SeriesInputs(RunInputs):
             stamps = history.stamps(len(history) - 1 + np.arange(1, self.horizon + 1))
             forecast = [{src["time"]: stamp_text(s), **{n: float(v) for n, v in zip(src["targets"], row)}}
                         for s, row in zip(stamps, values)]
-            png = out.with_suffix(".png") if out is not None else Path(f"forecast-{stem}.png")
+            png = out.with_suffix(".png") if out is not None else default_output("forecasts", f"{stem}.png")
             shown = min(len(history), max(4 * self.lookback, 8 * self.horizon))  # enough of the past to see the pattern
             figure = forecast_figure(
                 history.stamps(np.arange(len(history) - shown, len(history))),

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from deepworks.errors import DeepworksError, UnknownNameError
+from deepworks.runs import default_output
 
 
 class MissingPiece(DeepworksError):
@@ -172,14 +173,14 @@ def get_lab(name: str) -> Lab:
 
 
 def lab_dir(name: str, out: str | Path | None = None) -> Path:
-    """Where the lab writes: ``out``, or ``labs/<name>`` under the working directory."""
-    return Path(out) if out is not None else Path("labs") / name
+    """Where the lab writes: ``out``, or ``runs/labs/<name>`` under the working directory."""
+    return Path(out) if out is not None else default_output("labs", name)
 
 
 def run_lab(
     name: str, out: str | Path | None = None, *, fast: bool = False, seed: int = 0, echo: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Run the lab ``name``; write its PNGs and lab.json to ``out`` (default ``labs/<name>``) and
+    """Run the lab ``name``; write its PNGs and lab.json to ``out`` (default ``runs/labs/<name>``) and
     return what lab.json holds."""
     spec = get_lab(name)
     missing = missing_pieces(name)
@@ -191,7 +192,7 @@ def run_lab(
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DeepworksError(f"--out {path}: cannot be the lab's folder ({exc.strerror}). Fix: give a folder "
-                             "that is new or already a folder, e.g. --out labs/{name}.".replace("{name}", name)) from None
+                             "that is new or already a folder, e.g. --out runs/labs/{name}.".replace("{name}", name)) from None
     ctx = LabContext(name=name, out=path, fast=fast, seed=seed, echo=echo)
     start = time.perf_counter()
     spec.run(ctx)

@@ -4,7 +4,7 @@
 >>> result["config"]                                                  # doctest: +SKIP
 {'train.optimizer.lr': [0.001, 0.01]}
 >>> result["html"]                                                    # doctest: +SKIP
-'compare.html'
+'runs/compare/compare.html'
 
 Each run is read from its directory alone: ``config.yaml`` (validated with
 :func:`deepworks.config.load_config`, every default filled in), ``summary.json`` (the final
@@ -31,7 +31,7 @@ import yaml
 from deepworks.config import load_run_config
 from deepworks.errors import CheckpointError, ConfigError
 from deepworks.report.plots import _series, data_uri, figure_png
-from deepworks.runs import RunDir, atomic_write
+from deepworks.runs import RunDir, atomic_write, default_output
 
 __all__ = ["compare", "Comparison", "flatten", "differing_keys", "learning_curves", "figure_data_uri", "value_text", "figure_text"]
 
@@ -67,8 +67,8 @@ def compare(runs: Sequence[str | Path], out: str | Path | None = None) -> Compar
     differ (a key a run does not have, or has as null, is None), ``metrics`` the figures of each
     run's ``summary.json`` (val/test accuracy, or R² and MAE for regression runs; best_epoch,
     epochs_run, wall_seconds; None where a run has none), ``notes`` what could not be read.
-    ``out`` is the page's path (default ``compare.html`` in the current directory; a directory
-    gets ``compare.html`` inside it).
+    ``out`` is the page's path (default ``runs/compare/compare.html`` under the current directory;
+    a directory gets ``compare.html`` inside it).
     """
     if isinstance(runs, (str, Path)):
         runs = [runs]
@@ -83,7 +83,7 @@ def compare(runs: Sequence[str | Path], out: str | Path | None = None) -> Compar
     metrics = _metrics(loaded)
     notes = [f"{r.name}: {note}" for r in loaded for note in r.notes]
     figures = learning_curves(loaded)
-    target = Path(out) if out is not None else Path("compare.html")
+    target = Path(out) if out is not None else default_output("compare", "compare.html")
     if target.is_dir():
         target = target / "compare.html"
     atomic_write(target, _render(loaded, config, metrics, notes, figures))

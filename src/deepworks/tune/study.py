@@ -25,6 +25,7 @@ from typing import Any
 
 from deepworks.config import Config, load_config, parse_overrides
 from deepworks.errors import ConfigError, DeepworksError, TrainingError
+from deepworks.runs import OUTPUTS
 from deepworks.train.callbacks import Callback
 from deepworks.train.tasks import metric_mode
 from deepworks.tune.space import SearchSpace, parse_space
@@ -264,7 +265,7 @@ def tune(
     timeout: float | None = None,
     cv: int | None = None,
     overrides: Sequence[str] | Mapping[str, Any] = (),
-    studies_root: str | Path = "studies",
+    studies_root: str | Path = OUTPUTS / "studies",
 ) -> dict[str, Any]:
     """Run (or join, or resume) a hyperparameter study on ``config``'s ``tune`` section.
 
