@@ -270,18 +270,16 @@ def _cross_validate(config: Path | dict | None, set_: list[str] | None, run_dir:
 
 def _check_before_launch(config: Path | dict | None, set_: list[str] | None, resume: Path | None) -> None:
     from deepworks.config import load_config
+    from deepworks.train.tracking import check_trackers
 
     if resume is not None:
         if not (resume / "config.yaml").is_file():
             raise DeepworksError(f"{resume}: not a deepworks run directory (no config.yaml).")
         from deepworks.models.external import run_config
 
-        run_config(resume)
+        check_trackers(run_config(resume).train)
     elif config is not None:
-        if load_config(config, set_ or []).train.tensorboard:
-            from deepworks.train.tensorboard import summary_writer_class
-
-            summary_writer_class()  # a missing package is reported once, not once per process
+        check_trackers(load_config(config, set_ or []).train)  # a missing package is reported once, not once per process
 
 
 _LAUNCH_OPTIONS = ("--nproc", "--nnodes", "--node-rank", "--master-addr", "--dist-timeout")

@@ -43,6 +43,7 @@ __all__ = [
     "EarlyStoppingConfig",
     "GANConfig",
     "TuneConfig",
+    "MlflowConfig",
     "GAN_MODELS",
     "load_config",
     "load_run_config",
@@ -622,6 +623,11 @@ class TrainConfig(Strict):
         "tensorboard_every steps, histograms of each parameter's weights and gradients (needs the tensorboard package)"
     )
     tensorboard_every: int = Field(100, ge=1, description="steps between the weight and gradient histograms of tensorboard")
+    track: list[Literal["mlflow", "tensorboard"]] = Field(
+        default_factory=list, description="experiment trackers the run logs to besides its run directory: mlflow "
+        "(the mlflow section or MLflow's environment variables say where), tensorboard (as train.tensorboard: true); "
+        "one name, a list, or none"
+    )
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     val_every: int = Field(
         1, ge=1, description="validate after every N-th epoch (and always after the last); the best model, early "
@@ -664,6 +670,18 @@ class TrainConfig(Strict):
     num_workers: int | Literal["auto"] = Field(
         "auto", description="DataLoader worker processes for datasets not held in memory"
     )
+
+    @field_validator("track", mode="before")
+    @classmethod
+    def _track_list(cls, value: Any) -> Any:
+        # `track: mlflow` is short for [mlflow]; none (or null) for no tracker
+        if value is None or value == "none":
+            return []
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and len(set(map(str, value))) != len(value):
+            raise ValueError(f"a tracker is named twice in {value!r}; name each once")
+        return value
 
     @field_validator("channels_last", "compile", mode="before")
     @classmethod
@@ -778,6 +796,19 @@ class TuneConfig(Strict):
     retries: int = Field(2, ge=0, description="times a trial whose worker died is run again")
 
 
+class MlflowConfig(Strict):
+    """Where ``train.track: mlflow`` logs; a key left out falls back on MLflow's own environment variables."""
+
+    tracking_uri: str | None = Field(
+        None, description="the MLflow tracking server (http://host:5000) or store (sqlite:///mlflow.db); default: "
+        "MLFLOW_TRACKING_URI, else MLflow's default (./mlflow.db)"
+    )
+    experiment: str | None = Field(
+        None, description="the MLflow experiment the run goes into (created if missing); default: "
+        "MLFLOW_EXPERIMENT_NAME, else the config's name"
+    )
+
+
 class Config(Strict):
     name: str = Field("run", description="run name; the run directory is runs/<name>-<time>")
     seed: int = Field(0, ge=0, le=2**32 - 1)
@@ -790,6 +821,9 @@ class Config(Strict):
         "model.weights) or of an earlier run's model (transfer.from)"
     )
     tune: TuneConfig | None = Field(None, description="deepworks tune: the metric and the search space")
+    mlflow: MlflowConfig | None = Field(
+        None, description="train.track: mlflow: the tracking server and experiment (default: MLflow's environment variables)"
+    )
     report: bool = Field(
         True, description="write report.html (curves, confusion matrix, calibration, ...) into the run at the end of training"
     )

@@ -42,7 +42,7 @@ from deepworks.train import Callback, Trainer
 from deepworks.train.trainer import load_model_weights
 from deepworks.train.tasks import Task
 from deepworks.train.memory import check_batch_memory, counting_batch
-from deepworks.train.tensorboard import summary_writer_class
+from deepworks.train.tracking import Tracker, build_trackers, check_trackers, final_metrics, flat_params
 from deepworks.transfer import Transfer, TransferStages, adopt_source, cache_features, check_transfer
 
 __all__ = [
@@ -70,8 +70,7 @@ def train(
     if is_adversarial(cfg.model.name):
         raise ConfigError(f"model.name: {cfg.model.name} is a GAN, which trains in its own loop. Fix: "
                           "deepworks.train(config) (or `deepworks train CONFIG`) routes it there.")
-    if cfg.train.tensorboard:  # a missing tensorboard package is refused before any work
-        summary_writer_class()
+    check_trackers(cfg.train)  # a missing tensorboard or mlflow package is refused before any work
     dist = distributed_context()
     cfg = adopt_source(cfg)  # transfer.from: the earlier run's model section
     # memory: an image folder's budget counts a training batch (train/memory.py) of the model for its size
@@ -270,6 +269,7 @@ def resume(run_dir: str | Path) -> Run:
     if run.summary.exists() and "test" in run.read_json(run.summary):
         print(f"{run.path}: the run is already complete; nothing to resume.", flush=True)
         return load_run(run.path)
+    check_trackers(cfg.train)
     data = prepare_data(cfg)
     check_same_data(run, data)
     if data.save is not None:  # a run killed before its tokenizer's files were written has them now
@@ -301,15 +301,18 @@ def _fit(
         callbacks = [TransferStages(model), *callbacks]
         data, transfer = _transfer_data(cfg, data, model)
     balance_classes(cfg, data)
+    trackers = _trackers(cfg, data, run, callbacks)
     trainer = Trainer(
         model, cfg.train, run_dir=run.path, task=data.task, seed=cfg.seed, augment=_augment(cfg, data),
-        callbacks=callbacks, checkpoints=not trial, evaluate_train=not trial or _tuned_on_train(cfg),
+        callbacks=[*callbacks, *trackers], checkpoints=not trial, evaluate_train=not trial or _tuned_on_train(cfg),
     )
     test = test and not trial
     try:
         history = trainer.fit(data.train, data.val if len(data.val) else None, resume=resume)
-    except TrainingError as exc:  # a divergence: say why in summary.json and on the console, then stop
-        if test:
+    except BaseException as exc:
+        for tracker in trackers:
+            tracker.end(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        if isinstance(exc, TrainingError) and test:  # a divergence: say why in summary.json and on the console
             trainer.summary = {"task": data.task.name, "epochs_run": trainer.epoch, "diverged": str(exc)}
             _diagnose(cfg, data, trainer, run, error=str(exc))
             if cfg.report and distributed_context().is_main:
@@ -318,8 +321,37 @@ def _fit(
     if not test:  # a cross-validation fold or a tuning trial: validation figures only
         if isinstance(model, Transfer):
             model.reads_features = False
+        files = [] if trial else [run.config, run.summary, run.best]  # a trial logs params and metrics only
+        _end_trackers(trackers, trainer.summary, files)
         return Run(run.path, cfg, trainer.model, data.classes, history, trainer.summary, data.task)
-    return _complete(cfg, data, model, trainer, run, transfer, history)
+    return _complete(cfg, data, model, trainer, run, transfer, history, trackers)
+
+
+def _trackers(cfg: Config, data: PreparedData, run: RunDir, given: Sequence[Callback]) -> list[Tracker]:
+    """The run's trackers (train.track, :mod:`deepworks.train.tracking`) that the caller did not
+    give, and every tracker described: the resolved config as flat params, the run's tags."""
+    import yaml
+
+    from deepworks.version import __version__
+
+    given = [cb for cb in given if isinstance(cb, Tracker)]
+    # the Trainer makes the tensorboard one, in its place among the callbacks
+    built = build_trackers(cfg.train, cfg.mlflow, skip=[*(t.name for t in given), "tensorboard"],
+                           default_experiment=cfg.name)
+    params = flat_params(yaml.safe_load(dump_config(cfg)))
+    tags = {"task": data.task.name, "model": cfg.model.name, "data_fingerprint": data.info.get("split_fingerprint"),
+            "deepworks_version": __version__, "run_dir": str(run.path.resolve())}
+    for tracker in (*given, *built):
+        tracker.describe(params, tags)
+    return built
+
+
+def _end_trackers(trackers: Sequence[Tracker], summary: dict[str, Any], files: Sequence[Path]) -> None:
+    """The run's end for its trackers: the final metrics of ``summary`` and the ``files`` there are."""
+    if trackers and distributed_context().is_main:
+        existing = [Path(f) for f in files if Path(f).is_file()]
+        for tracker in trackers:
+            tracker.end(final_metrics(summary), existing)
 
 
 def _tuned_on_train(cfg: Config) -> bool:
@@ -359,10 +391,10 @@ def finish(run_dir: str | Path) -> Run:
 
 def _complete(
     cfg: Config, data: PreparedData, model: nn.Module, trainer: Trainer, run: RunDir, transfer: dict[str, Any] | None,
-    history: list[dict[str, Any]],
+    history: list[dict[str, Any]], trackers: Sequence[Tracker] = (),
 ) -> Run:
     """The end of a run after training: the test split (touched once, here), predictions,
-    baselines, the diagnosis and the report."""
+    baselines, the diagnosis and the report; then the trackers' end (final metrics, the run's files)."""
     test_report = trainer.evaluate(data.test, keep="test")  # the test split is touched once, here
     trainer.record_test(test_report)
     if isinstance(model, Transfer):
@@ -393,6 +425,7 @@ def _complete(
     _diagnose(cfg, data, trainer, run)
     if cfg.report and distributed_context().is_main:
         write_run_report(run)
+    _end_trackers(trackers, trainer.summary, [run.path / "report.html", run.summary, run.best, run.config])
     return Run(run.path, cfg, trainer.model, data.classes, history, trainer.summary, data.task)
 
 

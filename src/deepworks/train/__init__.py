@@ -7,6 +7,7 @@ from deepworks.train.schedules import SCHEDULES, build_schedule
 from deepworks.train.step import eval_step, train_step
 from deepworks.train.tasks import TASKS, Classification, Regression, Task
 from deepworks.train.tensorboard import TensorBoardLogger
+from deepworks.train.tracking import MlflowTracker, Tracker
 from deepworks.train.trainer import Trainer, load_model_weights
 
 bind_component(("train", "optimizer"), OPTIMIZERS)
@@ -19,6 +20,8 @@ __all__ = [
     "EarlyStopping",
     "ProgressLogger",
     "TensorBoardLogger",
+    "Tracker",
+    "MlflowTracker",
     "OPTIMIZERS",
     "build_optimizer",
     "SCHEDULES",

@@ -63,6 +63,7 @@ _UNUSED = {
     "l2": "remove it (or set the optimizer's weight_decay)",
     "log_gradients": "remove it",
     "tensorboard": "remove it",
+    "track": "remove it (a GAN run logs to its run directory only)",
     "label_smoothing": "use gan.real_label (e.g. 0.9, one-sided label smoothing)",
     "val_every": "remove it (a GAN is not validated each epoch)",
     "tta": "remove it",

@@ -13,7 +13,8 @@ Every event's step is the global optimizer step (the epoch scalars at the step t
 epoch; the ``epoch`` scalar maps steps to epochs). A resumed run keeps writing into the same
 folder: the new writer starts with ``purge_step`` = the checkpoint's step + 1, so TensorBoard
 hides what the killed run logged after its last checkpoint, and the resumed run logs it again
-once. Only the main process writes.
+once. Only the main process writes. It is one of the run's trackers (:mod:`deepworks.train.tracking`),
+``train.track: tensorboard`` being the same as ``train.tensorboard: true``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from deepworks.errors import ConfigError
-from deepworks.train.callbacks import Callback
+from deepworks.train.tracking import Tracker
 
 if TYPE_CHECKING:
     from deepworks.train.trainer import Trainer
@@ -43,7 +44,7 @@ def summary_writer_class() -> type:
     return SummaryWriter
 
 
-class TensorBoardLogger(Callback):
+class TensorBoardLogger(Tracker):
     """Epoch metrics as scalars and, every ``every`` steps, weight and gradient histograms.
 
     The gradients are those the optimizer step just used: ``on_batch_end`` runs after
@@ -51,6 +52,8 @@ class TensorBoardLogger(Callback):
     step. They are the raw gradients after ``train.clip_grad_norm`` and fp16 unscaling, averaged
     over processes under DDP.
     """
+
+    name = "tensorboard"
 
     def __init__(self, every: int = 100, folder: str = "tensorboard"):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:

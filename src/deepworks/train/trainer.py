@@ -50,7 +50,7 @@ from deepworks.train.regularization import penalized_weights, weight_penalty
 from deepworks.train.schedules import build_schedule
 from deepworks.train.step import eval_step, train_step, with_tta
 from deepworks.train.tasks import Task, resolve_task
-from deepworks.train.tensorboard import TensorBoardLogger
+from deepworks.train.tracking import Tracker, build_trackers, final_metrics
 
 __all__ = ["Trainer", "MODEL_FORMAT", "load_model_weights"]
 
@@ -73,6 +73,10 @@ class Trainer:
     ``checkpoints=False`` writes no checkpoint (a run that is never resumed: a tuning trial);
     ``evaluate_train=False`` leaves the training split's figures out of ``summary.json`` (a
     pass over the training data that only the report reads).
+    ``train.track`` names experiment trackers (:mod:`deepworks.train.tracking`): the Trainer makes
+    each one that ``callbacks`` does not already hold (a :class:`Tracker` of that name, e.g. an
+    :class:`MlflowTracker` with its own server) and ends it when ``fit`` ends; a tracker given in
+    ``callbacks`` is the caller's to end.
     """
 
     def __init__(
@@ -122,13 +126,15 @@ class Trainer:
         if self.config.early_stopping is not None:
             es = self.config.early_stopping
             self.callbacks.append(EarlyStopping(es.monitor, es.patience, es.min_delta, es.mode))
-        if self.config.tensorboard:
-            self.callbacks.append(TensorBoardLogger(self.config.tensorboard_every))
+        # train.track's trackers that the caller did not give (tensorboard's place, before the caller's callbacks)
+        self.trackers = build_trackers(self.config, skip=[cb.name for cb in callbacks if isinstance(cb, Tracker)])
+        self.callbacks += self.trackers
         self.callbacks += list(callbacks)
         self.augment = augment  # augment(x, epoch=, step=, rank=) -> x, on training batches only
         self.order = order  # order(epoch, n) -> sample indices of a training epoch, or None: the seeded shuffle
         self.checkpoints, self.evaluate_train = checkpoints, evaluate_train
         self.stop_training = False
+        self.resumed = False  # fit(resume=True): the trackers re-open their runs
         self.history: list[dict[str, Any]] = []
         self.epoch = 0  # completed epochs
         self.step_in_epoch = 0  # batches done in the current epoch
@@ -165,6 +171,7 @@ class Trainer:
             # without validation data the best model is judged on the training metrics
             cfg = self.config = cfg.model_copy(update={"monitor": cfg.monitor.replace("val_", "train_", 1)})
         self._prepare(train_data)
+        self.resumed = resume
         if resume:
             self._load_checkpoint()
         elif self.writes:
@@ -178,6 +185,10 @@ class Trainer:
         try:
             while self.epoch < cfg.epochs and not self.stop_training:
                 self._run_epoch(train_data, val_data)
+        except BaseException as exc:
+            for tracker in self.trackers:
+                tracker.end(status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
         finally:
             for cb in self.callbacks:
                 cb.on_train_end(self)
@@ -194,6 +205,9 @@ class Trainer:
             self.model.load_state_dict(self._best_state)
         if self.run is not None:
             self._write_summary(train_data, val_data)
+        files = [p for p in (self.run.best, self.run.summary) if p.exists()] if self.writes else []
+        for tracker in self.trackers:  # the ones this Trainer made; the caller ends its own
+            tracker.end(final_metrics(self.summary), files)
         return self.history
 
     def _find_lr(self, train_data: Any) -> TrainConfig:

@@ -8,6 +8,10 @@ send a heartbeat; a trial whose worker stopped beating for three heartbeats is m
 and run again (Optuna's ``RetryFailedTrialCallback``), and its new directory records which
 trial it retries. ``trials`` is the number of finished trials the study ends with, however many
 workers share it, so running the command again resumes a study where it stopped.
+
+With ``train.track: mlflow`` the study is one MLflow run (its id kept in the study's storage, so
+every worker and a resumed study log to the same one) and each trial a child run of it (params and
+metrics only); at the end the study's run gets the best trial's figures and files and the study's own.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from deepworks.errors import ConfigError, DeepworksError, TrainingError
 from deepworks.runs import OUTPUTS
 from deepworks.train.callbacks import Callback
 from deepworks.train.tasks import metric_mode
+from deepworks.train.tracking import MlflowTracker, check_trackers, final_metrics, flat_params
 from deepworks.tune.space import SearchSpace, parse_space
 
 __all__ = ["tune", "open_study", "redact", "SAMPLERS", "PRUNERS", "PruneOnPlateau", "objective_names"]
@@ -333,6 +338,8 @@ def tune(
     _record_study(study_, config, base, space, metrics, directions)
     print(f"study {name}: {trials} trials, sampler {sampler}, pruner {pruner}, storage {redact(storage_url)}, "
           f"directory {root}", flush=True)
+    tracker = _study_tracker(cfg, study_, name, {"sampler": sampler, "pruner": pruner, "trials": trials,
+                                                 "metric": metrics, "direction": directions})
 
     def objective(trial: Any) -> Any:
         others = [x for x in study_.get_trials(deepcopy=False) if x.number < trial.number and _counts(x)]
@@ -366,8 +373,16 @@ def tune(
         shown = ", ".join(f"{k}={v}" for k, v in params.items())
         again = f" (retries trial {retried})" if retried is not None else ""
         print(f"trial {trial.number}{again}: {shown}", flush=True)
-        values, pruned_at, epochs, resolved = _run_trial(config, {**base, **params, "tune": None}, run_dir, trial, metrics,
-                                                 pruner != "none", cv)
+        child = tracker.child() if tracker is not None else None
+        try:
+            values, pruned_at, epochs, resolved = _run_trial(config, {**base, **params, "tune": None}, run_dir, trial,
+                                                             metrics, pruner != "none", cv, child)
+        except BaseException:
+            if child is not None:
+                child.end(status="FAILED", tags={"trial": trial.number, "state": "failed"})
+            raise
+        if child is not None:
+            _end_trial_run(child, run_dir, resolved, trial.number, dict(zip(metrics, values, strict=True)), pruned_at)
         trial.set_user_attr("config", resolved)
         trial.set_user_attr("metrics", dict(zip(metrics, values, strict=True)))
         trial.set_user_attr("epochs", epochs)
@@ -405,26 +420,89 @@ def tune(
         _finish_best(study_)
     from deepworks.tune.results import write_results
 
-    return write_results(study_, root, space, metrics, directions, storage_url=redact(storage_url), sampler=sampler,
-                         pruner=pruner, trials=trials, seconds=time.time() - begun)
+    summary = write_results(study_, root, space, metrics, directions, storage_url=redact(storage_url), sampler=sampler,
+                            pruner=pruner, trials=trials, seconds=time.time() - begun)
+    if tracker is not None:
+        _end_study_run(tracker, study_, root, metrics)
+    return summary
+
+
+def _study_tracker(cfg: Config, study: Any, name: str, settings: dict[str, Any]) -> MlflowTracker | None:
+    """With train.track: mlflow, the study's MLflow run, opened or re-opened (its id is a user
+    attribute of the Optuna study, which every worker shares); None without tracking."""
+    if "mlflow" not in cfg.train.track:
+        return None
+    from deepworks.models.gan import is_adversarial
+    from deepworks.version import __version__
+
+    if is_adversarial(cfg.model.name):
+        raise ConfigError(f"train.track: mlflow: a GAN ({cfg.model.name}) logs to its run directory only. Fix: remove "
+                          "train.track (the study's trials are in its directory and study.html).")
+    check_trackers(cfg.train)
+    tracker = MlflowTracker.from_config(cfg.mlflow, default_experiment=cfg.name)
+    space = study.user_attrs.get("space") or {}
+    tracker.describe(flat_params({"study": settings, "space": {k: json.dumps(v) for k, v in space.items()}}),
+                     {"study": name, "task": "tune", "model": cfg.model.name, "deepworks_version": __version__})
+    if tracker.open(study.user_attrs.get("mlflow_run_id"), name=f"study-{name}") is not None:
+        study.set_user_attr("mlflow_run_id", tracker.run_id)
+    return tracker
+
+
+def _end_trial_run(child: MlflowTracker, run_dir: Path, resolved: str, number: int, values: dict[str, float],
+                   pruned_at: int | None) -> None:
+    """A trial's child run ends with its scores as ``final_<metric>`` (its kept model's figures; the
+    per-epoch keys keep one value per epoch); a cross-validated trial's run opens here (its folds log
+    nothing)."""
+    import yaml
+
+    if child.run_id is None:
+        child.describe(flat_params(yaml.safe_load(resolved)), {"run_dir": str(run_dir.resolve())})
+        child.open(name=run_dir.name)
+    summary = run_dir / "summary.json"
+    final = final_metrics(json.loads(summary.read_text())) if summary.is_file() else {}
+    final.update({f"final_{k}": v for k, v in values.items()})
+    child.end(final, tags={"trial": number, "state": "pruned" if pruned_at else "complete"})
+
+
+def _end_study_run(tracker: MlflowTracker, study: Any, root: Path, metrics: list[str]) -> None:
+    """The study's run at its end: the best trial's scores (``best_<metric>``), test figures and files
+    (report, summary, model, config under ``best_trial/``), and the study's own files."""
+    complete = [x for x in study.get_trials(deepcopy=False) if x.state.name == "COMPLETE"]
+    if len(metrics) == 1 and complete:
+        best = study.best_trial
+        run_dir = Path(best.user_attrs["run_dir"])
+        summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+        tracker.log_metrics({f"best_{metrics[0]}": best.value,
+                             **{k: v for k, v in final_metrics(summary).items() if k.startswith("test_")}})
+        files = [run_dir / f for f in ("report.html", "summary.json", "model.safetensors", "config.yaml")]
+        tracker.log_files([f for f in files if f.is_file()], artifact_path="best_trial")
+        tags = {"best_trial": best.number}
+    else:
+        tags = {}
+    files = [root / f for f in ("study.html", "study.json", "trials.csv", "best.yaml")]
+    tracker.end(artifacts=[f for f in files if f.is_file()], tags=tags)
 
 
 def _run_trial(config: Any, overrides: dict[str, Any], run_dir: Path, trial: Any, metrics: list[str], prune: bool,
-               cv: int | None) -> tuple[list[float], int | None, int | None, str]:
+               cv: int | None, child: MlflowTracker | None = None) -> tuple[list[float], int | None, int | None, str]:
     """Train one trial in ``run_dir``: its metrics, the epoch it was pruned at, the epochs it ran
-    (per fold with cv: None) and its resolved config."""
+    (per fold with cv: None) and its resolved config. ``child``: the trial's MLflow run."""
     import deepworks.front as front
     import deepworks.pipeline as pipeline
 
     callback = PruneOnPlateau(trial, metrics[0]) if prune else None
+    callbacks = [c for c in (callback, child) if c is not None]
     try:
         if cv:  # no final model per trial: the best trial's is trained once the study ends
+            if child is not None:  # the folds log nothing to MLflow: the trial's child run gets their means
+                track = load_config(config, overrides).train.track
+                overrides = {**overrides, "train.track": [t for t in track if t != "mlflow"]}
             summary = pipeline.cross_validate(config, folds=int(cv), run_dir=run_dir, overrides=overrides, final=False)
             model = pipeline.load_run(run_dir / "fold-1").model if PARAMETERS in metrics else None
             scores = {f"val_{k}": v for k, v in summary["mean"].items()}
             scores.update({f"train_{k}": v for k, v in (summary.get("train") or {}).items()})
         else:
-            run = front.train_trial(config, run_dir=run_dir, overrides=overrides, callbacks=[callback] if callback else [])
+            run = front.train_trial(config, run_dir=run_dir, overrides=overrides, callbacks=callbacks)
             model, summary = run.model, run.summary
             scores = {f"{split}_{k}": v for split in ("train", "val") for k, v in (summary.get(split) or {}).items()}
     except TrainingError as exc:
