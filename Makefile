@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test fashion clean
+.PHONY: setup demo test fashion docs clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ test: setup
 
 fashion: setup
 	$(VENV)/bin/deepworks train examples/configs/fashion-mnist-cnn.yaml
+
+# the documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link or a missing API name fails
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
