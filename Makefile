@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # the demo's own stamp: the package and its dependencies only (no dev extra); `make test` adds the rest
 BASE_STAMP := $(VENV)/.installed-base
 
-.PHONY: setup demo test fashion dist clean
+.PHONY: setup demo test fashion dist docs clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,10 @@ dist: | $(PY)
 	$(PY) -m pip install -q build
 	rm -rf dist
 	$(PY) -m build --outdir dist
+
+# the documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link or a missing API name fails
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache dist build

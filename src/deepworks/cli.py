@@ -620,7 +620,7 @@ def models(
                          for p in r["params"])
         out.print(f"    keys: {escape(keys) or 'none'}", highlight=False, soft_wrap=True)
     out.print("`deepworks models NAME` describes one model's keys. A model of your own: model.name: "
-              "'package.module:factory' (README, \"Your own model\").", highlight=False)
+              "'package.module:factory' (docs/guide/models.md, \"Your own model\").", highlight=False)
 
 
 def _yaml_value(value: object) -> str:

@@ -810,6 +810,17 @@ class MlflowConfig(Strict):
 
 
 class Config(Strict):
+    """A whole run's config: ``data``, ``model`` and ``train`` sections, the run's ``name`` and ``seed``.
+
+    Build one with :func:`load_config` (a YAML file or a mapping, plus ``--set``-style overrides),
+    which validates every key; an unknown key is a :class:`ConfigError` naming it and the closest
+    valid one. A run saves its resolved config, every default filled in, as ``config.yaml``.
+
+    >>> cfg = load_config({"data": {"dataset": "digits"}, "model": {"name": "cnn"}}, ["train.epochs=5"])
+    >>> cfg.train.epochs, cfg.model.name
+    (5, 'cnn')
+    """
+
     name: str = Field("run", description="run name; the run directory is runs/<name>-<time>")
     seed: int = Field(0, ge=0, le=2**32 - 1)
     data: DataConfig

@@ -276,6 +276,12 @@ def model_from_config(
 
 
 def list_models() -> list[str]:
+    """The names a config's ``model.name`` (or :func:`create_model`) takes, sorted: the built-in models
+    and those registered so far (``deepworks models`` also loads installed packages' entry points).
+
+    >>> "cnn" in list_models() and "lstm" in list_models()
+    True
+    """
     return MODELS.names()
 
 
