@@ -1,4 +1,4 @@
-"""Mutation check of the core numeric modules: evaluate/metrics.py, train/step.py, data/splits.py.
+"""Mutation check of the core numeric modules: evaluation/metrics.py, training/step.py, data/splits.py.
 
 mutmut (configured in pyproject.toml, ``[tool.mutmut]``) changes one thing at a time in those files
 (``<`` to ``<=``, ``+ 1``, a dropped argument, ...) and runs the fast tests that exercise the changed
@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS_JSON = ROOT / "benchmarks" / "results" / "mutation.json"
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
 ALLOWLIST = ROOT / ".ci" / "mutation-allowed.txt"
-GATED = ("src/deepworks/evaluate/metrics.py", "src/deepworks/data/splits.py")  # survivors here fail --check
-MODULES = ("deepworks.evaluate.metrics", "deepworks.train.step", "deepworks.data.splits")
+GATED = ("src/deepworks/evaluation/metrics.py", "src/deepworks/data/splits.py")  # survivors here fail --check
+MODULES = ("deepworks.evaluation.metrics", "deepworks.training.step", "deepworks.data.splits")
 SAMPLES = {10: "0", 5: "[05]", 2: "[02468]"}  # one in N: the last digits of the mutant numbers taken
 
 
@@ -233,7 +233,7 @@ def _write_markdown(result: dict) -> None:
         f"{result['date']}, {result['tool']}: `{result['command']}`, on {result['machine']}; "
         f"{result['seconds']:.0f} s in all (mutant generation, one traced run of the tests, then each mutant "
         "against the tests that reach its function). Configuration: `[tool.mutmut]` in `pyproject.toml` (the "
-        "three files; the fast tests `tests/evaluate/test_metrics.py`, `tests/data/test_splits.py`, "
+        "three files; the fast tests `tests/evaluation/test_metrics.py`, `tests/data/test_splits.py`, "
         "`tests/test_step.py` and the unit tests of `tests/test_subset.py`; error-message text and the console "
         "view `render_report` are not mutated). "
         + ("Every mutant was run." if result["sample"] == "all" else

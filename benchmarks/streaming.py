@@ -43,7 +43,7 @@ from deepworks.config import load_config
 from deepworks.models.registry import model_from_config
 from deepworks.pipeline import prepare_data
 from deepworks.runtime import resolve_precision
-from deepworks.train import Trainer
+from deepworks.training import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402

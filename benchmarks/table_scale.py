@@ -73,7 +73,7 @@ DEEPWORKS = r'''
 import json, os, resource, sys, time
 t0 = time.perf_counter()
 import deepworks
-from deepworks.train import Callback
+from deepworks.training import Callback
 imported = time.perf_counter() - t0
 seen = {}
 

@@ -97,7 +97,7 @@ def run_deepworks(args: argparse.Namespace, precision: str) -> dict:
     import torch
 
     import deepworks
-    from deepworks.train import Callback
+    from deepworks.training import Callback
 
     seen: dict = {"train_seconds": [], "train_cpu_seconds": [], "val_seconds": [], "val_accuracy": []}
 

@@ -34,7 +34,7 @@ from deepworks.data import TensorData
 from deepworks.data.loaders import iterate_batches
 from deepworks.models.registry import model_from_config
 from deepworks.pipeline import prepare_data
-from deepworks.train import Trainer
+from deepworks.training import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402

@@ -13,8 +13,8 @@ from deepworks import Trainer, create_model
 from deepworks.config import load_config
 from deepworks.errors import ConfigError, TrainingError
 from deepworks.models import ACTIVATIONS, INITIALIZERS
-from deepworks.train.regularization import penalized_weights, weight_penalty
-from deepworks.train.step import train_step
+from deepworks.training.regularization import penalized_weights, weight_penalty
+from deepworks.training.step import train_step
 
 
 def data(n=120, seed=0):

@@ -18,7 +18,7 @@ import deepworks  # noqa: F401  (binds the model and optimizer registries)
 from deepworks.config import Config, dump_config, load_config, parse_overrides
 from deepworks.errors import ConfigError
 from deepworks.models import MODELS
-from deepworks.train import OPTIMIZERS
+from deepworks.training import OPTIMIZERS
 
 MINIMAL = {"data": {"dataset": "digits"}, "model": {"name": "cnn"}}
 

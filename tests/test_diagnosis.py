@@ -14,8 +14,8 @@ import torch
 import deepworks
 from deepworks import Callback
 from deepworks.errors import CheckpointError, TrainingError
-from deepworks.evaluate import diagnosis as dg
-from deepworks.evaluate.diagnosis import diagnose, render_diagnosis
+from deepworks.evaluation import diagnosis as dg
+from deepworks.evaluation.diagnosis import diagnose, render_diagnosis
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = [str(i) for i in range(10)]
@@ -218,7 +218,7 @@ def test_poor_calibration_of_an_overconfident_model():
 
 
 def test_vanishing_and_exploding_gradients_from_the_records():
-    from deepworks.train.gradients import EXPLODING
+    from deepworks.training.gradients import EXPLODING
 
     records = [{"step": s, "epoch": 1, "norms": {"net.0": 1e-9, "net.2": 0.01, "net.4": 0.5}} for s in range(1, 11)]
     found = diagnose(healthy_history(), SUMMARY, gradients=records, data_info=INFO,
@@ -326,7 +326,7 @@ def test_behind_baseline_by_task():
 
 def test_odd_records_are_skipped_not_fatal():
     # only odd records: no rule may fire on them (today the result is "healthy"; whether it should
-    # say metrics_missing instead is evaluate/diagnosis.py's call, not this test's)
+    # say metrics_missing instead is evaluation/diagnosis.py's call, not this test's)
     history = [{"epoch": 1, "train_loss": "n/a"}, "garbage", {"no": "epoch"}, {"epoch": 2, "train_loss": None}]
     found = diagnose(history, {"gradients": "odd"}, predictions={"val": {"outputs": 1}}, gradients=[1, {"x": 2}])
     assert len(found) == 1 and kinds(found)[0] in {"healthy", "metrics_missing"}
@@ -478,8 +478,8 @@ def schema_field(config, path):
 
     from deepworks.config import Config
     from deepworks.models.registry import MODELS
-    from deepworks.train.optim import OPTIMIZERS
-    from deepworks.train.schedules import SCHEDULES
+    from deepworks.training.optim import OPTIMIZERS
+    from deepworks.training.schedules import SCHEDULES
 
     registries = {("model",): MODELS, ("train", "optimizer"): OPTIMIZERS, ("train", "schedule"): SCHEDULES}
     model, node, field = Config, config, None

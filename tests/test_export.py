@@ -23,11 +23,11 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import deepworks
-from deepworks.export import to_onnx as onnx_export
+from deepworks.exporting import to_onnx as onnx_export
 from deepworks.data.features import TableEncoder
 from deepworks.data.text import TextEncoder
 from deepworks.errors import DeepworksError
-from deepworks.export import ExportError
+from deepworks.exporting import ExportError
 from deepworks.pipeline import prepare_data
 
 QUIET = {"progress": "none", "batch_size": 32, "epochs": 1}

@@ -18,9 +18,9 @@ from sklearn.metrics import mean_absolute_error, mean_absolute_percentage_error,
 
 import deepworks
 from deepworks.cli import main
-from deepworks.evaluate.forecasting import ForecastAccumulator, forecast_report
-from deepworks.evaluate.predictions import load_predictions
-from deepworks.train.tasks import Forecasting, task_from_record
+from deepworks.evaluation.forecasting import ForecastAccumulator, forecast_report
+from deepworks.evaluation.predictions import load_predictions
+from deepworks.training.tasks import Forecasting, task_from_record
 
 N, HORIZON = 240, 3
 ROOT = Path(__file__).resolve().parents[1]

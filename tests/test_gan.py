@@ -23,7 +23,7 @@ from deepworks import create_model
 from deepworks.cli import main
 from deepworks.errors import ConfigError, ShapeError
 from deepworks.models.gan import is_adversarial, upsamplings
-from deepworks.train.adversarial import AdversarialTrainer, gradient_penalty
+from deepworks.training.adversarial import AdversarialTrainer, gradient_penalty
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"latent": 8, "g_width": 8, "d_width": 8}
@@ -97,7 +97,7 @@ def test_gradient_penalty_of_a_quadratic_critic_by_hand():
 
 
 def test_ema_warms_up_then_keeps_its_decay():
-    from deepworks.train.adversarial import ema_with_warmup
+    from deepworks.training.adversarial import ema_with_warmup
 
     avg = ema_with_warmup(0.999)
     a, c = torch.tensor([1.0]), torch.tensor([0.0])

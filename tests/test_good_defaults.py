@@ -18,7 +18,7 @@ from deepworks import Callback, Trainer
 from deepworks.config import load_config
 from deepworks.data import load_dataset, split_dataset
 from deepworks.errors import ConfigError
-from deepworks.train.regularization import penalized_weights, weight_penalty
+from deepworks.training.regularization import penalized_weights, weight_penalty
 
 DIGITS_SOFTMAX = {"data": {"dataset": "digits"}, "model": {"name": "softmax"}, "train": {"progress": "none"}}
 
@@ -138,7 +138,7 @@ DIGITS_CNN = {"data": {"dataset": "digits"}, "model": {"name": "cnn", "filters":
 def test_lr_find_is_stable_across_seeds_and_leaves_no_trace(tmp_path, monkeypatch):
     from deepworks.models.registry import model_from_config
     from deepworks.pipeline import prepare_data
-    from deepworks.train.lr_finder import find_lr
+    from deepworks.training.lr_finder import find_lr
 
     cfg = load_config(DIGITS_CNN)
     data = prepare_data(cfg)
@@ -185,7 +185,7 @@ def test_lr_auto_with_the_trainer_alone():
 
 
 def test_valley_rule_on_a_known_curve():
-    from deepworks.train.lr_finder import valley
+    from deepworks.training.lr_finder import valley
 
     lrs = [10.0 ** (k / 10) for k in range(-70, 11)]  # 1e-7 .. 10
     # flat until 1e-4, a steady fall to 1e-1 (31 steps), then a blow-up; noise-free

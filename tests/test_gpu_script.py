@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 # the steps described in benchmarks/README.md, in order, and what each one's command must hold
 STEPS = {
-    "gpu-tests": ["-m pytest", "-m gpu", "tests/evaluate/test_metrics.py", "tests/data/test_augment.py",
+    "gpu-tests": ["-m pytest", "-m gpu", "tests/evaluation/test_metrics.py", "tests/data/test_augment.py",
                   "tests/test_serve.py", "--junitxml benchmarks/results/gpu/gpu_tests.xml"],
     "epoch": ["benchmarks/epoch_time.py", "--only deepworks,limit", "--set train.compile=off",
               "--out benchmarks/results/gpu/epoch_time.json"],

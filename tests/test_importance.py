@@ -18,7 +18,7 @@ from deepworks.analysis import _scorer, importance, run_feature_groups
 from deepworks.cli import main
 from deepworks.config import load_config
 from deepworks.errors import CheckpointError, ConfigError, DataError
-from deepworks.evaluate.importance import permutation_importance, plot_importance
+from deepworks.evaluation.importance import permutation_importance, plot_importance
 
 FEATURES = ["noise_a", "signal", "noise_b", "noise_c"]
 

@@ -21,8 +21,8 @@ from deepworks.data.loaders import TensorData, ToInput
 from deepworks.errors import ConfigError
 from deepworks.models.registry import create_model
 from deepworks.runtime import MEMORY_ENV, available_memory
-from deepworks.train import Trainer
-from deepworks.train.memory import (
+from deepworks.training import Trainer
+from deepworks.training.memory import (
     BATCH_SHARE,
     MemoryProfile,
     check_batch_memory,
@@ -44,8 +44,8 @@ from pathlib import Path
 import torch
 from deepworks.data.loaders import ToInput
 from deepworks.models.registry import create_model
-from deepworks.train.optim import build_optimizer
-from deepworks.train.step import train_step
+from deepworks.training.optim import build_optimizer
+from deepworks.training.step import train_step
 
 spec = json.loads(sys.argv[1])
 shape, b, k = tuple(spec["input_shape"]), spec["batch_size"], 10

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from deepworks.errors import ConfigError, UnknownNameError
-from deepworks.train.optim import FUSED, OPTIMIZERS, build_optimizer
+from deepworks.training.optim import FUSED, OPTIMIZERS, build_optimizer
 
 
 def regression(n=64, seed=0):

@@ -17,7 +17,7 @@ import deepworks
 from deepworks.analysis import projection
 from deepworks.cli import main
 from deepworks.errors import ConfigError, DataError
-from deepworks.evaluate.projection import (
+from deepworks.evaluation.projection import (
     capture_activations,
     default_layer,
     find_layer,

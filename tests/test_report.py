@@ -16,8 +16,8 @@ import torch
 import deepworks
 from deepworks.cli import main
 from deepworks.errors import CheckpointError
-from deepworks.evaluate.predictions import load_predictions
-from deepworks.report.sections import SECTIONS, section, sections_for
+from deepworks.evaluation.predictions import load_predictions
+from deepworks.reporting.sections import SECTIONS, section, sections_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -221,8 +221,8 @@ def test_regression_run_gets_its_sections(penguin_regression_run):
     assert "could not be drawn" not in page and 'id="problems"' not in page
     assert "<h3>Baselines</h3>" in page and "ridge" in page and "the network" in page
     # the figures are in grams: the predictions were un-scaled with the training mean and std
-    from deepworks.report.context import load_context
-    from deepworks.report.sections import _unscaled
+    from deepworks.reporting.context import load_context
+    from deepworks.reporting.sections import _unscaled
 
     pred, actual = _unscaled(load_context(run.dir))["test"]
     assert 2000 < actual.mean() < 7000 and 2000 < pred.mean() < 7000

@@ -16,7 +16,7 @@ from deepworks.models import create_model
 from deepworks.models.rnn import steps_back_norms
 from deepworks.models.summary import summarize
 from deepworks.runtime import Precision, resolve_precision
-from deepworks.train.gradients import gradient_reach
+from deepworks.training.gradients import gradient_reach
 
 KINDS = ["rnn", "lstm", "gru"]
 VOCAB = 20
@@ -259,8 +259,8 @@ def test_a_tiny_lstm_learns_and_resumes_exactly(tmp_path):
     reach = full.summary["gradient_reach"]
     assert reach["length"] == 10 and 1 <= reach["steps"] <= 10 and reach["threshold"] == 1e-3
     assert not full.model.track_input_grads and full.model._watched is None
-    from deepworks.report.context import RunContext
-    from deepworks.report.sections import SECTIONS
+    from deepworks.reporting.context import RunContext
+    from deepworks.reporting.sections import SECTIONS
 
     ctx = RunContext(tmp_path / "full", "", summary=full.summary, gradients=records)  # a Trainer's run: no config.yaml
     page = SECTIONS.get("gradients").render(ctx)

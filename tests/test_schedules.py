@@ -12,8 +12,8 @@ from torch import nn
 
 from deepworks.errors import CheckpointError, ConfigError, UnknownNameError
 from deepworks.runs import pack_state, unpack_state
-from deepworks.train.optim import OPTIMIZERS, build_optimizer
-from deepworks.train.schedules import SCHEDULES, Schedule, build_schedule
+from deepworks.training.optim import OPTIMIZERS, build_optimizer
+from deepworks.training.schedules import SCHEDULES, Schedule, build_schedule
 
 SPE = 4  # steps per epoch in the sequence tests
 EPOCHS = 6

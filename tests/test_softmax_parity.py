@@ -24,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 
 from deepworks.data import ImageDataset, channel_stats, load_dataset, normalize, split_dataset
 from deepworks.models import create_model
-from deepworks.train import Callback, Trainer
+from deepworks.training import Callback, Trainer
 
 C = 1.0  # scikit-learn's inverse regularisation strength (its default)
 EPOCHS = 500

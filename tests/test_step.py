@@ -1,4 +1,4 @@
-"""train/step.py against hand-written PyTorch: one step of each kind gives the same loss, logits and
+"""training/step.py against hand-written PyTorch: one step of each kind gives the same loss, logits and
 weights as the plain loop (zero_grad, forward, loss, backward, clip, step), bit for bit where the
 arithmetic is the same. Fast on purpose: the mutation check (benchmarks/mutation.py) runs these
 for every mutant of step.py."""
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from deepworks.runtime import Precision
-from deepworks.train.step import FP32, FlipAverage, eval_step, train_step, with_tta
+from deepworks.training.step import FP32, FlipAverage, eval_step, train_step, with_tta
 
 
 def _model_and_batch(seed: int = 0):

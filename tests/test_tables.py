@@ -21,9 +21,9 @@ from deepworks.cli import main
 from deepworks.data.features import TableEncoder
 from deepworks.data.tabular import load_table, table_target
 from deepworks.data.splits import split_indices
-from deepworks.evaluate.predictions import load_predictions
+from deepworks.evaluation.predictions import load_predictions
 from deepworks.pipeline import prepare_data
-from deepworks.train.tasks import task_from_record
+from deepworks.training.tasks import task_from_record
 
 ROOT = Path(__file__).resolve().parents[1]
 PENGUINS = ROOT / "examples" / "data" / "penguins.csv"

@@ -12,9 +12,9 @@ from torch import nn
 
 from deepworks import Trainer
 from deepworks.errors import ConfigError, DataError, ShapeError
-from deepworks.evaluate.regression import RegressionAccumulator
-from deepworks.train.callbacks import better
-from deepworks.train.tasks import Classification, Regression, metric_mode, task_from_record
+from deepworks.evaluation.regression import RegressionAccumulator
+from deepworks.training.callbacks import better
+from deepworks.training.tasks import Classification, Regression, metric_mode, task_from_record
 
 
 def linear_problem(n=400, f=5, seed=0):

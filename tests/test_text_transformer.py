@@ -183,7 +183,7 @@ def test_kill_mid_epoch_and_resume_is_bitwise(trained, tmp_path, paused_mid_epoc
 def test_export_parity_and_onnx_runtime_fed_by_the_saved_tokenizer(trained, tmp_path):
     import onnxruntime as ort
 
-    from deepworks.export import export
+    from deepworks.exporting import export
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained[1].run.dir, run_dir)
@@ -246,7 +246,7 @@ def test_transfer_freezes_the_encoder_for_warmup_then_decays_lr_by_layer(files):
     from epoch 2 the encoder learns, its layers at backbone_lr_scale x layer_decay^depth."""
     from deepworks.kinds import new_model
     from deepworks.pipeline import prepare_data
-    from deepworks.train import Callback, Trainer
+    from deepworks.training import Callback, Trainer
     from deepworks.transfer import TransferStages
 
     cfg = load_config({**config(files), "transfer": {

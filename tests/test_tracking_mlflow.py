@@ -104,7 +104,7 @@ _STOPPED_RUN = r"""
 import pathlib, signal, sys, time, urllib.request
 import deepworks
 from deepworks.config import load_config
-from deepworks.train import MlflowTracker
+from deepworks.training import MlflowTracker
 
 config, run_dir, marker, uri = sys.argv[1:]
 deadline = time.monotonic() + 240

@@ -246,7 +246,7 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
 def test_bf16_autocast_matches_fp32_closely():
     """bf16 is an approximation: the logits stay within bf16's precision of the fp32 ones."""
     from deepworks.runtime import Precision
-    from deepworks.train.step import eval_step
+    from deepworks.training.step import eval_step
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(128, 3)).eval()

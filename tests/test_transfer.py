@@ -17,7 +17,7 @@ import deepworks
 from deepworks.config import load_config
 from deepworks.errors import ConfigError
 from deepworks.models import create_model
-from deepworks.train import Trainer
+from deepworks.training import Trainer
 from deepworks.transfer import Transfer, body_blocks, fit_state_dict, read_weights_file
 from deepworks.transfer import build as build_transfer
 
@@ -124,7 +124,7 @@ def test_unfrozen_blocks_are_the_top_ones_and_the_rest_never_change(tmp_path):
     x, y = torch.randn(48, 1, 8, 8), torch.arange(48) % 3
     seen = []
 
-    from deepworks.train import Callback
+    from deepworks.training import Callback
     from deepworks.transfer import TransferStages
 
     class Watch(Callback):

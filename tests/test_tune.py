@@ -325,7 +325,7 @@ def test_no_trial_reads_the_test_split_and_the_best_trial_is_completed_once(tmp_
 
     from deepworks.models.external import run_config
     from deepworks.pipeline import load_run, prepare_data
-    from deepworks.train import Trainer
+    from deepworks.training import Trainer
     from deepworks.tune import tune
 
     seen = []

@@ -16,8 +16,8 @@ gradients.jsonl, data.json, config.yaml)::
     for finding in deepworks.diagnose("runs/quickstart-20261124-101500"):
         print(finding["kind"], finding["evidence"], finding["advice"])
 
-The algorithms live in :mod:`deepworks.evaluate.importance`, :mod:`deepworks.evaluate.projection`
-and :mod:`deepworks.evaluate.diagnosis`; this module ties them to a run.
+The algorithms live in :mod:`deepworks.evaluation.importance`, :mod:`deepworks.evaluation.projection`
+and :mod:`deepworks.evaluation.diagnosis`; this module ties them to a run.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ import torch
 from deepworks.config import dump_config, load_config
 from deepworks.data.loaders import TensorData
 from deepworks.errors import CheckpointError, ConfigError, DataError
-from deepworks.evaluate.diagnosis import diagnose_run
-from deepworks.evaluate.importance import permutation_importance, plot_importance
-from deepworks.evaluate.projection import (
+from deepworks.evaluation.diagnosis import diagnose_run
+from deepworks.evaluation.importance import permutation_importance, plot_importance
+from deepworks.evaluation.projection import (
     capture_activations,
     check_method,
     default_layer,
@@ -49,7 +49,7 @@ from deepworks.evaluate.projection import (
 from deepworks.pipeline import PreparedData, Run, check_same_data, load_run, prepare_data
 from deepworks.runs import RunDir, atomic_write
 from deepworks.runtime import resolve_device
-from deepworks.train import Trainer
+from deepworks.training import Trainer
 
 __all__ = ["importance", "projection", "diagnose", "run_feature_groups"]
 
@@ -58,7 +58,7 @@ SPLITS = ("train", "val", "test")
 
 def diagnose(run_dir: str | Path) -> list[dict[str, str]]:
     """What went wrong in a run, in plain words with the numbers: a list of ``{"kind",
-    "evidence", "advice"}`` (see :mod:`deepworks.evaluate.diagnosis`), recomputed from the run
+    "evidence", "advice"}`` (see :mod:`deepworks.evaluation.diagnosis`), recomputed from the run
     directory's files; training stores the same list in ``summary.json`` as ``diagnosis``.
     A missing or cut-short ``metrics.jsonl`` gives a ``metrics_missing`` entry, not an error."""
     return diagnose_run(run_dir)

@@ -270,7 +270,7 @@ def _cross_validate(config: Path | dict | None, set_: list[str] | None, run_dir:
 
 def _check_before_launch(config: Path | dict | None, set_: list[str] | None, resume: Path | None) -> None:
     from deepworks.config import load_config
-    from deepworks.train.tracking import check_trackers
+    from deepworks.training.tracking import check_trackers
 
     if resume is not None:
         if not (resume / "config.yaml").is_file():
@@ -373,8 +373,8 @@ def evaluate(
 ) -> None:
     """Accuracy, per-class and macro precision/recall/F1 and the confusion matrix of a run's best model."""
     import deepworks
-    from deepworks.evaluate import render_regression_report, render_report
-    from deepworks.evaluate.forecasting import render_forecast_report
+    from deepworks.evaluation import render_regression_report, render_report
+    from deepworks.evaluation.forecasting import render_forecast_report
 
     report = deepworks.evaluate(run_dir, split=split)
     if as_json:
@@ -735,7 +735,7 @@ def compare(
     """Runs side by side: the config keys that differ, their results, and compare.html with the
     learning curves overlaid."""
     import deepworks
-    from deepworks.report.compare import figure_text, value_text
+    from deepworks.reporting.compare import figure_text, value_text
 
     result = deepworks.compare(run_dirs, out=out_path)
     if as_json:

@@ -17,7 +17,7 @@ from deepworks.models.external import run_config
 from deepworks.models.gan import is_adversarial
 from deepworks.predictor import Run
 from deepworks.runs import RunDir
-from deepworks.train import Callback
+from deepworks.training import Callback
 
 __all__ = ["train", "train_trial", "resume"]
 
@@ -48,7 +48,7 @@ def train(
 
     Keyword overrides use ``__`` between keys (``train__epochs=5``) or a section mapping
     (``train={"epochs": 5}``). ``callbacks`` are added to the Trainer's (Keras semantics,
-    :class:`~deepworks.train.Callback`). Returns the :class:`Run` with its best model and summary.
+    :class:`~deepworks.training.Callback`). Returns the :class:`Run` with its best model and summary.
     A GAN config (``model.name: dcgan``, ...) trains in its own loop, which takes no callbacks.
     """
     columns = {"target": target, "text": text, "time": time, "task": task}

@@ -28,8 +28,8 @@ from deepworks.models.registry import model_from_config
 from deepworks.predictor import Run
 from deepworks.runs import RunDir, atomic_write, existing_run, new_run_dir
 from deepworks.runtime import distributed_context
-from deepworks.train.adversarial import GENERATOR_FILE, AdversarialTrainer, sample_grid
-from deepworks.train.trainer import load_model_weights
+from deepworks.training.adversarial import GENERATOR_FILE, AdversarialTrainer, sample_grid
+from deepworks.training.trainer import load_model_weights
 
 __all__ = ["train_gan", "resume_gan", "generate", "load_generator"]
 
@@ -103,10 +103,10 @@ def _fit(cfg: Config, train: Any, gan: Any, info: dict[str, Any], run: RunDir, r
 
 
 def _judge(cfg: Config, run: RunDir, info: dict[str, Any], trainer: AdversarialTrainer) -> dict[str, Any]:
-    """Quality and mode collapse of the final generator (:mod:`deepworks.evaluate.generative`):
+    """Quality and mode collapse of the final generator (:mod:`deepworks.evaluation.generative`):
     ``gan.quality_samples`` samples (cgan: the classes in turn) judged by a classifier of the same
     data; printed, and a collapse also warned about."""
-    from deepworks.evaluate.generative import judge_generator, render_quality
+    from deepworks.evaluation.generative import judge_generator, render_quality
     from deepworks.judge import judge_for
 
     judge = judge_for(cfg, judge=cfg.gan.judge, data_info=info, progress=cfg.train.progress)

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from deepworks.evaluate.figures import curves_metric, data_uri, learning_curves
+from deepworks.evaluation.figures import curves_metric, data_uri, learning_curves
 
 __all__ = ["STYLE", "card", "figures_table", "file_link", "image", "cell", "run_card"]
 

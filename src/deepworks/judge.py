@@ -1,6 +1,6 @@
 """The judge of a generative run: a classifier deepworks trained on the same dataset, whose
 features and predictions the quality and collapse measures use
-(:mod:`deepworks.evaluate.generative`).
+(:mod:`deepworks.evaluation.generative`).
 
 Either a finished classification run is named (``judge_for(config, judge=RUN_DIR)``), or
 deepworks trains one with a fixed recipe (:data:`JUDGE_RECIPE`) on the dataset's training
@@ -34,7 +34,7 @@ from deepworks.config import Config, DataConfig, load_config
 from deepworks.data.datasets import data_cache_dir
 from deepworks.data.loaders import TensorData
 from deepworks.errors import CheckpointError, ConfigError, DataError
-from deepworks.evaluate.generative import Judge
+from deepworks.evaluation.generative import Judge
 from deepworks.kinds import kind_of_record
 from deepworks.runs import RunDir
 from deepworks.runtime import resolve_device

@@ -25,10 +25,10 @@ from deepworks.data import build_augment
 from deepworks.data.folders import StreamedImages
 from deepworks.data.memory import given_again
 from deepworks.errors import CheckpointError, ConfigError, TrainingError
-from deepworks.evaluate.baselines import MAX_FIT_ROWS, tabular_baselines, text_baselines
-from deepworks.evaluate.diagnosis import diagnose, render_diagnosis
-from deepworks.evaluate.forecasting import forecast_scores
-from deepworks.evaluate.predictions import confidently_wrong, display_pixels, save_predictions
+from deepworks.evaluation.baselines import MAX_FIT_ROWS, tabular_baselines, text_baselines
+from deepworks.evaluation.diagnosis import diagnose, render_diagnosis
+from deepworks.evaluation.forecasting import forecast_scores
+from deepworks.evaluation.predictions import confidently_wrong, display_pixels, save_predictions
 from deepworks.kinds import PreparedData, choose_model, kind_of_record, new_model, prepare_data
 from deepworks.kinds.common import balance_classes
 from deepworks.models.external import run_config
@@ -38,11 +38,11 @@ from deepworks.models.registry import model_source
 from deepworks.predictor import Run, load_run, predict
 from deepworks.runs import RunDir, atomic_write, default_output, new_run_dir
 from deepworks.runtime import barrier, broadcast_object, distributed_context
-from deepworks.train import Callback, Trainer
-from deepworks.train.trainer import load_model_weights
-from deepworks.train.tasks import Task
-from deepworks.train.memory import check_batch_memory, counting_batch
-from deepworks.train.tracking import Tracker, build_trackers, check_trackers, final_metrics, flat_params
+from deepworks.training import Callback, Trainer
+from deepworks.training.trainer import load_model_weights
+from deepworks.training.tasks import Task
+from deepworks.training.memory import check_batch_memory, counting_batch
+from deepworks.training.tracking import Tracker, build_trackers, check_trackers, final_metrics, flat_params
 from deepworks.transfer import Transfer, TransferStages, adopt_source, cache_features, check_transfer
 
 __all__ = [
@@ -73,11 +73,11 @@ def train(
     check_trackers(cfg.train)  # a missing tensorboard or mlflow package is refused before any work
     dist = distributed_context()
     cfg = adopt_source(cfg)  # transfer.from: the earlier run's model section
-    # memory: an image folder's budget counts a training batch (train/memory.py) of the model for its size
+    # memory: an image folder's budget counts a training batch (training/memory.py) of the model for its size
     with counting_batch(cfg, model_for=lambda shape: choose_model(cfg, shape).model):
         data = prepare_data(cfg)
     cfg = choose_model(cfg, data.input_shape, log=dist.is_main)  # no model named: the data's size chooses it
-    # memory: a training batch that cannot fit is refused, train.batch_size: auto is chosen (train/memory.py)
+    # memory: a training batch that cannot fit is refused, train.batch_size: auto is chosen (training/memory.py)
     cfg = check_batch_memory(cfg, lambda: new_model(cfg, data.input_shape, data.task, data.info, load=False),
                              data.train, world_size=dist.world_size)
     torch.manual_seed(cfg.seed)  # the model's initial weights
@@ -110,7 +110,7 @@ def _resolve_lr(cfg: Config, data: PreparedData, model: nn.Module, augment: Any)
     training split; the resolved config records the chosen number."""
     if cfg.train.optimizer.params.get("lr") != "auto":
         return cfg, None
-    from deepworks.train.lr_finder import find_lr
+    from deepworks.training.lr_finder import find_lr
 
     result = broadcast_object(
         find_lr(model, data.train, cfg.train, task=data.task, seed=cfg.seed, augment=augment)
@@ -128,7 +128,7 @@ def _save_lr_find(result: Any, png: Path, name: str) -> dict[str, str]:
     """The range test as ``png`` and, beside it, the same stem ``.json``."""
     import io
 
-    from deepworks.train.lr_finder import plot_lr_find
+    from deepworks.training.lr_finder import plot_lr_find
 
     buffer = io.BytesIO()
     plot_lr_find(result, title=f"{name}: learning-rate range test").savefig(buffer, format="png", dpi=120)
@@ -156,7 +156,7 @@ def lr_find(
     (default ``runs/lr-find/<name>.png`` under the working directory) and a JSON beside it; returns
     the suggestion, where the smoothed loss was lowest, the curve and the files."""
     cfg = adopt_source(load_config(config, merge_overrides(overrides, kwargs)))
-    from deepworks.train.lr_finder import find_lr
+    from deepworks.training.lr_finder import find_lr
 
     data = prepare_data(cfg)
     cfg = choose_model(cfg, data.input_shape, log=True)
@@ -328,7 +328,7 @@ def _fit(
 
 
 def _trackers(cfg: Config, data: PreparedData, run: RunDir, given: Sequence[Callback]) -> list[Tracker]:
-    """The run's trackers (train.track, :mod:`deepworks.train.tracking`) that the caller did not
+    """The run's trackers (train.track, :mod:`deepworks.training.tracking`) that the caller did not
     give, and every tracker described: the resolved config as flat params, the run's tags."""
     import yaml
 
@@ -463,7 +463,7 @@ def _transfer_data(cfg: Config, data: PreparedData, model: Transfer) -> tuple[Pr
 
 
 def _diagnose(cfg: Config, data: PreparedData, trainer: Trainer, run: RunDir, error: str | None = None) -> None:
-    """The diagnosis (:mod:`deepworks.evaluate.diagnosis`) of the run just trained, from what is
+    """The diagnosis (:mod:`deepworks.evaluation.diagnosis`) of the run just trained, from what is
     in memory: ``summary.json`` -> ``diagnosis``, and printed unless ``train.progress`` is none."""
     if not distributed_context().is_main:
         return
@@ -479,7 +479,7 @@ def _diagnose(cfg: Config, data: PreparedData, trainer: Trainer, run: RunDir, er
 
 def write_run_report(run: RunDir) -> None:
     """``report.html`` at the end of a run (config ``report: false`` turns it off)."""
-    from deepworks.report import write_report
+    from deepworks.reporting import write_report
 
     try:
         path = write_report(run.path)

@@ -36,10 +36,10 @@ from deepworks.models.external import run_config
 from deepworks.models.gan import is_adversarial
 from deepworks.runs import RunDir, existing_run
 from deepworks.runtime import has_conv, resolve_device, return_large_blocks
-from deepworks.train import load_model_weights
-from deepworks.train.memory import device_memory, inference_batch_size
-from deepworks.train.step import with_tta
-from deepworks.train.tasks import Classification, Task, task_from_record
+from deepworks.training import load_model_weights
+from deepworks.training.memory import device_memory, inference_batch_size
+from deepworks.training.step import with_tta
+from deepworks.training.tasks import Classification, Task, task_from_record
 
 __all__ = ["Predictor", "PredictionWriter", "Run", "load_run", "predict"]
 
@@ -133,7 +133,7 @@ class Predictor:
 
     def _default_batch(self) -> int:
         """The largest batch up to :data:`MAX_BATCH` whose forward pass (inputs and every layer's
-        activations, estimated by :mod:`deepworks.train.memory`) fits :data:`BATCH_BYTES`, and the
+        activations, estimated by :mod:`deepworks.training.memory`) fits :data:`BATCH_BYTES`, and the
         device's free memory: predicting keeps a small footprint whatever the number of inputs."""
         available = min(device_memory(self.device), BATCH_BYTES)
         return inference_batch_size(self.run.model, self.inputs.shape, available, cap=MAX_BATCH,

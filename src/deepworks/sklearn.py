@@ -38,8 +38,8 @@ from deepworks.errors import ConfigError, ShapeError, close_matches
 from deepworks.models.gan import is_adversarial
 from deepworks.models.registry import MODELS, create_model, takes_flat_input
 from deepworks.runtime import resolve_precision
-from deepworks.train.tasks import Classification, Regression
-from deepworks.train.trainer import Trainer
+from deepworks.training.tasks import Classification, Regression
+from deepworks.training.trainer import Trainer
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _validate_data

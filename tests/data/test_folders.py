@@ -25,7 +25,7 @@ from deepworks.data.images import decode_image, load_pixels, resize_pixels
 from deepworks.data.loaders import iterate_batches
 from deepworks.errors import ConfigError, DataError
 from deepworks.pipeline import prepare_data
-from deepworks.train import Callback
+from deepworks.training import Callback
 
 ROOT = Path(__file__).resolve().parents[2]
 

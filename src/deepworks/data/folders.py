@@ -77,7 +77,7 @@ SCAN_PREFETCH = 4  # decoding batches each worker process has in flight
 @dataclass(frozen=True)
 class TrainingBatch:
     """What one training batch needs in host memory, for a folder's memory budget. The data
-    layer builds no models: the trainer's side supplies this (``deepworks.train.memory.counting_batch``)
+    layer builds no models: the trainer's side supplies this (``deepworks.training.memory.counting_batch``)
     around loading, and :func:`open_folder` counts it with the pixels and decoding buffers."""
 
     batch_size: int | None  # samples per training batch; None: the whole training split (L-BFGS)

@@ -26,7 +26,7 @@ from deepworks.kinds import embeddings, image, series, subwords, table, text
 from deepworks.kinds.common import Batch, PreparedData, RunInputs
 from deepworks.models.cnn import global_pool_default
 from deepworks.models.registry import model_from_config
-from deepworks.train.tasks import Task
+from deepworks.training.tasks import Task
 from deepworks.transfer import build as build_transfer
 
 __all__ = [

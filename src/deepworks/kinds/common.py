@@ -20,7 +20,7 @@ from deepworks.config import Config
 from deepworks.data.loaders import TensorData, balanced_weights
 from deepworks.data.splits import kfold_indices
 from deepworks.errors import ConfigError, DataError
-from deepworks.train.tasks import Classification, Task
+from deepworks.training.tasks import Classification, Task
 
 SPLITS = ("train", "val", "test")
 

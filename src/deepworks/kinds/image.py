@@ -33,8 +33,8 @@ from deepworks.kinds.common import (
     SPLITS, Batch, PreparedData, RunInputs, apply_fold, check_on_error, class_counts, data_seed, expand_paths,
     fingerprint, subset_record,
 )
-from deepworks.train.step import with_tta
-from deepworks.train.tasks import Classification
+from deepworks.training.step import with_tta
+from deepworks.training.tasks import Classification
 from deepworks.transfer.weights import installed_weights
 
 FILE_SCALE = 1 / 255  # 8-bit image files: stored integers -> [0, 1]

@@ -24,11 +24,11 @@ from deepworks.data.series import (
 )
 from deepworks.data.tabular import check_column, is_frame, read_table
 from deepworks.errors import ConfigError, DataError
-from deepworks.evaluate.figures import figure_png, forecast_figure
+from deepworks.evaluation.figures import figure_png, forecast_figure
 from deepworks.models.series import ChangeFromLast
 from deepworks.kinds.common import PreparedData, RunInputs, expand_paths
 from deepworks.runs import atomic_write, default_output
-from deepworks.train.tasks import Forecasting, Task
+from deepworks.training.tasks import Forecasting, Task
 
 
 def wrap_model(model: nn.Module, info: dict[str, Any]) -> nn.Module:

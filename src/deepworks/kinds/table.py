@@ -28,7 +28,7 @@ from deepworks.kinds.common import (
     Batch, PreparedData, RunInputs, apply_fold, check_on_error, class_counts, data_seed, expand_paths, fingerprint,
     subset_record, tensor_splits,
 )
-from deepworks.train.tasks import Classification, Regression, Task
+from deepworks.training.tasks import Classification, Regression, Task
 
 
 def prepare(config: Config, fold: tuple[int, int | None] | None = None, source: Any = None) -> PreparedData:

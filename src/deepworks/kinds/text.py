@@ -28,7 +28,7 @@ from deepworks.kinds.common import (
     SPLITS, Batch, PreparedData, RunInputs, apply_fold, check_on_error, class_counts, data_seed, fingerprint,
     subset_record,
 )
-from deepworks.train.tasks import Classification, Regression, Task
+from deepworks.training.tasks import Classification, Regression, Task
 
 
 @dataclass

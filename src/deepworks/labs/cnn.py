@@ -8,7 +8,7 @@ from torch import nn
 
 from deepworks.data.datasets import fashion_mnist_on_disk
 from deepworks.labs import LabContext, lab
-from deepworks.train import Callback
+from deepworks.training import Callback
 
 
 class _Snapshot(Callback):

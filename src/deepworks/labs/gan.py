@@ -34,7 +34,7 @@ def gan(lab: LabContext) -> None:
     from torchvision.utils import make_grid
 
     import deepworks
-    from deepworks.evaluate.generative import ModeCollapseWarning
+    from deepworks.evaluation.generative import ModeCollapseWarning
     from deepworks.judge import judge_for
 
     # --fast: 3 epochs with both learning rates at 5e-4 (2.5x DCGAN's 2e-4) cover 6 to 9 of the 10 digits

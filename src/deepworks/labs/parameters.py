@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from deepworks.labs import LabContext, lab
-from deepworks.train import Callback
+from deepworks.training import Callback
 
 
 class _Before(Callback):

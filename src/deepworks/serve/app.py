@@ -103,7 +103,7 @@ class ServedModel:
             raise ConfigError("serve --backend onnx needs ONNX Runtime: pip install 'deepworks[export]'.") from None
         path = self.run_dir / "model.onnx"
         if not path.exists() or not path.with_name("model.onnx.json").exists():
-            from deepworks.export import export
+            from deepworks.exporting import export
 
             export(self.run_dir)
         self.sidecar = json.loads(path.with_name("model.onnx.json").read_text())

@@ -28,7 +28,7 @@ from torch import nn
 
 from deepworks.data.loaders import TensorData, iterate_batches
 from deepworks.models.zoo import Backbone, InputAdapter
-from deepworks.train.callbacks import Callback
+from deepworks.training.callbacks import Callback
 from deepworks.transfer.weights import head_name
 
 __all__ = ["Transfer", "body_blocks", "cache_features", "CachedFeatures", "TransferStages"]

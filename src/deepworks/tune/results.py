@@ -230,7 +230,7 @@ def _numeric(values: list[Any], dim: Any) -> tuple[list[float], list[str] | None
 
 
 def _history_png(rows: list[dict[str, Any]], metric: str, direction: str) -> bytes:
-    from deepworks.report.plots import figure_png, new_figure
+    from deepworks.reporting.plots import figure_png, new_figure
 
     fig = new_figure(7.5, 3.4, left=0.8, bottom=0.55)
     ax = fig.add_subplot(1, 1, 1)
@@ -258,7 +258,7 @@ def _history_png(rows: list[dict[str, Any]], metric: str, direction: str) -> byt
 
 
 def _pareto_png(rows: list[dict[str, Any]], metrics: list[str], front: set[int]) -> bytes:
-    from deepworks.report.plots import figure_png, new_figure
+    from deepworks.reporting.plots import figure_png, new_figure
 
     fig = new_figure(6.5, 4.0, left=0.9, bottom=0.6)
     ax = fig.add_subplot(1, 1, 1)
@@ -277,7 +277,7 @@ def _pareto_png(rows: list[dict[str, Any]], metrics: list[str], front: set[int])
 def _parallel_png(rows: list[dict[str, Any]], space: SearchSpace, metric: str) -> bytes:
     from matplotlib import colormaps
 
-    from deepworks.report.plots import figure_png, new_figure
+    from deepworks.reporting.plots import figure_png, new_figure
 
     done = [r for r in rows if r["state"] == "complete" and r.get(metric) is not None]
     axes = [*space.keys, metric]
@@ -323,7 +323,7 @@ def _parallel_png(rows: list[dict[str, Any]], space: SearchSpace, metric: str) -
 
 
 def _slices_png(rows: list[dict[str, Any]], space: SearchSpace, metric: str) -> bytes:
-    from deepworks.report.plots import figure_png, new_figure
+    from deepworks.reporting.plots import figure_png, new_figure
 
     done = [r for r in rows if r["state"] == "complete" and r.get(metric) is not None]
     n = len(space.keys)
@@ -350,7 +350,7 @@ def _slices_png(rows: list[dict[str, Any]], space: SearchSpace, metric: str) -> 
 
 
 def _importance_png(found: dict[str, float], metric: str) -> bytes:
-    from deepworks.report.plots import figure_png, new_figure
+    from deepworks.reporting.plots import figure_png, new_figure
 
     keys = list(found)[::-1]
     fig = new_figure(6.0, 0.5 + 0.35 * max(1, len(keys)), left=2.0, bottom=0.45, top=0.3)
@@ -364,8 +364,8 @@ def _importance_png(found: dict[str, float], metric: str) -> bytes:
 def render_study_page(study: Any, summary: dict[str, Any], rows: list[dict[str, Any]], space: SearchSpace,
                       metrics: list[str], directions: list[str]) -> str:
     """The study as one self-contained HTML page (no script, nothing fetched)."""
-    from deepworks.report.html import CSP, STYLE
-    from deepworks.report.sections import facts, figure, note, table
+    from deepworks.reporting.html import CSP, STYLE
+    from deepworks.reporting.sections import facts, figure, note, table
 
     e = html.escape
     parts: list[str] = []

@@ -30,9 +30,9 @@ from typing import Any
 from deepworks.config import Config, load_config, parse_overrides
 from deepworks.errors import ConfigError, DeepworksError, TrainingError
 from deepworks.runs import OUTPUTS
-from deepworks.train.callbacks import Callback
-from deepworks.train.tasks import metric_mode
-from deepworks.train.tracking import MlflowTracker, check_trackers, final_metrics, flat_params
+from deepworks.training.callbacks import Callback
+from deepworks.training.tasks import metric_mode
+from deepworks.training.tracking import MlflowTracker, check_trackers, final_metrics, flat_params
 from deepworks.tune.space import SearchSpace, parse_space
 
 __all__ = ["tune", "open_study", "redact", "SAMPLERS", "PRUNERS", "PruneOnPlateau", "objective_names"]
