@@ -28,10 +28,12 @@ $(STAMP): pyproject.toml Makefile | $(PY)
 demo: $(BASE_STAMP)
 	$(VENV)/bin/deepworks train examples/configs/quickstart.yaml
 
-# the suite runs in a random order (pytest-randomly); the seed is printed at the end: replay one with
-# make test PYTEST_ARGS='--randomly-seed=N'
+# the suite runs in a random order (pytest-randomly) in one worker process per core (pytest-xdist); the
+# seed is printed at the end: replay that order in one process with
+# make test PYTEST_ARGS='--randomly-seed=N' PYTEST_WORKERS=0 (each worker ran a part of it, in that order)
+PYTEST_WORKERS ?= auto
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 fashion: $(BASE_STAMP)
 	$(VENV)/bin/deepworks train examples/configs/fashion-mnist-cnn.yaml

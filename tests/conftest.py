@@ -187,5 +187,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     in the header, which -q hides): a failure that depends on the order can be replayed."""
     seed = getattr(config.option, "randomly_seed", None)
     if seed is not None and config.pluginmanager.has_plugin("randomly"):
-        terminalreporter.write_line(f"random test order: --randomly-seed={seed} (replay: make test "
-                                    f"PYTEST_ARGS='--randomly-seed={seed}')")
+        terminalreporter.write_line(f"random test order: --randomly-seed={seed} (replay in one process: make test "
+                                    f"PYTEST_ARGS='--randomly-seed={seed}' PYTEST_WORKERS=0)")
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker process gets one torch thread (and so do the programs it starts,
+    through OMP_NUM_THREADS): two workers on a 2-core machine then share it without oversubscription."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)

@@ -218,7 +218,9 @@ def _image_classification(out: Path, n: dict) -> None:
     confusion = np.array(n["confusion_matrix"])
     assert confusion.sum() == n["sizes"]["test"]
     assert n["test"]["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum()) and n["test"]["accuracy"] > 0.8
-    assert n["predicted_right"] >= n["predicted_files"] - 1
+    # a PNG written from a test image and read back by predict gets the answer the model gave that image
+    # in evaluation (how many are right follows the accuracy: 2 to 4 of 4 at 0.84-0.85 in --fast mode)
+    assert n["predicted_as_tested"] == n["predicted_files"] and 0 <= n["predicted_right"] <= n["predicted_files"]
 
 
 def _backprop(out: Path, n: dict) -> None:

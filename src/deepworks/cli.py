@@ -480,7 +480,8 @@ def _print_forecasts(results: list[dict], as_json: bool = False) -> None:
         for row in rows:
             table.add_row(*(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row.values()))
         out.print(table)
-        out.print(f"wrote {r['png']}" + (f" and {r['out']}" if r.get("out") else ""))
+        out.print(f"wrote {escape(str(r['png']))}" + (f" and {escape(str(r['out']))}" if r.get("out") else ""),
+              highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -658,7 +659,8 @@ def lr_find(
         f"descent; the loss was lowest at {result['min_lr_at']:.3g}; {result['stopped']}). Use it: --set "
         f"train.optimizer.lr={result['suggestion']:.3g}, or train.optimizer.lr: auto to run this test before training."
     )
-    out.print(f"wrote {result['files']['png']} and {result['files']['json']}")
+    out.print(f"wrote {escape(str(result['files']['png']))} and {escape(str(result['files']['json']))}",
+              highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -693,7 +695,7 @@ def importance(
         f"{result['repeats']} permutation(s) per column"
     )
     files = result["files"]
-    out.print(f"wrote {files['json']} and {files['png']}")
+    out.print(f"wrote {escape(str(files['json']))} and {escape(str(files['png']))}", highlight=False, soft_wrap=True)
     if "config" in files:
         out.print(f"the run's config on the top {keep_top} column(s): {files['config']}")
         out.print(f"train on them: deepworks train {files['config']}")
@@ -723,7 +725,7 @@ def projection(
         f"{name} of layer {result['layer']!r} ({result['captured']}, {result['dims']} values per sample) "
         f"on {result['points']} {result['split']} samples"
     )
-    out.print(f"wrote {result['png']} and {result['csv']}")
+    out.print(f"wrote {escape(str(result['png']))} and {escape(str(result['csv']))}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -758,7 +760,7 @@ def compare(
         out.print(table)
     for note in result["notes"]:
         out.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
-    out.print(f"wrote {escape(result['html'])}")
+    out.print(f"wrote {escape(result['html'])}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -845,11 +847,11 @@ def serve(
         from deepworks.errors import ConfigError
 
         raise ConfigError("deepworks serve needs FastAPI and uvicorn: pip install 'deepworks[serve]'.") from None
-    from deepworks.serve.app import ENV_SETTINGS, ServedModel, _check_device, check_api_key, create_app, exposure_warning
+    from deepworks.serve.app import ENV_SETTINGS, ServedModel, check_device, check_api_key, create_app, exposure_warning
 
     if api_key is not None:
         check_api_key(api_key)  # an unusable key fails here (without quoting it), before an export or a worker
-    _check_device(device, backend)  # as does a device this machine lacks
+    check_device(device, backend)  # as does a device this machine lacks
     if backend == "onnx" and not (Path(run_dir) / "model.onnx").exists():
         import deepworks
 
@@ -946,7 +948,8 @@ def _print_study(summary: dict) -> None:
         if "error" not in found:
             out.print(f"importance for {escape(metric)}: "
                       + ", ".join(f"{escape(k)} {v:.2f}" for k, v in found.items()), highlight=False)
-    out.print(f"wrote {escape(str(root / 'study.html'))} and {escape(str(root / 'trials.csv'))}", highlight=False)
+    out.print(f"wrote {escape(str(root / 'study.html'))} and {escape(str(root / 'trials.csv'))}", highlight=False,
+              soft_wrap=True)
 
 
 @app.command()
@@ -972,7 +975,8 @@ def lab(
     result = run_lab(concept, out_dir, fast=fast, seed=seed, echo=lambda line: out.print(escape(line), highlight=False))
     where = lab_dir(concept, out_dir)
     files = ", ".join(result["figures"] + ["lab.json"])
-    out.print(f"wrote {escape(files)} in {escape(str(where))} ({result['seconds']:.1f} s)", highlight=False)
+    out.print(f"wrote {escape(files)} in {escape(str(where))} ({result['seconds']:.1f} s)", highlight=False,
+              soft_wrap=True)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -62,11 +62,17 @@ def image_classification(lab: LabContext) -> None:
     for i in range(lab.pick(4, 6)):
         pixels = (data.test.x[i, 0].numpy().astype(float) * scale * 255).round().clip(0, 255).astype(np.uint8)
         path = lab.out / f"test_image_{i}.png"
-        Image.fromarray(pixels, mode="L").resize((32, 32), Image.NEAREST).save(path)  # any size: predict resizes
+        Image.fromarray(pixels, mode="L").save(path)  # the test image itself, 8x8 grey
         files.append(path)
         truths.append(run.classes[int(data.test.y[i])])
     predictions = deepworks.predict(run.dir, files, top_k=3)
     right = sum(p["prediction"] == t for p, t in zip(predictions, truths))
+    # what the run's model answered for the same test images during evaluation (its saved outputs):
+    # a file read back through predict must get that same answer (the same preprocessing)
+    from deepworks.evaluation.predictions import load_predictions
+
+    tested = load_predictions(run.dir / "predictions.safetensors")["test"]["outputs"][: len(files)].argmax(1)
+    as_tested = sum(p["prediction"] == run.classes[int(c)] for p, c in zip(predictions, tested))
 
     lab.record(
         sizes=sizes, class_counts=counts, normalise_mean=mean, normalise_std=std, **stats,
@@ -75,6 +81,7 @@ def image_classification(lab: LabContext) -> None:
         train_accuracy=[h["train_accuracy"] for h in hist], val_accuracy=[h["val_accuracy"] for h in hist],
         test={k: report[k] for k in ("accuracy", "macro_precision", "macro_recall", "macro_f1")},
         confusion_matrix=confusion, predicted_files=len(files), predicted_right=right,
+        predicted_as_tested=as_tested,
     )
     _figures(lab, data, counts, originals, views, hist, best_epoch, confusion, report, files, predictions, truths)
 
@@ -92,7 +99,8 @@ def image_classification(lab: LabContext) -> None:
             f"macro precision {report['macro_precision']:.1%}, recall {report['macro_recall']:.1%}, F1 "
             f"{report['macro_f1']:.1%}; the most frequent confusion is a true {worst[0]} read as {worst[1]} "
             f"({int(confusion[worst])} times).")
-    lab.say(f"Inference: deepworks.predict on {len(files)} PNG files got {right} right; the same run can be exported "
+    lab.say(f"Inference: deepworks.predict on {len(files)} PNG files got {right} right, each the answer the model gave "
+            f"that test image in evaluation ({as_tested} of {len(files)}); the same run can be exported "
             f"to ONNX (deepworks export RUN) and served over HTTP (deepworks serve RUN).")
 
 

@@ -71,7 +71,7 @@ class ServedModel:
                               "and never fetches a model. Fix: download the run yourself and give its folder.")
         if backend not in BACKENDS:
             raise ConfigError(f"serve --backend: expected one of {', '.join(BACKENDS)}, got {backend!r}.")
-        self.device = _check_device(device, backend)
+        self.device = check_device(device, backend)
         self.run = existing_run(run_dir)
         self.run_dir, self.backend = self.run.path, backend
         if not self.run.data.exists():
@@ -171,7 +171,7 @@ class ServedModel:
         return out
 
 
-def _check_device(device: str, backend: str) -> str:
+def check_device(device: str, backend: str) -> str:
     """``device`` for the torch backend's model (``cpu``, ``cuda``, ``cuda:N``), checked before any loading."""
     if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise ConfigError(f"serve device: expected cpu, cuda or cuda:N, got {device!r}. Fix: device='cpu' (the default).")

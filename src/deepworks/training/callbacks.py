@@ -6,6 +6,8 @@ import html
 import math
 import sys
 import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deepworks.training.tasks import metric_mode
@@ -197,3 +199,17 @@ class ProgressLogger(Callback):
             self._progress.stop()
             self._progress = None
         self._notebook = None  # its last state stays in the notebook
+
+
+class Tracker(Callback):
+    """What a run tells an experiment tracker (:mod:`deepworks.training.tracking`); ``name`` is its
+    ``train.track`` name."""
+
+    name = "tracker"
+
+    def describe(self, params: Mapping[str, str], tags: Mapping[str, str]) -> None:
+        """What the run is, before it starts: flat params (``{"train.epochs": "3"}``) and tags."""
+
+    def end(self, metrics: Mapping[str, float] | None = None, artifacts: Sequence[Path] = (),
+            status: str = "FINISHED") -> None:
+        """The run is over: its final metrics, its files, and how it ended (FINISHED, FAILED or KILLED)."""

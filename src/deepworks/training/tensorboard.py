@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from deepworks.errors import ConfigError
-from deepworks.training.tracking import Tracker
+from deepworks.training.callbacks import Tracker
 
 if TYPE_CHECKING:
     from deepworks.training.trainer import Trainer

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from deepworks.errors import ConfigError
 from deepworks.runs import atomic_write
-from deepworks.training.callbacks import Callback
+from deepworks.training.callbacks import Tracker
 
 if TYPE_CHECKING:
     from deepworks.config import MlflowConfig, TrainConfig
@@ -41,19 +41,6 @@ __all__ = ["Tracker", "MlflowTracker", "tracker_names", "check_trackers", "build
 MLFLOW_FIX = "pip install 'deepworks[mlflow]' (or pip install mlflow), or remove mlflow from train.track"
 MLFLOW_RECORD = "mlflow.json"  # in the run directory: the MLflow run it logs to, re-opened by --resume
 PROBE_SECONDS = 5.0  # how long the start waits for a tracking server to answer at all
-
-
-class Tracker(Callback):
-    """What a run tells an experiment tracker (see the module's text); ``name`` is its ``train.track`` name."""
-
-    name = "tracker"
-
-    def describe(self, params: Mapping[str, str], tags: Mapping[str, str]) -> None:
-        """What the run is, before it starts: flat params (``{"train.epochs": "3"}``) and tags."""
-
-    def end(self, metrics: Mapping[str, float] | None = None, artifacts: Sequence[Path] = (),
-            status: str = "FINISHED") -> None:
-        """The run is over: its final metrics, its files, and how it ended (FINISHED, FAILED or KILLED)."""
 
 
 def tracker_names(config: TrainConfig) -> list[str]:
