@@ -29,6 +29,24 @@ def test_version_option_prints_the_version(capsys):
     assert code == 0 and out == f"deepworks {__version__}\n"
 
 
+def test_the_command_line_starts_without_torch_and_the_public_names_load_on_use():
+    """`import deepworks.cli` (every command, --version, each completion TAB) imports no torch; the public
+    names of deepworks load on first use and are the objects their modules define."""
+    code = ("import sys, deepworks.cli; assert 'torch' not in sys.modules, 'torch imported'; "
+            "import deepworks; assert set(deepworks.__all__) <= set(dir(deepworks)); "
+            "assert 'torch' not in sys.modules; "
+            "from deepworks.front import train; from deepworks.reporting import write_report; "
+            "assert deepworks.train is train and deepworks.report is write_report; "
+            "import deepworks.evaluation.metrics as m; assert deepworks.evaluation.metrics is m; "
+            "assert callable(deepworks.evaluate) and all(getattr(deepworks, n) is not None for n in deepworks.__all__)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        import deepworks
+
+        deepworks.no_such_name  # noqa: B018
+
+
 def test_bash_completion_installs_and_completes(tmp_path, monkeypatch, capsys):
     """`deepworks --install-completion` writes a script that bash loads for `deepworks`; on TAB the script
     runs `deepworks` with the words typed in $COMP_WORDS, which answers with the completions."""
