@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from sklearn.datasets import load_digits
 
-from cli_in_process import refused
+from cli_in_process import refused, run as in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--set", "train.epochs=4", "--set", "model.filters=[16,32]", "--set", "train.progress=log"]
@@ -181,8 +181,12 @@ def test_resume_after_kill_mid_epoch_is_bitwise_equal(tmp_path, paused_mid_epoch
     assert sa["test"] == sb["test"] and sa["epochs_run"] == sb["epochs_run"] == 3
 
 
-def test_usage_errors_exit_2_with_the_usage_line(digits_run):
-    assert_user_error(cli("predict", digits_run, "x.png", "--top-k", "0"), "--top-k")
-    assert_user_error(cli("train", "--bogus"), "No such option")
-    assert_user_error(cli("nosuch"), "No such command")
-    assert cli("--help").returncode == 0
+def test_usage_errors_exit_2_with_the_usage_line(digits_run, capsys):
+    # in this process (tests/cli_in_process.py); test_user_errors_exit_2_without_traceback runs one as a process
+    for args, needle in [(["predict", digits_run, "x.png", "--top-k", "0"], "--top-k"),
+                         (["train", "--bogus"], "No such option"), (["nosuch"], "No such command")]:
+        code, out, err = in_process(args, capsys)
+        assert code == 2 and "Traceback" not in err, out + err
+        assert err.startswith("Usage: deepworks") and needle in err, err
+    code, out, err = in_process(["--help"], capsys)
+    assert code == 0 and "Usage: deepworks" in out, out + err

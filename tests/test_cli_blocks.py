@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 from sklearn.datasets import make_classification
-from torch import nn
 
+from cli_in_process import refused, run as in_process
 from deepworks import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +26,13 @@ def cli(*args, check=0):
     if check is not None:
         assert proc.returncode == check, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc
+
+
+def ok(args, capsys):
+    """Standard output of a command run in this process (tests/cli_in_process.py) that must succeed."""
+    code, out, err = in_process(args, capsys)
+    assert code == 0, out[-2000:] + err[-2000:]
+    return out
 
 
 def forward_shapes(model, shape):
@@ -62,7 +69,8 @@ def test_inspect_refuses_shapes_that_cannot_work(tmp_path):
     assert "block 3" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_tabular_csv_train_inspect_predict(tmp_path):
+def test_tabular_csv_train_inspect_predict(tmp_path, capsys):
+    # the CLI in this process (cli_in_process): what it prints and its exit status are what is checked
     x, y = make_classification(n_samples=300, n_features=5, n_informative=4, n_redundant=0, n_classes=3, class_sep=2.0,
                                random_state=0)
     data = tmp_path / "table.csv"
@@ -78,10 +86,10 @@ def test_tabular_csv_train_inspect_predict(tmp_path):
         "train": {"epochs": 40, "progress": "log", "l2": 0.001, "schedule": {"name": "cosine"}, "warmup_steps": 5,
                   "optimizer": {"name": "adam", "lr": 0.05}, "log_gradients": 4},
     }))
-    report = json.loads(cli("inspect", cfg, "--json").stdout)
+    report = json.loads(ok(["inspect", cfg, "--json"], capsys))
     assert report["input_shape"] == [5] and report["total_params"] == 5 * 3 + 3
     run = tmp_path / "run"
-    cli("train", cfg, "--run-dir", run)
+    ok(["train", cfg, "--run-dir", run], capsys)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["test"]["accuracy"] > 0.7
     assert (run / "gradients.jsonl").exists()
@@ -93,14 +101,13 @@ def test_tabular_csv_train_inspect_predict(tmp_path):
         w.writerow(["e", "d", "c", "b", "a"])  # any column order, no label needed
         for row in x[:20]:
             w.writerow(list(map(float, row[::-1])))
-    preds = json.loads(cli("predict", run, rows, "--json").stdout)
+    preds = json.loads(ok(["predict", run, rows, "--json"], capsys))
     assert len(preds) == 20 and preds[0]["line"] == 2
     names = ["setosa", "versicolor", "virginica"]
     assert sum(p["prediction"] == names[t] for p, t in zip(preds, y[:20])) >= 14
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
-    proc = cli("predict", run, bad, check=2)
-    assert "'c'" in proc.stderr and "Traceback" not in proc.stderr
+    refused(["predict", run, bad], capsys, "'c'")
 
 
 def test_cnn_on_tabular_data_is_a_clear_error(tmp_path):

@@ -20,6 +20,8 @@ import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from cli_in_process import run as in_process
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples/configs/quickstart.yaml"
 COMMON = ["--set", "train.precision=fp32", "--set", "train.progress=log", "--set", "train.early_stopping=null",
@@ -52,9 +54,11 @@ def two_processes(tmp_path_factory):
     return run, cli("train", CONFIG, *TWO, "--nproc", "2", "--run-dir", run).stdout
 
 
-def test_two_processes_match_one_and_count_every_test_sample_once(tmp_path, two_processes):
-    cli("train", CONFIG, *COMMON, "--set", "train.epochs=8", "--set", "train.batch_size=32", "--run-dir",
-        tmp_path / "one")
+def test_two_processes_match_one_and_count_every_test_sample_once(tmp_path, two_processes, capsys):
+    # the one-process run and the evaluation need no process of their own: the CLI in this process
+    code, out, err = in_process(["train", CONFIG, *COMMON, "--set", "train.epochs=8", "--set", "train.batch_size=32",
+                                  "--run-dir", tmp_path / "one"], capsys)
+    assert code == 0, out + err
     two_dir, out = two_processes
     assert out.count("results (best model)") == 1  # only rank 0 reports
     one, two = summary(tmp_path / "one"), summary(two_dir)
@@ -66,7 +70,9 @@ def test_two_processes_match_one_and_count_every_test_sample_once(tmp_path, two_
     # evaluating the DDP model in one process gives the very same confusion matrix: no sample was
     # dropped or counted twice by the sharding
     ddp_report = json.loads((two_dir / "test_report.json").read_text())
-    single = json.loads(cli("evaluate", two_dir, "--json").stdout)
+    code, printed, err = in_process(["evaluate", two_dir, "--json"], capsys)
+    assert code == 0, err
+    single = json.loads(printed)
     assert single["confusion_matrix"] == ddp_report["confusion_matrix"]
     lines = (two_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["epoch"] for l in lines] == list(range(1, 9))  # one writer

@@ -8,9 +8,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +20,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import deepworks
+from cli_in_process import refused, run as in_process
 from deepworks.exporting import to_onnx as onnx_export
 from deepworks.data.features import TableEncoder
 from deepworks.data.text import TextEncoder
@@ -231,18 +229,10 @@ def test_bad_arguments_are_user_errors(cnn_run, tmp_path):
         deepworks.export(cnn_run.dir, opset=3)
 
 
-def cli(*args):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "deepworks", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=env)
-
-
-def test_cli_export(cnn_run, tmp_path):
+def test_cli_export(cnn_run, tmp_path, capsys):
+    # the CLI in this process (tests/cli_in_process.py): its exit status and what it prints are what is checked
     out = tmp_path / "cli.onnx"
-    proc = cli("export", cnn_run.dir, "--format", "onnx", "--out", out)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "max abs diff" in proc.stdout and out.exists() and Path(str(out) + ".json").exists()
-    proc = cli("export", cnn_run.dir, "--format", "tflite")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--format" in lines[0], proc.stderr
+    code, printed, err = in_process(["export", cnn_run.dir, "--format", "onnx", "--out", out], capsys)
+    assert code == 0, printed + err
+    assert "max abs diff" in printed and out.exists() and Path(str(out) + ".json").exists()
+    refused(["export", cnn_run.dir, "--format", "tflite"], capsys, "--format", one_line=True)

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 import deepworks
+from cli_in_process import refused, run as in_process
 from deepworks import Predictor
 from deepworks.errors import DataError
 
@@ -452,21 +453,16 @@ def test_peak_memory_stays_flat_from_500_to_5000_images(runs, many_images, tmp_p
 # ----------------------------------------------------------------------------- the command line
 
 
-def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "deepworks.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, cwd=cwd)
-
-
-def test_cli_writes_predictions_as_csv_parquet_and_jsonl(runs, penguin_regression_run, tmp_path):
+def test_cli_writes_predictions_as_csv_parquet_and_jsonl(runs, penguin_regression_run, tmp_path, capsys):
     import pandas as pd
 
     files = [_digit_png(tmp_path / f"d{i}.png", i) for i in range(3)]
     want = Predictor(runs["image"]).predict_proba(files)
     for suffix in (".csv", ".parquet", ".jsonl"):
         out = tmp_path / f"preds{suffix}"
-        done = _cli("predict", runs["image"], tmp_path, "--out", out, "--probabilities")
-        assert done.returncode == 0, done.stderr
-        assert f"wrote 3 prediction(s) to {out}" in done.stdout
+        code, printed, err = in_process(["predict", runs["image"], tmp_path, "--out", out, "--probabilities"], capsys)
+        assert code == 0, err
+        assert f"wrote 3 prediction(s) to {out}" in printed
         frame = pd.read_csv(out) if suffix == ".csv" else pd.read_parquet(out) if suffix == ".parquet" else (
             pd.read_json(out, lines=True))
         assert list(frame["file"]) == [str(f) for f in files]
@@ -476,7 +472,7 @@ def test_cli_writes_predictions_as_csv_parquet_and_jsonl(runs, penguin_regressio
         assert np.allclose(frame["probability"], want.max(1), atol=1e-6)
     regression = penguin_regression_run.run
     rows = _input_file("table", tmp_path)
-    assert _cli("predict", regression.dir, rows, "--out", tmp_path / "values.csv").returncode == 0
+    assert in_process(["predict", regression.dir, rows, "--out", tmp_path / "values.csv"], capsys)[0] == 0
     values = pd.read_csv(tmp_path / "values.csv")
     assert list(values.columns) == ["file", "line", "row", "prediction"]
     assert np.allclose(values["prediction"], Predictor(regression.dir).predict_proba(rows)[:, 0], rtol=1e-6)
@@ -484,7 +480,7 @@ def test_cli_writes_predictions_as_csv_parquet_and_jsonl(runs, penguin_regressio
 
 @pytest.mark.parametrize("case", ["empty folder", "unreadable folder", "missing column", "string to image run",
                                   "unknown suffix"])
-def test_cli_bad_inputs_are_one_line_with_the_fix(case, runs, tmp_path):
+def test_cli_bad_inputs_are_one_line_with_the_fix(case, runs, tmp_path, capsys):
     if case == "empty folder":
         (tmp_path / "empty").mkdir()
         (tmp_path / "empty" / "readme.txt").write_text("no images here")
@@ -501,9 +497,7 @@ def test_cli_bad_inputs_are_one_line_with_the_fix(case, runs, tmp_path):
         args, want = ("predict", runs["image"], "--text", "a fine film"), "not a text run"
     else:
         args, want = ("predict", runs["image"], _digit_png(tmp_path / "d.png"), "--out", tmp_path / "p.xlsx"), ".xlsx"
-    done = _cli(*args)
-    assert done.returncode == 2, done.stderr
-    assert want in done.stderr and "Fix" in done.stderr and "Traceback" not in done.stderr
+    refused(args, capsys, want, "Fix")
     assert not (tmp_path / "p.xlsx").exists()
 
 

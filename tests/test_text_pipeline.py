@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,6 +17,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from sklearn.pipeline import make_pipeline
 
 import deepworks
+from cli_in_process import refused, run as in_process
 from deepworks.errors import DataError
 from deepworks.pipeline import prepare_data
 
@@ -107,26 +105,21 @@ def test_predict_raw_strings_from_python(text_run, tmp_path):
         deepworks.predict(text_run.dir)
 
 
-def cli(*args):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "deepworks", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
-
-
-def test_predict_from_the_command_line(text_run, tmp_path):
+def test_predict_from_the_command_line(text_run, tmp_path, capsys):
+    # the CLI in this process (tests/cli_in_process.py): what it prints and its exit status are what is checked
     table = tmp_path / "new.csv"
     table.write_text("review\na good story\nbad acting\n", encoding="utf-8")
-    proc = cli("predict", text_run.dir, "--text", "a good film", "--text", "the plot was bad", table, "--json")
-    assert proc.returncode == 0, proc.stderr
-    results = json.loads(proc.stdout)
+    code, out, err = in_process(["predict", text_run.dir, "--text", "a good film", "--text", "the plot was bad", table,
+                                 "--json"], capsys)
+    assert code == 0, err
+    results = json.loads(out)
     assert [(r["text"], r["prediction"]) for r in results] == [
         ("a good film", "pos"), ("the plot was bad", "neg"), ("a good story", "pos"), ("bad acting", "neg"),
     ]
     assert results[2]["file"] == str(table) and results[2]["line"] == 2
-    shown = cli("predict", text_run.dir, "--text", "a good film", "--top-k", "2")
-    assert shown.returncode == 0 and "a good film" in shown.stdout and "pos" in shown.stdout
-    missing = cli("predict", text_run.dir, tmp_path / "ghost.txt")
-    assert missing.returncode == 2 and "ghost.txt" in missing.stderr and "Traceback" not in missing.stderr
+    code, out, err = in_process(["predict", text_run.dir, "--text", "a good film", "--top-k", "2"], capsys)
+    assert code == 0 and "a good film" in out and "pos" in out, out + err
+    refused(["predict", text_run.dir, tmp_path / "ghost.txt"], capsys, "ghost.txt")
 
 
 def test_texts_are_refused_by_an_image_run(digits_cnn_run):
