@@ -104,6 +104,15 @@ def checkpoint_state(path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the torchrun workers in /proc")
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (/proc/PID/stat's state)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def test_ddp_run_resumes_after_kill(tmp_path):
     # 25 steps an epoch (40 training images of each digit, 2 processes x 8; the test split stays
     # whole); a checkpoint every 10 steps and at each epoch's end; the quickstart's dropout and
@@ -127,11 +136,15 @@ def test_ddp_run_resumes_after_kill(tmp_path):
             break
         time.sleep(0.005)
     assert proc.poll() is None, "the run ended before it could be killed"
-    for pid in [proc.pid, *descendants(proc.pid)]:  # the CLI, torchrun and both workers, at once
+    pids = [proc.pid, *descendants(proc.pid)]
+    for pid in pids:  # the CLI, torchrun and both workers, at once
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     proc.wait()
-    time.sleep(0.5)
+    deadline = time.time() + 30  # every one of them gone (or a zombie) before the files are read
+    while time.time() < deadline and any(_running(pid) for pid in pids):
+        time.sleep(0.01)  # polling
+    assert not any(_running(pid) for pid in pids), "a killed process is still running"
     assert not (run / "summary.json").exists()
     state = checkpoint_state(ckpt)
     assert state["epoch"] < 3 and state["step_in_epoch"] > 0, state  # what resume starts from
