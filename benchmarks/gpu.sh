@@ -9,7 +9,7 @@
 #   epoch          epoch_time.py, deepworks (defaults: bf16, data on the GPU) against the
 #                  hand-tuned limit on the GPU, in the same run, torch.compile off          -> epoch_time.json
 #   epoch-fp32     the same deepworks row in fp32                                          -> epoch_time_fp32.json
-#   serve          serve_load.py, the torch backend serving on the GPU                     -> serve_load.json
+#   serve          serve_load.py, the torch backend and the plain endpoint on the GPU      -> serve_load.json
 #   epoch-compile  the deepworks row with torch.compile on                                 -> epoch_time_compile.json
 #   summary        gpu_summary.py: the card, driver, CUDA, torch and every figure          -> summary.json,
 #                  and the GPU section of benchmarks/RESULTS.md
@@ -81,7 +81,7 @@ step_command() {
     epoch) CMD=("${EPOCH[@]}" --only deepworks,limit --set train.compile=off --out "$OUT/epoch_time.json") ;;
     epoch-fp32) CMD=("${EPOCH[@]}" --only deepworks --set train.compile=off --set train.precision=fp32
                      --out "$OUT/epoch_time_fp32.json") ;;
-    serve) CMD=("$P" benchmarks/serve_load.py --device cuda --backends torch --requests 1000 --concurrency 32
+    serve) CMD=("$P" benchmarks/serve_load.py --device cuda --backends torch,plain --requests 1000 --concurrency 32
                 --out "$OUT/serve_load.json") ;;
     epoch-compile) CMD=("${EPOCH[@]}" --only deepworks --set train.compile=on --out "$OUT/epoch_time_compile.json") ;;
     summary) CMD=("$P" benchmarks/gpu_summary.py --dir "$OUT" --results-md benchmarks/RESULTS.md) ;;
@@ -161,7 +161,8 @@ dry_run() {
   local why="$1" problems=0 name path
   echo "gpu.sh: $why; dry run: nothing is measured, the steps are checked. A GPU run would run:"
   list_steps
-  for path in benchmarks/epoch_time.py benchmarks/serve_load.py benchmarks/gpu_summary.py benchmarks/common.py \
+  for path in benchmarks/epoch_time.py benchmarks/serve_load.py benchmarks/plain_endpoint.py benchmarks/gpu_summary.py \
+              benchmarks/common.py \
               benchmarks/configs/reference-cnn.yaml benchmarks/RESULTS.md "${GPU_TEST_FILES[@]}"; do
     [ -f "$path" ] || { echo "  MISSING: $path"; problems=$((problems + 1)); }
   done

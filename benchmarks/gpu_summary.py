@@ -182,16 +182,16 @@ def markdown(summary: dict) -> str:
     serve = summary["serve_load"]
     if serve:
         lines += [
-            f"Serving (`serve_load.py --device cuda --backends torch`): the reference CNN, one epoch, fp32, "
-            f"{serve[0]['requests']:,} PNG uploads from {serve[0]['concurrency']} concurrent clients in the same "
-            "process.",
+            f"Serving (`serve_load.py --device cuda --backends torch,plain`): the reference CNN, one epoch, fp32, "
+            f"{serve[0]['requests']:,} PNG uploads from {serve[0]['concurrency']} concurrent clients; each server "
+            "(`deepworks serve`, the plain FastAPI endpoint at batch 1) a separate process.",
             "",
-            "| backend | device | max_batch | requests/s | p50 | p95 | p99 | mean batch |",
+            "| backend | device | max_batch | requests/s | p50 | p95 | p99 | errors |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in serve:
             lines.append(f"| {r['backend']} | {r.get('device', '?')} | {r['max_batch']} | {r['requests_per_s']} | "
-                         f"{r['p50_ms']} ms | {r['p95_ms']} ms | {r['p99_ms']} ms | {r.get('mean_batch', '-')} |")
+                         f"{r['p50_ms']} ms | {r['p95_ms']} ms | {r['p99_ms']} ms | {r.get('errors', '-')} |")
         lines.append("")
     tests = summary["gpu_tests"]
     if tests is not None:
