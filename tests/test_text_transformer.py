@@ -351,3 +351,28 @@ def test_inspect_shows_the_frozen_encoder_and_the_learning_head(files):
     assert out["model"] == "transformer" and out["trainable_params"] == head
     assert out["frozen_params"] > 0 and out["transfer"]["tuned_blocks"] == []
     assert out["transfer"]["frozen_blocks"] == ["encoder.embeddings", "encoder.encoder.layer.0", "encoder.encoder.layer.1"]
+
+
+def test_cached_features_of_texts_stay_with_their_texts(files):
+    """transfer.mode: feature_extraction computes the frozen encoder's pooled vector of each text once;
+    the texts are visited shortest first, and each vector must come back to its own text and label
+    (it did not: the head trained on shuffled features and validated at chance)."""
+    from deepworks.kinds import new_model, prepare_data
+    from deepworks.runtime import Precision
+    from deepworks.transfer import cache_features
+
+    cfg = load_config({**config(files), "transfer": {"mode": "feature_extraction"}})
+    data = prepare_data(cfg)
+    assert len(set(data.train.lengths.tolist())) > 2  # texts of several lengths: a sorted visit reorders them
+    model = new_model(cfg, data.input_shape, data.task, data.info)
+    cached = cache_features(model, data.train, batch_size=8, device=torch.device("cpu"),
+                            precision=Precision("fp32", "cpu", False))
+    one_by_one: list[torch.Tensor] = []
+    model.eval()
+    hook = model.head[0].register_forward_pre_hook(lambda _m, args: one_by_one.append(args[0].detach()))
+    with torch.no_grad():
+        for i in range(len(data.train)):
+            model(data.train.x[i:i + 1])
+    hook.remove()
+    assert torch.allclose(cached.x, torch.cat(one_by_one), atol=1e-5)
+    assert torch.equal(cached.y, data.train.y)

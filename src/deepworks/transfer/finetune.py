@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepworks.data.loaders import TensorData, iterate_batches
+from deepworks.data.loaders import TensorData, evaluation_order, iterate_batches
 from deepworks.models.zoo import Backbone, InputAdapter
 from deepworks.training.callbacks import Callback
 from deepworks.transfer.weights import head_name
@@ -188,8 +188,12 @@ def cache_features(model: Transfer, data: Any, *, batch_size: int, device: torch
     finally:
         hook.remove()
         model.train(was)
+    features = torch.cat(captured)
+    order = evaluation_order(source)  # texts were visited shortest first: back to the stored order
+    if order is not None:
+        features = features[order.argsort()]
     y = data.y if isinstance(data.y, torch.Tensor) else torch.as_tensor(data.y)
-    return CachedFeatures(torch.cat(captured), y.cpu(), data)
+    return CachedFeatures(features, y.cpu(), data)
 
 
 class TransferStages(Callback):
