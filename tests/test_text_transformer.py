@@ -57,7 +57,10 @@ def config(files, **model) -> dict:
         "data": {"path": str(files["csv"]), "text": "review", "target": "sentiment", "on_duplicates": "keep"},
         "model": {"name": "transformer", "encoder": str(files["bert"]), "pooling": "mean", "max_length": MAX_LENGTH,
                   **model},
+        # a constant rate, no warm-up and no early stopping: the tiny encoder's settings, not the fine-tuning
+        # defaults of model.name: transformer (tests/test_text_defaults.py checks those)
         "train": {"epochs": 2, "batch_size": 16, "optimizer": {"name": "adamw", "lr": 3e-3}, "precision": "fp32",
+                  "schedule": "constant", "warmup": None, "early_stopping": None,
                   "checkpoint_every_steps": 2, "progress": "log"},
     }
 

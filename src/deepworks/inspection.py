@@ -65,11 +65,12 @@ def inspect_config(config: Config | str | Path | Mapping[str, Any], *, device: s
         config = load_config(config)
     if config.transfer is not None:
         config = adopt_source(config)  # transfer.from: the earlier run's model
-    vocab_size = encoder_config = None
+    vocab_size = encoder_config = train_size = None
     if data_kind(config.data, config.model) in ("text", "subwords", "embeddings", "series", "table"):
         # text and series tables: the vocabulary and the windows exist only once the data is prepared;
         # a table's features once its encoder is fitted (the network reads them, after TableInput)
         data = prepare_data(config)
+        train_size = len(data.train)
         input_shape, num_classes = tuple(data.input_shape), data.task.output_size()
         if data_kind(config.data) == "table":
             input_shape = net_input_shape(input_shape, data.info)
@@ -80,7 +81,7 @@ def inspect_config(config: Config | str | Path | Mapping[str, Any], *, device: s
         input_shape, num_classes, dataset = _data_shape(config)
         if config.data.subset is not None and config.data.subset.classes is not None:
             num_classes = len(config.data.subset.classes)  # data.subset keeps these classes
-    config = choose_model(config, input_shape)  # no model named: the one the data's size chooses
+    config = choose_model(config, input_shape, train_size=train_size)  # no model named: the one the data chooses
     model = model_from_config(config.model, input_shape, num_classes, vocab_size=vocab_size,
                               encoder_config=encoder_config)
     if config.transfer is not None:  # which blocks learn (no weights are loaded to look at the structure)

@@ -76,7 +76,7 @@ def train(
     # memory: an image folder's budget counts a training batch (training/memory.py) of the model for its size
     with counting_batch(cfg, model_for=lambda shape: choose_model(cfg, shape).model):
         data = prepare_data(cfg)
-    cfg = choose_model(cfg, data.input_shape, log=dist.is_main)  # no model named: the data's size chooses it
+    cfg = choose_model(cfg, data.input_shape, log=dist.is_main, train_size=len(data.train))  # no model named: the data's size chooses it
     # memory: a training batch that cannot fit is refused, train.batch_size: auto is chosen (training/memory.py)
     cfg = check_batch_memory(cfg, lambda: new_model(cfg, data.input_shape, data.task, data.info, load=False),
                              data.train, world_size=dist.world_size)
@@ -159,7 +159,7 @@ def lr_find(
     from deepworks.training.lr_finder import find_lr
 
     data = prepare_data(cfg)
-    cfg = choose_model(cfg, data.input_shape, log=True)
+    cfg = choose_model(cfg, data.input_shape, log=True, train_size=len(data.train))
     torch.manual_seed(cfg.seed)
     model = new_model(cfg, data.input_shape, data.task, data.info)
     train_cfg = cfg.train
@@ -202,7 +202,7 @@ def cross_validate(
     for i in range(k):
         data = prepare_data(cfg, fold=(k, i))
         if i == 0:  # every fold and the final model train the model the data's size chooses
-            cfg = choose_model(cfg, data.input_shape, log=True)
+            cfg = choose_model(cfg, data.input_shape, log=True, train_size=len(data.train))
             root.create()
             atomic_write(root.config, dump_config(cfg))
         print(f"fold {i + 1}/{k}", flush=True)
@@ -237,7 +237,7 @@ def _final_model(cfg: Config, root: RunDir, summary: dict[str, Any]) -> None:
 
 def _start(cfg: Config, data: PreparedData, path: Path) -> tuple[PreparedData, nn.Module, RunDir]:
     """A new run directory for ``data`` with its config and data record, and a fresh model."""
-    cfg = choose_model(cfg, data.input_shape)
+    cfg = choose_model(cfg, data.input_shape, train_size=len(data.train))
     torch.manual_seed(cfg.seed)  # the model's initial weights
     model = new_model(cfg, data.input_shape, data.task, data.info)
     run = RunDir(path).create()

@@ -114,6 +114,10 @@ def has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
+def _gains_from_bf16(model: nn.Module) -> bool:
+    return any(getattr(m, "bf16_on_cpu", False) for m in model.modules())  # also inside DDP or a wrapper
+
+
 @dataclass(frozen=True)
 class Precision:
     """How a step runs: the autocast dtype (None = fp32), memory format and loss scaling."""
@@ -142,8 +146,8 @@ class Precision:
 
 
 def resolve_precision(name: str, device: torch.device, model: nn.Module, channels_last: str = "auto") -> Precision:
-    """``auto``: bf16 autocast on GPUs, and on CPUs with native bf16 for convolutional models;
-    fp32 elsewhere. (On the CPU, small dense models gain no speed from bf16, and a regression
+    """``auto``: bf16 autocast on GPUs, and on CPUs with native bf16 for convolutional models and
+    models that say they gain from it (``bf16_on_cpu``: the fine-tuned text transformer); fp32 elsewhere. (On the CPU, small dense models gain no speed from bf16, and a regression
     model's outputs would lose digits to its 8-bit mantissa.)
 
     channels_last (``auto``) goes with reduced precision on convolutional models, where
@@ -152,7 +156,7 @@ def resolve_precision(name: str, device: torch.device, model: nn.Module, channel
     if name == "auto":
         if device.type == "cuda":
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        elif device.type == "cpu" and cpu_supports_bf16() and has_conv(model):
+        elif device.type == "cpu" and cpu_supports_bf16() and (has_conv(model) or _gains_from_bf16(model)):
             name = "bf16"
         else:
             name = "fp32"

@@ -436,9 +436,15 @@ def _unstable(run: _Run) -> list[dict[str, str]]:
     return [_finding(
         "lr_too_high", _sentence("; ".join(reasons)) + " The steps are too large to settle into a minimum.",
         f"Lower {run.lr_text()} by 3-10x (or find it with `train.optimizer.lr: auto`); "
-        + _clip_advice(run) + (", or warm up with `train.warmup_steps`." if not run.cfg("train.warmup_steps")
-                               else f", or warm up longer (raise `train.warmup_steps` from {run.cfg('train.warmup_steps')}).")
+        + _clip_advice(run) + _warmup_advice(run)
     )]
+
+
+def _warmup_advice(run: Any) -> str:
+    for key in ("warmup_steps", "warmup"):
+        if run.cfg(f"train.{key}"):
+            return f", or warm up longer (raise `train.{key}` from {run.cfg(f'train.{key}')})."
+    return ", or warm up with `train.warmup` (a fraction of the steps) or `train.warmup_steps`."
 
 
 def _sentence(text: str) -> str:

@@ -20,7 +20,10 @@ from typing import Any
 
 from torch import nn
 
-from deepworks.config import AUTO_MODEL, DATA_KINDS, Config, data_kind, load_config
+from deepworks.config import (
+    AUTO_MODEL, DATA_KINDS, FAMILY_TRAIN_DEFAULTS, FINE_TUNE_FROM, FROZEN_HEAD_TRAIN, Config, TransferConfig, data_kind,
+    load_config,
+)
 from deepworks.errors import ConfigError, DataError
 from deepworks.kinds import embeddings, image, series, subwords, table, text
 from deepworks.kinds.common import Batch, PreparedData, RunInputs
@@ -85,16 +88,21 @@ def inputs_for_run(run_dir: str | Path, info: dict[str, Any]) -> RunInputs:
     return _INPUTS[kind_of_record(info, Path(run_dir) / "data.json")](Path(run_dir), info)
 
 
-def choose_model(cfg: Config, input_shape: Sequence[int], log: bool = False) -> Config:
+def choose_model(cfg: Config, input_shape: Sequence[int], log: bool = False, train_size: int | None = None) -> Config:
     """The config with the keys its data settles written in, so that the run's config.yaml
     records the model it trains (and training again from it builds the same one):
 
     * no model named (``model.name: auto``): images get :func:`deepworks.kinds.image.default_model`
       for their size, with the transfer section it needs when the config has none; with ``log``,
       one line says which and why;
-    * a ``cnn`` without ``global_pool``: the value its input size gives (on over 64 px).
+    * a ``cnn`` without ``global_pool``: the value its input size gives (on over 64 px);
+    * ``transfer.mode: auto`` (a text run that names no model, when a pretrained encoder is
+      installed): fine_tune from :data:`~deepworks.config.FINE_TUNE_FROM` training samples
+      (``train_size``), feature_extraction below; with ``log``, one line says which and why.
     """
     shape = tuple(int(s) for s in input_shape)
+    if cfg.transfer is not None and cfg.transfer.mode == "auto" and train_size is not None:
+        cfg = _settle_transfer_mode(cfg, int(train_size), log)
     if cfg.model.chosen_from_data:
         if len(shape) != 3:
             raise ConfigError(
@@ -133,3 +141,32 @@ def new_model(cfg: Config, input_shape: Sequence[int], task: Task, info: dict[st
     elif kind == "table":
         model = table.wrap_model(model, info)
     return build_transfer(model, cfg, info, load=load)
+
+
+def _settle_transfer_mode(cfg: Config, train_size: int, log: bool) -> Config:
+    """transfer.mode: auto made fine_tune or feature_extraction by the size of the training split."""
+    fine = train_size >= FINE_TUNE_FROM
+    transfer = cfg.transfer.model_dump(mode="json", by_alias=True)
+    if fine:
+        transfer["mode"] = "fine_tune"
+    else:  # the fine-tuning keys have nothing to say about a frozen body
+        fields = TransferConfig.model_fields
+        transfer.update({k: fields[k].default for k in ("unfreeze", "warmup_epochs", "backbone_lr_scale", "layer_decay")},
+                        mode="feature_extraction")
+    overrides: dict[str, Any] = {"transfer": transfer}
+    family = FAMILY_TRAIN_DEFAULTS.get(cfg.model.name, {})
+    head = ""
+    if not fine and family:  # the fine-tuning defaults left as they were: the frozen head's instead
+        if cfg.train.epochs == family.get("epochs"):
+            overrides["train.epochs"] = FROZEN_HEAD_TRAIN["epochs"]
+        if cfg.train.optimizer.params.get("lr") == family.get("optimizer", {}).get("lr"):
+            overrides["train.optimizer.lr"] = FROZEN_HEAD_TRAIN["lr"]
+        if len(overrides) > 1:
+            head = f" (the head alone learns: {', '.join(f'{k} {v:g}' for k, v in overrides.items() if k != 'transfer')})"
+    cfg = load_config(cfg, overrides)
+    if log:
+        what = str(cfg.model.params.get("encoder") or cfg.model.name)
+        how = "fine-tuned end to end" if fine else "read as frozen features under a new head"
+        print(f"model: {what} {how}: {train_size:,} training samples, {'at least' if fine else 'fewer than'} "
+              f"{FINE_TUNE_FROM:,} (transfer.mode: auto){head}; set transfer.mode to choose", flush=True)
+    return cfg

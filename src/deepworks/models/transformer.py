@@ -280,6 +280,9 @@ class TextTransformer(nn.Module):
     """A Hugging Face encoder, a pooled vector per text and a linear head (see the module doc)."""
 
     token_ids = True  # the Trainer keeps integer inputs as ids
+    # train.precision: auto picks bf16 autocast for it on CPUs with native bf16 (AVX-512 BF16, AMX): its
+    # matrix products are most of the work (0.7x the fp32 step time, benchmarks/RESULTS.md)
+    bf16_on_cpu = True
 
     def __init__(self, encoder: nn.Module, num_outputs: int, pooling: str = "cls", dropout: float | None = None,
                  name: str = MINILM):
@@ -308,7 +311,8 @@ class TextTransformer(nn.Module):
             states = out.last_hidden_state  # (B, T, H)
             weights = mask.unsqueeze(-1).to(states.dtype)
             pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        return self.head(self.dropout(pooled))  # (B, K)
+        with torch.autocast(ids.device.type, enabled=False):  # the head in fp32 under autocast: whole digits
+            return self.head(self.dropout(pooled.float()))  # (B, K)
 
     def body_blocks(self) -> list[tuple[str, nn.Module]]:
         """The encoder's blocks from input to output for :mod:`deepworks.transfer`: the embeddings,

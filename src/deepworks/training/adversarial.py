@@ -58,6 +58,7 @@ GENERATOR_FILE = "generator.safetensors"
 _UNUSED = {
     "schedule": "remove it (the GAN loop keeps its learning rates constant)",
     "warmup_steps": "remove it",
+    "warmup": "remove it",
     "clip_grad_norm": "remove it",
     "l1": "remove it",
     "l2": "remove it (or set the optimizer's weight_decay)",

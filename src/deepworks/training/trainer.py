@@ -323,7 +323,7 @@ class Trainer:
         self.forward_model = self._maybe_compile(self._maybe_ddp(), self.steps_per_epoch * cfg.epochs)
         self.schedule = build_schedule(
             cfg.schedule.name, self.optimizer, steps_per_epoch=self.steps_per_epoch, epochs=cfg.epochs,
-            warmup_steps=cfg.warmup_steps, **cfg.schedule.params,
+            warmup_steps=cfg.warmup_for(self.steps_per_epoch * cfg.epochs), **cfg.schedule.params,
         )
         weights = penalized_weights(self.model)
         self.penalty = None

@@ -86,7 +86,8 @@ def build(model: nn.Module, cfg: Config, info: dict[str, Any], load: bool = True
             "transfer.warmup_epochs: 0, or one process."
         )
     channels = int(info["input_shape"][0]) if len(info.get("input_shape") or ()) == 3 else None
-    wrapped = Transfer(model, t.mode, t.unfreeze, t.warmup_epochs, t.backbone_lr_scale, channels=channels,
+    mode = "fine_tune" if t.mode == "auto" else t.mode  # auto is settled once the data is read; before, it counts as the larger
+    wrapped = Transfer(model, mode, t.unfreeze, t.warmup_epochs, t.backbone_lr_scale, channels=channels,
                        layer_decay=t.layer_decay)
     if source_norm is not None:
         wrapped.input.set_normalisation(info["mean"], info["std"], *source_norm)
