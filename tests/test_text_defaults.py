@@ -17,7 +17,7 @@ import deepworks
 import deepworks.config as config_module
 import deepworks.kinds as kinds
 from deepworks import Trainer
-from deepworks.config import FAMILY_TRAIN_DEFAULTS, TEXT_RNN_MODEL_DEFAULTS, TEXT_RNN_TRAIN_DEFAULTS, load_config
+from deepworks.config import FAMILY_TRAIN_DEFAULTS, load_config
 from deepworks.errors import ConfigError
 from sentiment import sentiment_csv
 
@@ -48,42 +48,42 @@ def test_no_model_named_gets_the_encoder_when_installed(encoder_installed):
     # what the config says wins over the defaults; warmup_steps replaces the fraction
     cfg = load_config({"data": TEXT, "transfer": {"mode": "fine_tune"},
                        "train": {"epochs": 1, "warmup_steps": 7, "optimizer": {"lr": 3e-5}}})
-    assert cfg.transfer.mode == "fine_tune" and cfg.transfer.layer_decay is None
+    # transfer.mode named alone keeps the default rates of the encoder's layers (and a frozen body has none)
+    assert cfg.transfer.mode == "fine_tune" and (cfg.transfer.layer_decay, cfg.transfer.backbone_lr_scale) == (0.9, 0.5)
+    frozen = load_config({"data": TEXT, "transfer": {"mode": "feature_extraction"}}).transfer
+    assert frozen.mode == "feature_extraction" and (frozen.layer_decay, frozen.backbone_lr_scale) == (None, 0.1)
     assert (cfg.train.epochs, cfg.train.warmup_steps, cfg.train.warmup) == (1, 7, None)
     assert (cfg.train.optimizer.params["lr"], cfg.train.optimizer.params["weight_decay"]) == (3e-5, 0.01)
     # the resolved config read back is the same config (config.yaml repeats the run)
     assert load_config(cfg) == cfg
 
 
-def test_without_the_encoder_a_regularised_lstm(encoder_installed):
+def test_without_the_encoder_a_bidirectional_lstm_that_stops_early(encoder_installed):
     encoder_installed(False)
     cfg = load_config({"data": TEXT})
     assert cfg.model.name == "lstm" and cfg.transfer is None
-    want = {**TEXT_RNN_MODEL_DEFAULTS, "bidirectional": True, "pool": "max"}
-    assert {k: cfg.model.params[k] for k in want} == want
-    assert cfg.train.early_stopping.monitor == "val_loss"
-    assert cfg.train.label_smoothing == TEXT_RNN_TRAIN_DEFAULTS["label_smoothing"]
-    optimizer = dict(TEXT_RNN_TRAIN_DEFAULTS["optimizer"])
-    assert cfg.train.optimizer.name == optimizer.pop("name")
-    assert {k: cfg.train.optimizer.params[k] for k in optimizer} == optimizer
+    assert cfg.model.params["bidirectional"] and cfg.model.params["pool"] == "max"
+    assert (cfg.train.early_stopping.monitor, cfg.train.early_stopping.patience) == ("val_loss", 3)
+    assert cfg.model.params["embedding_dropout"] == 0.0  # measured: dropout did not pay on small text sets
 
 
 @pytest.mark.parametrize("name", ["rnn", "lstm", "gru"])
-def test_a_recurrent_model_on_texts_is_regularised_unless_told(encoder_installed, name):
+def test_a_recurrent_model_on_texts_stops_early_unless_told(encoder_installed, name):
     encoder_installed(True)  # naming the model settles it whatever is installed
     cfg = load_config({"data": TEXT, "model": name})
     assert cfg.model.name == name
-    assert {k: cfg.model.params[k] for k in TEXT_RNN_MODEL_DEFAULTS} == TEXT_RNN_MODEL_DEFAULTS
-    assert cfg.train.epochs == TEXT_RNN_TRAIN_DEFAULTS["epochs"] and cfg.train.early_stopping is not None
-    told = load_config({"data": TEXT, "model": {"name": name, "embedding_dropout": 0.0},
-                        "train": {"epochs": 4, "early_stopping": None, "optimizer": {"name": "sgd", "lr": 0.1}}})
-    assert told.model.params["embedding_dropout"] == 0.0 and told.train.epochs == 4
-    assert told.train.early_stopping is None and told.train.optimizer.name == "sgd"
-    # a series' recurrent model has no words to drop: nothing of this applies to it
+    assert (cfg.train.early_stopping.monitor, cfg.train.early_stopping.patience) == ("val_loss", 3)
+    assert cfg.model.params["bidirectional"] and cfg.model.params["pool"] == "max"  # both ways, max over the words
+    told = load_config({"data": TEXT, "model": {"name": name, "bidirectional": False, "pool": "last"},
+                        "train": {"early_stopping": None}})
+    assert told.train.early_stopping is None
+    assert not told.model.params["bidirectional"] and told.model.params["pool"] == "last"
+    patient = load_config({"data": TEXT, "model": name, "train": {"early_stopping": {"patience": 8}}})
+    assert (patient.train.early_stopping.monitor, patient.train.early_stopping.patience) == ("val_loss", 8)
+    # a series' recurrent model has its own defaults: nothing of this applies to it
     series = load_config({"data": {"dataset": "co2"}, "model": name})
-    assert series.model.params["embedding_dropout"] == series.model.params["head_dropout"] == 0.0
-    assert series.train.early_stopping is None
-    assert series.train.epochs == 20
+    assert series.train.early_stopping is None and series.train.epochs == 20
+    assert not series.model.params["bidirectional"] and series.model.params["pool"] == "last"
 
 
 def test_warmup_fraction_and_steps_are_one_setting():
@@ -174,3 +174,9 @@ def test_a_small_text_set_trains_on_frozen_encoder_features(tmp_path, capsys):
     recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert recorded["model"]["name"] == "transformer" and recorded["transfer"]["mode"] == "feature_extraction"
     assert run.summary["test"]["accuracy"] > run.summary["baselines"]["majority_class"]["test"]["accuracy"]
+    # the kept model, read back and run on the texts' ids through the whole encoder (no cached features),
+    # scores what training reported
+    again = deepworks.evaluate(run.dir, split="test")
+    assert again["accuracy"] == pytest.approx(run.summary["test"]["accuracy"], abs=1e-9)
+    labels = [r["prediction"] for r in deepworks.predict(run.dir, texts=["the film was good", "the plot was bad"])]
+    assert all(label in ("pos", "neg") for label in labels)

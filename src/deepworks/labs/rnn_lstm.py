@@ -51,9 +51,11 @@ def rnn_lstm(lab: LabContext) -> None:
             "seed": lab.seed,
             "data": {"path": str(path), "text": "text", "target": "label", "tokenizer": "whitespace", "min_freq": 1,
                      "max_length": longest + 1},
-            "model": {"name": kind, "embedding": 16, "hidden": 32, "pool": "last"},
+            # every setting named: the recurrence alone must carry the first word to the last step
+            "model": {"name": kind, "embedding": 16, "hidden": 32, "pool": "last", "bidirectional": False,
+                      "embedding_dropout": 0.0, "head_dropout": 0.0},
             "train": {"epochs": epochs, "batch_size": 32, "optimizer": {"name": "adam", "lr": 0.005},
-                      "log_gradients": 10},
+                      "schedule": "constant", "label_smoothing": 0.0, "early_stopping": None, "log_gradients": 10},
             "report": False,
         }
         runs[kind] = lab.train(cfg, f"first-word-{kind}")
