@@ -820,8 +820,9 @@ def serve(
     run_dir: Annotated[Path, typer.Argument(help="a run directory (image, table or text classification/regression)")],
     host: Annotated[str, typer.Option("--host", help="address to bind; loopback unless you open it (0.0.0.0)")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port")] = 8000,
-    backend: Annotated[str, typer.Option("--backend", help="torch (the best weights) or onnx (model.onnx, exported "
-                                         "first when missing)")] = "torch",
+    backend: Annotated[str, typer.Option("--backend", help="auto (onnx when the run has a passing export, else "
+                                         "torch), torch (the best weights) or onnx (model.onnx, exported first when "
+                                         "missing)")] = "auto",
     workers: Annotated[int, typer.Option("--workers", min=1, help="server processes (each loads the model)")] = 1,
     device: Annotated[str, typer.Option("--device", help="where the torch backend runs the model: cpu, cuda or "
                                         "cuda:N (the onnx backend runs on the CPU)")] = "cpu",
@@ -847,10 +848,15 @@ def serve(
         from deepworks.errors import ConfigError
 
         raise ConfigError("deepworks serve needs FastAPI and uvicorn: pip install 'deepworks[serve]'.") from None
-    from deepworks.serve.app import ENV_SETTINGS, ServedModel, check_device, check_api_key, create_app, exposure_warning
+    from deepworks.serve.app import (
+        ENV_SETTINGS, ServedModel, check_api_key, check_device, choose_backend, create_app, exposure_warning,
+    )
 
     if api_key is not None:
         check_api_key(api_key)  # an unusable key fails here (without quoting it), before an export or a worker
+    if backend == "auto":
+        backend, why = choose_backend(run_dir, device)
+        out.print(f"backend {backend}: {escape(why)}; --backend chooses", highlight=False, soft_wrap=True)
     check_device(device, backend)  # as does a device this machine lacks
     if backend == "onnx" and not (Path(run_dir) / "model.onnx").exists():
         import deepworks

@@ -189,6 +189,38 @@ def check_device(device: str, backend: str) -> str:
     return device
 
 
+def choose_backend(run_dir: str | Path, device: str = "cpu") -> tuple[str, str]:
+    """``--backend auto``: (``onnx`` or ``torch``, why). ONNX Runtime when the run has a passing export
+    (``model.onnx`` beside its sidecar, the file's SHA-256 as recorded, the parity check within its
+    tolerance, written after the run's weights) and ONNX Runtime is installed, and the model runs on
+    the CPU; the torch backend otherwise."""
+    import importlib.util
+
+    run = Path(run_dir)
+    onnx, sidecar, weights = run / "model.onnx", run / "model.onnx.json", run / "model.safetensors"
+    if device != "cpu":
+        return "torch", f"--device {device}: ONNX Runtime here runs on the CPU"
+    if not onnx.is_file() or not sidecar.is_file():
+        return "torch", f"no model.onnx yet (`deepworks export {run}` makes one, and serve then runs it on ONNX Runtime)"
+    try:
+        record = json.loads(sidecar.read_text())
+        parity = record["parity"]
+        passed = float(parity["max_abs_diff"]) <= float(parity["tolerance"])
+    except (ValueError, KeyError, TypeError):
+        return "torch", f"{sidecar.name} is not an export's record (export the run again)"
+    if not passed:
+        return "torch", f"model.onnx missed its parity check ({parity['max_abs_diff']:.2g} > {parity['tolerance']:.2g})"
+    if weights.is_file() and onnx.stat().st_mtime < weights.stat().st_mtime:
+        return "torch", "model.onnx is older than the run's weights (export the run again)"
+    from deepworks.data.encoders import cached_sha256
+
+    if record.get("sha256") != cached_sha256(onnx):
+        return "torch", "model.onnx is not the file its export recorded (export the run again)"
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "torch", "ONNX Runtime is not installed (pip install 'deepworks[export]')"
+    return "onnx", f"model.onnx passed its parity check (largest difference {float(parity['max_abs_diff']):.2g})"
+
+
 def _short(value: Any) -> str:
     text = json.dumps(value)[:80] if not isinstance(value, bytes) else repr(value[:40])
     return text
