@@ -50,3 +50,11 @@ def test_no_export_or_a_gpu_means_torch(tmp_path):
     assert backend == "torch" and "no model.onnx yet (`deepworks export" in why
     backend, why = choose_backend(_run(tmp_path), device="cuda")
     assert backend == "torch" and "--device cuda" in why
+
+
+def test_an_unknown_backend_is_one_line(tmp_path, capsys):
+    pytest.importorskip("uvicorn")
+    from cli_in_process import refused
+
+    refused(["serve", _run(tmp_path), "--backend", "gpu"], capsys,
+            "--backend gpu: expected auto, torch or onnx", one_line=True)

@@ -849,11 +849,16 @@ def serve(
 
         raise ConfigError("deepworks serve needs FastAPI and uvicorn: pip install 'deepworks[serve]'.") from None
     from deepworks.serve.app import (
-        ENV_SETTINGS, ServedModel, check_api_key, check_device, choose_backend, create_app, exposure_warning,
+        BACKENDS, ENV_SETTINGS, ServedModel, check_api_key, check_device, choose_backend, create_app, exposure_warning,
     )
 
     if api_key is not None:
         check_api_key(api_key)  # an unusable key fails here (without quoting it), before an export or a worker
+    if backend not in ("auto", *BACKENDS):
+        from deepworks.errors import ConfigError
+
+        raise ConfigError(f"--backend {backend}: expected auto, torch or onnx. Fix: leave it out (auto: onnx when the run "
+                          "has a passing export, else torch).")
     if backend == "auto":
         backend, why = choose_backend(run_dir, device)
         out.print(f"backend {backend}: {escape(why)}; --backend chooses", highlight=False, soft_wrap=True)
